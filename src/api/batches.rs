@@ -1,0 +1,228 @@
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{body, no_such, AppState, Project};
+use crate::domain::{
+    BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
+    Metadata,
+};
+use crate::error::ApiError;
+use crate::store::batches::{self as store, BatchRecord, Cancelled, Created};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/batches")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(web::resource("/batches/{batch_id}").route(web::get().to(retrieve)))
+    .service(web::resource("/batches/{batch_id}/cancel").route(web::post().to(cancel)));
+}
+
+#[derive(Deserialize)]
+struct CreateBatch {
+    input_file_id: Option<String>,
+    endpoint: Option<String>,
+    completion_window: Option<String>,
+    /// Kept raw so `Metadata` can report OpenAI-style errors (`metadata.<key>`).
+    #[serde(default)]
+    metadata: Value,
+    #[serde(default)]
+    output_expires_after: Value,
+    idempotency_key: Option<String>,
+    /// The name the user's first integration used; still accepted.
+    idem_tok: Option<String>,
+}
+
+fn required<'a>(value: &'a Option<String>, param: &str) -> Result<&'a str, Invalid> {
+    value.as_deref().ok_or_else(|| Invalid::missing(param))
+}
+
+impl CreateBatch {
+    fn spec(&self) -> Result<BatchSpec, Invalid> {
+        Ok(BatchSpec {
+            input_file_id: FileId::parse(
+                "input_file_id",
+                required(&self.input_file_id, "input_file_id")?,
+            )?,
+            endpoint: Endpoint::parse(required(&self.endpoint, "endpoint")?)?,
+            completion_window: CompletionWindow::parse(required(
+                &self.completion_window,
+                "completion_window",
+            )?)?,
+            metadata: Metadata::from_json(&self.metadata)?,
+            output_expires_after: ExpiresAfter::from_json(
+                "output_expires_after",
+                &self.output_expires_after,
+            )?,
+        })
+    }
+
+    fn idempotency_key(&self, req: &HttpRequest) -> Result<Option<IdempotencyKey>, Invalid> {
+        let header = match req.headers().get("idempotency-key") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Invalid::new(
+                    "Idempotency-Key",
+                    "invalid_value",
+                    "The Idempotency-Key header must be printable ASCII.",
+                )
+            })?),
+        };
+        IdempotencyKey::from_sources(&[
+            ("idempotency_key", self.idempotency_key.as_deref()),
+            ("idem_tok", self.idem_tok.as_deref()),
+            ("Idempotency-Key", header),
+        ])
+    }
+}
+
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let body: CreateBatch = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
+    let spec = body.spec()?;
+    let key = body.idempotency_key(&req)?;
+    match store::create(&state.pool, &project, &spec, key.as_ref()).await? {
+        Created::New(batch) => {
+            tracing::info!(batch_id = %batch.id, "batch created");
+            Ok(HttpResponse::Ok().json(batch_object(&batch)))
+        }
+        Created::Replayed(batch) => Ok(HttpResponse::Ok()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(batch_object(&batch))),
+        Created::Conflict(batch) => {
+            let key = key.expect("only keyed creations conflict");
+            Err(ApiError::conflict(format!(
+                "Idempotency key conflict: the key '{}' was already used to create batch {} with \
+                 different parameters. Retry with the identical parameters, or use a new key.",
+                key.as_str(),
+                batch.id
+            ))
+            .with_param("idempotency_key")
+            .with_code("idempotency_key_conflict"))
+        }
+    }
+}
+
+fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
+    BatchId::parse("batch_id", raw).map_err(|_| no_such("Batch", raw, "batch_id"))
+}
+
+async fn retrieve(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_batch_id(&path)?;
+    let batch = store::get(&state.pool, &project, &id)
+        .await?
+        .ok_or_else(|| no_such("Batch", id.as_str(), "batch_id"))?;
+    Ok(HttpResponse::Ok().json(batch_object(&batch)))
+}
+
+async fn cancel(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    // The SDKs send no body (with a JSON content type); there is nothing to read.
+    let id = parse_batch_id(&path)?;
+    match store::cancel(&state.pool, &project, &id).await? {
+        Cancelled::Accepted(batch) => Ok(HttpResponse::Ok().json(batch_object(&batch))),
+        Cancelled::Refused(batch) => Err(ApiError::conflict(format!(
+            "Cannot cancel a batch with status '{}'.",
+            batch.status.as_str()
+        ))),
+        Cancelled::NotFound => Err(no_such("Batch", id.as_str(), "batch_id")),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+pub(super) fn parse_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid 'limit': expected an integer between 1 and {max}, got '{raw}'."
+        ))
+        .with_param("limit")
+        .with_code("invalid_value")),
+    }
+}
+
+pub(super) fn unknown_cursor(raw: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "Invalid 'after': '{raw}' is not an object in this list."
+    ))
+    .with_param("after")
+    .with_code("invalid_value")
+}
+
+async fn list(
+    query: web::Query<ListParams>,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = match query.after.as_deref() {
+        Some(raw) => Some(BatchId::parse("after", raw).map_err(|_| unknown_cursor(raw))?),
+        None => None,
+    };
+    let page = store::list(&state.pool, &project, after.as_ref(), limit)
+        .await?
+        .ok_or_else(|| unknown_cursor(query.after.as_deref().unwrap_or_default()))?;
+    let data: Vec<Value> = page.batches.iter().map(batch_object).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "first_id": page.batches.first().map(|b| b.id.as_str()),
+        "last_id": page.batches.last().map(|b| b.id.as_str()),
+        // Always present: the Python SDK keeps paging while it is missing.
+        "has_more": page.has_more,
+        "data": data,
+    })))
+}
+
+/// The OpenAI Batch object; every field present, `null` where unknown.
+fn batch_object(b: &BatchRecord) -> Value {
+    json!({
+        "id": b.id.as_str(),
+        "object": "batch",
+        "endpoint": b.endpoint,
+        "model": b.model,
+        "errors": b.errors,
+        "input_file_id": b.input_file_id,
+        "completion_window": b.completion_window,
+        "status": b.status.as_str(),
+        "output_file_id": b.output_file_id,
+        "error_file_id": b.error_file_id,
+        "created_at": b.created_at,
+        "in_progress_at": b.in_progress_at,
+        "expires_at": b.expires_at,
+        "finalizing_at": b.finalizing_at,
+        "completed_at": b.completed_at,
+        "failed_at": b.failed_at,
+        "expired_at": b.expired_at,
+        "cancelling_at": b.cancelling_at,
+        "cancelled_at": b.cancelled_at,
+        "request_counts": {
+            "total": b.request_total,
+            "completed": b.request_completed,
+            "failed": b.request_failed,
+        },
+        "usage": b.usage,
+        "metadata": b.metadata,
+    })
+}

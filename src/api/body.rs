@@ -1,0 +1,149 @@
+//! Reading request bodies ourselves (rather than with `web::Json`) so that every way a body
+//! can be wrong (type, size, syntax, shape) ends in one of our errors with a useful `param`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub fn is_json(req: &HttpRequest) -> bool {
+    content_type(req).is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    })
+}
+
+pub fn content_type(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Reads at most `limit` bytes; more is a 413, without reading the rest.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::payload_too_large(format!(
+            "Request body too large: the limit is {limit} bytes."
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON object body. Type errors name the offending field as `param`.
+pub async fn json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    if !is_json(req) {
+        return Err(ApiError::unsupported_media_type(format!(
+            "Unsupported Content-Type {}: this endpoint expects 'application/json'.",
+            content_type(req).map_or("(none)".to_owned(), |c| format!("'{c}'"))
+        )));
+    }
+    let body = read_limited(req, payload, limit).await?;
+    parse(&body)
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "The request body is empty; this endpoint expects a JSON object.",
+        )
+        .with_code("invalid_json"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(de).map_err(describe)?;
+    Ok(value)
+}
+
+fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if inner.is_data() {
+        let msg = strip_position(&inner.to_string());
+        let err = ApiError::bad_request(if path == "." {
+            format!("Invalid request body: {msg}.")
+        } else {
+            format!("Invalid type for '{path}': {msg}.")
+        })
+        .with_code("invalid_type");
+        if path == "." {
+            err
+        } else {
+            err.with_param(path)
+        }
+    } else {
+        ApiError::bad_request(format!(
+            "We could not parse the JSON body of your request ({}). The API expects a JSON object; \
+             make sure the body is valid UTF-8 JSON.",
+            inner
+        ))
+        .with_code("invalid_json")
+    }
+}
+
+/// serde_json appends " at line 1 column 20"; the position is noise once the path is known.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[allow(dead_code)]
+    #[derive(Deserialize, Debug)]
+    struct Req {
+        endpoint: Option<String>,
+        metadata: Option<std::collections::HashMap<String, String>>,
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json() {
+        let err = parse::<Req>(b"{\"endpoint\": ").unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("invalid_json"));
+        assert_eq!(err.status.as_u16(), 400);
+        assert!(parse::<Req>(b"  ").is_err());
+        assert!(parse::<Req>(b"{\"endpoint\": \"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = parse::<Req>(br#"{"endpoint": 5}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("endpoint"));
+        assert_eq!(err.code.as_deref(), Some("invalid_type"));
+        let err = parse::<Req>(br#"{"metadata": {"k": 1}}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("metadata.k"));
+        let err = parse::<Req>(b"[1]").unwrap_err();
+        assert_eq!(err.param, None);
+        assert_eq!(err.code.as_deref(), Some("invalid_type"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Thin HTTP handlers, one module per resource.
+
+mod batches;
+mod body;
+mod files;
+mod health;
+mod request_id;
+
+use std::future::{ready, Ready};
+
+use actix_web::{web, FromRequest, HttpRequest};
+use sqlx::PgPool;
+
+use crate::config::LimitSettings;
+use crate::domain::ProjectId;
+use crate::error::ApiError;
+
+pub use request_id::{middleware as request_id_middleware, RequestId};
+
+/// What every handler may use.
+pub struct AppState {
+    pub pool: PgPool,
+    pub limits: LimitSettings,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(
+            web::scope("/v1")
+                .configure(files::routes)
+                .configure(batches::routes),
+        );
+}
+
+/// The project (tenant) a request acts for. Authentication will resolve it from the API key;
+/// until then every request belongs to the built-in project.
+pub struct Project(pub ProjectId);
+
+impl FromRequest for Project {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(_req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(Project(ProjectId::built_in())))
+    }
+}
+
+/// A resource that is missing, or belongs to another project (indistinguishable by design).
+fn no_such(kind: &str, id: &str, param: &str) -> ApiError {
+    ApiError::not_found(format!("No such {kind} object: {id}")).with_param(param)
+}

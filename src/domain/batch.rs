@@ -1,0 +1,323 @@
+use super::Invalid;
+
+/// The inference routes a batch may target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Responses,
+    ChatCompletions,
+    Embeddings,
+    Completions,
+    Moderations,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::Responses,
+        Endpoint::ChatCompletions,
+        Endpoint::Embeddings,
+        Endpoint::Completions,
+        Endpoint::Moderations,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Moderations => "/v1/moderations",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == raw)
+            .ok_or_else(|| {
+                let supported: Vec<String> = Self::ALL
+                    .iter()
+                    .map(|e| format!("'{}'", e.as_str()))
+                    .collect();
+                Invalid::new(
+                    "endpoint",
+                    "invalid_value",
+                    format!(
+                        "Invalid value: '{raw}'. Supported values are: {}.",
+                        supported.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Self::parse(&s)
+    }
+}
+
+/// OpenAI accepts only a 24-hour window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionWindow {
+    Hours24,
+}
+
+impl CompletionWindow {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "24h" => Ok(Self::Hours24),
+            _ => Err(Invalid::new(
+                "completion_window",
+                "invalid_value",
+                format!("Invalid value: '{raw}'. Supported values are: '24h'."),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        "24h"
+    }
+
+    pub fn seconds(self) -> i64 {
+        24 * 3600
+    }
+}
+
+impl TryFrom<String> for CompletionWindow {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Self::parse(&s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    Validating,
+    Failed,
+    InProgress,
+    Finalizing,
+    Completed,
+    Expired,
+    Cancelling,
+    Cancelled,
+}
+
+/// What a cancel request does to a batch in a given status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelDecision {
+    /// Move to `cancelling`; the worker finishes the job.
+    Begin,
+    /// Already cancelling or cancelled: answer with the batch unchanged.
+    AlreadyDone,
+    /// Too late: the batch has ended or is writing its results.
+    Refuse,
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Validating => "validating",
+            BatchStatus::Failed => "failed",
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Finalizing => "finalizing",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Expired => "expired",
+            BatchStatus::Cancelling => "cancelling",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BatchStatus::Failed
+                | BatchStatus::Completed
+                | BatchStatus::Expired
+                | BatchStatus::Cancelled
+        )
+    }
+
+    /// The legal status changes. Every UPDATE of `status` is guarded by the `from` side in SQL,
+    /// so two replicas racing for one transition cannot both win.
+    pub fn can_become(self, next: BatchStatus) -> bool {
+        use BatchStatus::*;
+        matches!(
+            (self, next),
+            (Validating, InProgress | Failed | Cancelling | Expired)
+                | (InProgress, Finalizing | Cancelling | Expired)
+                | (Finalizing, Completed | Expired | Failed)
+                | (Cancelling, Cancelled)
+        )
+    }
+
+    pub fn cancel_decision(self) -> CancelDecision {
+        match self {
+            BatchStatus::Cancelling | BatchStatus::Cancelled => CancelDecision::AlreadyDone,
+            s if s.can_become(BatchStatus::Cancelling) => CancelDecision::Begin,
+            _ => CancelDecision::Refuse,
+        }
+    }
+
+    /// Statuses from which a cancel starts, for the guarded UPDATE.
+    pub fn cancellable() -> Vec<&'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| s.cancel_decision() == CancelDecision::Begin)
+            .map(Self::as_str)
+            .collect()
+    }
+
+    const ALL: [BatchStatus; 8] = [
+        BatchStatus::Validating,
+        BatchStatus::Failed,
+        BatchStatus::InProgress,
+        BatchStatus::Finalizing,
+        BatchStatus::Completed,
+        BatchStatus::Expired,
+        BatchStatus::Cancelling,
+        BatchStatus::Cancelled,
+    ];
+}
+
+impl TryFrom<String> for BatchStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown batch status '{s}' in the database"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_round_trip_and_unknown_ones_list_the_supported() {
+        for e in Endpoint::ALL {
+            assert_eq!(Endpoint::parse(e.as_str()), Ok(e));
+        }
+        let err = Endpoint::parse("/v1/images").unwrap_err();
+        assert_eq!(
+            (err.param.as_str(), err.code),
+            ("endpoint", "invalid_value")
+        );
+        assert!(err.message.contains("'/v1/chat/completions'"));
+    }
+
+    #[test]
+    fn only_24h_window() {
+        assert!(CompletionWindow::parse("24h").is_ok());
+        assert!(CompletionWindow::parse("48h").is_err());
+    }
+
+    #[test]
+    fn cancel_rules() {
+        use BatchStatus::*;
+        assert_eq!(Validating.cancel_decision(), CancelDecision::Begin);
+        assert_eq!(InProgress.cancel_decision(), CancelDecision::Begin);
+        assert_eq!(Cancelling.cancel_decision(), CancelDecision::AlreadyDone);
+        assert_eq!(Cancelled.cancel_decision(), CancelDecision::AlreadyDone);
+        for s in [Completed, Failed, Expired, Finalizing] {
+            assert_eq!(s.cancel_decision(), CancelDecision::Refuse, "{s:?}");
+        }
+        assert_eq!(
+            BatchStatus::cancellable(),
+            vec!["validating", "in_progress"]
+        );
+    }
+
+    #[test]
+    fn terminal_statuses_go_nowhere() {
+        for from in BatchStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in BatchStatus::ALL {
+                assert!(!from.can_become(to), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for s in BatchStatus::ALL {
+            assert_eq!(BatchStatus::try_from(s.as_str().to_owned()), Ok(s));
+        }
+        assert!(BatchStatus::try_from("done".to_owned()).is_err());
+    }
+}
+
+/// The validated parameters of a batch creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSpec {
+    pub input_file_id: super::FileId,
+    pub endpoint: Endpoint,
+    pub completion_window: CompletionWindow,
+    pub metadata: Option<super::Metadata>,
+    pub output_expires_after: Option<super::ExpiresAfter>,
+}
+
+impl BatchSpec {
+    /// SHA-256 (hex) of the canonical JSON of the parameters: object keys sorted, absent
+    /// values as `null`. Two creations with one idempotency key must agree on it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // serde_json's default map is ordered, so this text is canonical.
+        let canonical = serde_json::json!({
+            "completion_window": self.completion_window.as_str(),
+            "endpoint": self.endpoint.as_str(),
+            "input_file_id": self.input_file_id.as_str(),
+            "metadata": self.metadata.as_ref().map(super::Metadata::to_json),
+            "output_expires_after": self.output_expires_after.map(|e| serde_json::json!({
+                "anchor": "created_at",
+                "seconds": e.seconds(),
+            })),
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+    use crate::domain::{ExpiresAfter, FileId, Metadata};
+    use serde_json::json;
+
+    fn spec(file: &str, meta: serde_json::Value) -> BatchSpec {
+        BatchSpec {
+            input_file_id: FileId::parse("input_file_id", file).unwrap(),
+            endpoint: Endpoint::ChatCompletions,
+            completion_window: CompletionWindow::Hours24,
+            metadata: Metadata::from_json(&meta).unwrap(),
+            output_expires_after: None,
+        }
+    }
+
+    #[test]
+    fn metadata_order_does_not_change_the_fingerprint() {
+        assert_eq!(
+            spec("f", json!({"a": "1", "b": "2"})).fingerprint(),
+            spec("f", json!({"b": "2", "a": "1"})).fingerprint()
+        );
+    }
+
+    #[test]
+    fn every_parameter_changes_the_fingerprint() {
+        let base = spec("f", json!({"a": "1"}));
+        let mut variants = vec![
+            spec("g", json!({"a": "1"})),
+            spec("f", json!({"a": "2"})),
+            spec("f", json!(null)),
+        ];
+        let mut other_endpoint = base.clone();
+        other_endpoint.endpoint = Endpoint::Embeddings;
+        variants.push(other_endpoint);
+        let mut expiring = base.clone();
+        expiring.output_expires_after = Some(ExpiresAfter::new("o", "created_at", 3600).unwrap());
+        variants.push(expiring);
+        for v in variants {
+            assert_ne!(base.fingerprint(), v.fingerprint(), "{v:?}");
+        }
+        assert_eq!(base.fingerprint().len(), 64);
+    }
+}

@@ -1,0 +1,99 @@
+use std::fmt;
+
+use super::Invalid;
+
+/// Ids are opaque to clients, so a lookup accepts any reasonable string (a wrong one is simply
+/// not found); only ids we mint carry our prefixes.
+const MAX_ID_LEN: usize = 256;
+
+fn parse_id(param: &str, raw: &str) -> Result<String, Invalid> {
+    if raw.is_empty() {
+        return Err(Invalid::new(
+            param,
+            "invalid_value",
+            format!("'{param}' must not be empty."),
+        ));
+    }
+    if raw.len() > MAX_ID_LEN || raw.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            param,
+            "invalid_value",
+            format!(
+                "Invalid '{param}': expected an id of at most {MAX_ID_LEN} printable characters."
+            ),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn mint(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+macro_rules! id_type {
+    ($name:ident, $prefix:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::Type)]
+        #[sqlx(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn generate() -> Self {
+                Self(mint($prefix))
+            }
+
+            pub fn parse(param: &str, raw: &str) -> Result<Self, Invalid> {
+                parse_id(param, raw).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(BatchId, "batch_");
+id_type!(FileId, "file-");
+
+/// A tenant. Not client-supplied: it comes from authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProjectId(String);
+
+impl ProjectId {
+    /// The project every request belongs to while authentication is off.
+    pub fn built_in() -> Self {
+        Self("proj_default".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_ids_carry_their_prefix_and_are_unique() {
+        let a = BatchId::generate();
+        let b = BatchId::generate();
+        assert!(a.as_str().starts_with("batch_"));
+        assert!(FileId::generate().as_str().starts_with("file-"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn foreign_ids_are_accepted_but_empty_or_huge_ones_are_not() {
+        assert!(FileId::parse("input_file_id", "bogus-id").is_ok());
+        assert!(FileId::parse("input_file_id", "").is_err());
+        assert!(FileId::parse("input_file_id", &"x".repeat(300)).is_err());
+        assert!(FileId::parse("input_file_id", "a\nb").is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! Values that can only exist in a valid state: each is built by a `parse` that
+//! returns `Invalid` (rendered as a 400 by `crate::error`) for anything else.
+
+mod batch;
+mod expiry;
+mod file;
+mod idempotency;
+mod ids;
+mod metadata;
+
+pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
+pub use expiry::ExpiresAfter;
+pub use file::{Purpose, Utf8Check};
+pub use idempotency::IdempotencyKey;
+pub use ids::{BatchId, FileId, ProjectId};
+pub use metadata::Metadata;
+
+/// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub param: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing(param: &str) -> Self {
+        Self::new(
+            param,
+            "missing_required_parameter",
+            format!("Missing required parameter: '{param}'."),
+        )
+    }
+
+    pub fn wrong_type(param: &str, expected: &str) -> Self {
+        Self::new(
+            param,
+            "invalid_type",
+            format!("Invalid type for '{param}': expected {expected}."),
+        )
+    }
+}

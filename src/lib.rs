@@ -1,0 +1,9 @@
+//! OpenBatch: an OpenAI-compatible Batch and Files API server on PostgreSQL.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,214 @@
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::domain::{BatchId, BatchSpec, BatchStatus, CancelDecision, IdempotencyKey, ProjectId};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRecord {
+    pub id: BatchId,
+    pub endpoint: String,
+    pub input_file_id: String,
+    pub completion_window: String,
+    #[sqlx(try_from = "String")]
+    pub status: BatchStatus,
+    pub model: Option<String>,
+    pub errors: Option<Value>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub created_at: i64,
+    pub in_progress_at: Option<i64>,
+    pub expires_at: i64,
+    pub finalizing_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expired_at: Option<i64>,
+    pub cancelling_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub request_total: i32,
+    pub request_completed: i32,
+    pub request_failed: i32,
+    pub usage: Option<Value>,
+    pub metadata: Option<Value>,
+    pub params_hash: String,
+}
+
+const COLUMNS: &str = "id, endpoint, input_file_id, completion_window, status, model, errors, \
+    output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
+    completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
+    request_completed, request_failed, usage, metadata, params_hash";
+
+pub enum Created {
+    New(BatchRecord),
+    /// Same key, same parameters: the batch as it is now.
+    Replayed(BatchRecord),
+    /// Same key, different parameters.
+    Conflict(BatchRecord),
+}
+
+/// Inserts a batch, or finds the one created earlier under the same idempotency key.
+///
+/// One statement: `INSERT ... ON CONFLICT DO NOTHING` on the per-project unique key, plus a
+/// read of the existing row in the same round trip. When the competing insert committed after
+/// this statement's snapshot was taken, the read sees nothing; a second, fresh read then does.
+pub async fn create(
+    pool: &PgPool,
+    project: &ProjectId,
+    spec: &BatchSpec,
+    key: Option<&IdempotencyKey>,
+) -> Result<Created, sqlx::Error> {
+    let hash = spec.fingerprint();
+    let sql = format!(
+        "WITH ins AS (
+            INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
+                                 expires_at, metadata, output_expires_after_seconds,
+                                 idempotency_key, params_hash)
+            VALUES ($1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11)
+            ON CONFLICT (project_id, idempotency_key) DO NOTHING
+            RETURNING {COLUMNS}
+        )
+        SELECT {COLUMNS}, true AS inserted FROM ins
+        UNION ALL
+        SELECT {COLUMNS}, false AS inserted FROM batches
+        WHERE project_id = $2 AND idempotency_key = $10 AND NOT EXISTS (SELECT 1 FROM ins)"
+    );
+    let row: Option<(bool, BatchRecord)> = sqlx::query_as::<_, WithInserted>(&sql)
+        .bind(BatchId::generate())
+        .bind(project.as_str())
+        .bind(spec.endpoint.as_str())
+        .bind(spec.input_file_id.as_str())
+        .bind(spec.completion_window.as_str())
+        .bind(BatchStatus::Validating.as_str())
+        .bind(spec.completion_window.seconds())
+        .bind(spec.metadata.as_ref().map(|m| m.to_json()))
+        .bind(spec.output_expires_after.map(|e| e.seconds()))
+        .bind(key.map(IdempotencyKey::as_str))
+        .bind(&hash)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| (r.inserted, r.batch));
+    let (inserted, batch) = match row {
+        Some(found) => found,
+        None => {
+            let key = key.expect("an insert without a key cannot conflict");
+            let existing = sqlx::query_as::<_, BatchRecord>(&format!(
+                "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(project.as_str())
+            .bind(key.as_str())
+            .fetch_one(pool)
+            .await?;
+            (false, existing)
+        }
+    };
+    Ok(if inserted {
+        Created::New(batch)
+    } else if batch.params_hash == hash {
+        Created::Replayed(batch)
+    } else {
+        Created::Conflict(batch)
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct WithInserted {
+    inserted: bool,
+    #[sqlx(flatten)]
+    batch: BatchRecord,
+}
+
+pub async fn get(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &BatchId,
+) -> Result<Option<BatchRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND id = $2"
+    ))
+    .bind(project.as_str())
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub struct Page {
+    pub batches: Vec<BatchRecord>,
+    pub has_more: bool,
+}
+
+/// Newest first. The cursor is the position (`seq`) of the `after` batch, so pages stay
+/// stable while batches are being created. `None` when `after` names no batch of the project.
+pub async fn list(
+    pool: &PgPool,
+    project: &ProjectId,
+    after: Option<&BatchId>,
+    limit: u32,
+) -> Result<Option<Page>, sqlx::Error> {
+    let before_seq: i64 = match after {
+        None => i64::MAX,
+        Some(id) => {
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM batches WHERE project_id = $1 AND id = $2")
+                    .bind(project.as_str())
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+            match seq {
+                Some(seq) => seq,
+                None => return Ok(None),
+            }
+        }
+    };
+    let mut batches: Vec<BatchRecord> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+    ))
+    .bind(project.as_str())
+    .bind(before_seq)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    let has_more = batches.len() > limit as usize;
+    batches.truncate(limit as usize);
+    Ok(Some(Page { batches, has_more }))
+}
+
+pub enum Cancelled {
+    /// Now `cancelling`, or already `cancelling`/`cancelled`.
+    Accepted(BatchRecord),
+    Refused(BatchRecord),
+    NotFound,
+}
+
+/// Moves a batch to `cancelling` if its status allows; the guarded UPDATE makes a concurrent
+/// status change (a worker finishing it, say) win or lose cleanly.
+pub async fn cancel(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &BatchId,
+) -> Result<Cancelled, sqlx::Error> {
+    // A status change between the UPDATE and the read is retried; it can happen only a few
+    // times, since every status moves forward.
+    loop {
+        let updated: Option<BatchRecord> = sqlx::query_as(&format!(
+            "UPDATE batches SET status = $3, cancelling_at = unix_now()
+             WHERE project_id = $1 AND id = $2 AND status = ANY($4)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(project.as_str())
+        .bind(id)
+        .bind(BatchStatus::Cancelling.as_str())
+        .bind(BatchStatus::cancellable())
+        .fetch_optional(pool)
+        .await?;
+        if let Some(batch) = updated {
+            return Ok(Cancelled::Accepted(batch));
+        }
+        let Some(batch) = get(pool, project, id).await? else {
+            return Ok(Cancelled::NotFound);
+        };
+        match batch.status.cancel_decision() {
+            CancelDecision::AlreadyDone => return Ok(Cancelled::Accepted(batch)),
+            CancelDecision::Refuse => return Ok(Cancelled::Refused(batch)),
+            CancelDecision::Begin => continue,
+        }
+    }
+}

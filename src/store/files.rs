@@ -1,0 +1,184 @@
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::domain::{FileId, ProjectId, Purpose};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FileRecord {
+    pub id: FileId,
+    pub filename: String,
+    #[sqlx(try_from = "String")]
+    pub purpose: Purpose,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, filename, purpose, bytes, created_at, expires_at";
+
+/// Visible files: neither deleted nor past their expiry.
+const LIVE: &str = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())";
+
+/// Content is stored in chunks of about this size.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// An upload in progress: chunks are written inside one transaction and the `files` row last,
+/// so an aborted upload leaves nothing behind.
+pub struct Upload {
+    tx: Transaction<'static, Postgres>,
+    id: FileId,
+    next_idx: i32,
+    bytes: i64,
+}
+
+pub struct NewFile<'a> {
+    pub project: &'a ProjectId,
+    pub filename: &'a str,
+    pub purpose: Purpose,
+    pub expires_after_seconds: Option<i64>,
+}
+
+impl Upload {
+    pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            tx: pool.begin().await?,
+            id: FileId::generate(),
+            next_idx: 0,
+            bytes: 0,
+        })
+    }
+
+    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)")
+            .bind(&self.id)
+            .bind(self.next_idx)
+            .bind(data)
+            .execute(&mut *self.tx)
+            .await?;
+        self.next_idx += 1;
+        self.bytes += data.len() as i64;
+        Ok(())
+    }
+
+    pub async fn commit(mut self, file: NewFile<'_>) -> Result<FileRecord, sqlx::Error> {
+        let record = sqlx::query_as(&format!(
+            "INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
+             VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(&self.id)
+        .bind(file.project.as_str())
+        .bind(file.filename)
+        .bind(file.purpose.as_str())
+        .bind(self.bytes)
+        .bind(file.expires_after_seconds)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(record)
+    }
+}
+
+pub async fn get(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &FileId,
+) -> Result<Option<FileRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM files WHERE project_id = $1 AND id = $2 AND {LIVE}"
+    ))
+    .bind(project.as_str())
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+pub struct ListQuery<'a> {
+    pub purpose: Option<Purpose>,
+    pub after: Option<&'a FileId>,
+    pub limit: u32,
+    pub order: Order,
+}
+
+pub struct Page {
+    pub files: Vec<FileRecord>,
+    pub has_more: bool,
+}
+
+/// Keyset pagination on `(project_id, seq)`. `None` when `after` names no file of the project
+/// (deleted files keep their position, so a listing survives deletions mid-way).
+pub async fn list(
+    pool: &PgPool,
+    project: &ProjectId,
+    q: ListQuery<'_>,
+) -> Result<Option<Page>, sqlx::Error> {
+    let cursor: Option<i64> = match q.after {
+        None => None,
+        Some(id) => {
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM files WHERE project_id = $1 AND id = $2")
+                    .bind(project.as_str())
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+            match seq {
+                Some(seq) => Some(seq),
+                None => return Ok(None),
+            }
+        }
+    };
+    let (cmp, dir, start) = match q.order {
+        Order::Asc => (">", "ASC", i64::MIN),
+        Order::Desc => ("<", "DESC", i64::MAX),
+    };
+    let mut files: Vec<FileRecord> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM files
+         WHERE project_id = $1 AND {LIVE} AND seq {cmp} $2 AND ($3::text IS NULL OR purpose = $3)
+         ORDER BY seq {dir} LIMIT $4"
+    ))
+    .bind(project.as_str())
+    .bind(cursor.unwrap_or(start))
+    .bind(q.purpose.map(Purpose::as_str))
+    .bind(i64::from(q.limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    let has_more = files.len() > q.limit as usize;
+    files.truncate(q.limit as usize);
+    Ok(Some(Page { files, has_more }))
+}
+
+/// Marks the file deleted and drops its content. False when there was no such live file.
+pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query(&format!(
+        "UPDATE files SET deleted_at = unix_now() WHERE project_id = $1 AND id = $2 AND {LIVE}"
+    ))
+    .bind(project.as_str())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if deleted {
+        sqlx::query("DELETE FROM file_chunks WHERE file_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// One chunk of a file's content, by position; `None` past the end (or if it was deleted).
+pub async fn chunk(pool: &PgPool, id: &FileId, idx: i32) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2")
+        .bind(id)
+        .bind(idx)
+        .fetch_optional(pool)
+        .await
+}

@@ -1,0 +1,102 @@
+//! All SQL lives under this module, one file per table group.
+
+pub mod batches;
+pub mod files;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::{redact_url, DatabaseSettings};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, creating the database first when it is missing and allowed to.
+/// Fails fast with a message that names the setting to fix.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let url = settings.url.expose();
+    let shown = redact_url(url);
+    let options: PgConnectOptions = url.parse().with_context(|| {
+        format!("OPENBATCH__DATABASE__URL (or DATABASE_URL) is not a valid PostgreSQL URL: {shown}")
+    })?;
+    let options = options.log_statements(tracing::log::LevelFilter::Debug);
+    let pool_options = || {
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(settings.min_connections)
+            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+    };
+    let connect_timeout = Duration::from_secs(settings.connect_timeout_secs);
+    let first = tokio::time::timeout(
+        connect_timeout,
+        pool_options().connect_with(options.clone()),
+    )
+    .await;
+    let err = match first {
+        Ok(Ok(pool)) => return Ok(pool),
+        Ok(Err(e)) => e,
+        Err(_) => bail!(
+            "timed out after {}s connecting to PostgreSQL at {shown}; check that it is running \
+             and that OPENBATCH__DATABASE__URL (or DATABASE_URL) points at it",
+            settings.connect_timeout_secs
+        ),
+    };
+    if is_missing_database(&err) && settings.create_if_missing {
+        create_database(&options).await.with_context(|| {
+            format!("database in {shown} does not exist and could not be created")
+        })?;
+        return tokio::time::timeout(connect_timeout, pool_options().connect_with(options))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to PostgreSQL at {shown}"));
+    }
+    Err(err).with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {shown}; check that it is running and that \
+             OPENBATCH__DATABASE__URL (or DATABASE_URL) is right"
+        )
+    })
+}
+
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "3D000")
+}
+
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options
+        .get_database()
+        .context("the URL names no database")?
+        .to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(&sql).execute(&mut admin).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another replica created it first.
+        Err(e)
+            if matches!(
+                e.as_database_error().and_then(|d| d.code()).as_deref(),
+                Some("42P04" | "23505")
+            ) => {}
+        Err(e) => return Err(e.into()),
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it does, so
+/// replicas starting together apply each migration exactly once.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying migrations failed")
+}
+
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
