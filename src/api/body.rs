@@ -75,6 +75,17 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         )
         .with_code("invalid_json"));
     }
+    // serde would accept an array for a struct; the API takes objects only.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) if !e.is_data() => invalid_json(&e),
+                _ => ApiError::bad_request("The request body must be a JSON object.")
+                    .with_code("invalid_type"),
+            },
+        );
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(de).map_err(describe)?;
     Ok(value)
@@ -97,13 +108,16 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             err.with_param(path)
         }
     } else {
-        ApiError::bad_request(format!(
-            "We could not parse the JSON body of your request ({}). The API expects a JSON object; \
-             make sure the body is valid UTF-8 JSON.",
-            inner
-        ))
-        .with_code("invalid_json")
+        invalid_json(&inner)
     }
+}
+
+fn invalid_json(e: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "We could not parse the JSON body of your request ({e}). The API expects a JSON object; \
+         make sure the body is valid UTF-8 JSON."
+    ))
+    .with_code("invalid_json")
 }
 
 /// serde_json appends " at line 1 column 20"; the position is noise once the path is known.

@@ -1,0 +1,346 @@
+use serde_json::Value;
+
+use crate::helpers::{expect_error, spawn_app, spawn_app_with};
+
+fn jsonl(lines: usize) -> Vec<u8> {
+    (0..lines)
+        .map(|i| {
+            format!(
+                "{{\"custom_id\":\"r{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"héllo {i}\"}}]}}}}\n"
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn upload_retrieve_download_delete_round_trip() {
+    let app = spawn_app().await;
+    // Larger than one storage chunk, so content spans several rows.
+    let content = jsonl(20_000);
+    assert!(content.len() > 2 * 1024 * 1024);
+    let res = app.upload("batch", "requests.jsonl", content.clone()).await;
+    assert_eq!(res.status(), 200);
+    let file: Value = res.json().await.unwrap();
+    let id = file["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("file-"));
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["bytes"], content.len() as u64);
+    assert_eq!(file["filename"], "requests.jsonl");
+    assert_eq!(file["purpose"], "batch");
+    assert_eq!(file["status"], "processed");
+    assert_eq!(file["expires_at"], Value::Null);
+
+    let fetched: Value = app
+        .get(&format!("/v1/files/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, file);
+
+    let res = app
+        .get(&format!("/v1/files/{id}/content"))
+        .header("accept", "application/binary")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), content.as_slice());
+
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/files/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deleted: Value = res.json().await.unwrap();
+    assert_eq!(
+        deleted,
+        serde_json::json!({"id": id, "object": "file", "deleted": true})
+    );
+
+    for path in [format!("/v1/files/{id}"), format!("/v1/files/{id}/content")] {
+        let err = expect_error(app.get(&path).send().await.unwrap(), 404).await;
+        assert!(err["message"].as_str().unwrap().contains(&id));
+        assert_eq!(err["param"], "id");
+    }
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/files/{id}")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404).await;
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM file_chunks")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0, "content is dropped with the file");
+}
+
+#[tokio::test]
+async fn expires_after_sets_expires_at() {
+    let app = spawn_app().await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
+        )
+        .text("purpose", "batch")
+        .text("expires_after[anchor]", "created_at")
+        .text("expires_after[seconds]", "7200");
+    let file: Value = app
+        .post("/v1/files")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        file["expires_at"].as_i64().unwrap(),
+        file["created_at"].as_i64().unwrap() + 7200
+    );
+
+    for (anchor, seconds, param) in [
+        ("created_at", "60", "expires_after.seconds"),
+        ("created_at", "soon", "expires_after[seconds]"),
+        ("last_used", "7200", "expires_after.anchor"),
+    ] {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .text("expires_after[anchor]", anchor)
+            .text("expires_after[seconds]", seconds)
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
+            );
+        let res = app.post("/v1/files").multipart(form).send().await.unwrap();
+        assert_eq!(expect_error(res, 400).await["param"], param);
+    }
+}
+
+#[tokio::test]
+async fn expired_files_are_gone() {
+    let app = spawn_app().await;
+    let file: Value = app
+        .upload("batch", "a.jsonl", jsonl(1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = file["id"].as_str().unwrap();
+    sqlx::query("UPDATE files SET expires_at = unix_now() - 1 WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    expect_error(
+        app.get(&format!("/v1/files/{id}")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    let list: Value = app
+        .get("/v1/files")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn list_filters_orders_and_pages() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let purpose = if i % 2 == 0 { "batch" } else { "user_data" };
+        let f: Value = app
+            .upload(purpose, &format!("f{i}.jsonl"), jsonl(1))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(f["id"].as_str().unwrap().to_owned());
+    }
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: Value = app
+        .get("/v1/files")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(ids_of(&all), newest_first);
+    assert_eq!(all["has_more"], false);
+
+    let asc: Value = app
+        .get("/v1/files?order=asc&limit=2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&asc), ids[..2]);
+    assert_eq!(asc["has_more"], true);
+    let next: Value = app
+        .get(&format!(
+            "/v1/files?order=asc&limit=2&after={}",
+            asc["last_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&next), ids[2..4]);
+
+    let batch_only: Value = app
+        .get("/v1/files?purpose=batch")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_of(&batch_only),
+        vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
+    );
+
+    // A cursor on a file deleted mid-way still works.
+    app.client
+        .delete(app.url(&format!("/v1/files/{}", ids[1])))
+        .send()
+        .await
+        .unwrap();
+    let after_deleted: Value = app
+        .get(&format!("/v1/files?order=asc&after={}", ids[1]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&after_deleted), ids[2..]);
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+        ("order=sideways", "order"),
+        ("purpose=nope", "purpose"),
+        ("after=file-missing", "after"),
+    ] {
+        let res = app.get(&format!("/v1/files?{query}")).send().await.unwrap();
+        assert_eq!(expect_error(res, 400).await["param"], param, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
+    let app = spawn_app_with(|s| s.limits.max_upload_bytes = 4096).await;
+    let not_utf8 = vec![b'{', 0xff, 0xfe, b'}', b'\n'];
+    let res = app.upload("batch", "bad.jsonl", not_utf8.clone()).await;
+    assert_eq!(expect_error(res, 400).await["code"], "invalid_file_format");
+    // Other purposes may hold any bytes.
+    assert_eq!(app.upload("user_data", "bin", not_utf8).await.status(), 200);
+
+    let res = app.upload("batch", "big.jsonl", vec![b'a'; 5000]).await;
+    let err = expect_error(res, 413).await;
+    assert!(err["message"].as_str().unwrap().contains("4096"));
+
+    let res = app.upload("nonsense", "a.jsonl", jsonl(1)).await;
+    assert_eq!(expect_error(res, 400).await["param"], "purpose");
+    let res = app.upload("batch_output", "a.jsonl", jsonl(1)).await;
+    assert_eq!(expect_error(res, 400).await["param"], "purpose");
+    let res = app.upload("batch", "empty.jsonl", Vec::new()).await;
+    assert_eq!(expect_error(res, 400).await["param"], "file");
+
+    let form = reqwest::multipart::Form::new().text("purpose", "batch");
+    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
+    let err = expect_error(res, 400).await;
+    assert_eq!(
+        (err["param"].as_str(), err["code"].as_str()),
+        (Some("file"), Some("missing_required_parameter"))
+    );
+
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
+    );
+    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
+    assert_eq!(expect_error(res, 400).await["param"], "purpose");
+
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(jsonl(1)).file_name("b.jsonl"),
+        );
+    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
+    assert_eq!(expect_error(res, 400).await["param"], "file");
+
+    // A multipart body with no parts at all, and one cut off mid-way.
+    for body in [
+        "--xyz--\r\n",
+        "--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc",
+    ] {
+        let res = app
+            .post("/v1/files")
+            .header("content-type", "multipart/form-data; boundary=xyz")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(res, 400).await;
+    }
+    let res = app
+        .post("/v1/files")
+        .header("content-type", "multipart/form-data")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 400).await;
+    let res = app
+        .post("/v1/files")
+        .json(&serde_json::json!({"purpose": "batch"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 415).await;
+
+    let (files, chunks): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM file_chunks)")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (files, chunks),
+        (1, 1),
+        "only the one accepted upload is stored"
+    );
+}

@@ -1,0 +1,191 @@
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openbatch::config::Settings;
+use openbatch::startup::Application;
+use reqwest::{RequestBuilder, Response};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// The PostgreSQL server tests create their databases on: `DATABASE_URL` (any database on
+/// it), or the local default.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A URL naming a database that does not exist yet; the server creates it.
+pub fn fresh_database_url() -> String {
+    let base = server_url();
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database path");
+    let prefix = prefix.split('?').next().unwrap();
+    format!("{prefix}/ob_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn settings_for(database_url: &str) -> Settings {
+    let url = database_url.to_owned();
+    Settings::load_from(move |name| match name {
+        "OPENBATCH__DATABASE__URL" => Some(url.clone()),
+        "OPENBATCH__SERVER__PORT" => Some("0".to_owned()),
+        "OPENBATCH__SERVER__WORKERS" => Some("2".to_owned()),
+        _ => None,
+    })
+    .expect("test settings")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let url = fresh_database_url();
+    let mut settings = settings_for(&url);
+    tweak(&mut settings);
+    let app = Application::build(&settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let pool = PgPool::connect(&url).await.expect("test pool");
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool,
+    }
+}
+
+pub fn batch_body(input_file_id: &str) -> Value {
+    json!({
+        "input_file_id": input_file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub async fn create_batch(&self, body: &Value) -> Response {
+        self.post("/v1/batches").json(body).send().await.unwrap()
+    }
+
+    pub async fn upload(&self, purpose: &str, name: &str, content: Vec<u8>) -> Response {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", purpose.to_owned())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(content).file_name(name.to_owned()),
+            );
+        self.post("/v1/files").multipart(form).send().await.unwrap()
+    }
+
+    pub async fn count_batches(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM batches")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts an OpenAI error envelope with all four keys and returns the inner object.
+pub async fn expect_error(res: Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    assert!(res.headers().contains_key("x-request-id"));
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: Value = res.json().await.unwrap();
+    let err = body["error"].as_object().expect("error envelope").clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(err.contains_key(key), "missing {key} in {body}");
+    }
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    Value::Object(err)
+}
+
+/// A real `openbatch serve` process.
+pub struct Replica {
+    pub address: String,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn openbatch_command(database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openbatch"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OPENBATCH__DATABASE__URL", database_url)
+        .env("OPENBATCH__SERVER__HOST", "127.0.0.1")
+        .env("OPENBATCH__SERVER__WORKERS", "2")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Starts `n` server processes on one database at once (so they also race to create it and
+/// to migrate it) and waits until each answers.
+pub async fn start_replicas(n: usize, database_url: &str) -> Vec<Replica> {
+    let replicas: Vec<Replica> = (0..n)
+        .map(|_| {
+            let port = free_port();
+            let child = openbatch_command(database_url)
+                .env("OPENBATCH__SERVER__PORT", port.to_string())
+                .arg("serve")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start openbatch");
+            Replica {
+                address: format!("http://127.0.0.1:{port}"),
+                child,
+            }
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    for r in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = client
+                .get(format!("{}/readyz", r.address))
+                .send()
+                .await
+                .is_ok_and(|res| res.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never became ready",
+                r.address
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    replicas
+}

@@ -1,0 +1,10 @@
+//! Integration tests through real HTTP against a real PostgreSQL; every test gets its own
+//! freshly created database.
+
+mod batches;
+mod errors;
+mod files;
+mod helpers;
+mod idempotency;
+mod replicas;
+mod startup;
