@@ -12,7 +12,8 @@ async fn malformed_bodies_get_clear_4xx_envelopes() {
         }
         req.send()
     };
-    let cases: Vec<(Option<&'static str>, Vec<u8>, u16, Option<&str>)> = vec![
+    type Case = (Option<&'static str>, Vec<u8>, u16, Option<&'static str>);
+    let cases: Vec<Case> = vec![
         (
             Some("application/json"),
             b"{\"input_file_id\": ".to_vec(),
