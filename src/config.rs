@@ -2,6 +2,7 @@
 //! `OPENBATCH_CONFIG`) < `OPENBATCH__SECTION__KEY` environment variables. `DATABASE_URL` is
 //! honoured when `OPENBATCH__DATABASE__URL` is not set.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use anyhow::Context;
@@ -13,6 +14,70 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub upstream: UpstreamSettings,
+    /// Named upstreams chosen by model name; any model no route claims goes to `upstream`.
+    #[serde(default)]
+    pub routes: HashMap<String, UpstreamSettings>,
+    pub worker: WorkerSettings,
+    pub batches: BatchSettings,
+}
+
+/// An OpenAI-compatible inference server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSettings {
+    /// Including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Per HTTP attempt.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_secs: u64,
+    /// Requests in flight to this upstream from one replica.
+    #[serde(default = "default_upstream_in_flight")]
+    pub max_in_flight: usize,
+    /// Model names routed here (routes only); `*` at the end matches a prefix.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+fn default_upstream_timeout() -> u64 {
+    600
+}
+
+fn default_upstream_in_flight() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Run batch workers in this process (an API-only replica sets false).
+    pub enabled: bool,
+    /// Lines in flight per replica, across all upstreams. A line's slot is freed only once its
+    /// result is stored, so a replica that dies loses at most this many executions.
+    pub max_in_flight: usize,
+    /// Most lines claimed in one query.
+    pub claim_size: usize,
+    /// How long a claim (of a line or of batch-level work) lives without renewal.
+    pub lease_secs: u64,
+    /// How often an idle replica looks for work.
+    pub poll_interval_ms: u64,
+    /// Longest a finished result waits before being written with others.
+    pub flush_interval_ms: u64,
+    /// HTTP attempts per line (first try included) for retryable failures.
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// After a cancel, how long in-flight lines may finish before they are abandoned.
+    pub cancel_grace_secs: u64,
+    /// On SIGTERM, how long in-flight lines may finish before their claims are released.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchSettings {
+    /// Test-only: expire batches this many seconds after creation instead of 24 hours.
+    #[serde(default)]
+    pub expiry_override_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,11 +145,12 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/openb
 
 impl Settings {
     pub fn load() -> anyhow::Result<Settings> {
-        Self::load_from(|name| std::env::var(name).ok())
+        Self::load_from(std::env::vars().collect())
     }
 
-    /// `env` is injected so tests can load settings without touching the process environment.
-    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
+    /// The environment is injected so tests can load settings without touching the process's.
+    pub fn load_from(vars: HashMap<String, String>) -> anyhow::Result<Settings> {
+        let env = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
         let mut builder = config::Config::builder()
             .set_default("server.host", "127.0.0.1")?
             .set_default("server.port", 8080)?
@@ -98,21 +164,40 @@ impl Settings {
             .set_default("limits.max_upload_bytes", 512_u64 * 1024 * 1024)?
             .set_default("limits.max_json_body_bytes", 1024 * 1024)?
             .set_default("log.format", "text")?
-            .set_default("log.level", "info")?;
+            .set_default("log.level", "info")?
+            .set_default("upstream.base_url", "http://127.0.0.1:8000/v1")?
+            .set_default("upstream.timeout_secs", default_upstream_timeout())?
+            .set_default(
+                "upstream.max_in_flight",
+                default_upstream_in_flight() as u64,
+            )?
+            .set_default("worker.enabled", true)?
+            .set_default("worker.max_in_flight", 64)?
+            .set_default("worker.claim_size", 32)?
+            .set_default("worker.lease_secs", 30)?
+            .set_default("worker.poll_interval_ms", 250)?
+            .set_default("worker.flush_interval_ms", 50)?
+            .set_default("worker.max_attempts", 5)?
+            .set_default("worker.retry_base_ms", 500)?
+            .set_default("worker.retry_max_ms", 30_000)?
+            .set_default("worker.cancel_grace_secs", 5)?
+            .set_default("worker.shutdown_grace_secs", 20)?
+            .set_default("batches.expiry_override_secs", None::<i64>)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),
         };
-        let vars: config::Map<String, String> = ENV_NAMES
+        let ours: config::Map<String, String> = vars
             .iter()
-            .filter_map(|name| env(name).map(|v| ((*name).to_owned(), v)))
+            .filter(|(k, v)| k.starts_with("OPENBATCH__") && !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("OPENBATCH")
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(vars)),
+                .source(Some(ours)),
         );
         if env("OPENBATCH__DATABASE__URL").is_none() {
             if let Some(url) = env("DATABASE_URL") {
@@ -144,6 +229,36 @@ impl Settings {
             self.limits.max_upload_bytes >= 1,
             "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES must be at least 1"
         );
+        let w = &self.worker;
+        anyhow::ensure!(
+            w.max_in_flight >= 1 && w.claim_size >= 1,
+            "OPENBATCH__WORKER__MAX_IN_FLIGHT and OPENBATCH__WORKER__CLAIM_SIZE must be at least 1"
+        );
+        anyhow::ensure!(
+            w.max_attempts >= 1,
+            "OPENBATCH__WORKER__MAX_ATTEMPTS must be at least 1"
+        );
+        anyhow::ensure!(
+            w.lease_secs >= 3,
+            "OPENBATCH__WORKER__LEASE_SECS must be at least 3"
+        );
+        for (name, up) in std::iter::once(("upstream".to_owned(), &self.upstream))
+            .chain(self.routes.iter().map(|(n, u)| (format!("routes.{n}"), u)))
+        {
+            anyhow::ensure!(
+                up.base_url.starts_with("http://") || up.base_url.starts_with("https://"),
+                "{name}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1 \
+                 (OPENBATCH__UPSTREAM__BASE_URL for the default upstream)"
+            );
+            anyhow::ensure!(
+                up.max_in_flight >= 1,
+                "{name}.max_in_flight must be at least 1"
+            );
+            anyhow::ensure!(
+                up.timeout_secs >= 1,
+                "{name}.timeout_secs must be at least 1"
+            );
+        }
         anyhow::ensure!(
             self.limits.max_json_body_bytes >= 1024,
             "OPENBATCH__LIMITS__MAX_JSON_BODY_BYTES must be at least 1024"
@@ -151,25 +266,6 @@ impl Settings {
         Ok(())
     }
 }
-
-/// Every variable the settings read. Listing them (rather than scanning the whole
-/// environment) keeps unrelated `OPENBATCH__*` typos from being silently accepted elsewhere
-/// and lets `load_from` work from an injected environment.
-const ENV_NAMES: &[&str] = &[
-    "OPENBATCH__SERVER__HOST",
-    "OPENBATCH__SERVER__PORT",
-    "OPENBATCH__SERVER__WORKERS",
-    "OPENBATCH__DATABASE__URL",
-    "OPENBATCH__DATABASE__MAX_CONNECTIONS",
-    "OPENBATCH__DATABASE__MIN_CONNECTIONS",
-    "OPENBATCH__DATABASE__CONNECT_TIMEOUT_SECS",
-    "OPENBATCH__DATABASE__ACQUIRE_TIMEOUT_SECS",
-    "OPENBATCH__DATABASE__CREATE_IF_MISSING",
-    "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES",
-    "OPENBATCH__LIMITS__MAX_JSON_BODY_BYTES",
-    "OPENBATCH__LOG__FORMAT",
-    "OPENBATCH__LOG__LEVEL",
-];
 
 /// The URL with its password masked, for messages.
 pub fn redact_url(url: &str) -> String {
@@ -194,14 +290,13 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Settings::load_from(move |k| map.get(k).cloned())
+        Settings::load_from(
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -255,6 +350,26 @@ mod tests {
             err.contains("OPENBATCH__DATABASE__MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn upstream_settings_and_routes() {
+        let s = load(&[
+            ("OPENBATCH__UPSTREAM__BASE_URL", "http://vllm:8000/v1"),
+            ("OPENBATCH__UPSTREAM__API_KEY", "sk-upstream"),
+            ("OPENBATCH__ROUTES__EMBED__BASE_URL", "http://tei:80/v1"),
+            ("OPENBATCH__ROUTES__EMBED__MAX_IN_FLIGHT", "8"),
+        ])
+        .unwrap();
+        assert_eq!(s.upstream.base_url, "http://vllm:8000/v1");
+        assert_eq!(s.upstream.api_key.as_ref().unwrap().expose(), "sk-upstream");
+        assert_eq!(s.routes["embed"].max_in_flight, 8);
+        assert!(!format!("{s:?}").contains("sk-upstream"));
+        let err = format!(
+            "{:#}",
+            load(&[("OPENBATCH__UPSTREAM__BASE_URL", "vllm:8000")]).unwrap_err()
+        );
+        assert!(err.contains("OPENBATCH__UPSTREAM__BASE_URL"), "{err}");
     }
 
     #[test]

@@ -7,3 +7,5 @@ pub mod error;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
+pub mod worker;

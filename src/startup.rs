@@ -9,10 +9,13 @@ use sqlx::PgPool;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::error::render_framework_error;
+use crate::upstream::Upstreams;
+use crate::worker::Worker;
 
 pub struct Application {
     port: u16,
     server: Server,
+    worker: Option<Worker>,
 }
 
 impl Application {
@@ -24,6 +27,16 @@ impl Application {
     }
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let worker = if settings.worker.enabled {
+            let upstreams = Upstreams::new(settings)?;
+            Some(Worker::start(
+                pool.clone(),
+                upstreams,
+                settings.worker.clone(),
+            ))
+        } else {
+            None
+        };
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| {
             format!(
@@ -35,6 +48,7 @@ impl Application {
         let state = web::Data::new(AppState {
             pool,
             limits: settings.limits.clone(),
+            expiry_override_secs: settings.batches.expiry_override_secs,
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -52,6 +66,7 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            worker,
         })
     }
 
@@ -59,7 +74,12 @@ impl Application {
         self.port
     }
 
+    /// Serves until SIGTERM/SIGINT, then drains HTTP and the worker.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if let Some(worker) = self.worker {
+            worker.shutdown().await;
+        }
+        served
     }
 }

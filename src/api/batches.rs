@@ -87,7 +87,10 @@ async fn create(
     let body: CreateBatch = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
     let spec = body.spec()?;
     let key = body.idempotency_key(&req)?;
-    match store::create(&state.pool, &project, &spec, key.as_ref()).await? {
+    let expires_in = state
+        .expiry_override_secs
+        .unwrap_or(spec.completion_window.seconds());
+    match store::create(&state.pool, &project, &spec, key.as_ref(), expires_in).await? {
         Created::New(batch) => {
             tracing::info!(batch_id = %batch.id, "batch created");
             Ok(HttpResponse::Ok().json(batch_object(&batch)))

@@ -21,6 +21,8 @@ pub use request_id::{middleware as request_id_middleware, RequestId};
 pub struct AppState {
     pub pool: PgPool,
     pub limits: LimitSettings,
+    /// Test-only shortening of the 24-hour completion window.
+    pub expiry_override_secs: Option<i64>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

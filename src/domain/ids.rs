@@ -71,6 +71,11 @@ impl ProjectId {
         Self("proj_default".to_owned())
     }
 
+    /// A project id read back from the database.
+    pub fn from_db(id: String) -> Self {
+        Self(id)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -55,6 +55,7 @@ pub async fn create(
     project: &ProjectId,
     spec: &BatchSpec,
     key: Option<&IdempotencyKey>,
+    expires_in_secs: i64,
 ) -> Result<Created, sqlx::Error> {
     let hash = spec.fingerprint();
     let sql = format!(
@@ -78,7 +79,7 @@ pub async fn create(
         .bind(spec.input_file_id.as_str())
         .bind(spec.completion_window.as_str())
         .bind(BatchStatus::Validating.as_str())
-        .bind(spec.completion_window.seconds())
+        .bind(expires_in_secs)
         .bind(spec.metadata.as_ref().map(|m| m.to_json()))
         .bind(spec.output_expires_after.map(|e| e.seconds()))
         .bind(key.map(IdempotencyKey::as_str))

@@ -1,4 +1,4 @@
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FileId, ProjectId, Purpose};
 
@@ -25,9 +25,7 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// so an aborted upload leaves nothing behind.
 pub struct Upload {
     tx: Transaction<'static, Postgres>,
-    id: FileId,
-    next_idx: i32,
-    bytes: i64,
+    content: NewContent,
 }
 
 pub struct NewFile<'a> {
@@ -37,30 +35,49 @@ pub struct NewFile<'a> {
     pub expires_after_seconds: Option<i64>,
 }
 
-impl Upload {
-    pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            tx: pool.begin().await?,
+/// Content being written chunk by chunk inside a caller's transaction.
+pub struct NewContent {
+    id: FileId,
+    next_idx: i32,
+    bytes: i64,
+}
+
+impl NewContent {
+    pub fn new() -> Self {
+        Self {
             id: FileId::generate(),
             next_idx: 0,
             bytes: 0,
-        })
+        }
     }
 
-    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
+    pub fn bytes(&self) -> i64 {
+        self.bytes
+    }
+
+    pub async fn write_chunk(
+        &mut self,
+        conn: &mut PgConnection,
+        data: &[u8],
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)")
             .bind(&self.id)
             .bind(self.next_idx)
             .bind(data)
-            .execute(&mut *self.tx)
+            .execute(conn)
             .await?;
         self.next_idx += 1;
         self.bytes += data.len() as i64;
         Ok(())
     }
 
-    pub async fn commit(mut self, file: NewFile<'_>) -> Result<FileRecord, sqlx::Error> {
-        let record = sqlx::query_as(&format!(
+    /// Writes the `files` row; the content becomes visible when the transaction commits.
+    pub async fn finish(
+        self,
+        conn: &mut PgConnection,
+        file: NewFile<'_>,
+    ) -> Result<FileRecord, sqlx::Error> {
+        sqlx::query_as(&format!(
             "INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
              VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
              RETURNING {COLUMNS}"
@@ -71,8 +88,31 @@ impl Upload {
         .bind(file.purpose.as_str())
         .bind(self.bytes)
         .bind(file.expires_after_seconds)
-        .fetch_one(&mut *self.tx)
-        .await?;
+        .fetch_one(conn)
+        .await
+    }
+}
+
+impl Default for NewContent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upload {
+    pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            tx: pool.begin().await?,
+            content: NewContent::new(),
+        })
+    }
+
+    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
+        self.content.write_chunk(&mut self.tx, data).await
+    }
+
+    pub async fn commit(mut self, file: NewFile<'_>) -> Result<FileRecord, sqlx::Error> {
+        let record = self.content.finish(&mut self.tx, file).await?;
         self.tx.commit().await?;
         Ok(record)
     }

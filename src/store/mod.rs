@@ -2,6 +2,8 @@
 
 pub mod batches;
 pub mod files;
+pub mod jobs;
+pub mod requests;
 
 use std::time::Duration;
 

@@ -23,13 +23,17 @@ pub fn fresh_database_url() -> String {
 }
 
 pub fn settings_for(database_url: &str) -> Settings {
-    let url = database_url.to_owned();
-    Settings::load_from(move |name| match name {
-        "OPENBATCH__DATABASE__URL" => Some(url.clone()),
-        "OPENBATCH__SERVER__PORT" => Some("0".to_owned()),
-        "OPENBATCH__SERVER__WORKERS" => Some("2".to_owned()),
-        _ => None,
-    })
+    Settings::load_from(
+        [
+            ("OPENBATCH__DATABASE__URL", database_url),
+            ("OPENBATCH__SERVER__PORT", "0"),
+            ("OPENBATCH__SERVER__WORKERS", "2"),
+            ("OPENBATCH__WORKER__ENABLED", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    )
     .expect("test settings")
 }
 

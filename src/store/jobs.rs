@@ -1,0 +1,189 @@
+//! Batch-level work (validate, finalize, cancel, expire), claimed by one replica at a time
+//! under a lease. Every status change is guarded by the expected status and by the claim.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::{BatchId, BatchStatus, FileId, ProjectId};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchJob {
+    pub id: BatchId,
+    pub project_id: String,
+    #[sqlx(try_from = "String")]
+    pub status: BatchStatus,
+    pub endpoint: String,
+    pub input_file_id: String,
+    pub cancelling_at: Option<i64>,
+    pub output_expires_after_seconds: Option<i64>,
+    /// Past `expires_at`, by the database's clock.
+    pub expired: bool,
+    /// Seconds since cancellation was asked for, by the database's clock.
+    pub cancelling_for: Option<i64>,
+}
+
+impl BatchJob {
+    pub fn project(&self) -> ProjectId {
+        ProjectId::from_db(self.project_id.clone())
+    }
+}
+
+/// Claims the oldest batch that needs batch-level work and that no live replica holds:
+/// validation, cancellation, a finalization interrupted by a crash, or a running batch that
+/// has expired or whose every line is done.
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease_secs: u64,
+) -> Result<Option<BatchJob>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+         WHERE id = (
+            SELECT b.id FROM batches b
+            WHERE b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+              AND (b.lease_until IS NULL OR b.lease_until < now())
+              AND (b.status <> 'in_progress'
+                   OR b.expires_at <= unix_now()
+                   OR NOT EXISTS (SELECT 1 FROM batch_requests r
+                                  WHERE r.batch_id = b.id AND r.state <> 'done'))
+            ORDER BY b.seq
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+         )
+         RETURNING id, project_id, status, endpoint, input_file_id, cancelling_at,
+                   output_expires_after_seconds, expires_at <= unix_now() AS expired,
+                   unix_now() - cancelling_at AS cancelling_for",
+    )
+    .bind(owner)
+    .bind(lease_secs as f64)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives the job back, not to be picked up again for `secs` (by anyone).
+pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `validating` → `in_progress`, in the transaction that queued the lines.
+pub async fn start(
+    conn: &mut PgConnection,
+    id: &BatchId,
+    owner: &str,
+    model: &str,
+    total: i32,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
+                            request_total = $4, lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND status = 'validating'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(model)
+    .bind(total)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// `validating` → `failed` with OpenAI-style `errors`.
+pub async fn fail(
+    pool: &PgPool,
+    id: &BatchId,
+    owner: &str,
+    errors: Value,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
+                            lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND status = 'validating'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(errors)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// `in_progress` → `finalizing`, visible to clients while the files are written.
+pub async fn begin_finalizing(
+    pool: &PgPool,
+    id: &BatchId,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batches SET status = 'finalizing', finalizing_at = unix_now()
+         WHERE id = $1 AND lease_owner = $2 AND status = 'in_progress'",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+pub struct Ending<'a> {
+    pub from: &'a [BatchStatus],
+    pub to: BatchStatus,
+    pub output_file_id: Option<&'a FileId>,
+    pub error_file_id: Option<&'a FileId>,
+    pub completed: i32,
+    pub failed: i32,
+    pub usage: Value,
+}
+
+/// Moves a batch to its final status with its files, counts and usage, in the transaction
+/// that wrote the files. False (and the caller rolls back) if the batch moved meanwhile.
+pub async fn end(
+    conn: &mut PgConnection,
+    id: &BatchId,
+    owner: &str,
+    e: Ending<'_>,
+) -> Result<bool, sqlx::Error> {
+    let stamp = match e.to {
+        BatchStatus::Completed => "completed_at",
+        BatchStatus::Expired => "expired_at",
+        BatchStatus::Cancelled => "cancelled_at",
+        BatchStatus::Failed => "failed_at",
+        other => unreachable!("{other:?} is not a final status"),
+    };
+    let from: Vec<&str> = e
+        .from
+        .iter()
+        .filter(|s| s.can_become(e.to))
+        .map(|s| s.as_str())
+        .collect();
+    Ok(sqlx::query(&format!(
+        "UPDATE batches SET status = $3, {stamp} = unix_now(), output_file_id = $5, error_file_id = $6,
+                            request_completed = $7, request_failed = $8, usage = $9,
+                            lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND status = ANY($4)"
+    ))
+    .bind(id)
+    .bind(owner)
+    .bind(e.to.as_str())
+    .bind(from)
+    .bind(e.output_file_id)
+    .bind(e.error_file_id)
+    .bind(e.completed)
+    .bind(e.failed)
+    .bind(e.usage)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}

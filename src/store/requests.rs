@@ -1,0 +1,272 @@
+//! The lines of running batches: claimed by any replica under a lease, results written back in
+//! bulk, guarded by the lease so a line taken over by another replica cannot be written twice.
+
+use std::collections::BTreeMap;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::BatchId;
+
+/// A validated input line ready to be queued.
+pub struct NewLine {
+    pub line: i32,
+    pub custom_id: String,
+    pub model: String,
+    pub body: String,
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    batch: &BatchId,
+    lines: &[NewLine],
+) -> Result<(), sqlx::Error> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let (mut idx, mut ids, mut models, mut bodies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for l in lines {
+        idx.push(l.line);
+        ids.push(l.custom_id.as_str());
+        models.push(l.model.as_str());
+        bodies.push(l.body.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO batch_requests (batch_id, line, custom_id, model, body)
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[])",
+    )
+    .bind(batch)
+    .bind(idx)
+    .bind(ids)
+    .bind(models)
+    .bind(bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedLine {
+    pub batch_id: BatchId,
+    pub line: i32,
+    pub custom_id: String,
+    pub model: String,
+    pub body: String,
+    pub endpoint: String,
+}
+
+/// Claims up to `n` lines of running batches: pending ones, or ones whose claim lapsed (their
+/// replica died). `SKIP LOCKED` lets replicas claim side by side without waiting on each other.
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    n: usize,
+    lease_secs: u64,
+) -> Result<Vec<ClaimedLine>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH picked AS (
+            SELECT r.batch_id, r.line FROM batch_requests r
+            WHERE r.state <> 'done'
+              AND (r.state = 'pending' OR r.lease_until < now())
+              AND r.batch_id IN (SELECT id FROM batches
+                                 WHERE status = 'in_progress' AND expires_at > unix_now())
+            ORDER BY r.batch_id, r.line
+            LIMIT $2
+            FOR UPDATE OF r SKIP LOCKED
+        )
+        UPDATE batch_requests r
+        SET state = 'running', lease_owner = $1, attempts = r.attempts + 1,
+            lease_until = now() + make_interval(secs => $3)
+        FROM picked p, batches b
+        WHERE r.batch_id = p.batch_id AND r.line = p.line AND b.id = r.batch_id
+        RETURNING r.batch_id, r.line, r.custom_id, r.model, r.body, b.endpoint",
+    )
+    .bind(owner)
+    .bind(n as i64)
+    .bind(lease_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// What became of one line.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub batch_id: BatchId,
+    pub line: i32,
+    pub status_code: Option<i32>,
+    /// JSON text of the upstream's response body.
+    pub response: Option<String>,
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Writes results and bumps the batches' live counters, in one transaction. Only lines this
+/// replica still holds are written. Counters are updated in batch-id order so that two
+/// replicas flushing lines of the same batches cannot deadlock.
+pub async fn store_results(
+    pool: &PgPool,
+    owner: &str,
+    results: &[Finished],
+) -> Result<(), sqlx::Error> {
+    let mut cols = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for r in results {
+        cols.0.push(r.batch_id.as_str());
+        cols.1.push(r.line);
+        cols.2.push(r.status_code);
+        cols.3.push(r.response.as_deref());
+        cols.4.push(r.request_id.as_deref());
+        cols.5.push(r.error_code.as_deref());
+        cols.6.push(r.error_message.as_deref());
+    }
+    let mut tx = pool.begin().await?;
+    let written: Vec<(String, bool)> = sqlx::query_as(
+        "UPDATE batch_requests q
+         SET state = 'done', status_code = r.status_code, response = r.response::jsonb,
+             request_id = r.request_id, error_code = r.error_code, error_message = r.error_message,
+             lease_owner = NULL, lease_until = NULL
+         FROM UNNEST($2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
+              AS r(batch_id, line, status_code, response, request_id, error_code, error_message)
+         WHERE q.batch_id = r.batch_id AND q.line = r.line
+           AND q.state = 'running' AND q.lease_owner = $1
+         RETURNING q.batch_id, coalesce(q.status_code BETWEEN 200 AND 299, false)",
+    )
+    .bind(owner)
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .bind(cols.3)
+    .bind(cols.4)
+    .bind(cols.5)
+    .bind(cols.6)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut per_batch: BTreeMap<String, (i32, i32)> = BTreeMap::new();
+    for (batch, ok) in written {
+        let c = per_batch.entry(batch).or_default();
+        if ok {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+    }
+    for (batch, (completed, failed)) in per_batch {
+        sqlx::query(
+            "UPDATE batches SET request_completed = request_completed + $2,
+                                request_failed = request_failed + $3
+             WHERE id = $1",
+        )
+        .bind(batch)
+        .bind(completed)
+        .bind(failed)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Extends every claim this replica holds, on lines and on batch-level work.
+pub async fn renew_leases(pool: &PgPool, owner: &str, lease_secs: u64) -> Result<(), sqlx::Error> {
+    let secs = lease_secs as f64;
+    sqlx::query(
+        "UPDATE batch_requests SET lease_until = now() + make_interval(secs => $2)
+         WHERE lease_owner = $1 AND state = 'running'",
+    )
+    .bind(owner)
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "UPDATE batches SET lease_until = now() + make_interval(secs => $2) WHERE lease_owner = $1",
+    )
+    .bind(owner)
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Hands back this replica's unfinished lines and batch-level work at shutdown.
+pub async fn release_leases(pool: &PgPool, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batch_requests SET state = 'pending', lease_owner = NULL, lease_until = NULL
+         WHERE lease_owner = $1 AND state = 'running'",
+    )
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    sqlx::query("UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Lines of a cancelled or cancelling batch still being executed under a live claim.
+pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM batch_requests
+         WHERE batch_id = $1 AND state = 'running' AND lease_until >= now()",
+    )
+    .bind(batch)
+    .fetch_one(pool)
+    .await
+}
+
+/// Ends every unfinished line of a batch with an error (expiry, cancellation). A replica still
+/// executing one will find it no longer running and drop its result.
+pub async fn close_open(
+    conn: &mut PgConnection,
+    batch: &BatchId,
+    code: &str,
+    message: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_requests SET state = 'done', error_code = $2, error_message = $3,
+                                   lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND state <> 'done'",
+    )
+    .bind(batch)
+    .bind(code)
+    .bind(message)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LineResult {
+    pub line: i32,
+    pub custom_id: String,
+    pub status_code: Option<i32>,
+    pub response: Option<serde_json::Value>,
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Finished lines in input order, a page at a time (keyset on `line`).
+pub async fn results_page(
+    conn: &mut PgConnection,
+    batch: &BatchId,
+    after_line: i32,
+    limit: i64,
+) -> Result<Vec<LineResult>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT line, custom_id, status_code, response, request_id, error_code, error_message
+         FROM batch_requests WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3",
+    )
+    .bind(batch)
+    .bind(after_line)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,286 @@
+//! The one HTTP client to OpenAI-compatible inference servers: routing by model, a concurrency
+//! limit per upstream, a timeout per attempt, and retries with backoff for transient failures.
+
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::config::{Secret, Settings, UpstreamSettings};
+pub use retry::RetryPolicy;
+
+/// One configured upstream server.
+pub struct Upstream {
+    pub name: String,
+    base_url: String,
+    api_key: Option<Secret>,
+    timeout: Duration,
+    limit: Semaphore,
+    models: Vec<String>,
+}
+
+impl Upstream {
+    fn new(name: &str, s: &UpstreamSettings) -> Self {
+        Self {
+            name: name.to_owned(),
+            base_url: s.base_url.trim_end_matches('/').to_owned(),
+            api_key: s.api_key.clone().filter(|k| !k.expose().is_empty()),
+            timeout: Duration::from_secs(s.timeout_secs),
+            limit: Semaphore::new(s.max_in_flight),
+            models: s.models.clone(),
+        }
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => m == model,
+        })
+    }
+
+    /// `base_url` carries the version (`…/v1`); batch endpoints do too (`/v1/…`).
+    fn url(&self, endpoint: &str) -> String {
+        format!(
+            "{}{}",
+            self.base_url,
+            endpoint.strip_prefix("/v1").unwrap_or(endpoint)
+        )
+    }
+}
+
+/// What a line's execution came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The upstream answered (any status); `body` is its JSON.
+    Response {
+        status: u16,
+        request_id: Option<String>,
+        body: Value,
+    },
+    /// No usable answer, even after retries.
+    Failure { code: &'static str, message: String },
+}
+
+pub struct Upstreams {
+    client: reqwest::Client,
+    default: Upstream,
+    routes: Vec<Upstream>,
+    retry: RetryPolicy,
+}
+
+impl Upstreams {
+    pub fn new(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building the upstream HTTP client")?;
+        let mut routes: Vec<Upstream> = settings
+            .routes
+            .iter()
+            .map(|(name, s)| Upstream::new(name, s))
+            .collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Arc::new(Self {
+            client,
+            default: Upstream::new("default", &settings.upstream),
+            routes,
+            retry: RetryPolicy::from_settings(&settings.worker),
+        }))
+    }
+
+    pub fn route(&self, model: &str) -> &Upstream {
+        self.routes
+            .iter()
+            .find(|u| u.serves(model))
+            .unwrap_or(&self.default)
+    }
+
+    /// Sends one batch line, retrying transient failures. `traceparent` links the upstream's
+    /// traces to the batch.
+    pub async fn execute(
+        &self,
+        endpoint: &str,
+        model: &str,
+        body: &str,
+        traceparent: &str,
+    ) -> Outcome {
+        let upstream = self.route(model);
+        let mut attempt = 1;
+        loop {
+            let (outcome, retry_after) = {
+                // The slot is held for the attempt only, not during backoff.
+                let _slot = upstream.limit.acquire().await.expect("never closed");
+                self.attempt(upstream, endpoint, body, traceparent).await
+            };
+            let retryable = match &outcome {
+                Outcome::Response { status, .. } => RetryPolicy::retryable_status(*status),
+                Outcome::Failure { .. } => true,
+            };
+            if !retryable || attempt >= self.retry.max_attempts {
+                return outcome;
+            }
+            let delay = self.retry.delay(attempt, retry_after);
+            tracing::debug!(upstream = %upstream.name, attempt, ?delay, ?outcome, "retrying upstream call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        endpoint: &str,
+        body: &str,
+        traceparent: &str,
+    ) -> (Outcome, Option<Duration>) {
+        let mut req = self
+            .client
+            .post(upstream.url(endpoint))
+            .timeout(upstream.timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("traceparent", traceparent)
+            .body(body.to_owned());
+        if let Some(key) = &upstream.api_key {
+            req = req.header(AUTHORIZATION, format!("Bearer {}", key.expose()));
+        }
+        let res = match req.send().await {
+            Ok(res) => res,
+            Err(e) => return (transport_failure(&e), None),
+        };
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = match res.bytes().await {
+            Ok(b) => b,
+            Err(e) => return (transport_failure(&e), None),
+        };
+        let retry_after = retry::retry_after(&headers);
+        let request_id = header_str(&headers, "x-request-id");
+        let body = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.is_object() => v,
+            _ if (200..300).contains(&status) => {
+                return (
+                    Outcome::Failure {
+                        code: "invalid_upstream_response",
+                        message: format!(
+                            "The upstream answered {status} with a body that is not a JSON object."
+                        ),
+                    },
+                    None,
+                )
+            }
+            // Keep a non-JSON error body readable in the error file.
+            _ => {
+                serde_json::json!({"error": {"message": String::from_utf8_lossy(&bytes).into_owned()}})
+            }
+        };
+        (
+            Outcome::Response {
+                status,
+                request_id,
+                body,
+            },
+            retry_after,
+        )
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn transport_failure(e: &reqwest::Error) -> Outcome {
+    // reqwest's messages name the URL but never the headers, so no key can leak here.
+    if e.is_timeout() {
+        Outcome::Failure {
+            code: "upstream_timeout",
+            message: "The upstream did not answer in time.".to_owned(),
+        }
+    } else {
+        Outcome::Failure {
+            code: "upstream_unreachable",
+            message: format!(
+                "Could not get a response from the upstream: {}",
+                error_chain(e)
+            ),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+/// A W3C `traceparent` whose trace id is derived from the batch, so every upstream call of one
+/// batch lands in one trace.
+pub fn traceparent_for(batch_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let trace = Sha256::digest(batch_id.as_bytes());
+    let span: [u8; 8] = rand::random();
+    format!("00-{}-{}-01", hex::encode(&trace[..16]), hex::encode(span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(models: &[&str]) -> Upstream {
+        Upstream::new(
+            "u",
+            &UpstreamSettings {
+                base_url: "http://h:1/v1/".into(),
+                api_key: None,
+                timeout_secs: 1,
+                max_in_flight: 1,
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn urls_join_without_doubling_the_version() {
+        assert_eq!(
+            upstream(&[]).url("/v1/chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn model_patterns() {
+        let u = upstream(&["llama-*", "gpt-4o"]);
+        assert!(u.serves("llama-3-8b"));
+        assert!(u.serves("gpt-4o"));
+        assert!(!u.serves("gpt-4o-mini"));
+    }
+
+    #[test]
+    fn traceparent_shape() {
+        let t = traceparent_for("batch_1");
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert_eq!(
+            parts[1],
+            traceparent_for("batch_1").split('-').nth(1).unwrap()
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Checks of an input file's lines, line by line: nothing here holds more than one line.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::domain::Endpoint;
+
+pub const MAX_REQUESTS: usize = 50_000;
+pub const MAX_INPUT_BYTES: u64 = 200 * 1024 * 1024;
+/// Beyond this many, further problems are not reported (the batch has failed anyway).
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// One entry of a failed batch's `errors.data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub line: Option<usize>,
+}
+
+impl LineError {
+    pub fn file(code: &'static str, param: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            param: param.map(str::to_owned),
+            line: None,
+        }
+    }
+
+    fn at(line: usize, code: &'static str, param: &str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            param: Some(param.to_owned()),
+            line: Some(line),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidLine {
+    pub custom_id: String,
+    pub model: String,
+    /// The request body, re-serialised compactly.
+    pub body: String,
+}
+
+/// The fields each endpoint cannot do without.
+fn required_body_fields(endpoint: Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::ChatCompletions => &["messages"],
+        Endpoint::Completions => &["prompt"],
+        Endpoint::Embeddings | Endpoint::Responses | Endpoint::Moderations => &["input"],
+    }
+}
+
+/// Checks one non-blank line (`line` is its 1-based number in the file).
+pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLine, LineError> {
+    let missing = |param: &str| {
+        LineError::at(
+            line,
+            "missing_required_parameter",
+            param,
+            format!("Missing required parameter: '{param}'."),
+        )
+    };
+    let value: Value = serde_json::from_slice(raw).map_err(|e| {
+        LineError::at(
+            line,
+            "invalid_json_line",
+            "line",
+            format!("This line is not parseable as valid JSON: {e}."),
+        )
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(LineError::at(
+            line,
+            "invalid_json_line",
+            "line",
+            "This line is not a JSON object.",
+        ));
+    };
+    let custom_id = match obj.get("custom_id") {
+        None | Some(Value::Null) => return Err(missing("custom_id")),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(LineError::at(
+                line,
+                "invalid_request",
+                "custom_id",
+                "'custom_id' must be a non-empty string.",
+            ))
+        }
+    };
+    match obj.get("method") {
+        None | Some(Value::Null) => return Err(missing("method")),
+        Some(Value::String(m)) if m == "POST" => {}
+        Some(other) => {
+            return Err(LineError::at(
+                line,
+                "invalid_request",
+                "method",
+                format!("Invalid method {other}: batch requests must use 'POST'."),
+            ))
+        }
+    }
+    match obj.get("url") {
+        None | Some(Value::Null) => return Err(missing("url")),
+        Some(Value::String(u)) if u == endpoint.as_str() => {}
+        Some(other) => {
+            return Err(LineError::at(
+                line,
+                "invalid_url",
+                "url",
+                format!(
+                    "The URL {other} does not match the batch's endpoint '{}'.",
+                    endpoint.as_str()
+                ),
+            ))
+        }
+    }
+    let body: Map<String, Value> = match obj.remove("body") {
+        None | Some(Value::Null) => return Err(missing("body")),
+        Some(Value::Object(b)) => b,
+        Some(_) => {
+            return Err(LineError::at(
+                line,
+                "invalid_request",
+                "body",
+                "'body' must be a JSON object.",
+            ))
+        }
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(missing("body.model")),
+    };
+    if body.get("stream") == Some(&Value::Bool(true)) {
+        return Err(LineError::at(
+            line,
+            "streaming_unsupported",
+            "body.stream",
+            "Streaming is not supported in batches: remove 'stream' or set it to false.",
+        ));
+    }
+    for field in required_body_fields(endpoint) {
+        if body.get(*field).is_none_or(Value::is_null) {
+            return Err(missing(&format!("body.{field}")));
+        }
+    }
+    Ok(ValidLine {
+        custom_id,
+        model,
+        body: Value::Object(body).to_string(),
+    })
+}
+
+/// File-level rules that need to see every line: unique ids, one model, size limits.
+pub struct FileCheck {
+    endpoint: Endpoint,
+    seen: HashMap<String, usize>,
+    model: Option<String>,
+    pub requests: usize,
+    pub errors: Vec<LineError>,
+    too_many_reported: bool,
+}
+
+impl FileCheck {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            seen: HashMap::new(),
+            model: None,
+            requests: 0,
+            errors: Vec::new(),
+            too_many_reported: false,
+        }
+    }
+
+    /// True once no more problems will be reported.
+    pub fn is_saturated(&self) -> bool {
+        self.errors.len() >= MAX_REPORTED_ERRORS
+    }
+
+    fn report(&mut self, e: LineError) {
+        if !self.is_saturated() {
+            self.errors.push(e);
+        }
+    }
+
+    /// Checks a line; returns it when it can be queued.
+    pub fn line(&mut self, raw: &[u8], line: usize) -> Option<ValidLine> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        self.requests += 1;
+        if self.requests > MAX_REQUESTS {
+            if !self.too_many_reported {
+                self.too_many_reported = true;
+                self.report(LineError::at(
+                    line,
+                    "too_many_requests",
+                    "input_file_id",
+                    format!("The input file has more than {MAX_REQUESTS} requests."),
+                ));
+            }
+            return None;
+        }
+        let valid = match check_line(raw, line, self.endpoint) {
+            Ok(v) => v,
+            Err(e) => {
+                self.report(e);
+                return None;
+            }
+        };
+        if let Some(first) = self.seen.get(&valid.custom_id) {
+            let msg = format!(
+                "The custom_id '{}' is used on line {first} and again here; custom_id values must be unique.",
+                valid.custom_id
+            );
+            self.report(LineError::at(line, "duplicate_custom_id", "custom_id", msg));
+            return None;
+        }
+        self.seen.insert(valid.custom_id.clone(), line);
+        match &self.model {
+            None => self.model = Some(valid.model.clone()),
+            Some(m) if *m != valid.model => {
+                let msg = format!(
+                    "All requests in a batch must use the same model: this line uses '{}', earlier lines '{m}'.",
+                    valid.model
+                );
+                self.report(LineError::at(line, "mixed_models", "body.model", msg));
+                return None;
+            }
+            Some(_) => {}
+        }
+        Some(valid)
+    }
+
+    /// The batch's model, once the whole file passed.
+    pub fn finish(mut self) -> Result<String, Vec<LineError>> {
+        if self.requests == 0 && self.errors.is_empty() {
+            self.report(LineError::file(
+                "empty_file",
+                Some("input_file_id"),
+                "The input file contains no requests.",
+            ));
+        }
+        match (self.errors.is_empty(), self.model) {
+            (true, Some(model)) => Ok(model),
+            _ => Err(self.errors),
+        }
+    }
+}
+
+/// Splits a byte stream into lines without holding more than the current line.
+#[derive(Default)]
+pub struct LineSplitter {
+    carry: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Calls `f` with each complete line (without its `\n` or `\r\n`).
+    pub fn feed(&mut self, mut data: &[u8], mut f: impl FnMut(&[u8])) {
+        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+            if self.carry.is_empty() {
+                f(trim_cr(&data[..pos]));
+            } else {
+                self.carry.extend_from_slice(&data[..pos]);
+                f(trim_cr(&self.carry));
+                self.carry.clear();
+            }
+            data = &data[pos + 1..];
+        }
+        self.carry.extend_from_slice(data);
+    }
+
+    /// The last line when the file does not end with a newline.
+    pub fn finish(self, mut f: impl FnMut(&[u8])) {
+        if !self.carry.is_empty() {
+            f(trim_cr(&self.carry));
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn line(v: Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    fn good(id: &str, model: &str) -> Vec<u8> {
+        line(
+            json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}),
+        )
+    }
+
+    fn err(raw: &[u8]) -> (String, Option<String>) {
+        let e = check_line(raw, 7, Endpoint::ChatCompletions).unwrap_err();
+        assert_eq!(e.line, Some(7));
+        (e.code.to_owned(), e.param)
+    }
+
+    #[test]
+    fn a_good_line_passes() {
+        let v = check_line(&good("a", "m"), 1, Endpoint::ChatCompletions).unwrap();
+        assert_eq!((v.custom_id.as_str(), v.model.as_str()), ("a", "m"));
+        let body: Value = serde_json::from_str(&v.body).unwrap();
+        assert_eq!(body["model"], "m");
+    }
+
+    #[test]
+    fn each_rule_has_its_code_and_param() {
+        let base = json!({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                          "body": {"model": "m", "messages": []}});
+        let with = |path: &[&str], v: Value| {
+            let mut x = base.clone();
+            let mut cur = &mut x;
+            for p in &path[..path.len() - 1] {
+                cur = &mut cur[*p];
+            }
+            cur[path[path.len() - 1]] = v;
+            line(x)
+        };
+        let cases = [
+            (b"not json".to_vec(), "invalid_json_line", "line"),
+            (b"[1,2]".to_vec(), "invalid_json_line", "line"),
+            (
+                with(&["custom_id"], Value::Null),
+                "missing_required_parameter",
+                "custom_id",
+            ),
+            (
+                with(&["custom_id"], json!(5)),
+                "invalid_request",
+                "custom_id",
+            ),
+            (with(&["method"], json!("GET")), "invalid_request", "method"),
+            (
+                with(&["method"], Value::Null),
+                "missing_required_parameter",
+                "method",
+            ),
+            (
+                with(&["url"], json!("/v1/embeddings")),
+                "invalid_url",
+                "url",
+            ),
+            (
+                with(&["body"], Value::Null),
+                "missing_required_parameter",
+                "body",
+            ),
+            (with(&["body"], json!("text")), "invalid_request", "body"),
+            (
+                with(&["body", "model"], Value::Null),
+                "missing_required_parameter",
+                "body.model",
+            ),
+            (
+                with(&["body", "stream"], json!(true)),
+                "streaming_unsupported",
+                "body.stream",
+            ),
+            (
+                with(&["body", "messages"], Value::Null),
+                "missing_required_parameter",
+                "body.messages",
+            ),
+        ];
+        for (raw, code, param) in cases {
+            assert_eq!(
+                err(&raw),
+                (code.to_owned(), Some(param.to_owned())),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        assert!(check_line(
+            &with(&["body", "stream"], json!(false)),
+            1,
+            Endpoint::ChatCompletions
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn endpoint_specific_fields() {
+        let emb = line(
+            json!({"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m"}}),
+        );
+        assert_eq!(
+            check_line(&emb, 1, Endpoint::Embeddings)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("body.input")
+        );
+    }
+
+    #[test]
+    fn file_rules() {
+        let mut f = FileCheck::new(Endpoint::ChatCompletions);
+        assert!(f.line(&good("a", "m"), 1).is_some());
+        assert!(f.line(b"   ", 2).is_none());
+        assert!(f.line(&good("a", "m"), 3).is_none());
+        assert!(f.line(&good("b", "other"), 4).is_none());
+        let errors = f.finish().unwrap_err();
+        let got: Vec<_> = errors.iter().map(|e| (e.code, e.line)).collect();
+        assert_eq!(
+            got,
+            vec![("duplicate_custom_id", Some(3)), ("mixed_models", Some(4))]
+        );
+
+        let f = FileCheck::new(Endpoint::ChatCompletions);
+        assert_eq!(f.finish().unwrap_err()[0].code, "empty_file");
+
+        let mut f = FileCheck::new(Endpoint::ChatCompletions);
+        for i in 0..MAX_REQUESTS + 2 {
+            f.line(&good(&i.to_string(), "m"), i + 1);
+        }
+        let errors = f.finish().unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].code, "too_many_requests");
+    }
+
+    #[test]
+    fn splitter_handles_any_chunking_and_crlf() {
+        let text = b"a\r\nbb\n\nccc";
+        for cut in 0..=text.len() {
+            let mut lines = Vec::new();
+            let mut s = LineSplitter::default();
+            s.feed(&text[..cut], |l| lines.push(l.to_vec()));
+            s.feed(&text[cut..], |l| lines.push(l.to_vec()));
+            s.finish(|l| lines.push(l.to_vec()));
+            assert_eq!(
+                lines,
+                vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec(), b"ccc".to_vec()]
+            );
+        }
+    }
+}
