@@ -126,6 +126,14 @@ pub struct Replica {
     child: Child,
 }
 
+impl Replica {
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill replica");
+        self.child.wait().expect("reap replica");
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -155,10 +163,19 @@ pub fn openbatch_command(database_url: &str) -> Command {
 /// Starts `n` server processes on one database at once (so they also race to create it and
 /// to migrate it) and waits until each answers.
 pub async fn start_replicas(n: usize, database_url: &str) -> Vec<Replica> {
+    start_replicas_with(n, database_url, &[("OPENBATCH__WORKER__ENABLED", "false")]).await
+}
+
+pub async fn start_replicas_with(
+    n: usize,
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> Vec<Replica> {
     let replicas: Vec<Replica> = (0..n)
         .map(|_| {
             let port = free_port();
             let child = openbatch_command(database_url)
+                .envs(env.iter().copied())
                 .env("OPENBATCH__SERVER__PORT", port.to_string())
                 .arg("serve")
                 .stdout(Stdio::null())
@@ -192,4 +209,147 @@ pub async fn start_replicas(n: usize, database_url: &str) -> Vec<Replica> {
         }
     }
     replicas
+}
+
+/// The fake OpenAI-compatible upstream (`src/bin/fake_upstream.rs`) as a real process.
+pub struct FakeUpstream {
+    pub base_url: String,
+    child: Child,
+}
+
+impl FakeUpstream {
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fake-upstream");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("fake-upstream prints its address");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            base_url: format!("{address}/v1"),
+            child,
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("{}/stats", self.base_url.trim_end_matches("/v1")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn executions(&self) -> u64 {
+        self.stats().await["total"].as_u64().unwrap()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server with its batch worker on, pointed at `upstream`, tuned to react fast in tests.
+pub async fn spawn_engine(upstream: &FakeUpstream, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let base = upstream.base_url.clone();
+    spawn_app_with(move |s| {
+        s.worker.enabled = true;
+        s.upstream.base_url = base;
+        s.worker.poll_interval_ms = 50;
+        s.worker.retry_base_ms = 50;
+        s.worker.retry_max_ms = 2000;
+        tweak(s);
+    })
+    .await
+}
+
+pub fn chat_line(custom_id: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": format!("hello {custom_id}")}],
+        "user": custom_id,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+}
+
+pub fn to_jsonl(lines: &[Value]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+impl TestApp {
+    /// Uploads `lines` and creates a batch on `endpoint`; returns the batch id.
+    pub async fn submit(&self, endpoint: &str, content: Vec<u8>) -> String {
+        let file: Value = self
+            .upload("batch", "in.jsonl", content)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut body = batch_body(file["id"].as_str().expect("uploaded"));
+        body["endpoint"] = json!(endpoint);
+        let batch: Value = self.create_batch(&body).await.json().await.unwrap();
+        batch["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn batch(&self, id: &str) -> Value {
+        self.get(&format!("/v1/batches/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls until the batch reaches one of `statuses`. The deadline only guards against a
+    /// hang; no assertion depends on speed.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let b = self.batch(id).await;
+            if statuses.iter().any(|s| b["status"] == *s) {
+                return b;
+            }
+            assert!(Instant::now() < deadline, "batch stuck: {b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A result file's lines (empty for a null id).
+    pub async fn lines_of(&self, file_id: &Value) -> Vec<Value> {
+        let Some(id) = file_id.as_str() else {
+            return Vec::new();
+        };
+        let text = self
+            .get(&format!("/v1/files/{id}/content"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }

@@ -2,6 +2,7 @@
 //! freshly created database.
 
 mod batches;
+mod engine;
 mod errors;
 mod files;
 mod helpers;
