@@ -127,6 +127,17 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// SIGTERM, then waits for the process to exit; true if it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM")
+            .success();
+        assert!(ok, "kill -TERM");
+        self.child.wait().expect("reap replica").success()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill replica");

@@ -2,6 +2,8 @@
 //! freshly created database.
 
 mod batches;
+mod cluster;
+mod crash;
 mod engine;
 mod errors;
 mod files;
