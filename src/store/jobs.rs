@@ -60,7 +60,8 @@ pub async fn claim(
     .await
 }
 
-/// Gives the job back, not to be picked up again for `secs` (by anyone).
+/// Gives the job back, not to be picked up again for `secs` (by anyone). A no-op when the
+/// claim is no longer ours.
 pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3)

@@ -30,9 +30,18 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         match jobs::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await {
             Ok(Some(job)) => {
                 let id = job.id.clone();
-                if let Err(e) = handle(&ctx, job).await {
-                    // The claim lapses and this or another replica tries again.
-                    tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch job failed");
+                // A job that moved the batch on has already let go of it; one that did not
+                // (a failure, or a status that changed under it) must let go explicitly,
+                // since the heartbeat would otherwise renew the claim forever.
+                let retry_in = match handle(&ctx, job).await {
+                    Ok(()) => 0.0,
+                    Err(e) => {
+                        tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch job failed; will retry");
+                        2.0
+                    }
+                };
+                if let Err(e) = jobs::defer(&ctx.pool, &id, &ctx.owner, retry_in).await {
+                    tracing::warn!(batch_id = %id, error = %e, "could not release a batch claim; it will lapse");
                 }
             }
             Ok(None) => {
