@@ -20,6 +20,16 @@ pub struct Settings {
     pub routes: HashMap<String, UpstreamSettings>,
     pub worker: WorkerSettings,
     pub batches: BatchSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// Require `Authorization: Bearer <key>` on every `/v1` route. Off: one built-in project.
+    pub enabled: bool,
+    /// How long a checked key is trusted without asking the database (so a revocation takes
+    /// effect within this time).
+    pub cache_secs: u64,
 }
 
 /// An OpenAI-compatible inference server.
@@ -103,6 +113,11 @@ pub struct DatabaseSettings {
 pub struct LimitSettings {
     pub max_upload_bytes: u64,
     pub max_json_body_bytes: usize,
+    pub metadata: crate::domain::MetadataLimits,
+    /// Unfinished batches a project may have; 0 = no limit.
+    pub max_active_batches_per_project: i64,
+    /// Requests per minute per API key, per replica; 0 = no limit.
+    pub requests_per_minute_per_key: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +178,13 @@ impl Settings {
             .set_default("database.create_if_missing", true)?
             .set_default("limits.max_upload_bytes", 512_u64 * 1024 * 1024)?
             .set_default("limits.max_json_body_bytes", 1024 * 1024)?
+            .set_default("limits.metadata.max_pairs", 16)?
+            .set_default("limits.metadata.max_key_chars", 64)?
+            .set_default("limits.metadata.max_value_chars", 512)?
+            .set_default("limits.max_active_batches_per_project", 1000)?
+            .set_default("limits.requests_per_minute_per_key", 6000)?
+            .set_default("auth.enabled", false)?
+            .set_default("auth.cache_secs", 10)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")?
             .set_default("upstream.base_url", "http://127.0.0.1:8000/v1")?

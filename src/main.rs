@@ -21,6 +21,24 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a project (created if new); prints the key, once, on stdout.
+    Create {
+        #[arg(long)]
+        project: String,
+    },
+    /// List keys by prefix, with their project and state (never the keys themselves).
+    List,
+    /// Revoke the key with this prefix.
+    Revoke { prefix: String },
 }
 
 #[tokio::main]
@@ -46,5 +64,56 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Keys { command } => {
+            let pool = openbatch::store::connect(&settings.database).await?;
+            openbatch::store::migrate(&pool).await?;
+            keys(&pool, command).await
+        }
     }
+}
+
+async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
+    use openbatch::domain::ApiKey;
+    use openbatch::store::keys;
+    match command {
+        KeysCommand::Create { project } => {
+            anyhow::ensure!(
+                !project.trim().is_empty() && project.len() <= 128,
+                "--project must be 1 to 128 characters"
+            );
+            let project_id = keys::ensure_project(pool, project.trim()).await?;
+            let key = ApiKey::generate();
+            keys::insert(pool, &project_id, &key).await?;
+            eprintln!(
+                "created key {} for project '{}'",
+                key.prefix,
+                project.trim()
+            );
+            println!("{}", key.secret);
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<20} {:<24} {:<12} state",
+                "prefix", "project", "created_at"
+            );
+            for k in keys::list(pool).await? {
+                let state = match k.revoked_at {
+                    Some(at) => format!("revoked at {at}"),
+                    None => "active".to_owned(),
+                };
+                println!(
+                    "{:<20} {:<24} {:<12} {state}",
+                    k.prefix, k.project, k.created_at
+                );
+            }
+        }
+        KeysCommand::Revoke { prefix } => {
+            anyhow::ensure!(
+                keys::revoke(pool, &prefix).await?,
+                "no active key has the prefix '{prefix}'"
+            );
+            eprintln!("revoked {prefix}");
+        }
+    }
+    Ok(())
 }

@@ -48,6 +48,8 @@ impl Application {
         let state = web::Data::new(AppState {
             pool,
             limits: settings.limits.clone(),
+            auth: api::Auth::new(&settings.auth),
+            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key),
             expiry_override_secs: settings.batches.expiry_override_secs,
         });
         let mut server = HttpServer::new(move || {

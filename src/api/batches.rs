@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::{body, no_such, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
-    Metadata,
+    Metadata, MetadataLimits,
 };
 use crate::error::ApiError;
 use crate::store::batches::{self as store, BatchRecord, Cancelled, Created};
@@ -40,7 +40,7 @@ fn required<'a>(value: &'a Option<String>, param: &str) -> Result<&'a str, Inval
 }
 
 impl CreateBatch {
-    fn spec(&self) -> Result<BatchSpec, Invalid> {
+    fn spec(&self, limits: MetadataLimits) -> Result<BatchSpec, Invalid> {
         Ok(BatchSpec {
             input_file_id: FileId::parse(
                 "input_file_id",
@@ -51,7 +51,7 @@ impl CreateBatch {
                 &self.completion_window,
                 "completion_window",
             )?)?,
-            metadata: Metadata::from_json(&self.metadata)?,
+            metadata: Metadata::from_json_within(&self.metadata, limits)?,
             output_expires_after: ExpiresAfter::from_json(
                 "output_expires_after",
                 &self.output_expires_after,
@@ -85,12 +85,22 @@ async fn create(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateBatch = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
-    let spec = body.spec()?;
+    let spec = body.spec(state.limits.metadata)?;
     let key = body.idempotency_key(&req)?;
     let expires_in = state
         .expiry_override_secs
         .unwrap_or(spec.completion_window.seconds());
-    match store::create(&state.pool, &project, &spec, key.as_ref(), expires_in).await? {
+    let limit = state.limits.max_active_batches_per_project;
+    match store::create(
+        &state.pool,
+        &project,
+        &spec,
+        key.as_ref(),
+        expires_in,
+        limit,
+    )
+    .await?
+    {
         Created::New(batch) => {
             tracing::info!(batch_id = %batch.id, "batch created");
             Ok(HttpResponse::Ok().json(batch_object(&batch)))
@@ -109,6 +119,17 @@ async fn create(
             .with_param("idempotency_key")
             .with_code("idempotency_key_conflict"))
         }
+        Created::LimitReached => Err(ApiError {
+            status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "This project already has {limit} unfinished batches, the most it may have. \
+                 Wait for some to finish, or cancel some, before creating more."
+            ),
+            param: None,
+            code: Some("batch_limit_exceeded".to_owned()),
+            // Retrying at once cannot help; the SDKs would otherwise retry a 429.
+            should_retry: Some(false),
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Thin HTTP handlers, one module per resource.
 
+mod auth;
 mod batches;
 mod body;
 mod files;
@@ -8,7 +9,7 @@ mod request_id;
 
 use std::future::{ready, Ready};
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use sqlx::PgPool;
 
 use crate::config::LimitSettings;
@@ -17,10 +18,14 @@ use crate::error::ApiError;
 
 pub use request_id::{middleware as request_id_middleware, RequestId};
 
+pub use auth::{Auth, RateLimiter};
+
 /// What every handler may use.
 pub struct AppState {
     pub pool: PgPool,
     pub limits: LimitSettings,
+    pub auth: Auth,
+    pub rate: RateLimiter,
     /// Test-only shortening of the 24-hour completion window.
     pub expiry_override_secs: Option<i64>,
 }
@@ -30,21 +35,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(health::readyz)
         .service(
             web::scope("/v1")
+                .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
                 .configure(batches::routes),
         );
 }
 
-/// The project (tenant) a request acts for. Authentication will resolve it from the API key;
-/// until then every request belongs to the built-in project.
+/// The project (tenant) a request acts for, as resolved by the authentication middleware.
 pub struct Project(pub ProjectId);
 
 impl FromRequest for Project {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
-    fn from_request(_req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(Ok(Project(ProjectId::built_in())))
+    fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let identity = req
+            .extensions()
+            .get::<auth::Identity>()
+            .map(|i| i.project.clone());
+        ready(identity.map(Project).ok_or_else(|| {
+            tracing::error!("a /v1 handler ran without the authentication middleware");
+            ApiError::internal()
+        }))
     }
 }
 

@@ -9,25 +9,46 @@ use super::Invalid;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata(BTreeMap<String, String>);
 
-impl Metadata {
-    pub const MAX_PAIRS: usize = 16;
-    pub const MAX_KEY_CHARS: usize = 64;
-    pub const MAX_VALUE_CHARS: usize = 512;
+/// OpenAI's limits by default; an operator may lower or raise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct MetadataLimits {
+    pub max_pairs: usize,
+    pub max_key_chars: usize,
+    pub max_value_chars: usize,
+}
 
+impl Default for MetadataLimits {
+    fn default() -> Self {
+        Self {
+            max_pairs: 16,
+            max_key_chars: 64,
+            max_value_chars: 512,
+        }
+    }
+}
+
+impl Metadata {
     /// `null` (the Python SDK sends it for `metadata=None`) and `{}` both mean "none".
     pub fn from_json(value: &Value) -> Result<Option<Self>, Invalid> {
+        Self::from_json_within(value, MetadataLimits::default())
+    }
+
+    pub fn from_json_within(
+        value: &Value,
+        limits: MetadataLimits,
+    ) -> Result<Option<Self>, Invalid> {
         let obj = match value {
             Value::Null => return Ok(None),
             Value::Object(obj) => obj,
             _ => return Err(Invalid::wrong_type("metadata", "an object")),
         };
-        if obj.len() > Self::MAX_PAIRS {
+        if obj.len() > limits.max_pairs {
             return Err(Invalid::new(
                 "metadata",
                 "object_above_max_properties",
                 format!(
                     "Invalid 'metadata': too many properties. Expected an object with at most {} properties, but got an object with {} properties instead.",
-                    Self::MAX_PAIRS,
+                    limits.max_pairs,
                     obj.len()
                 ),
             ));
@@ -36,13 +57,13 @@ impl Metadata {
         for (key, value) in obj {
             let param = format!("metadata.{key}");
             let key_chars = key.chars().count();
-            if key_chars > Self::MAX_KEY_CHARS {
+            if key_chars > limits.max_key_chars {
                 return Err(Invalid::new(
                     "metadata",
                     "invalid_value",
                     format!(
                         "Invalid 'metadata': key '{key}' is too long. Expected a key with at most {} characters, but got {key_chars}.",
-                        Self::MAX_KEY_CHARS
+                        limits.max_key_chars
                     ),
                 ));
             }
@@ -57,13 +78,13 @@ impl Metadata {
                 ));
             };
             let value_chars = value.chars().count();
-            if value_chars > Self::MAX_VALUE_CHARS {
+            if value_chars > limits.max_value_chars {
                 return Err(Invalid::new(
                     param.clone(),
                     "string_above_max_length",
                     format!(
                         "Invalid '{param}': string too long. Expected a string with maximum length {}, but got a string with length {value_chars} instead.",
-                        Self::MAX_VALUE_CHARS
+                        limits.max_value_chars
                     ),
                 ));
             }
@@ -124,6 +145,15 @@ mod tests {
         assert_eq!(err.param, "metadata.k");
         // Limits count characters, not bytes.
         assert!(Metadata::from_json(&json!({"k": "é".repeat(512)})).is_ok());
+        let tight = MetadataLimits {
+            max_pairs: 1,
+            max_key_chars: 2,
+            max_value_chars: 3,
+        };
+        assert!(Metadata::from_json_within(&json!({"a": "b", "c": "d"}), tight).is_err());
+        assert!(Metadata::from_json_within(&json!({"abc": "d"}), tight).is_err());
+        assert!(Metadata::from_json_within(&json!({"a": "bcde"}), tight).is_err());
+        assert!(Metadata::from_json_within(&json!({"ab": "cde"}), tight).is_ok());
     }
 
     #[test]

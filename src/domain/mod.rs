@@ -1,6 +1,7 @@
 //! Values that can only exist in a valid state: each is built by a `parse` that
 //! returns `Invalid` (rendered as a 400 by `crate::error`) for anything else.
 
+mod api_key;
 mod batch;
 mod expiry;
 mod file;
@@ -8,12 +9,13 @@ mod idempotency;
 mod ids;
 mod metadata;
 
+pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
 pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
 pub use ids::{BatchId, FileId, ProjectId};
-pub use metadata::Metadata;
+pub use metadata::{Metadata, MetadataLimits};
 
 /// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.
 #[derive(Debug, Clone, PartialEq, Eq)]

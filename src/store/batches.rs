@@ -43,6 +43,8 @@ pub enum Created {
     Replayed(BatchRecord),
     /// Same key, different parameters.
     Conflict(BatchRecord),
+    /// The project has as many unfinished batches as it may.
+    LimitReached,
 }
 
 /// Inserts a batch, or finds the one created earlier under the same idempotency key.
@@ -56,6 +58,7 @@ pub async fn create(
     spec: &BatchSpec,
     key: Option<&IdempotencyKey>,
     expires_in_secs: i64,
+    max_active: i64,
 ) -> Result<Created, sqlx::Error> {
     let hash = spec.fingerprint();
     let sql = format!(
@@ -63,7 +66,13 @@ pub async fn create(
             INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
                                  expires_at, metadata, output_expires_after_seconds,
                                  idempotency_key, params_hash)
-            VALUES ($1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11)
+            SELECT $1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11
+            -- Admission control; counting stops at the limit, so it costs at most that much.
+            WHERE $12 <= 0 OR (SELECT count(*) FROM (
+                SELECT 1 FROM batches
+                WHERE project_id = $2
+                  AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+                LIMIT $12) active) < $12
             ON CONFLICT (project_id, idempotency_key) DO NOTHING
             RETURNING {COLUMNS}
         )
@@ -84,21 +93,29 @@ pub async fn create(
         .bind(spec.output_expires_after.map(|e| e.seconds()))
         .bind(key.map(IdempotencyKey::as_str))
         .bind(&hash)
+        .bind(max_active)
         .fetch_optional(pool)
         .await?
         .map(|r| (r.inserted, r.batch));
     let (inserted, batch) = match row {
         Some(found) => found,
+        // Nothing inserted and nothing read: over the limit, or the key's row committed after
+        // this statement's snapshot.
         None => {
-            let key = key.expect("an insert without a key cannot conflict");
+            let Some(key) = key else {
+                return Ok(Created::LimitReached);
+            };
             let existing = sqlx::query_as::<_, BatchRecord>(&format!(
                 "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND idempotency_key = $2"
             ))
             .bind(project.as_str())
             .bind(key.as_str())
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await?;
-            (false, existing)
+            match existing {
+                Some(batch) => (false, batch),
+                None => return Ok(Created::LimitReached),
+            }
         }
     };
     Ok(if inserted {

@@ -3,6 +3,7 @@
 pub mod batches;
 pub mod files;
 pub mod jobs;
+pub mod keys;
 pub mod requests;
 
 use std::time::Duration;

@@ -1,0 +1,80 @@
+use sqlx::PgPool;
+
+use crate::domain::{NewKey, ProjectId};
+
+/// The project named `name`, created if it does not exist yet.
+pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx::Error> {
+    let id: String = sqlx::query_scalar(
+        "WITH ins AS (
+            INSERT INTO projects (id, name) VALUES ($1, $2)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING id
+        )
+        SELECT id FROM ins UNION ALL SELECT id FROM projects WHERE name = $2
+        LIMIT 1",
+    )
+    .bind(format!("proj_{}", uuid::Uuid::new_v4().simple()))
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
+    Ok(ProjectId::from_db(id))
+}
+
+pub async fn insert(pool: &PgPool, project: &ProjectId, key: &NewKey) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_keys (prefix, project_id, key_hash) VALUES ($1, $2, $3)")
+        .bind(&key.prefix)
+        .bind(project.as_str())
+        .bind(&key.hash[..])
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub struct StoredKey {
+    pub project: ProjectId,
+    pub hash: Vec<u8>,
+}
+
+/// A live (unrevoked) key by its prefix.
+pub async fn find(pool: &PgPool, prefix: &str) -> Result<Option<StoredKey>, sqlx::Error> {
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT project_id, key_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+    )
+    .bind(prefix)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(project, hash)| StoredKey {
+        project: ProjectId::from_db(project),
+        hash,
+    }))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct KeyListing {
+    pub prefix: String,
+    pub project: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.prefix, p.name AS project, k.created_at, k.revoked_at
+         FROM api_keys k JOIN projects p ON p.id = k.project_id
+         ORDER BY k.created_at, k.prefix",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// False when no live key has this prefix.
+pub async fn revoke(pool: &PgPool, prefix: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE api_keys SET revoked_at = unix_now() WHERE prefix = $1 AND revoked_at IS NULL",
+    )
+    .bind(prefix)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
