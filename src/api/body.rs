@@ -161,3 +161,36 @@ mod tests {
         assert_eq!(err.code.as_deref(), Some("invalid_type"));
     }
 }
+
+/// Bounded fuzzing of body parsing: any bytes give a value or a 4xx, never a panic or a 5xx.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[allow(dead_code)]
+    #[derive(serde::Deserialize, Debug)]
+    struct Req {
+        input_file_id: Option<String>,
+        metadata: Option<serde_json::Value>,
+        idempotency_key: Option<String>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn any_body_is_a_value_or_a_client_error(raw in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Err(e) = parse::<Req>(&raw) {
+                prop_assert!(e.status.is_client_error());
+            }
+        }
+
+        #[test]
+        fn json_shaped_bodies_too(raw in r#"\{("[a-z_]{1,14}": ?(null|true|1|-2.5e3|"[^"\\]{0,8}"|\[\]|\{\}),? ?){0,4}\}"#) {
+            if let Err(e) = parse::<Req>(raw.as_bytes()) {
+                prop_assert!(e.status.is_client_error());
+            }
+        }
+    }
+}
