@@ -464,7 +464,7 @@ mod fuzz {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| Value::from(n)),
+            any::<i64>().prop_map(Value::from),
             ".{0,12}".prop_map(Value::String),
             Just(Value::String("POST".into())),
             Just(Value::String("/v1/chat/completions".into())),
