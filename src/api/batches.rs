@@ -201,7 +201,8 @@ async fn list(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after = match query.after.as_deref() {
+    // An empty cursor is no cursor (some clients send `after=`).
+    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
         Some(raw) => Some(BatchId::parse("after", raw).map_err(|_| unknown_cursor(raw))?),
         None => None,
     };

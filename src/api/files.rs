@@ -305,7 +305,8 @@ async fn list(
         .as_deref()
         .map(Purpose::parse_filter)
         .transpose()?;
-    let after = match query.after.as_deref() {
+    // An empty cursor is no cursor (some clients send `after=`).
+    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
         Some(raw) => Some(FileId::parse("after", raw).map_err(|_| unknown_cursor(raw))?),
         None => None,
     };

@@ -5,6 +5,7 @@ mod batches;
 mod body;
 mod files;
 mod health;
+mod openapi;
 mod request_id;
 
 use std::future::{ready, Ready};
@@ -33,6 +34,7 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
+        .service(openapi::openapi)
         .service(
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(auth::middleware))

@@ -11,4 +11,5 @@ mod files;
 mod helpers;
 mod idempotency;
 mod replicas;
+mod secrets;
 mod startup;
