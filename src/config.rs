@@ -21,6 +21,18 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub batches: BatchSettings,
     pub auth: AuthSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry export. The standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` and `OTEL_SERVICE_NAME` win over these.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// Off when unset.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    pub otlp_protocol: String,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +197,9 @@ impl Settings {
             .set_default("limits.requests_per_minute_per_key", 6000)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
+            .set_default("telemetry.otlp_endpoint", None::<String>)?
+            .set_default("telemetry.otlp_protocol", "http/protobuf")?
+            .set_default("telemetry.service_name", "openbatch")?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")?
             .set_default("upstream.base_url", "http://127.0.0.1:8000/v1")?
@@ -221,6 +236,15 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(ours)),
         );
+        for (standard, ours) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "telemetry.otlp_protocol"),
+            ("OTEL_SERVICE_NAME", "telemetry.service_name"),
+        ] {
+            if let Some(v) = env(standard) {
+                builder = builder.set_override(ours, v)?;
+            }
+        }
         if env("OPENBATCH__DATABASE__URL").is_none() {
             if let Some(url) = env("DATABASE_URL") {
                 builder = builder.set_override("database.url", url)?;

@@ -52,7 +52,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
-    openbatch::telemetry::init(&settings.log);
+    let _telemetry = openbatch::telemetry::init(&settings.log, &settings.telemetry)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = Application::build(&settings).await?;

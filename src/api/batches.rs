@@ -91,24 +91,33 @@ async fn create(
         .expiry_override_secs
         .unwrap_or(spec.completion_window.seconds());
     let limit = state.limits.max_active_batches_per_project;
-    match store::create(
+    let trace = crate::telemetry::traceparent(&tracing::Span::current());
+    let created = store::create(
         &state.pool,
         &project,
         &spec,
-        key.as_ref(),
-        expires_in,
-        limit,
+        store::Options {
+            key: key.as_ref(),
+            expires_in_secs: expires_in,
+            max_active: limit,
+            trace_context: trace.as_deref(),
+        },
     )
-    .await?
-    {
+    .await?;
+    match created {
         Created::New(batch) => {
+            tracing::Span::current().record("batch_id", batch.id.as_str());
             tracing::info!(batch_id = %batch.id, "batch created");
             Ok(HttpResponse::Ok().json(batch_object(&batch)))
         }
-        Created::Replayed(batch) => Ok(HttpResponse::Ok()
-            .insert_header(("Idempotent-Replayed", "true"))
-            .json(batch_object(&batch))),
+        Created::Replayed(batch) => {
+            crate::metrics::get().idempotent_replays.inc();
+            Ok(HttpResponse::Ok()
+                .insert_header(("Idempotent-Replayed", "true"))
+                .json(batch_object(&batch)))
+        }
         Created::Conflict(batch) => {
+            crate::metrics::get().idempotency_conflicts.inc();
             let key = key.expect("only keyed creations conflict");
             Err(ApiError::conflict(format!(
                 "Idempotency key conflict: the key '{}' was already used to create batch {} with \
@@ -134,6 +143,7 @@ async fn create(
 }
 
 fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
+    tracing::Span::current().record("batch_id", raw);
     BatchId::parse("batch_id", raw).map_err(|_| no_such("Batch", raw, "batch_id"))
 }
 

@@ -198,6 +198,7 @@ async fn upload(
             expires_after_seconds: expires_after.map(ExpiresAfter::seconds),
         })
         .await?;
+    tracing::Span::current().record("file_id", file.id.as_str());
     tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
     Ok(HttpResponse::Ok().json(file_object(&file)))
 }
@@ -220,6 +221,7 @@ fn parse_expires_after(
 }
 
 fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
+    tracing::Span::current().record("file_id", raw);
     FileId::parse("file_id", raw).map_err(|_| no_such("File", raw, "id"))
 }
 

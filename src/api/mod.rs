@@ -34,6 +34,7 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
+        .service(health::metrics)
         .service(openapi::openapi)
         .service(
             web::scope("/v1")

@@ -52,21 +52,36 @@ pub enum Created {
 /// One statement: `INSERT ... ON CONFLICT DO NOTHING` on the per-project unique key, plus a
 /// read of the existing row in the same round trip. When the competing insert committed after
 /// this statement's snapshot was taken, the read sees nothing; a second, fresh read then does.
+/// How a batch is to be created, besides its parameters.
+pub struct Options<'a> {
+    pub key: Option<&'a IdempotencyKey>,
+    pub expires_in_secs: i64,
+    /// Unfinished batches the project may have; 0 = no limit.
+    pub max_active: i64,
+    /// The creating request's `traceparent`, for the worker's spans to link to.
+    pub trace_context: Option<&'a str>,
+}
+
+#[tracing::instrument(skip_all, name = "db.batches.create")]
 pub async fn create(
     pool: &PgPool,
     project: &ProjectId,
     spec: &BatchSpec,
-    key: Option<&IdempotencyKey>,
-    expires_in_secs: i64,
-    max_active: i64,
+    opts: Options<'_>,
 ) -> Result<Created, sqlx::Error> {
+    let Options {
+        key,
+        expires_in_secs,
+        max_active,
+        trace_context,
+    } = opts;
     let hash = spec.fingerprint();
     let sql = format!(
         "WITH ins AS (
             INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
                                  expires_at, metadata, output_expires_after_seconds,
-                                 idempotency_key, params_hash)
-            SELECT $1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11
+                                 idempotency_key, params_hash, trace_context)
+            SELECT $1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11, $13
             -- Admission control; counting stops at the limit, so it costs at most that much.
             WHERE $12 <= 0 OR (SELECT count(*) FROM (
                 SELECT 1 FROM batches
@@ -94,6 +109,7 @@ pub async fn create(
         .bind(key.map(IdempotencyKey::as_str))
         .bind(&hash)
         .bind(max_active)
+        .bind(trace_context)
         .fetch_optional(pool)
         .await?
         .map(|r| (r.inserted, r.batch));
@@ -134,6 +150,7 @@ struct WithInserted {
     batch: BatchRecord,
 }
 
+#[tracing::instrument(skip_all, name = "db.batches.get")]
 pub async fn get(
     pool: &PgPool,
     project: &ProjectId,
@@ -155,6 +172,7 @@ pub struct Page {
 
 /// Newest first. The cursor is the position (`seq`) of the `after` batch, so pages stay
 /// stable while batches are being created. `None` when `after` names no batch of the project.
+#[tracing::instrument(skip_all, name = "db.batches.list")]
 pub async fn list(
     pool: &PgPool,
     project: &ProjectId,
@@ -198,6 +216,7 @@ pub enum Cancelled {
 
 /// Moves a batch to `cancelling` if its status allows; the guarded UPDATE makes a concurrent
 /// status change (a worker finishing it, say) win or lose cleanly.
+#[tracing::instrument(skip_all, name = "db.batches.cancel")]
 pub async fn cancel(
     pool: &PgPool,
     project: &ProjectId,

@@ -55,6 +55,7 @@ impl NewContent {
         self.bytes
     }
 
+    #[tracing::instrument(skip_all, name = "db.files.write_chunk")]
     pub async fn write_chunk(
         &mut self,
         conn: &mut PgConnection,
@@ -72,6 +73,7 @@ impl NewContent {
     }
 
     /// Writes the `files` row; the content becomes visible when the transaction commits.
+    #[tracing::instrument(skip_all, name = "db.files.finish")]
     pub async fn finish(
         self,
         conn: &mut PgConnection,
@@ -100,6 +102,7 @@ impl Default for NewContent {
 }
 
 impl Upload {
+    #[tracing::instrument(skip_all, name = "db.files.begin")]
     pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
         Ok(Self {
             tx: pool.begin().await?,
@@ -107,10 +110,12 @@ impl Upload {
         })
     }
 
+    #[tracing::instrument(skip_all, name = "db.files.write_chunk")]
     pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
         self.content.write_chunk(&mut self.tx, data).await
     }
 
+    #[tracing::instrument(skip_all, name = "db.files.commit")]
     pub async fn commit(mut self, file: NewFile<'_>) -> Result<FileRecord, sqlx::Error> {
         let record = self.content.finish(&mut self.tx, file).await?;
         self.tx.commit().await?;
@@ -118,6 +123,7 @@ impl Upload {
     }
 }
 
+#[tracing::instrument(skip_all, name = "db.files.get")]
 pub async fn get(
     pool: &PgPool,
     project: &ProjectId,
@@ -152,6 +158,7 @@ pub struct Page {
 
 /// Keyset pagination on `(project_id, seq)`. `None` when `after` names no file of the project
 /// (deleted files keep their position, so a listing survives deletions mid-way).
+#[tracing::instrument(skip_all, name = "db.files.list")]
 pub async fn list(
     pool: &PgPool,
     project: &ProjectId,
@@ -193,6 +200,7 @@ pub async fn list(
 }
 
 /// Marks the file deleted and drops its content. False when there was no such live file.
+#[tracing::instrument(skip_all, name = "db.files.delete")]
 pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let deleted = sqlx::query(&format!(
@@ -215,6 +223,7 @@ pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<b
 }
 
 /// One chunk of a file's content, by position; `None` past the end (or if it was deleted).
+#[tracing::instrument(skip_all, name = "db.files.chunk")]
 pub async fn chunk(pool: &PgPool, id: &FileId, idx: i32) -> Result<Option<Vec<u8>>, sqlx::Error> {
     sqlx::query_scalar("SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2")
         .bind(id)

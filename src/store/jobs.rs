@@ -31,6 +31,7 @@ impl BatchJob {
 /// Claims the oldest batch that needs batch-level work and that no live replica holds:
 /// validation, cancellation, a finalization interrupted by a crash, or a running batch that
 /// has expired or whose every line is done.
+#[tracing::instrument(skip_all, name = "db.jobs.claim")]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -62,6 +63,7 @@ pub async fn claim(
 
 /// Gives the job back, not to be picked up again for `secs` (by anyone). A no-op when the
 /// claim is no longer ours.
+#[tracing::instrument(skip_all, name = "db.jobs.defer")]
 pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3)
@@ -76,6 +78,7 @@ pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Resul
 }
 
 /// `validating` → `in_progress`, in the transaction that queued the lines.
+#[tracing::instrument(skip_all, name = "db.jobs.start")]
 pub async fn start(
     conn: &mut PgConnection,
     id: &BatchId,
@@ -99,6 +102,7 @@ pub async fn start(
 }
 
 /// `validating` → `failed` with OpenAI-style `errors`.
+#[tracing::instrument(skip_all, name = "db.jobs.fail")]
 pub async fn fail(
     pool: &PgPool,
     id: &BatchId,
@@ -120,6 +124,7 @@ pub async fn fail(
 }
 
 /// `in_progress` → `finalizing`, visible to clients while the files are written.
+#[tracing::instrument(skip_all, name = "db.jobs.begin_finalizing")]
 pub async fn begin_finalizing(
     pool: &PgPool,
     id: &BatchId,
@@ -149,6 +154,7 @@ pub struct Ending<'a> {
 
 /// Moves a batch to its final status with its files, counts and usage, in the transaction
 /// that wrote the files. False (and the caller rolls back) if the batch moved meanwhile.
+#[tracing::instrument(skip_all, name = "db.jobs.end")]
 pub async fn end(
     conn: &mut PgConnection,
     id: &BatchId,

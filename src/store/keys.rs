@@ -3,6 +3,7 @@ use sqlx::PgPool;
 use crate::domain::{NewKey, ProjectId};
 
 /// The project named `name`, created if it does not exist yet.
+#[tracing::instrument(skip_all, name = "db.keys.ensure_project")]
 pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx::Error> {
     let id: String = sqlx::query_scalar(
         "WITH ins AS (
@@ -20,6 +21,7 @@ pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx
     Ok(ProjectId::from_db(id))
 }
 
+#[tracing::instrument(skip_all, name = "db.keys.insert")]
 pub async fn insert(pool: &PgPool, project: &ProjectId, key: &NewKey) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO api_keys (prefix, project_id, key_hash) VALUES ($1, $2, $3)")
         .bind(&key.prefix)
@@ -36,6 +38,7 @@ pub struct StoredKey {
 }
 
 /// A live (unrevoked) key by its prefix.
+#[tracing::instrument(skip_all, name = "db.keys.find")]
 pub async fn find(pool: &PgPool, prefix: &str) -> Result<Option<StoredKey>, sqlx::Error> {
     let row: Option<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT project_id, key_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
@@ -57,6 +60,7 @@ pub struct KeyListing {
     pub revoked_at: Option<i64>,
 }
 
+#[tracing::instrument(skip_all, name = "db.keys.list")]
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
     sqlx::query_as(
         "SELECT k.prefix, p.name AS project, k.created_at, k.revoked_at
@@ -68,6 +72,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
 }
 
 /// False when no live key has this prefix.
+#[tracing::instrument(skip_all, name = "db.keys.revoke")]
 pub async fn revoke(pool: &PgPool, prefix: &str) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE api_keys SET revoked_at = unix_now() WHERE prefix = $1 AND revoked_at IS NULL",

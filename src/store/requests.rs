@@ -15,6 +15,7 @@ pub struct NewLine {
     pub body: String,
 }
 
+#[tracing::instrument(skip_all, name = "db.requests.insert")]
 pub async fn insert(
     conn: &mut PgConnection,
     batch: &BatchId,
@@ -53,10 +54,15 @@ pub struct ClaimedLine {
     pub model: String,
     pub body: String,
     pub endpoint: String,
+    /// How many times the line has been claimed, this claim included.
+    pub attempts: i32,
+    /// The `traceparent` of the request that created the batch.
+    pub trace_context: Option<String>,
 }
 
 /// Claims up to `n` lines of running batches: pending ones, or ones whose claim lapsed (their
 /// replica died). `SKIP LOCKED` lets replicas claim side by side without waiting on each other.
+#[tracing::instrument(skip_all, name = "db.requests.claim")]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -79,7 +85,8 @@ pub async fn claim(
             lease_until = now() + make_interval(secs => $3)
         FROM picked p, batches b
         WHERE r.batch_id = p.batch_id AND r.line = p.line AND b.id = r.batch_id
-        RETURNING r.batch_id, r.line, r.custom_id, r.model, r.body, b.endpoint",
+        RETURNING r.batch_id, r.line, r.custom_id, r.model, r.body, b.endpoint, r.attempts,
+                  b.trace_context",
     )
     .bind(owner)
     .bind(n as i64)
@@ -104,6 +111,7 @@ pub struct Finished {
 /// Writes results and bumps the batches' live counters, in one transaction. Only lines this
 /// replica still holds are written. Counters are updated in batch-id order so that two
 /// replicas flushing lines of the same batches cannot deadlock.
+#[tracing::instrument(skip_all, name = "db.requests.store_results")]
 pub async fn store_results(
     pool: &PgPool,
     owner: &str,
@@ -174,6 +182,7 @@ pub async fn store_results(
 }
 
 /// Extends every claim this replica holds, on lines and on batch-level work.
+#[tracing::instrument(skip_all, name = "db.requests.renew_leases")]
 pub async fn renew_leases(pool: &PgPool, owner: &str, lease_secs: u64) -> Result<(), sqlx::Error> {
     let secs = lease_secs as f64;
     sqlx::query(
@@ -195,6 +204,7 @@ pub async fn renew_leases(pool: &PgPool, owner: &str, lease_secs: u64) -> Result
 }
 
 /// Hands back this replica's unfinished lines and batch-level work at shutdown.
+#[tracing::instrument(skip_all, name = "db.requests.release_leases")]
 pub async fn release_leases(pool: &PgPool, owner: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE batch_requests SET state = 'pending', lease_owner = NULL, lease_until = NULL
@@ -211,6 +221,7 @@ pub async fn release_leases(pool: &PgPool, owner: &str) -> Result<(), sqlx::Erro
 }
 
 /// Lines of a cancelled or cancelling batch still being executed under a live claim.
+#[tracing::instrument(skip_all, name = "db.requests.running")]
 pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM batch_requests
@@ -223,6 +234,7 @@ pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error>
 
 /// Ends every unfinished line of a batch with an error (expiry, cancellation). A replica still
 /// executing one will find it no longer running and drop its result.
+#[tracing::instrument(skip_all, name = "db.requests.close_open")]
 pub async fn close_open(
     conn: &mut PgConnection,
     batch: &BatchId,
@@ -254,6 +266,7 @@ pub struct LineResult {
 }
 
 /// Finished lines in input order, a page at a time (keyset on `line`).
+#[tracing::instrument(skip_all, name = "db.requests.results_page")]
 pub async fn results_page(
     conn: &mut PgConnection,
     batch: &BatchId,

@@ -10,6 +10,7 @@ use anyhow::Context;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::config::{Secret, Settings, UpstreamSettings};
 pub use retry::RetryPolicy;
@@ -87,6 +88,11 @@ impl Upstreams {
             .map(|(name, s)| Upstream::new(name, s))
             .collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
+        for name in routes.iter().map(|u| u.name.as_str()).chain(["default"]) {
+            crate::metrics::get()
+                .upstream_duration
+                .with_label_values(&[name]);
+        }
         Ok(Arc::new(Self {
             client,
             default: Upstream::new("default", &settings.upstream),
@@ -117,7 +123,38 @@ impl Upstreams {
             let (outcome, retry_after) = {
                 // The slot is held for the attempt only, not during backoff.
                 let _slot = upstream.limit.acquire().await.expect("never closed");
-                self.attempt(upstream, endpoint, body, traceparent).await
+                let started = std::time::Instant::now();
+                let span = tracing::info_span!(
+                    "upstream_request",
+                    otel.name = %format!("POST {endpoint}"),
+                    otel.kind = "client",
+                    upstream = %upstream.name,
+                    http.request.method = "POST",
+                    server.address = %upstream.base_url,
+                    attempt,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                let traceparent =
+                    crate::telemetry::traceparent(&span).unwrap_or_else(|| traceparent.to_owned());
+                let result = self
+                    .attempt(upstream, endpoint, body, &traceparent)
+                    .instrument(span.clone())
+                    .await;
+                if let Outcome::Response { status, .. } = &result.0 {
+                    span.record("http.response.status_code", i64::from(*status));
+                }
+                let m = crate::metrics::get();
+                m.upstream_duration
+                    .with_label_values(&[upstream.name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                let status = match &result.0 {
+                    Outcome::Response { status, .. } => status.to_string(),
+                    Outcome::Failure { .. } => "error".to_owned(),
+                };
+                m.upstream_responses
+                    .with_label_values(&[upstream.name.as_str(), status.as_str()])
+                    .inc();
+                result
             };
             let retryable = match &outcome {
                 Outcome::Response { status, .. } => RetryPolicy::retryable_status(*status),
@@ -128,6 +165,7 @@ impl Upstreams {
             }
             let delay = self.retry.delay(attempt, retry_after);
             tracing::debug!(upstream = %upstream.name, attempt, ?delay, ?outcome, "retrying upstream call");
+            crate::metrics::get().upstream_retries.inc();
             tokio::time::sleep(delay).await;
             attempt += 1;
         }

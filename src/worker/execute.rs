@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{sleep_or_stop, Ctx};
 use crate::store::requests::{self, ClaimedLine, Finished};
@@ -79,6 +80,10 @@ async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc:
             continue;
         }
         permits.truncate(claimed.len());
+        let takeovers = claimed.iter().filter(|l| l.attempts > 1).count();
+        crate::metrics::get()
+            .lease_takeovers
+            .inc_by(takeovers as u64);
         for (line, slot) in claimed.into_iter().zip(permits) {
             tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
         }
@@ -91,11 +96,32 @@ async fn execute_line(
     slot: OwnedSemaphorePermit,
     results: mpsc::Sender<Done>,
 ) {
-    let traceparent = traceparent_for(line.batch_id.as_str());
-    let outcome = ctx
-        .upstreams
-        .execute(&line.endpoint, &line.model, &line.body, &traceparent)
-        .await;
+    let span = tracing::info_span!(
+        "batch_line",
+        otel.kind = "internal",
+        batch_id = %line.batch_id,
+        line = line.line,
+        model = %line.model,
+    );
+    // The line's trace is its own; a link leads back to the request that created the batch.
+    if let Some(tp) = &line.trace_context {
+        crate::telemetry::link_to(&span, tp);
+    }
+    let outcome = async {
+        // Upstream calls carry this trace when tracing is on, else one trace id per batch.
+        let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
+            .unwrap_or_else(|| traceparent_for(line.batch_id.as_str()));
+        ctx.upstreams
+            .execute(&line.endpoint, &line.model, &line.body, &traceparent)
+            .await
+    }
+    .instrument(span)
+    .await;
+    let ok = matches!(&outcome, Outcome::Response { status, .. } if (200..300).contains(status));
+    crate::metrics::get()
+        .lines
+        .with_label_values(&[if ok { "succeeded" } else { "failed" }])
+        .inc();
     let result = match outcome {
         Outcome::Response {
             status,

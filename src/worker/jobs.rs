@@ -97,7 +97,12 @@ fn errors_object(errors: Vec<LineError>) -> Value {
 
 async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Result<()> {
     tracing::info!(errors = errors.len(), "batch failed validation");
-    jobs::fail(&ctx.pool, &job.id, &ctx.owner, errors_object(errors)).await?;
+    if jobs::fail(&ctx.pool, &job.id, &ctx.owner, errors_object(errors)).await? {
+        crate::metrics::get()
+            .batches_finished
+            .with_label_values(&["failed"])
+            .inc();
+    }
     Ok(())
 }
 
@@ -331,6 +336,10 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     .await?;
     if ended {
         tx.commit().await?;
+        crate::metrics::get()
+            .batches_finished
+            .with_label_values(&[to.as_str()])
+            .inc();
         tracing::info!(
             status = to.as_str(),
             completed,

@@ -300,6 +300,29 @@ async fn transient_upstream_faults_are_retried_and_permanent_ones_recorded() {
     assert!(err[1]["response"]["body"]["error"].is_object());
     assert_eq!(err[1]["error"], Value::Null);
 
+    // The worker's own account, as Prometheus would scrape it.
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "openbatch_upstream_retries_total ",
+        "openbatch_upstream_responses_total{status=\"500\",upstream=\"default\"} ",
+        "openbatch_upstream_responses_total{status=\"error\",upstream=\"default\"} ",
+        "openbatch_upstream_request_duration_seconds_count{upstream=\"default\"} ",
+        "openbatch_lines_processed_total{outcome=\"succeeded\"} ",
+        "openbatch_batches_finished_total{status=\"completed\"} ",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+
     let stats = upstream.stats().await;
     let runs = |k: &str| stats["by_key"][k].as_u64().unwrap_or(0);
     assert_eq!(runs("ok"), 1);

@@ -1,0 +1,147 @@
+//! Prometheus metrics. Counters and histograms are updated where things happen; gauges that
+//! describe the database (batches by status, queue depth, pool usage) are read at scrape time.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub idempotent_replays: IntCounter,
+    pub idempotency_conflicts: IntCounter,
+    pub lines: IntCounterVec,
+    pub upstream_retries: IntCounter,
+    pub upstream_responses: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub lease_takeovers: IntCounter,
+    pub batches_finished: IntCounterVec,
+    batches: IntGaugeVec,
+    queue: IntGaugeVec,
+    pool: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+/// The process-wide metrics (one registry per process, as Prometheus scrapes a process).
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let r = Registry::new_custom(Some("openbatch".to_owned()), None).expect("valid prefix");
+        let m = Metrics {
+            http_requests: counter_vec(&r, "http_requests_total", "HTTP requests by route template and status.", &["method", "route", "status"]),
+            http_duration: histogram_vec(&r, "http_request_duration_seconds", "HTTP request latency by route template.", &["method", "route"]),
+            idempotent_replays: counter(&r, "idempotent_replays_total", "Batch creations answered with the batch an idempotency key made earlier."),
+            idempotency_conflicts: counter(&r, "idempotency_conflicts_total", "Batch creations refused: key reused with other parameters."),
+            lines: counter_vec(&r, "lines_processed_total", "Batch lines executed, by outcome (succeeded: 2xx; failed: anything else).", &["outcome"]),
+            upstream_retries: counter(&r, "upstream_retries_total", "Upstream attempts repeated after a transient failure."),
+            upstream_responses: counter_vec(&r, "upstream_responses_total", "Upstream attempts by upstream and HTTP status (`error`: no response).", &["upstream", "status"]),
+            upstream_duration: histogram_vec(&r, "upstream_request_duration_seconds", "Upstream attempt latency.", &["upstream"]),
+            lease_takeovers: counter(&r, "lease_takeovers_total", "Lines claimed again after an earlier claim lapsed (a replica died) or was handed back."),
+            batches_finished: counter_vec(&r, "batches_finished_total", "Batches this replica moved to a final status.", &["status"]),
+            batches: gauge_vec(&r, "batches", "Unfinished batches by status (all replicas, from the database).", &["status"]),
+            queue: gauge_vec(&r, "work_queue_lines", "Lines of running batches by state (all replicas, from the database).", &["state"]),
+            pool: gauge_vec(&r, "db_pool_connections", "This replica's database connections by state.", &["state"]),
+            registry: r,
+        };
+        // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
+        for outcome in ["succeeded", "failed"] {
+            m.lines.with_label_values(&[outcome]);
+        }
+        m
+    })
+}
+
+impl Metrics {
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the database-derived gauges and renders everything in the text format.
+    pub async fn render(&self, pool: &PgPool) -> String {
+        self.pool
+            .with_label_values(&["open"])
+            .set(i64::from(pool.size()));
+        self.pool
+            .with_label_values(&["idle"])
+            .set(pool.num_idle() as i64);
+        // Both read only unfinished rows, through partial indexes, with a short timeout so a
+        // struggling database cannot stall the scrape.
+        let by_status = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, count(*) FROM batches
+                 WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+                 GROUP BY status",
+            )
+            .fetch_all(pool),
+        )
+        .await;
+        if let Ok(Ok(rows)) = by_status {
+            for s in ["validating", "in_progress", "finalizing", "cancelling"] {
+                let n = rows.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+                self.batches.with_label_values(&[s]).set(n);
+            }
+        }
+        let queue = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT state, count(*) FROM batch_requests WHERE state <> 'done' GROUP BY state",
+            )
+            .fetch_all(pool),
+        )
+        .await;
+        if let Ok(Ok(rows)) = queue {
+            for s in ["pending", "running"] {
+                let n = rows.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+                self.queue.with_label_values(&[s]).set(n);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,169 @@
+"""Traces and metrics as an operator sees them: spans exported over OTLP to a collector, and a
+Prometheus scrape of /metrics."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import openai
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import OpenBatchServer, ServerPool, database_url_for, make_client, openbatch_binary, unique_key
+
+
+class Collector:
+    """A minimal OTLP/HTTP (protobuf) trace receiver."""
+
+    def __init__(self) -> None:
+        self.spans: list = []
+        self.lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.path == "/v1/traces":
+                    req = ExportTraceServiceRequest()
+                    req.ParseFromString(body)
+                    with collector.lock:
+                        for rs in req.resource_spans:
+                            service = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name")
+                            for ss in rs.scope_spans:
+                                for span in ss.spans:
+                                    collector.spans.append((service, span))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = [s for s in self.spans if predicate(s)]
+            if found:
+                return found
+            time.sleep(0.2)
+        with self.lock:
+            names = sorted({s[1].name for s in self.spans})
+        raise AssertionError(f"no matching span within {timeout}s; spans seen: {names}")
+
+
+class TracedServer(OpenBatchServer):
+    def __init__(self, *args, extra_env: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_env = extra_env
+
+    def _environment(self) -> dict[str, str]:
+        env = super()._environment()
+        env.update(self.extra_env)
+        return env
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.server.shutdown()
+
+
+def start(pool: ServerPool, tmp_path: Path, env: dict[str, str]) -> OpenBatchServer:
+    database = pool.new_database()
+    server = TracedServer(openbatch_binary(), database_url_for(database), tmp_path / "server.log", extra_env=env)
+    pool.servers.append(server)
+    server.start(pool.timeout)
+    return server
+
+
+def attrs(span) -> dict:
+    out = {}
+    for a in span.attributes:
+        v = a.value
+        out[a.key] = v.string_value if v.HasField("string_value") else v.int_value if v.HasField("int_value") else v.bool_value
+    return out
+
+
+def test_a_create_batch_request_is_traced_under_the_callers_trace(server_pool, tmp_path, collector) -> None:
+    server = start(
+        server_pool,
+        tmp_path,
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": "openbatch-under-test",
+        },
+    )
+    trace_id = os.urandom(16).hex()
+    parent_span = os.urandom(8).hex()
+    with make_client(server) as client:
+        batch = client.batches.create(
+            input_file_id="file-traced",
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_headers={"traceparent": f"00-{trace_id}-{parent_span}-01"},
+            extra_body={"idempotency_key": unique_key("traced")},
+        )
+
+    def in_trace(s) -> bool:
+        return s[1].trace_id.hex() == trace_id
+
+    http_spans = collector.wait_for(lambda s: in_trace(s) and s[1].name == "POST /v1/batches")
+    service, span = http_spans[0]
+    assert service == "openbatch-under-test"
+    assert span.parent_span_id.hex() == parent_span, "the caller's span is the parent"
+    a = attrs(span)
+    assert a["http.route"] == "/v1/batches"
+    assert a["http.request.method"] == "POST"
+    assert a["http.response.status_code"] == 200
+    assert a["batch_id"] == batch.id
+    db = collector.wait_for(lambda s: in_trace(s) and s[1].name == "db.batches.create")
+    assert db[0][1].parent_span_id == span.span_id, "database work is a child of the request"
+
+
+def test_metrics_are_scrapable_and_count_what_happened(fresh_server, fresh_client: openai.OpenAI) -> None:
+    key = unique_key("metrics")
+    args = dict(input_file_id="file-m", endpoint="/v1/chat/completions", completion_window="24h")
+    fresh_client.batches.create(**args, extra_body={"idempotency_key": key})
+    fresh_client.batches.create(**args, extra_body={"idempotency_key": key})
+    with pytest.raises(openai.ConflictError):
+        fresh_client.batches.create(**{**args, "input_file_id": "file-other"}, extra_body={"idempotency_key": key})
+    with pytest.raises(openai.NotFoundError):
+        fresh_client.batches.retrieve("batch_nope")
+
+    text = httpx.get(f"{fresh_server.base_url}/metrics", timeout=30).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    def value(family: str, sample: str, **labels) -> float:
+        for s in families[family].samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        raise AssertionError(f"no {sample} {labels} in {family}")
+
+    assert value("openbatch_http_requests", "openbatch_http_requests_total", route="/v1/batches", status="200") >= 2
+    assert value("openbatch_http_requests", "openbatch_http_requests_total", route="/v1/batches/{batch_id}", status="404") >= 1
+    assert value("openbatch_http_request_duration_seconds", "openbatch_http_request_duration_seconds_count", route="/v1/batches") >= 3
+    assert value("openbatch_idempotent_replays", "openbatch_idempotent_replays_total") == 1
+    assert value("openbatch_idempotency_conflicts", "openbatch_idempotency_conflicts_total") == 1
+    assert value("openbatch_batches", "openbatch_batches", status="validating") == 1
+    assert value("openbatch_work_queue_lines", "openbatch_work_queue_lines", state="pending") == 0
+    assert value("openbatch_db_pool_connections", "openbatch_db_pool_connections", state="open") >= 1
+    for family in [
+        "openbatch_lines_processed",
+        "openbatch_upstream_retries",
+        "openbatch_lease_takeovers",
+    ]:
+        assert family in families, f"{family} missing from /metrics"
+    assert "batch_nope" not in text, "ids never become label values"
