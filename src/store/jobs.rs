@@ -31,7 +31,8 @@ impl BatchJob {
 /// Claims the oldest batch that needs batch-level work and that no live replica holds:
 /// validation, cancellation, a finalization interrupted by a crash, or a running batch that
 /// has expired or whose every line is done.
-#[tracing::instrument(skip_all, name = "db.jobs.claim")]
+// Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
+#[tracing::instrument(level = "debug", skip_all, name = "db.jobs.claim")]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -63,7 +64,8 @@ pub async fn claim(
 
 /// Gives the job back, not to be picked up again for `secs` (by anyone). A no-op when the
 /// claim is no longer ours.
-#[tracing::instrument(skip_all, name = "db.jobs.defer")]
+// Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
+#[tracing::instrument(level = "debug", skip_all, name = "db.jobs.defer")]
 pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3)

@@ -62,7 +62,8 @@ pub struct ClaimedLine {
 
 /// Claims up to `n` lines of running batches: pending ones, or ones whose claim lapsed (their
 /// replica died). `SKIP LOCKED` lets replicas claim side by side without waiting on each other.
-#[tracing::instrument(skip_all, name = "db.requests.claim")]
+// Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
+#[tracing::instrument(level = "debug", skip_all, name = "db.requests.claim")]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -182,7 +183,8 @@ pub async fn store_results(
 }
 
 /// Extends every claim this replica holds, on lines and on batch-level work.
-#[tracing::instrument(skip_all, name = "db.requests.renew_leases")]
+// Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
+#[tracing::instrument(level = "debug", skip_all, name = "db.requests.renew_leases")]
 pub async fn renew_leases(pool: &PgPool, owner: &str, lease_secs: u64) -> Result<(), sqlx::Error> {
     let secs = lease_secs as f64;
     sqlx::query(

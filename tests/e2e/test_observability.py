@@ -63,6 +63,35 @@ class Collector:
         raise AssertionError(f"no matching span within {timeout}s; spans seen: {names}")
 
 
+class GrpcCollector(Collector):
+    """The same receiver over OTLP/gRPC."""
+
+    def __init__(self) -> None:  # noqa: D107 - replaces the HTTP server entirely
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans = []
+        self.lock = threading.Lock()
+        collector = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # noqa: N802 - generated name
+                with collector.lock:
+                    for rs in request.resource_spans:
+                        service = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name")
+                        for ss in rs.scope_spans:
+                            for span in ss.spans:
+                                collector.spans.append((service, span))
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.grpc_server)
+        self.port = self.grpc_server.add_insecure_port("127.0.0.1:0")
+        self.grpc_server.start()
+
+
 class TracedServer(OpenBatchServer):
     def __init__(self, *args, extra_env: dict[str, str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -167,3 +196,53 @@ def test_metrics_are_scrapable_and_count_what_happened(fresh_server, fresh_clien
     ]:
         assert family in families, f"{family} missing from /metrics"
     assert "batch_nope" not in text, "ids never become label values"
+
+
+def test_grpc_export_and_worker_spans_link_back_to_the_creating_trace(server_pool, tmp_path) -> None:
+    from test_execution import FakeUpstream
+
+    collector = GrpcCollector()
+    upstream = FakeUpstream(tmp_path / "fake-upstream.log", latency_ms=0)
+    upstream.start()
+    try:
+        server = start(
+            server_pool,
+            tmp_path,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OPENBATCH__WORKER__ENABLED": "true",
+                "OPENBATCH__WORKER__POLL_INTERVAL_MS": "50",
+                "OPENBATCH__UPSTREAM__BASE_URL": upstream.api_base,
+            },
+        )
+        trace_id = os.urandom(16).hex()
+        line = (
+            '{"custom_id": "t1", "method": "POST", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}\n'
+        )
+        with make_client(server) as client:
+            f = client.files.create(file=("in.jsonl", line.encode()), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=f.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                extra_headers={"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"},
+            )
+            deadline = time.monotonic() + 120
+            while client.batches.retrieve(batch.id).status != "completed":
+                assert time.monotonic() < deadline, "batch did not complete"
+                time.sleep(0.2)
+
+        collector.wait_for(lambda s: s[1].trace_id.hex() == trace_id and s[1].name == "POST /v1/batches")
+        lines = collector.wait_for(
+            lambda s: s[1].name == "batch_line" and any(l.trace_id.hex() == trace_id for l in s[1].links)
+        )
+        line_span = lines[0][1]
+        calls = collector.wait_for(
+            lambda s: s[1].name == "POST /v1/chat/completions" and s[1].parent_span_id == line_span.span_id
+        )
+        assert attrs(calls[0][1])["http.response.status_code"] == 200
+    finally:
+        upstream.stop()
+        collector.grpc_server.stop(0)
