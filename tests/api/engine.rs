@@ -458,3 +458,53 @@ async fn a_batch_cancelled_before_it_runs_ends_cancelled() {
         assert!(out.len() + err.len() == 0 || out.len() + err.len() == 3000);
     }
 }
+
+#[tokio::test]
+async fn models_are_routed_to_their_own_upstream() {
+    let general = FakeUpstream::start(&[]);
+    let embeddings = FakeUpstream::start(&[]);
+    let route_url = embeddings.base_url.clone();
+    let app = spawn_engine(&general, move |s| {
+        s.routes.insert(
+            "embed".to_owned(),
+            openbatch::config::UpstreamSettings {
+                base_url: route_url,
+                api_key: None,
+                timeout_secs: 30,
+                max_in_flight: 2,
+                models: vec!["embed-*".to_owned()],
+            },
+        );
+    })
+    .await;
+    let line = |id: &str, model: &str| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": model, "input": "text", "user": id}})
+    };
+    let routed: Vec<Value> = (0..6)
+        .map(|i| line(&format!("r{i}"), "embed-small"))
+        .collect();
+    let id = app.submit("/v1/embeddings", to_jsonl(&routed)).await;
+    assert_eq!(
+        app.wait_for(&id, &["completed"]).await["request_counts"]["completed"],
+        6
+    );
+    let other: Vec<Value> = (0..4)
+        .map(|i| line(&format!("d{i}"), "text-embedding-3-small"))
+        .collect();
+    let id = app.submit("/v1/embeddings", to_jsonl(&other)).await;
+    assert_eq!(
+        app.wait_for(&id, &["completed"]).await["request_counts"]["completed"],
+        4
+    );
+    assert_eq!(
+        embeddings.executions().await,
+        6,
+        "embed-* went to its route"
+    );
+    assert_eq!(
+        general.executions().await,
+        4,
+        "everything else to the default upstream"
+    );
+}

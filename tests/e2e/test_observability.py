@@ -246,3 +246,13 @@ def test_grpc_export_and_worker_spans_link_back_to_the_creating_trace(server_poo
     finally:
         upstream.stop()
         collector.grpc_server.stop(0)
+
+
+def test_a_dead_collector_never_holds_up_requests(server_pool, tmp_path) -> None:
+    # Nothing listens on port 1: every export fails.
+    server = start(server_pool, tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    with make_client(server, timeout=10) as client:
+        for _ in range(50):
+            client.batches.create(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h")
+        assert len(client.batches.list(limit=100).data) == 50
+    assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 200
