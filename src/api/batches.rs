@@ -2,7 +2,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, no_such, AppState, Project};
+use super::{body, list_page, no_such, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
     Metadata, MetadataLimits,
@@ -219,15 +219,8 @@ async fn list(
     let page = store::list(&state.pool, &project, after.as_ref(), limit)
         .await?
         .ok_or_else(|| unknown_cursor(query.after.as_deref().unwrap_or_default()))?;
-    let data: Vec<Value> = page.batches.iter().map(batch_object).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "first_id": page.batches.first().map(|b| b.id.as_str()),
-        "last_id": page.batches.last().map(|b| b.id.as_str()),
-        // Always present: the Python SDK keeps paging while it is missing.
-        "has_more": page.has_more,
-        "data": data,
-    })))
+    let data = page.batches.iter().map(batch_object).collect();
+    Ok(HttpResponse::Ok().json(list_page(data, page.has_more)))
 }
 
 /// The OpenAI Batch object; every field present, `null` where unknown.

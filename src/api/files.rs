@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::batches::{parse_limit, unknown_cursor};
-use super::{body, no_such, AppState, Project};
+use super::{body, list_page, no_such, AppState, Project};
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
 use crate::store::files::{
@@ -293,14 +293,7 @@ async fn list(
     let order = match query.order.as_deref() {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
-        Some(other) => {
-            return Err(Invalid::new(
-                "order",
-                "invalid_value",
-                format!("Invalid value: '{other}'. Supported values are: 'asc', 'desc'."),
-            )
-            .into())
-        }
+        Some(other) => return Err(Invalid::unsupported("order", other, ["asc", "desc"]).into()),
     };
     let purpose = query
         .purpose
@@ -324,14 +317,8 @@ async fn list(
     )
     .await?
     .ok_or_else(|| unknown_cursor(query.after.as_deref().unwrap_or_default()))?;
-    let data: Vec<Value> = page.files.iter().map(file_object).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "first_id": page.files.first().map(|f| f.id.as_str()),
-        "last_id": page.files.last().map(|f| f.id.as_str()),
-        "has_more": page.has_more,
-        "data": data,
-    })))
+    let data = page.files.iter().map(file_object).collect();
+    Ok(HttpResponse::Ok().json(list_page(data, page.has_more)))
 }
 
 /// The OpenAI File object. Content is usable as soon as the upload returns, hence `processed`.

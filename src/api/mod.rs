@@ -63,6 +63,19 @@ impl FromRequest for Project {
     }
 }
 
+/// An OpenAI list page. `has_more` is always present: the Python SDK keeps paging while it is
+/// missing.
+fn list_page(data: Vec<serde_json::Value>, has_more: bool) -> serde_json::Value {
+    let id = |o: Option<&serde_json::Value>| o.and_then(|v| v.get("id")).cloned();
+    serde_json::json!({
+        "object": "list",
+        "first_id": id(data.first()),
+        "last_id": id(data.last()),
+        "has_more": has_more,
+        "data": data,
+    })
+}
+
 /// A resource that is missing, or belongs to another project (indistinguishable by design).
 fn no_such(kind: &str, id: &str, param: &str) -> ApiError {
     ApiError::not_found(format!("No such {kind} object: {id}")).with_param(param)

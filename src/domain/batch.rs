@@ -33,20 +33,7 @@ impl Endpoint {
         Self::ALL
             .into_iter()
             .find(|e| e.as_str() == raw)
-            .ok_or_else(|| {
-                let supported: Vec<String> = Self::ALL
-                    .iter()
-                    .map(|e| format!("'{}'", e.as_str()))
-                    .collect();
-                Invalid::new(
-                    "endpoint",
-                    "invalid_value",
-                    format!(
-                        "Invalid value: '{raw}'. Supported values are: {}.",
-                        supported.join(", ")
-                    ),
-                )
-            })
+            .ok_or_else(|| Invalid::unsupported("endpoint", raw, Self::ALL.map(Self::as_str)))
     }
 }
 
@@ -67,11 +54,7 @@ impl CompletionWindow {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw {
             "24h" => Ok(Self::Hours24),
-            _ => Err(Invalid::new(
-                "completion_window",
-                "invalid_value",
-                format!("Invalid value: '{raw}'. Supported values are: '24h'."),
-            )),
+            _ => Err(Invalid::unsupported("completion_window", raw, ["24h"])),
         }
     }
 

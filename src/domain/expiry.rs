@@ -15,10 +15,10 @@ impl ExpiresAfter {
 
     pub fn new(param: &str, anchor: &str, seconds: i64) -> Result<Self, Invalid> {
         if anchor != "created_at" {
-            return Err(Invalid::new(
-                format!("{param}.anchor"),
-                "invalid_value",
-                format!("Invalid value: '{anchor}'. Supported values are: 'created_at'."),
+            return Err(Invalid::unsupported(
+                &format!("{param}.anchor"),
+                anchor,
+                ["created_at"],
             ));
         }
         if !(Self::MIN_SECONDS..=Self::MAX_SECONDS).contains(&seconds) {

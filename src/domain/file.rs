@@ -39,20 +39,7 @@ impl Purpose {
         Self::UPLOADABLE
             .into_iter()
             .find(|p| p.as_str() == raw)
-            .ok_or_else(|| {
-                let supported: Vec<String> = Self::UPLOADABLE
-                    .iter()
-                    .map(|p| format!("'{}'", p.as_str()))
-                    .collect();
-                Invalid::new(
-                    "purpose",
-                    "invalid_value",
-                    format!(
-                        "Invalid value: '{raw}'. Supported values are: {}.",
-                        supported.join(", ")
-                    ),
-                )
-            })
+            .ok_or_else(|| Invalid::unsupported("purpose", raw, Self::UPLOADABLE.map(Self::as_str)))
     }
 
     /// A purpose a client may filter a listing by (includes `batch_output`).

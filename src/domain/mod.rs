@@ -42,6 +42,23 @@ impl Invalid {
         )
     }
 
+    /// A value outside a fixed set, listing the set as OpenAI does.
+    pub fn unsupported(
+        param: &str,
+        raw: &str,
+        supported: impl IntoIterator<Item = &'static str>,
+    ) -> Self {
+        let listed: Vec<String> = supported.into_iter().map(|s| format!("'{s}'")).collect();
+        Self::new(
+            param,
+            "invalid_value",
+            format!(
+                "Invalid value: '{raw}'. Supported values are: {}.",
+                listed.join(", ")
+            ),
+        )
+    }
+
     pub fn wrong_type(param: &str, expected: &str) -> Self {
         Self::new(
             param,
