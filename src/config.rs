@@ -83,7 +83,8 @@ pub struct WorkerSettings {
     pub lease_secs: u64,
     /// How often an idle replica looks for work.
     pub poll_interval_ms: u64,
-    /// Longest a finished result waits before being written with others.
+    /// Extra time a finished result may wait to be written with others (0: only those that
+    /// finished while the previous write ran).
     pub flush_interval_ms: u64,
     /// HTTP attempts per line (first try included) for retryable failures.
     pub max_attempts: u32,
@@ -213,7 +214,7 @@ impl Settings {
             .set_default("worker.claim_size", 32)?
             .set_default("worker.lease_secs", 30)?
             .set_default("worker.poll_interval_ms", 250)?
-            .set_default("worker.flush_interval_ms", 50)?
+            .set_default("worker.flush_interval_ms", 0)?
             .set_default("worker.max_attempts", 5)?
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?

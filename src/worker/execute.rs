@@ -155,9 +155,12 @@ async fn execute_line(
         .await;
 }
 
-/// Writes results in groups: whatever arrived within `flush_interval_ms` of the first, up to
-/// `MAX_FLUSH`. A failed write (database restarting) is retried with the results kept; their
-/// slots stay taken meanwhile, so the replica stops claiming instead of piling up work.
+/// Writes results in groups, group-commit style: each write takes everything that finished
+/// while the previous one ran (up to `MAX_FLUSH`), so groups grow with load and a result never
+/// waits for a timer. `flush_interval_ms` > 0 adds a wait for stragglers; since a line's slot
+/// is held until its result is stored, any wait there is paid in throughput.
+/// A failed write (database restarting) is retried with the results kept; their slots stay
+/// taken meanwhile, so the replica stops claiming instead of piling up work.
 async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
     let window = Duration::from_millis(ctx.settings.flush_interval_ms);
     let mut buf: Vec<Done> = Vec::with_capacity(MAX_FLUSH);
@@ -165,9 +168,13 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
         buf.push(first);
         let deadline = Instant::now() + window;
         while buf.len() < MAX_FLUSH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(d)) => buf.push(d),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(d) => buf.push(d),
+                Err(_) if window.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(d)) => buf.push(d),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let results: Vec<Finished> = buf.iter().map(|d| d.result.clone()).collect();
