@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs ALL of OpenBatch's tests on a fresh machine:
+#   formatting, clippy, build, Rust tests (unit + integration through real
+#   HTTP), and the end-to-end tests with the official `openai` Python SDK.
+#
+# PostgreSQL: uses $DATABASE_URL if set; else the server on 127.0.0.1:5432;
+# else a throwaway cluster (initdb from /usr/lib/postgresql/*/bin) that is
+# removed at exit. Tests create their own databases from that URL.
+#
+# Usage: ./scripts/test.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
+
+SECONDS=0
+section() {
+    printf '\n==== %s ==== (t+%ss)\n' "$*" "$SECONDS"
+}
+die() {
+    printf '\nFAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- PostgreSQL -------------------------------------------------------------
+section "PostgreSQL"
+PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-test-pg.XXXXXX")
+LOG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-test-logs.XXXXXX")
+cleanup() {
+    local rc=$?
+    rm -rf -- "$LOG_TMP"
+    if [ -n "${PG_THROWAWAY_DIR:-}" ]; then
+        echo "stopping throwaway PostgreSQL" >&2
+        pg_stop_throwaway "$PG_THROWAWAY_DIR" || true
+    fi
+    # Unused temp dir (throwaway not needed): remove it.
+    if [ -d "$PG_TMP" ] && [ -z "$(ls -A "$PG_TMP" 2>/dev/null)" ]; then
+        rmdir "$PG_TMP" 2>/dev/null || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A throwaway cluster only holds test data: no need to fsync it.
+export PG_THROWAWAY_CONF=${PG_THROWAWAY_CONF:-"fsync = off
+synchronous_commit = off
+full_page_writes = off"}
+pg_provision "$PG_TMP" || die "could not provision PostgreSQL"
+psql_bin=$(pg_tool psql 2>/dev/null) || psql_bin=""
+if [ -n "$psql_bin" ]; then
+    "$psql_bin" "$DATABASE_URL" -XAtqc 'select version()' ||
+        die "cannot connect to DATABASE_URL=$DATABASE_URL"
+fi
+# Show the URL without any password.
+echo "DATABASE_URL=$(printf '%s' "$DATABASE_URL" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#')"
+
+# --- Rust -------------------------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
+# Builds never need a live database (sqlx offline mode / runtime queries).
+export SQLX_OFFLINE=${SQLX_OFFLINE:-true}
+
+section "cargo fmt --check"
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
+
+section "cargo clippy --all-targets -- -D warnings"
+cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+cargo clippy --all-targets -- -D warnings || die "clippy found problems"
+
+section "cargo build --bins"
+cargo build --bins || die "build failed"
+OPENBATCH_BIN=$ROOT/target/debug/openbatch
+[ -x "$OPENBATCH_BIN" ] || die "build did not produce $OPENBATCH_BIN"
+export OPENBATCH_BIN
+
+section "cargo test"
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# CARGO_TEST_ARGS: extra arguments, e.g. "-- --test-threads=1" (word-split on purpose)
+# shellcheck disable=SC2086
+cargo test ${CARGO_TEST_ARGS:-} 2>&1 | tee "$LOG_TMP/cargo-test.log" || die "Rust tests failed"
+
+# --- Deployment files (no Docker engine here: validated offline) -------------
+section "deploy files (scripts/validate-deploy.sh)"
+bash scripts/validate-deploy.sh || die "deployment files are invalid"
+
+# --- Python end-to-end tests (official openai SDK) ---------------------------
+section "Python e2e tests (tests/e2e)"
+[ -d tests/e2e ] || die "tests/e2e does not exist"
+[ -f tests/e2e/requirements.txt ] || die "tests/e2e/requirements.txt does not exist"
+PYTHON=${PYTHON:-python3}
+command -v "$PYTHON" >/dev/null || die "python3 not found"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+    echo "creating .venv"
+    rm -rf .venv
+    "$PYTHON" -m venv .venv || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+# Reinstall only when requirements.txt changed since the last successful install.
+req_hash=$(sha256sum tests/e2e/requirements.txt | cut -d' ' -f1)
+if [ "$(cat .venv/.requirements.sha256 2>/dev/null || true)" != "$req_hash" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt ||
+        die "pip install -r tests/e2e/requirements.txt failed"
+    echo "$req_hash" >.venv/.requirements.sha256
+else
+    echo "requirements unchanged; .venv up to date"
+fi
+[ -x .venv/bin/pytest ] || die ".venv has no pytest: add pytest to tests/e2e/requirements.txt"
+
+set +e
+# PYTEST_ARGS: extra arguments, e.g. "-x -k idempotency" (word-split on purpose)
+# shellcheck disable=SC2086
+.venv/bin/pytest tests/e2e -q --junitxml="$LOG_TMP/e2e.xml" ${PYTEST_ARGS:-}
+rc=$?
+set -e
+case $rc in
+0) ;;
+5) die "pytest collected no tests in tests/e2e (exit code 5)" ;;
+*) die "Python e2e tests failed (pytest exit code $rc)" ;;
+esac
+
+section "all tests passed (${SECONDS}s)"
+# One closing line counting every test run: cargo's "test result:" lines
+# plus pytest's junit report.
+python3 - "$LOG_TMP/cargo-test.log" "$LOG_TMP/e2e.xml" <<'PY' || echo "(could not count the tests)"
+import re, sys, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
+    if m:
+        passed += int(m[1]); failed += int(m[2]); skipped += int(m[3])
+rust = passed
+root = ET.parse(sys.argv[2]).getroot()
+suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+for s in suites:
+    t, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
+    passed += t - f - e - k; failed += f + e; skipped += k
+print(f"(rust: {rust} passed; python e2e: {passed - rust} passed)")
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
