@@ -1,0 +1,490 @@
+#!/usr/bin/env python3
+"""Helper for bench/engine.sh (the execution-engine benchmark). Standard library only.
+
+    engine.py gen    --lines N --out PATH [--line-bytes B]
+    engine.py run    --label L --input PATH --ports P1,P2,.. --pids PID1,PID2,.. --fake URL --out JSON
+    engine.py report --latency-ms MS --in-flight N SMALL.json [BIG.json]
+
+`run` drives one batch through the replicas (upload to the first one, create, poll until the
+batch ends, download and check the output) while a thread samples every replica's memory from
+/proc; it prints progress on stderr and writes its figures to JSON. `report` prints the summary.
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+MIB = 1024 * 1024
+
+
+def log(msg):
+    print(f"[engine {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg):
+    print(f"\nENGINE BENCH FAILED: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+# --- input --------------------------------------------------------------------------------------
+
+LINE_HEAD = '{"custom_id":"r%d","method":"POST","url":"/v1/chat/completions",' \
+            '"body":{"model":"bench-model","messages":[{"role":"user","content":"hello %d'
+LINE_TAIL = '"}]}}\n'
+
+
+def filler_text(n_bytes, seed=7):
+    """About n_bytes of word-like ASCII text (no JSON escapes needed)."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 11)))
+             for _ in range(4000)]
+    out, size = [], 0
+    while size < n_bytes:
+        w = rng.choice(words)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)
+
+
+def cmd_gen(a):
+    """Lines of the brief's format. With --line-bytes, every line is padded (inside the message
+    content) to exactly that many bytes, newline included."""
+    blob = filler_text(2 * MIB) if a.line_bytes else ""
+    with open(a.out, "w", buffering=4 * MIB) as f:
+        for i in range(a.lines):
+            head = LINE_HEAD % (i, i)
+            if a.line_bytes:
+                pad = a.line_bytes - len(head) - len(LINE_TAIL) - 1  # the 1 is the space below
+                if pad < 0:
+                    die(f"--line-bytes {a.line_bytes} is too small")
+                off = (i * 7919) % (len(blob) - pad)
+                f.write(head + " " + blob[off:off + pad] + LINE_TAIL)
+            else:
+                f.write(head + LINE_TAIL)
+    print(os.path.getsize(a.out))
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+def http_json(method, url, body=None, timeout=60):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def curl(args):
+    """Runs curl; returns (http_code, seconds) from its -w output."""
+    out = subprocess.run(["curl", "-sS", "-w", "%{http_code} %{time_total}", *args],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        die(f"curl {' '.join(args)} failed: {out.stderr.strip()}")
+    code, secs = out.stdout.strip().split()[-2:]
+    return int(code), float(secs)
+
+
+# --- memory sampling ----------------------------------------------------------------------------
+
+def proc_status(pid):
+    """VmRSS and VmHWM of pid, in KiB (None when the process is gone)."""
+    vals = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    k, v = line.split(":", 1)
+                    vals[k] = int(v.split()[0])
+    except OSError:
+        return None
+    return vals
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu():
+    """(busy, total) seconds of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]  # guest time is already in user
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return (sum(v) - idle) / TICK, sum(v) / TICK
+
+
+def proc_cpu(pid):
+    """utime + stime of pid in seconds (0 when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except OSError:
+        return 0.0
+
+
+def all_procs_cpu():
+    """{pid: (cmdline, cpu seconds)} for every process we can read."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(d)] = (cmd, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+class CpuPhases:
+    """CPU used per phase, in cores: the whole machine, each replica, the fake upstream, the
+    PostgreSQL backends of the bench database, the rest of PostgreSQL, and everything else."""
+
+    def __init__(self, pids, fake_pid, db):
+        self.pids, self.fake_pid, self.db = pids, fake_pid, db
+        self.phase, self.start = None, None
+        self.used = {}  # phase -> dict
+
+    def snap(self):
+        busy, total = machine_cpu()
+        return time.monotonic(), busy, total, all_procs_cpu()
+
+    def classify(self, pid, cmd):
+        if pid in self.pids:
+            return ("replica", self.pids.index(pid))
+        if pid == self.fake_pid:
+            return ("fake", 0)
+        if cmd.startswith("postgres:") or "/postgresql/" in cmd.split(" ")[0]:
+            return ("pg_bench_db", 0) if self.db and f" {self.db} " in f" {cmd} " else ("pg_other", 0)
+        if pid == os.getpid():
+            return ("client", 0)
+        return ("other", 0)
+
+    def set_phase(self, phase):
+        now = self.snap()
+        if self.phase is not None:
+            t0, b0, tot0, p0 = self.start
+            t1, b1, tot1, p1 = now
+            secs = max(t1 - t0, 1e-9)
+            u = {"secs": secs, "machine_busy_cores": (b1 - b0) / secs,
+                 "machine_cores": (tot1 - tot0) / secs, "replica_cores": [0.0] * len(self.pids),
+                 "fake_cores": 0.0, "pg_bench_db_cores": 0.0, "pg_other_cores": 0.0,
+                 "client_cores": 0.0, "other_cores": 0.0}
+            for pid, (cmd, c1) in p1.items():
+                c0 = p0[pid][1] if pid in p0 and p0[pid][0] == cmd else 0.0
+                kind, i = self.classify(pid, cmd)
+                d = (c1 - c0) / secs
+                if kind == "replica":
+                    u["replica_cores"][i] += d
+                else:
+                    u[kind + "_cores"] += d
+            self.used[self.phase] = u
+        self.phase, self.start = phase, now
+
+
+class Sampler(threading.Thread):
+    """Samples each replica's VmRSS every 0.1 s, keeping the peak per phase."""
+
+    def __init__(self, pids):
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.phase = "idle"
+        self.peaks = {}  # phase -> [kib per replica]
+        self.order = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.gone = None
+        self.sample()
+
+    def set_phase(self, phase):
+        self.sample()  # close the previous phase with a fresh sample
+        self.phase = phase
+
+    def sample(self):
+        with self.lock:
+            phase = self.phase
+            if phase not in self.peaks:
+                self.peaks[phase] = [0] * len(self.pids)
+                self.order.append(phase)
+            for i, pid in enumerate(self.pids):
+                s = proc_status(pid)
+                if s is None:
+                    self.gone = f"replica {i + 1} (pid {pid}) exited during the run"
+                    continue
+                self.peaks[phase][i] = max(self.peaks[phase][i], s["VmRSS"])
+        if self.gone and threading.current_thread() is not self:
+            die(self.gone)
+
+    def run(self):
+        while not self.stop.wait(0.1):
+            self.sample()
+
+
+# --- one batch ----------------------------------------------------------------------------------
+
+def cmd_run(a):
+    ports = [int(p) for p in a.ports.split(",")]
+    pids = [int(p) for p in a.pids.split(",")]
+    api = f"http://127.0.0.1:{ports[0]}/v1"
+    res = {"label": a.label, "replicas": len(ports), "input_bytes": os.path.getsize(a.input)}
+    with open(a.input, "rb") as f:
+        res["lines"] = sum(1 for _ in f)
+
+    code, _ = http_json("POST", f"{a.fake}/stats/reset")
+    if code != 200:
+        die(f"fake-upstream /stats/reset answered {code}")
+
+    sampler = Sampler(pids)
+    cpu = CpuPhases(pids, a.fake_pid, a.db)
+    res["rss_idle_kib"] = [proc_status(p)["VmRSS"] for p in pids]
+    sampler.start()
+
+    # Upload (streamed from disk by curl) to replica 1.
+    sampler.set_phase("upload")
+    log(f"{a.label}: uploading {res['input_bytes'] / MIB:.1f} MiB ({res['lines']} lines) to replica 1")
+    resp_path = a.out + ".upload.json"
+    code, secs = curl(["-o", resp_path, "-F", "purpose=batch",
+                       "-F", f"file=@{a.input};type=application/jsonl", f"{api}/files"])
+    if code != 200:
+        die(f"upload answered HTTP {code}: {open(resp_path).read()[:500]}")
+    file_obj = json.load(open(resp_path))
+    res["upload_s"] = secs
+    if file_obj.get("bytes") != res["input_bytes"]:
+        die(f"uploaded file reports {file_obj.get('bytes')} bytes, expected {res['input_bytes']}")
+
+    # Create and poll.
+    sampler.set_phase("validating")
+    cpu.set_phase("validating")
+    t0 = time.monotonic()
+    code, batch = http_json("POST", f"{api}/batches", {
+        "input_file_id": file_obj["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})
+    if code != 200:
+        die(f"create batch answered HTTP {code}: {str(batch)[:500]}")
+    bid = batch["id"]
+    log(f"{a.label}: batch {bid} created; polling every {a.poll}s")
+    seen = {}          # status -> seconds since create when first seen
+    t_all_done = None  # first poll where request_counts add up to the total
+    last_log = 0.0
+    while True:
+        time.sleep(a.poll)
+        now = time.monotonic() - t0
+        if sampler.gone:
+            die(sampler.gone)
+        code, batch = http_json("GET", f"{api}/batches/{bid}")
+        if code != 200:
+            die(f"GET batch answered HTTP {code}: {str(batch)[:500]}")
+        st = batch["status"]
+        if st not in seen:
+            seen[st] = now
+            phase = {"in_progress": "executing", "finalizing": "finalizing",
+                     "completed": "download"}.get(st, st)
+            sampler.set_phase(phase)
+            cpu.set_phase(phase)
+            log(f"{a.label}: {now:7.1f}s  status -> {st}")
+        rc = batch.get("request_counts") or {}
+        if (t_all_done is None and rc.get("total") and st in ("in_progress", "finalizing", "completed")
+                and rc.get("completed", 0) + rc.get("failed", 0) >= rc["total"]):
+            t_all_done = now
+        if st == "in_progress" and now - last_log >= 5:
+            last_log = now
+            log(f"{a.label}: {now:7.1f}s  {rc.get('completed')}/{rc.get('total')} done")
+        if st == "completed":
+            break
+        if st in ("failed", "expired", "cancelled", "cancelling"):
+            die(f"batch ended {st}: {json.dumps(batch.get('errors'))[:1000]}")
+        if now > a.timeout:
+            die(f"batch still {st} after {a.timeout}s")
+    cpu.set_phase(None)
+    res["cpu"] = cpu.used
+    res["wall_s"] = seen["completed"]
+    # Phases from the polls (each boundary is known to within one poll interval).
+    t_exec = min(seen.get(s, 1e18) for s in ("in_progress", "finalizing", "completed"))
+    t_fin = min(seen.get(s, 1e18) for s in ("finalizing", "completed"))
+    t_all_done = t_all_done if t_all_done is not None else t_fin
+    res["validating_s"] = t_exec
+    res["executing_s"] = max(t_all_done - t_exec, 1e-9)  # in_progress until every line is done
+    res["finalizing_s"] = seen["completed"] - t_all_done  # writing the output file
+    res["request_counts"] = batch["request_counts"]
+    res["server_ts"] = {k: batch.get(k) for k in
+                        ("created_at", "in_progress_at", "finalizing_at", "completed_at")}
+    res["batch_id"] = bid
+
+    # Upstream executions.
+    code, stats = http_json("GET", f"{a.fake}/stats", timeout=120)
+    if code != 200:
+        die(f"fake-upstream /stats answered {code}")
+    res["upstream_total"] = stats["total"]
+
+    # Output file: download (streamed by curl to disk) and check every line.
+    out_id = batch.get("output_file_id")
+    if not out_id:
+        die(f"completed batch has no output_file_id: {batch}")
+    out_path = a.out + ".output.jsonl"
+    code, secs = curl(["-o", out_path, f"{api}/files/{out_id}/content"])
+    if code != 200:
+        die(f"output download answered HTTP {code}")
+    res["download_s"] = secs
+    res["output_bytes"] = os.path.getsize(out_path)
+    n = ok = 0
+    ids = set()
+    with open(out_path, "rb") as f:
+        for line in f:
+            n += 1
+            o = json.loads(line)
+            ids.add(o.get("custom_id"))
+            if (o.get("response") or {}).get("status_code") == 200 and o.get("error") is None:
+                ok += 1
+    os.unlink(out_path)
+    res["output_lines"] = n
+    res["output_ok_lines"] = ok
+    res["output_ids_match"] = ids == {f"r{i}" for i in range(res["lines"])}
+    res["error_file_id"] = batch.get("error_file_id")
+
+    sampler.set_phase("end")
+    sampler.stop.set()
+    sampler.join()
+    sampler.sample()
+    hwm = []
+    for i, pid in enumerate(pids):
+        s = proc_status(pid)
+        if s is None:
+            die(f"replica {i + 1} (pid {pid}) is gone")
+        hwm.append(s["VmHWM"])
+    res["rss_hwm_kib"] = hwm
+    res["rss_end_kib"] = sampler.peaks["end"]
+    res["rss_phase_peak_kib"] = {p: sampler.peaks[p] for p in sampler.order if p != "end"}
+    json.dump(res, open(a.out, "w"), indent=1)
+    log(f"{a.label}: done in {res['wall_s']:.1f}s")
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def mib(kib):
+    return kib / 1024
+
+
+def per_replica(kibs):
+    return "  ".join(f"{mib(k):7.1f}" for k in kibs)
+
+
+def cmd_report(a):
+    runs = [json.load(open(p)) for p in a.results]
+    s = runs[0]
+    lat = a.latency_ms / 1000
+    nrep = s["replicas"]
+    problems = []
+
+    for r in runs:
+        lines = r["lines"]
+        ideal = lines * lat / (nrep * a.in_flight)
+        rc = r["request_counts"]
+        print()
+        print(f"--- run '{r['label']}': {lines} lines, {r['input_bytes'] / MIB:.1f} MiB input "
+              f"({r['input_bytes'] / lines:.0f} B/line) ---")
+        print(f"replicas x in-flight          : {nrep} x {a.in_flight}  (upstream latency {a.latency_ms} ms)")
+        print(f"upload (POST /v1/files)       : {r['upload_s']:8.2f} s  ({r['input_bytes'] / MIB / r['upload_s']:.1f} MiB/s)")
+        print(f"wall time, create -> completed: {r['wall_s']:8.2f} s")
+        print(f"  validating                  : {r['validating_s']:8.2f} s  ({lines / r['validating_s']:.0f} lines/s, "
+              f"{r['input_bytes'] / MIB / r['validating_s']:.1f} MiB/s)")
+        print(f"  executing (until all done)  : {r['executing_s']:8.2f} s")
+        print(f"  finalizing (output file)    : {r['finalizing_s']:8.2f} s")
+        print(f"  (phase boundaries are polls every {a.poll} s; server timestamps: "
+              + ", ".join(f"{k}={v}" for k, v in r["server_ts"].items()) + ")")
+        print(f"ideal execution time          : {ideal:8.2f} s  (= lines x latency / (replicas x in-flight))")
+        print(f"efficiency (ideal / executing): {100 * ideal / r['executing_s']:7.1f} %")
+        print(f"efficiency (ideal / wall)     : {100 * ideal / r['wall_s']:7.1f} %")
+        print(f"requests/s while executing    : {lines / r['executing_s']:8.0f}   "
+              f"(ceiling {nrep * a.in_flight / lat:.0f}); over the wall time: {lines / r['wall_s']:.0f}")
+        for phase in ("validating", "executing", "finalizing"):
+            c = r["cpu"].get(phase)
+            if not c:
+                continue
+            gone = max(0.0, c["machine_busy_cores"] - sum(c["replica_cores"]) - sum(
+                c[k] for k in ("fake_cores", "pg_bench_db_cores", "pg_other_cores", "client_cores", "other_cores")))
+            print(f"CPU while {phase:<11}         : {c['machine_busy_cores']:.2f} of {c['machine_cores']:.0f} cores busy:"
+                  f" replicas {' + '.join(f'{x:.2f}' for x in c['replica_cores'])},"
+                  f" PostgreSQL (bench db) {c['pg_bench_db_cores']:.2f}, PostgreSQL (other) {c['pg_other_cores']:.2f},"
+                  f" fake upstream {c['fake_cores']:.2f}, this client {c['client_cores']:.2f},"
+                  f" other processes {c['other_cores']:.2f}, processes that exited meanwhile {gone:.2f}")
+        print(f"upstream executions (/stats)  : {r['upstream_total']}")
+        print(f"request_counts                : total={rc.get('total')} completed={rc.get('completed')} "
+              f"failed={rc.get('failed')}")
+        print(f"output file                   : {r['output_lines']} lines, {r['output_bytes'] / MIB:.1f} MiB, "
+              f"{r['output_ok_lines']} with status 200, custom_ids {'all present' if r['output_ids_match'] else 'MISMATCH'}; "
+              f"downloaded in {r['download_s']:.2f} s; error file: {r['error_file_id']}")
+        print(f"peak RSS per replica (VmHWM)  : {per_replica(r['rss_hwm_kib'])}  MiB")
+        print(f"  idle RSS before upload      : {per_replica(r['rss_idle_kib'])}  MiB")
+        for phase, kibs in r["rss_phase_peak_kib"].items():
+            print(f"  peak sampled RSS, {phase:<10}: {per_replica(kibs)}  MiB")
+        print(f"  RSS at the end              : {per_replica(r['rss_end_kib'])}  MiB")
+
+        if r["upstream_total"] != lines:
+            problems.append(f"{r['label']}: {r['upstream_total']} upstream executions for {lines} lines")
+        if rc.get("total") != lines or rc.get("completed") != lines or rc.get("failed") != 0:
+            problems.append(f"{r['label']}: request_counts {rc}")
+        if r["output_lines"] != lines or r["output_ok_lines"] != lines or not r["output_ids_match"]:
+            problems.append(f"{r['label']}: output file has {r['output_lines']} lines, "
+                            f"{r['output_ok_lines']} ok, ids match: {r['output_ids_match']}")
+
+    if len(runs) > 1:
+        b = runs[1]
+        print()
+        print(f"--- memory vs input size: peak RSS (VmHWM) per replica, MiB ---")
+        print(f"{'':<34}{'  '.join(f'replica {i + 1}' for i in range(nrep))}")
+        for r in runs:
+            print(f"{r['label'] + ' (' + format(r['input_bytes'] / MIB, '.1f') + ' MiB input)':<34}"
+                  + "  ".join(f"{mib(k):9.1f}" for k in r["rss_hwm_kib"]))
+        ratio = max(b["rss_hwm_kib"]) / max(s["rss_hwm_kib"])
+        print(f"largest replica peak, {b['label']} / {s['label']}: {ratio:.2f}x for "
+              f"{b['input_bytes'] / s['input_bytes']:.0f}x the input bytes")
+
+    if problems:
+        print("\nENGINE BENCH FAILED:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--lines", type=int, required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--line-bytes", type=int, default=0)
+    r = sub.add_parser("run")
+    r.add_argument("--label", required=True)
+    r.add_argument("--input", required=True)
+    r.add_argument("--ports", required=True)
+    r.add_argument("--pids", required=True)
+    r.add_argument("--fake", required=True)
+    r.add_argument("--fake-pid", type=int, default=0)
+    r.add_argument("--db", default="")
+    r.add_argument("--out", required=True)
+    r.add_argument("--poll", type=float, default=0.5)
+    r.add_argument("--timeout", type=float, default=900)
+    rep = sub.add_parser("report")
+    rep.add_argument("--latency-ms", type=int, required=True)
+    rep.add_argument("--in-flight", type=int, required=True)
+    rep.add_argument("--poll", type=float, default=0.5)
+    rep.add_argument("results", nargs="+")
+    a = p.parse_args()
+    {"gen": cmd_gen, "run": cmd_run, "report": cmd_report}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

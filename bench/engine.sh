@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# OpenBatch execution-engine benchmark (prints figures; not a test). See bench/README.md.
+#
+# Runs 50,000-line batches through 3 `openbatch serve` replicas against the fake upstream
+# (fixed latency) and prints wall time, phase times, efficiency against the ideal
+# lines x latency / (replicas x in-flight), upstream executions, and each replica's peak RSS.
+#   run 1 "small": the 50,000 short lines (~7 MiB)
+#   run 2 "big":   50,000 lines of ~4 KiB each, just under the 200 MiB batch input limit
+# Each run gets freshly started replicas, so their VmHWM (peak RSS) belongs to that run alone.
+#
+# Environment (defaults):
+#   IN_FLIGHT=64            OPENBATCH__WORKER__MAX_IN_FLIGHT per replica (the upstream
+#                           per-replica limit is set to the same value)
+#   BENCH_LINES=50000       lines per batch (the batch limit is 50,000)
+#   BENCH_LATENCY_MS=50     fake-upstream --latency-ms
+#   BENCH_REPLICAS=3        openbatch serve processes
+#   BENCH_BIG=1             0 skips the ~200 MiB run
+#   BENCH_BIG_BYTES         input size of the big run (default 200 MiB - 64 KiB)
+#   BENCH_POLL=0.5          seconds between GET /v1/batches/{id} polls
+#   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
+#   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
+#                           throwaway cluster (scripts/lib/pg.sh). A fresh database
+#                           ob_bench_engine_<random> is used and dropped at exit.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
+
+IN_FLIGHT=${IN_FLIGHT:-64}
+BENCH_LINES=${BENCH_LINES:-50000}
+BENCH_LATENCY_MS=${BENCH_LATENCY_MS:-50}
+BENCH_REPLICAS=${BENCH_REPLICAS:-3}
+BENCH_BIG=${BENCH_BIG:-1}
+BENCH_BIG_BYTES=${BENCH_BIG_BYTES:-$((200 * 1024 * 1024 - 64 * 1024))}
+BENCH_POLL=${BENCH_POLL:-0.5}
+
+log() { printf '[engine %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    printf '\nENGINE BENCH FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+for v in IN_FLIGHT BENCH_LINES BENCH_LATENCY_MS BENCH_REPLICAS BENCH_BIG BENCH_BIG_BYTES; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+if [ "$IN_FLIGHT" -lt 1 ] || [ "$BENCH_REPLICAS" -lt 1 ] || [ "$BENCH_LINES" -lt 1 ]; then
+    die "IN_FLIGHT, BENCH_REPLICAS and BENCH_LINES must be >= 1"
+fi
+[ "$BENCH_BIG_BYTES" -le $((200 * 1024 * 1024)) ] ||
+    die "BENCH_BIG_BYTES must not exceed the 200 MiB batch input limit"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-engine.XXXXXX")
+PG_TMP=$WORK/pg
+mkdir -p "$PG_TMP"
+REPLICA_PIDS=()
+PORTS=()
+FAKE_PID=""
+BENCH_DB=""
+ADMIN_URL=""
+PSQL=""
+
+stop_replicas() {
+    local pid
+    [ "${#REPLICA_PIDS[@]}" -gt 0 ] || return 0
+    for pid in "${REPLICA_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 150); do
+        local alive=0
+        for pid in "${REPLICA_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 1 ] || break
+        sleep 0.1
+    done
+    for pid in "${REPLICA_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "replica pid $pid did not stop within 15s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    REPLICA_PIDS=()
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    stop_replicas
+    if [ -n "$FAKE_PID" ]; then
+        kill -TERM "$FAKE_PID" 2>/dev/null
+        wait "$FAKE_PID" 2>/dev/null
+    fi
+    if [ -n "$BENCH_DB" ] && [ -n "$PSQL" ]; then
+        "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+            "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\"" >/dev/null 2>&1 ||
+            log "could not drop database $BENCH_DB"
+    fi
+    if [ -n "${PG_THROWAWAY_DIR:-}" ]; then pg_stop_throwaway "$PG_THROWAWAY_DIR"; fi
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf -- "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v curl >/dev/null || die "curl is required"
+command -v python3 >/dev/null || die "python3 is required"
+command -v cargo >/dev/null || die "cargo not found"
+PSQL=$(pg_tool psql) || die "psql not found"
+
+# --- build ----------------------------------------------------------------------------------------
+log "cargo build --release --bins"
+SQLX_OFFLINE=${SQLX_OFFLINE:-true} cargo build --release --bins || die "release build failed"
+BIN=$ROOT/target/release/openbatch
+FAKE=$ROOT/target/release/fake-upstream
+if [ ! -x "$BIN" ] || [ ! -x "$FAKE" ]; then die "release binaries missing after build"; fi
+
+# --- database -------------------------------------------------------------------------------------
+if ADMIN_URL=$(pg_default_url); then
+    :
+else
+    log "no PostgreSQL on DATABASE_URL or 127.0.0.1:5432: starting a throwaway cluster"
+    ADMIN_URL=$(pg_start_throwaway "$PG_TMP") || die "could not start a throwaway PostgreSQL"
+    PG_THROWAWAY_DIR=$PG_TMP
+fi
+"$PSQL" "$ADMIN_URL" -XAtqc 'select 1' >/dev/null || die "cannot connect to $ADMIN_URL"
+BENCH_DB=ob_bench_engine_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+DB_URL=$(pg_url_with_db "$ADMIN_URL" "$BENCH_DB")
+log "bench database: $BENCH_DB (the server creates it and migrates)"
+
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')
+if python3 -c "import os,sys; sys.exit(0 if os.getloadavg()[0] > 0.5 * os.cpu_count() else 1)" 2>/dev/null; then
+    log "WARNING: load average is $LOAD_BEFORE on $(nproc) cores: other processes compete for the CPU"
+fi
+
+# --- inputs ---------------------------------------------------------------------------------------
+log "generating inputs"
+SMALL_BYTES=$(python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_LINES" --out "$WORK/small.jsonl")
+if [ "$BENCH_BIG" = 1 ]; then
+    BIG_LINE=$((BENCH_BIG_BYTES / BENCH_LINES))
+    BIG_BYTES=$(python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_LINES" --line-bytes "$BIG_LINE" \
+        --out "$WORK/big.jsonl")
+    log "inputs: small $SMALL_BYTES bytes, big $BIG_BYTES bytes ($BIG_LINE bytes/line)"
+fi
+
+# --- fake upstream --------------------------------------------------------------------------------
+"$FAKE" --port 0 --latency-ms "$BENCH_LATENCY_MS" >"$WORK/fake.out" 2>"$WORK/fake.err" &
+FAKE_PID=$!
+FAKE_URL=""
+for _ in $(seq 1 100); do
+    if line=$(head -n1 "$WORK/fake.out" 2>/dev/null) && [[ "$line" =~ ^listening\ on\ (http://[0-9.:]+)$ ]]; then
+        FAKE_URL=${BASH_REMATCH[1]}
+        break
+    fi
+    kill -0 "$FAKE_PID" 2>/dev/null || {
+        cat "$WORK/fake.err" >&2
+        die "fake-upstream exited at start"
+    }
+    sleep 0.1
+done
+[ -n "$FAKE_URL" ] || die "fake-upstream printed no 'listening on' line"
+log "fake upstream at $FAKE_URL (latency ${BENCH_LATENCY_MS} ms)"
+
+# --- replicas -------------------------------------------------------------------------------------
+replica_logs() {
+    local i
+    for i in "${!PORTS[@]}"; do
+        echo "--- replica $((i + 1)) (port ${PORTS[$i]}) log, last lines:" >&2
+        tail -n 25 "$WORK/replica-$1-$i.log" >&2 || true
+    done
+}
+
+# start_replicas RUN: fresh processes, so that VmHWM covers this run only.
+start_replicas() {
+    local run=$1 i pid port
+    PORTS=()
+    for i in $(seq 1 "$BENCH_REPLICAS"); do PORTS+=("$(pg_free_port)"); done
+    for i in "${!PORTS[@]}"; do
+        env OPENBATCH__SERVER__HOST=127.0.0.1 \
+            OPENBATCH__SERVER__PORT="${PORTS[$i]}" \
+            OPENBATCH__DATABASE__URL="$DB_URL" \
+            OPENBATCH__UPSTREAM__BASE_URL="$FAKE_URL/v1" \
+            OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
+            OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
+            RUST_LOG=warn \
+            "$BIN" serve >"$WORK/replica-$run-$i.log" 2>&1 &
+        REPLICA_PIDS+=($!)
+    done
+    for i in "${!PORTS[@]}"; do
+        pid=${REPLICA_PIDS[$i]} port=${PORTS[$i]}
+        for _ in $(seq 1 600); do
+            kill -0 "$pid" 2>/dev/null || {
+                replica_logs "$run"
+                die "replica $((i + 1)) exited during start-up"
+            }
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && continue 2
+            sleep 0.1
+        done
+        replica_logs "$run"
+        die "replica $((i + 1)) (port $port) not ready after 60s"
+    done
+    log "$run: $BENCH_REPLICAS replicas ready on ports ${PORTS[*]} (pids ${REPLICA_PIDS[*]})"
+}
+
+# run_batch RUN INPUT
+run_batch() {
+    local run=$1 input=$2
+    start_replicas "$run"
+    local ports pids
+    ports=$(IFS=,; echo "${PORTS[*]}")
+    pids=$(IFS=,; echo "${REPLICA_PIDS[*]}")
+    if ! python3 "$ROOT/bench/engine.py" run --label "$run" --input "$input" --ports "$ports" \
+        --pids "$pids" --fake "$FAKE_URL" --fake-pid "$FAKE_PID" --db "$BENCH_DB" --poll "$BENCH_POLL" --out "$WORK/$run.json"; then
+        replica_logs "$run"
+        die "run '$run' failed"
+    fi
+    if grep -qiE 'warn|error|panic' "$WORK"/replica-"$run"-*.log; then
+        log "$run: the replicas logged warnings/errors:"
+        grep -hiE 'warn|error|panic' "$WORK"/replica-"$run"-*.log |
+            sed -E 's/\x1b\[[0-9;]*m//g; s/^[0-9TZ:.-]+ +//' | sort | uniq -c | sort -rn | head -n 10 >&2
+    fi
+    stop_replicas
+}
+
+START=$(date +%s)
+run_batch small "$WORK/small.jsonl"
+RESULTS=("$WORK/small.json")
+if [ "$BENCH_BIG" = 1 ]; then
+    run_batch big "$WORK/big.jsonl"
+    RESULTS+=("$WORK/big.json")
+fi
+ELAPSED=$(($(date +%s) - START))
+
+# --- report ---------------------------------------------------------------------------------------
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+dirty=""
+if git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then dirty=+dirty; fi
+pgver=$("$PSQL" "$DB_URL" -XAtqc "show server_version" 2>/dev/null || echo '?')
+pgsets=$("$PSQL" "$DB_URL" -XAtqc "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings where name in ('fsync','synchronous_commit','shared_buffers')" 2>/dev/null || echo '?')
+echo
+echo "OpenBatch execution-engine benchmark — $(date -u +%Y-%m-%dT%H:%MZ), commit $commit$dirty"
+echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM; fake upstream, replicas, PostgreSQL and this client share the cores"
+echo "load average (1 min) before the run: $LOAD_BEFORE; PostgreSQL $pgver ($pgsets)"
+echo "$BENCH_REPLICAS replicas (release, RUST_LOG=warn), worker.max_in_flight=$IN_FLIGHT per replica, fake upstream latency ${BENCH_LATENCY_MS} ms; runs took ${ELAPSED}s in all"
+python3 "$ROOT/bench/engine.py" report --latency-ms "$BENCH_LATENCY_MS" --in-flight "$IN_FLIGHT" \
+    --poll "$BENCH_POLL" "${RESULTS[@]}"
