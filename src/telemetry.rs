@@ -55,6 +55,8 @@ pub fn init(log: &LogSettings, otel: &TelemetrySettings) -> anyhow::Result<Telem
             .boxed(),
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
+            // Colours only for a person at a terminal, not in files and log collectors.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(filter())
             .boxed(),
     };

@@ -184,6 +184,10 @@ pg_start_throwaway() {
     if [ "$(id -u)" -eq 0 ]; then
         chown postgres: "$dir"
         chmod 0700 "$dir"
+        if ! runuser -u postgres -- test -w "$dir"; then
+            _pg_log "pg_start_throwaway: the postgres user cannot reach '$dir' (a parent directory is not searchable by others, e.g. a mktemp -d dir); use a directory of its own, e.g. \$(mktemp -d)"
+            return 1
+        fi
     fi
     if ! _pg_as_owner "$initdb" -D "$dir/data" -U postgres --auth=trust \
         --encoding=UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1; then
