@@ -1,8 +1,6 @@
 //! The lines of running batches: claimed by any replica under a lease, results written back in
 //! bulk, guarded by the lease so a line taken over by another replica cannot be written twice.
 
-use std::collections::BTreeMap;
-
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::BatchId;
@@ -109,9 +107,10 @@ pub struct Finished {
     pub error_message: Option<String>,
 }
 
-/// Writes results and bumps the batches' live counters, in one transaction. Only lines this
-/// replica still holds are written. Counters are updated in batch-id order so that two
-/// replicas flushing lines of the same batches cannot deadlock.
+/// Writes results in one statement. Only lines this replica still holds are written, so a
+/// line another replica took over (or a cancellation closed) is never written twice.
+/// The batches' live counters are not touched here (see `refresh_counts`): every replica
+/// flushing into one batch row would serialise on its lock.
 #[tracing::instrument(skip_all, name = "db.requests.store_results")]
 pub async fn store_results(
     pool: &PgPool,
@@ -136,8 +135,7 @@ pub async fn store_results(
         cols.5.push(r.error_code.as_deref());
         cols.6.push(r.error_message.as_deref());
     }
-    let mut tx = pool.begin().await?;
-    let written: Vec<(String, bool)> = sqlx::query_as(
+    sqlx::query(
         "UPDATE batch_requests q
          SET state = 'done', status_code = r.status_code, response = r.response::jsonb,
              request_id = r.request_id, error_code = r.error_code, error_message = r.error_message,
@@ -145,8 +143,7 @@ pub async fn store_results(
          FROM UNNEST($2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[])
               AS r(batch_id, line, status_code, response, request_id, error_code, error_message)
          WHERE q.batch_id = r.batch_id AND q.line = r.line
-           AND q.state = 'running' AND q.lease_owner = $1
-         RETURNING q.batch_id, coalesce(q.status_code BETWEEN 200 AND 299, false)",
+           AND q.state = 'running' AND q.lease_owner = $1",
     )
     .bind(owner)
     .bind(cols.0)
@@ -156,30 +153,33 @@ pub async fn store_results(
     .bind(cols.4)
     .bind(cols.5)
     .bind(cols.6)
-    .fetch_all(&mut *tx)
+    .execute(pool)
     .await?;
-    let mut per_batch: BTreeMap<String, (i32, i32)> = BTreeMap::new();
-    for (batch, ok) in written {
-        let c = per_batch.entry(batch).or_default();
-        if ok {
-            c.0 += 1;
-        } else {
-            c.1 += 1;
-        }
-    }
-    for (batch, (completed, failed)) in per_batch {
-        sqlx::query(
-            "UPDATE batches SET request_completed = request_completed + $2,
-                                request_failed = request_failed + $3
-             WHERE id = $1",
-        )
-        .bind(batch)
-        .bind(completed)
-        .bind(failed)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
+    Ok(())
+}
+
+/// Brings the `request_counts` of running batches up to date from their lines. Rows that
+/// did not change are not written.
+// Runs every second on every replica: traced only at debug level.
+#[tracing::instrument(level = "debug", skip_all, name = "db.requests.refresh_counts")]
+pub async fn refresh_counts(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches b SET request_completed = c.completed, request_failed = c.failed
+         FROM (
+            SELECT r.batch_id,
+                   count(*) FILTER (WHERE r.status_code BETWEEN 200 AND 299)::int AS completed,
+                   count(*) FILTER (WHERE r.status_code IS NULL OR r.status_code NOT BETWEEN 200 AND 299)::int AS failed
+            FROM batch_requests r
+            WHERE r.state = 'done'
+              AND r.batch_id IN (SELECT id FROM batches WHERE status = 'in_progress')
+            GROUP BY r.batch_id
+         ) c
+         WHERE b.id = c.batch_id AND b.status = 'in_progress'
+           AND (b.request_completed, b.request_failed) IS DISTINCT FROM (c.completed, c.failed)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Extends every claim this replica holds, on lines and on batch-level work.

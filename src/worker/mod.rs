@@ -55,6 +55,7 @@ impl Worker {
         let tasks = vec![
             tokio::spawn(execute::run(ctx.clone(), stopped.clone())),
             tokio::spawn(jobs::run(ctx.clone(), stopped.clone())),
+            tokio::spawn(progress(ctx.clone(), stopped.clone())),
             tokio::spawn(heartbeat(ctx.clone(), stopped)),
         ];
         Self { ctx, stop, tasks }
@@ -95,6 +96,16 @@ async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 .await
         {
             tracing::warn!(error = %e, "could not renew claims");
+        }
+    }
+}
+
+/// Keeps the `request_counts` of running batches current, about once a second.
+async fn progress(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+        if let Err(e) = crate::store::requests::refresh_counts(&ctx.pool).await {
+            // Two replicas refreshing at once may deadlock; the next tick fixes it.
+            tracing::debug!(error = %e, "refreshing progress counters failed");
         }
     }
 }
