@@ -58,8 +58,9 @@ pub struct ClaimedLine {
     pub trace_context: Option<String>,
 }
 
-/// Claims up to `n` lines of running batches: pending ones, or ones whose claim lapsed (their
-/// replica died). `SKIP LOCKED` lets replicas claim side by side without waiting on each other.
+/// Claims up to `n` pending lines of running batches. `SKIP LOCKED` lets replicas claim side by
+/// side without waiting on each other. Lines whose claim lapsed are made pending again by
+/// `requeue_lapsed`.
 // Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
 #[tracing::instrument(level = "debug", skip_all, name = "db.requests.claim")]
 pub async fn claim(
@@ -71,8 +72,7 @@ pub async fn claim(
     sqlx::query_as(
         "WITH picked AS (
             SELECT r.batch_id, r.line FROM batch_requests r
-            WHERE r.state <> 'done'
-              AND (r.state = 'pending' OR r.lease_until < now())
+            WHERE r.state = 'pending'
               AND r.batch_id IN (SELECT id FROM batches
                                  WHERE status = 'in_progress' AND expires_at > unix_now())
             ORDER BY r.batch_id, r.line
@@ -180,6 +180,18 @@ pub async fn refresh_counts(pool: &PgPool) -> Result<(), sqlx::Error> {
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Puts lines whose claim lapsed (their replica died or hung) back in the queue; returns how many.
+#[tracing::instrument(level = "debug", skip_all, name = "db.requests.requeue_lapsed")]
+pub async fn requeue_lapsed(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_requests SET state = 'pending', lease_owner = NULL, lease_until = NULL
+         WHERE state = 'running' AND lease_until < now()",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Extends every claim this replica holds, on lines and on batch-level work.

@@ -100,9 +100,15 @@ async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Keeps the `request_counts` of running batches current, about once a second.
+/// Once a second: requeues lines whose claim lapsed, and brings the `request_counts` of
+/// running batches up to date.
 async fn progress(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+        match crate::store::requests::requeue_lapsed(&ctx.pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, "requeued lines whose claim lapsed"),
+            Err(e) => tracing::debug!(error = %e, "requeueing lapsed lines failed"),
+        }
         if let Err(e) = crate::store::requests::refresh_counts(&ctx.pool).await {
             // Two replicas refreshing at once may deadlock; the next tick fixes it.
             tracing::debug!(error = %e, "refreshing progress counters failed");
