@@ -134,6 +134,7 @@ def test_a_create_batch_request_is_traced_under_the_callers_trace(server_pool, t
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_SERVICE_NAME": "openbatch-under-test",
+            "OPENBATCH__LOG__FORMAT": "json",
         },
     )
     trace_id = os.urandom(16).hex()
@@ -161,6 +162,14 @@ def test_a_create_batch_request_is_traced_under_the_callers_trace(server_pool, t
     assert a["batch_id"] == batch.id
     db = collector.wait_for(lambda s: in_trace(s) and s[1].name == "db.batches.create")
     assert db[0][1].parent_span_id == span.span_id, "database work is a child of the request"
+
+    # JSON log lines carry the trace id of the request they were written in.
+    import json
+
+    records = [json.loads(l) for l in server.log_tail(10_000).splitlines() if l.startswith("{")]
+    created = [r for r in records if r.get("fields", {}).get("message") == "batch created"]
+    assert created, "no JSON log line for the creation"
+    assert created[0]["span"]["trace_id"] == trace_id
 
 
 def test_metrics_are_scrapable_and_count_what_happened(fresh_server, fresh_client: openai.OpenAI) -> None:
