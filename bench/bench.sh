@@ -38,6 +38,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 # shellcheck source=scripts/lib/pg.sh
 . "$ROOT/scripts/lib/pg.sh"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_WARMUP=${BENCH_WARMUP:-3}
@@ -76,22 +78,7 @@ ADMIN_URL=""
 PSQL=""
 
 stop_replicas() {
-    local pid i
-    [ "${#REPLICA_PIDS[@]}" -gt 0 ] || return 0
-    for pid in "${REPLICA_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for i in $(seq 1 300); do
-        local alive=0
-        for pid in "${REPLICA_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" -eq 1 ] || break
-        sleep 0.1
-    done
-    for pid in "${REPLICA_PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            log "replica pid $pid did not stop within 30s of SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_processes 30 "${REPLICA_PIDS[@]}"
     REPLICA_PIDS=()
 }
 
