@@ -127,14 +127,7 @@ async fn listing_walks_every_batch_newest_first_with_cursors() {
     assert_eq!(seen, created);
 
     // Default page size is 20; an empty project still answers with has_more.
-    let page: Value = app
-        .get("/v1/batches")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/batches").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 7);
     assert_eq!(page["has_more"], false);
 }

@@ -31,14 +31,7 @@ async fn upload_retrieve_download_delete_round_trip() {
     assert_eq!(file["status"], "processed");
     assert_eq!(file["expires_at"], Value::Null);
 
-    let fetched: Value = app
-        .get(&format!("/v1/files/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched: Value = app.get_json(&format!("/v1/files/{id}")).await;
     assert_eq!(fetched, file);
 
     let res = app
@@ -145,14 +138,7 @@ async fn expired_files_are_gone() {
         404,
     )
     .await;
-    let list: Value = app
-        .get("/v1/files")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/files").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 }
 
@@ -178,27 +164,13 @@ async fn list_filters_orders_and_pages() {
             .map(|f| f["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let all: Value = app
-        .get("/v1/files")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/v1/files").await;
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(ids_of(&all), newest_first);
     assert_eq!(all["has_more"], false);
 
-    let asc: Value = app
-        .get("/v1/files?order=asc&limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asc: Value = app.get_json("/v1/files?order=asc&limit=2").await;
     assert_eq!(ids_of(&asc), ids[..2]);
     assert_eq!(asc["has_more"], true);
     let next: Value = app
@@ -214,14 +186,7 @@ async fn list_filters_orders_and_pages() {
         .unwrap();
     assert_eq!(ids_of(&next), ids[2..4]);
 
-    let batch_only: Value = app
-        .get("/v1/files?purpose=batch")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batch_only: Value = app.get_json("/v1/files?purpose=batch").await;
     assert_eq!(
         ids_of(&batch_only),
         vec![ids[4].clone(), ids[2].clone(), ids[0].clone()]
@@ -234,13 +199,8 @@ async fn list_filters_orders_and_pages() {
         .await
         .unwrap();
     let after_deleted: Value = app
-        .get(&format!("/v1/files?order=asc&after={}", ids[1]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/files?order=asc&after={}", ids[1]))
+        .await;
     assert_eq!(ids_of(&after_deleted), ids[2..]);
 
     for (query, param) in [

@@ -83,6 +83,11 @@ impl TestApp {
         self.client.get(self.url(path))
     }
 
+    /// A GET whose JSON body is all the test needs.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn create_batch(&self, body: &Value) -> Response {
         self.post("/v1/batches").json(body).send().await.unwrap()
     }
