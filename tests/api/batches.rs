@@ -191,20 +191,7 @@ async fn cancel_moves_a_validating_batch_to_cancelling_and_is_repeatable() {
 async fn cancel_of_a_finished_batch_is_a_final_409() {
     let app = spawn_app().await;
     for status in ["completed", "failed", "expired", "finalizing"] {
-        let b: Value = app
-            .create_batch(&batch_body("f"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let id = b["id"].as_str().unwrap();
-        // Arrange the state the (future) worker would leave behind.
-        sqlx::query("UPDATE batches SET status = $1 WHERE id = $2")
-            .bind(status)
-            .bind(id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        let id = app.batch_in_status(status).await;
         let res = app
             .post(&format!("/v1/batches/{id}/cancel"))
             .send()
@@ -217,18 +204,7 @@ async fn cancel_of_a_finished_batch_is_a_final_409() {
             format!("Cannot cancel a batch with status '{status}'.")
         );
     }
-    let b: Value = app
-        .create_batch(&batch_body("f"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = b["id"].as_str().unwrap();
-    sqlx::query("UPDATE batches SET status = 'cancelled' WHERE id = $1")
-        .bind(id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let id = app.batch_in_status("cancelled").await;
     let res = app
         .post(&format!("/v1/batches/{id}/cancel"))
         .send()

@@ -31,16 +31,6 @@ async fn client_for(address: &str, database_url: &str) -> TestApp {
     }
 }
 
-async fn wait_until_completed_at_least(app: &TestApp, id: &str, n: i64) {
-    loop {
-        let b = app.batch(id).await;
-        if b["request_counts"]["completed"].as_i64().unwrap() >= n || b["status"] == "completed" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every custom_id exactly once across the output and error files.
 async fn assert_each_line_once(app: &TestApp, batch: &Value, total: usize) {
     let out = app.lines_of(&batch["output_file_id"]).await;
@@ -74,7 +64,7 @@ async fn a_replica_killed_mid_batch_loses_at_most_its_in_flight_lines() {
         .map(|i| chat_line(&format!("k{i}"), json!({})))
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    wait_until_completed_at_least(&app, &id, 300).await;
+    app.wait_for_completed(&id, 300).await;
     let in_progress = app.batch(&id).await;
     assert_eq!(
         in_progress["status"], "in_progress",
@@ -114,7 +104,7 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
         .map(|i| chat_line(&format!("p{i}"), json!({})))
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    wait_until_completed_at_least(&app, &id, 50).await;
+    app.wait_for_completed(&id, 50).await;
     app.pool.close().await;
     cluster.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -148,7 +138,7 @@ async fn sigterm_drains_in_flight_lines_and_hands_back_the_rest() {
         .map(|i| chat_line(&format!("t{i}"), json!({})))
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    wait_until_completed_at_least(&app, &id, 40).await;
+    app.wait_for_completed(&id, 40).await;
     assert!(replicas[0].terminate(), "clean exit on SIGTERM");
 
     let batch = app.wait_for(&id, &["completed", "failed"]).await;

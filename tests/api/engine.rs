@@ -369,13 +369,7 @@ async fn cancel_mid_run_keeps_finished_lines_and_accounts_for_the_rest() {
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     // Wait until some lines are done, then cancel.
-    loop {
-        let b = app.batch(&id).await;
-        if b["request_counts"]["completed"].as_i64().unwrap() >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    app.wait_for_completed(&id, 4).await;
     let res = app
         .post(&format!("/v1/batches/{id}/cancel"))
         .send()

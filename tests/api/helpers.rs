@@ -337,18 +337,50 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Polls until the batch reaches one of `statuses`. The deadline only guards against a
-    /// hang; no assertion depends on speed.
-    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+    /// Polls the batch until `done` holds. The deadline only guards against a hang; no
+    /// assertion depends on speed.
+    pub async fn wait_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let b = self.batch(id).await;
-            if statuses.iter().any(|s| b["status"] == *s) {
+            if done(&b) {
                 return b;
             }
             assert!(Instant::now() < deadline, "batch stuck: {b}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Polls until the batch reaches one of `statuses`.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+        self.wait_until(id, |b| statuses.iter().any(|s| b["status"] == *s))
+            .await
+    }
+
+    /// Polls until at least `n` lines have completed (or the whole batch has).
+    pub async fn wait_for_completed(&self, id: &str, n: i64) -> Value {
+        self.wait_until(id, |b| {
+            b["request_counts"]["completed"].as_i64() >= Some(n) || b["status"] == "completed"
+        })
+        .await
+    }
+
+    /// A new batch put straight into `status`, as the worker would leave it.
+    pub async fn batch_in_status(&self, status: &str) -> String {
+        let b: Value = self
+            .create_batch(&batch_body("f"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = b["id"].as_str().unwrap().to_owned();
+        sqlx::query("UPDATE batches SET status = $1 WHERE id = $2")
+            .bind(status)
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        id
     }
 
     /// A result file's lines (empty for a null id).
