@@ -77,8 +77,10 @@ pub struct WorkerSettings {
     /// Lines in flight per replica, across all upstreams. A line's slot is freed only once its
     /// result is stored, so a replica that dies loses at most this many executions.
     pub max_in_flight: usize,
-    /// Most lines claimed in one query.
-    pub claim_size: usize,
+    /// The unit of durable work: a chunk holds up to this many consecutive lines...
+    pub chunk_lines: usize,
+    /// ...or about this many bytes of input, whichever comes first.
+    pub chunk_bytes: usize,
     /// How long a claim (of a line or of batch-level work) lives without renewal.
     pub lease_secs: u64,
     /// How often an idle replica looks for work.
@@ -211,7 +213,8 @@ impl Settings {
             )?
             .set_default("worker.enabled", true)?
             .set_default("worker.max_in_flight", 64)?
-            .set_default("worker.claim_size", 32)?
+            .set_default("worker.chunk_lines", 256)?
+            .set_default("worker.chunk_bytes", 1024 * 1024)?
             .set_default("worker.lease_secs", 30)?
             .set_default("worker.poll_interval_ms", 250)?
             .set_default("worker.flush_interval_ms", 0)?
@@ -278,8 +281,8 @@ impl Settings {
         );
         let w = &self.worker;
         anyhow::ensure!(
-            w.max_in_flight >= 1 && w.claim_size >= 1,
-            "OPENBATCH__WORKER__MAX_IN_FLIGHT and OPENBATCH__WORKER__CLAIM_SIZE must be at least 1"
+            w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
+            "OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
         );
         anyhow::ensure!(
             w.max_attempts >= 1,

@@ -126,10 +126,7 @@ impl Metrics {
         }
         let queue = tokio::time::timeout(
             Duration::from_secs(2),
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT state, count(*) FROM batch_requests WHERE state <> 'done' GROUP BY state",
-            )
-            .fetch_all(pool),
+            crate::store::chunks::queue_depth(pool),
         )
         .await;
         if let Ok(Ok(rows)) = queue {

@@ -51,6 +51,7 @@ impl Application {
             auth: api::Auth::new(&settings.auth),
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key),
             expiry_override_secs: settings.batches.expiry_override_secs,
+            wake_worker: worker.as_ref().map(Worker::waker),
         });
         let mut server = HttpServer::new(move || {
             App::new()

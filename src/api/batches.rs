@@ -108,6 +108,9 @@ async fn create(
         Created::New(batch) => {
             tracing::Span::current().record("batch_id", batch.id.as_str());
             tracing::info!(batch_id = %batch.id, "batch created");
+            if let Some(worker) = &state.wake_worker {
+                worker.notify_one();
+            }
             Ok(HttpResponse::Ok().json(batch_object(&batch)))
         }
         Created::Replayed(batch) => {

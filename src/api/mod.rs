@@ -29,6 +29,9 @@ pub struct AppState {
     pub rate: RateLimiter,
     /// Test-only shortening of the 24-hour completion window.
     pub expiry_override_secs: Option<i64>,
+    /// This replica's batch worker, woken when a batch is created here so that validation
+    /// starts at once (other replicas find it at their next poll).
+    pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -37,6 +37,23 @@ const COLUMNS: &str = "id, endpoint, input_file_id, completion_window, status, m
     completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
     request_completed, request_failed, usage, metadata, params_hash";
 
+/// `COLUMNS` for reads: while a batch runs, its counts are summed from its chunks, which every
+/// flush keeps exact; once it ends they are the ones finalization stored.
+const READ_COLUMNS: &str =
+    "id, endpoint, input_file_id, completion_window, status, model, errors, \
+    output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
+    completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
+    coalesce(live.completed, request_completed) AS request_completed, \
+    coalesce(live.failed, request_failed) AS request_failed, usage, metadata, params_hash";
+
+/// Joined to `batches` to give `READ_COLUMNS` the live counts.
+const LIVE_COUNTS: &str = "LEFT JOIN LATERAL (
+        SELECT sum(c.completed)::int AS completed, sum(c.failed)::int AS failed
+        FROM batch_chunks c
+        WHERE c.batch_id = batches.id AND batches.status IN ('in_progress', 'finalizing', 'cancelling')
+        HAVING count(*) > 0
+    ) live ON true";
+
 pub enum Created {
     New(BatchRecord),
     /// Same key, same parameters: the batch as it is now.
@@ -166,7 +183,7 @@ pub async fn get(
     id: &BatchId,
 ) -> Result<Option<BatchRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND id = $2"
+        "SELECT {READ_COLUMNS} FROM batches {LIVE_COUNTS} WHERE project_id = $1 AND id = $2"
     ))
     .bind(project.as_str())
     .bind(id)
@@ -204,7 +221,8 @@ pub async fn list(
         }
     };
     let mut batches: Vec<BatchRecord> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        "SELECT {READ_COLUMNS} FROM batches {LIVE_COUNTS}
+         WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
     ))
     .bind(project.as_str())
     .bind(before_seq)
@@ -234,15 +252,20 @@ pub async fn cancel(
     // A status change between the UPDATE and the read is retried; it can happen only a few
     // times, since every status moves forward.
     loop {
+        // Replicas running its lines hear of it at once and start no more of them.
         let updated: Option<BatchRecord> = sqlx::query_as(&format!(
-            "UPDATE batches SET status = $3, cancelling_at = unix_now()
-             WHERE project_id = $1 AND id = $2 AND status = ANY($4)
-             RETURNING {COLUMNS}"
+            "WITH c AS (
+                UPDATE batches SET status = $3, cancelling_at = unix_now()
+                WHERE project_id = $1 AND id = $2 AND status = ANY($4)
+                RETURNING {COLUMNS}
+             )
+             SELECT c.* FROM c, LATERAL (SELECT pg_notify($5, c.id)) n"
         ))
         .bind(project.as_str())
         .bind(id)
         .bind(BatchStatus::Cancelling.as_str())
         .bind(BatchStatus::cancellable())
+        .bind(crate::store::jobs::CANCEL_CHANNEL)
         .fetch_optional(pool)
         .await?;
         if let Some(batch) = updated {

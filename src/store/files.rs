@@ -1,6 +1,7 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FileId, ProjectId, Purpose};
+use crate::store::chunks::Position;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FileRecord {
@@ -199,27 +200,105 @@ pub async fn list(
     Ok(Some(Page { files, has_more }))
 }
 
-/// Marks the file deleted and drops its content. False when there was no such live file.
+/// A file's content is kept, after the file is deleted or expires, while a batch still reads
+/// it: one being validated, or one whose chunks point into it.
+const IN_USE: &str = "(EXISTS (SELECT 1 FROM batch_chunks c WHERE c.file_id = files.id)
+     OR EXISTS (SELECT 1 FROM batches b WHERE b.input_file_id = files.id AND b.status = 'validating'))";
+
+/// Marks the file deleted and frees its content at once, unless a running batch still reads it
+/// (then the janitor frees it when that batch ends). False when there was no such live file.
 #[tracing::instrument(skip_all, name = "db.files.delete")]
 pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let deleted = sqlx::query(&format!(
-        "UPDATE files SET deleted_at = unix_now() WHERE project_id = $1 AND id = $2 AND {LIVE}"
+    let in_use: Option<bool> = sqlx::query_scalar(&format!(
+        "UPDATE files SET deleted_at = unix_now() WHERE project_id = $1 AND id = $2 AND {LIVE}
+         RETURNING {IN_USE}"
     ))
     .bind(project.as_str())
     .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if deleted {
+    .fetch_optional(&mut *tx)
+    .await?;
+    if in_use == Some(false) {
         sqlx::query("DELETE FROM file_chunks WHERE file_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE files SET purged = true WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    Ok(deleted)
+    Ok(in_use.is_some())
+}
+
+/// Parts deleted per transaction by the janitor (each up to `CHUNK_BYTES`), so no purge holds
+/// a transaction open long enough to pin vacuum.
+const PURGE_PARTS: i64 = 16;
+
+/// Frees the content of deleted and expired files that no batch reads any more, in small
+/// transactions; returns how many files were finished.
+#[tracing::instrument(level = "debug", skip_all, name = "db.files.purge")]
+pub async fn purge(pool: &PgPool, max_files: i64) -> Result<u64, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT id FROM files
+         WHERE NOT purged AND coalesce(deleted_at, expires_at) <= unix_now() AND NOT {IN_USE}
+         ORDER BY coalesce(deleted_at, expires_at) LIMIT $1"
+    ))
+    .bind(max_files)
+    .fetch_all(pool)
+    .await?;
+    for id in &ids {
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM file_chunks WHERE file_id = $1 AND idx IN (
+                    SELECT idx FROM file_chunks WHERE file_id = $1 ORDER BY idx LIMIT $2)",
+            )
+            .bind(id)
+            .bind(PURGE_PARTS)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                break;
+            }
+        }
+        sqlx::query("UPDATE files SET purged = true WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// The bytes of a file's content from `start` up to `end` (exclusive); `None` when some of it
+/// is missing.
+#[tracing::instrument(skip_all, name = "db.files.read_range")]
+pub async fn read_range(
+    pool: &PgPool,
+    id: &str,
+    start: Position,
+    end: Position,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    // substring() of uncompressed (EXTERNAL) content reads only the slices it needs.
+    let parts: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT CASE WHEN idx = $2 AND idx = $4 THEN substring(data FROM $3 + 1 FOR $5 - $3)
+                     WHEN idx = $2 THEN substring(data FROM $3 + 1)
+                     WHEN idx = $4 THEN substring(data FROM 1 FOR $5)
+                     ELSE data END
+         FROM file_chunks WHERE file_id = $1 AND idx BETWEEN $2 AND $4 ORDER BY idx",
+    )
+    .bind(id)
+    .bind(start.part)
+    .bind(start.offset)
+    .bind(end.part)
+    .bind(end.offset)
+    .fetch_all(pool)
+    .await?;
+    if parts.len() != (end.part - start.part + 1) as usize {
+        return Ok(None);
+    }
+    Ok(Some(parts.concat()))
 }
 
 /// One chunk of a file's content, by position; `None` past the end (or if it was deleted).

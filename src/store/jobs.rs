@@ -6,6 +6,11 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{BatchId, BatchStatus, FileId, ProjectId};
 
+/// LISTEN/NOTIFY channel: a batch has chunks to claim (payload: its id).
+pub const WORK_CHANNEL: &str = "openbatch_work";
+/// LISTEN/NOTIFY channel: a batch is being cancelled (payload: its id).
+pub const CANCEL_CHANNEL: &str = "openbatch_cancel";
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchJob {
     pub id: BatchId,
@@ -46,8 +51,8 @@ pub async fn claim(
               AND (b.lease_until IS NULL OR b.lease_until < now())
               AND (b.status <> 'in_progress'
                    OR b.expires_at <= unix_now()
-                   OR NOT EXISTS (SELECT 1 FROM batch_requests r
-                                  WHERE r.batch_id = b.id AND r.state <> 'done'))
+                   OR NOT EXISTS (SELECT 1 FROM batch_chunks c
+                                  WHERE c.batch_id = b.id AND c.state <> 'done'))
             ORDER BY b.seq
             LIMIT 1
             FOR UPDATE SKIP LOCKED
@@ -79,7 +84,8 @@ pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Resul
     Ok(())
 }
 
-/// `validating` → `in_progress`, in the transaction that queued the lines.
+/// `validating` → `in_progress`, in the transaction that queued the chunks; every replica's
+/// idle dispatcher is woken when it commits.
 #[tracing::instrument(skip_all, name = "db.jobs.start")]
 pub async fn start(
     conn: &mut PgConnection,
@@ -89,14 +95,19 @@ pub async fn start(
     total: i32,
 ) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
-                            request_total = $4, lease_owner = NULL, lease_until = NULL
-         WHERE id = $1 AND lease_owner = $2 AND status = 'validating'",
+        "WITH started AS (
+            UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
+                               request_total = $4, lease_owner = NULL, lease_until = NULL
+            WHERE id = $1 AND lease_owner = $2 AND status = 'validating'
+            RETURNING id
+         )
+         SELECT pg_notify($5, id) FROM started",
     )
     .bind(id)
     .bind(owner)
     .bind(model)
     .bind(total)
+    .bind(WORK_CHANNEL)
     .execute(conn)
     .await?
     .rows_affected()
@@ -195,4 +206,39 @@ pub async fn end(
     .await?
     .rows_affected()
         == 1)
+}
+
+/// Extends this replica's claim on a batch's batch-level work.
+// Runs every few seconds on every replica: traced only at debug level.
+#[tracing::instrument(level = "debug", skip_all, name = "db.jobs.renew")]
+pub async fn renew(
+    pool: &PgPool,
+    id: &BatchId,
+    owner: &str,
+    lease_secs: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET lease_until = now() + make_interval(secs => $3)
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(lease_secs as f64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Hands back this replica's batch-level work at shutdown.
+#[tracing::instrument(skip_all, name = "db.jobs.release")]
+pub async fn release(pool: &PgPool, id: &BatchId, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batches SET lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -1,10 +1,10 @@
 //! All SQL lives under this module, one file per table group.
 
 pub mod batches;
+pub mod chunks;
 pub mod files;
 pub mod jobs;
 pub mod keys;
-pub mod requests;
 
 use std::time::Duration;
 

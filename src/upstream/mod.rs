@@ -67,6 +67,13 @@ pub enum Outcome {
     Failure { code: &'static str, message: String },
 }
 
+impl Outcome {
+    /// The one definition of a line that succeeded: the upstream answered 2xx.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Response { status, .. } if (200..300).contains(status))
+    }
+}
+
 pub struct Upstreams {
     client: reqwest::Client,
     default: Upstream,

@@ -1,6 +1,10 @@
-//! The line pipeline of one replica: claim → execute → store, continuously. A free slot is
-//! refilled as soon as one line's result is stored, so a slow line never holds back others.
+//! The line pipeline of one replica: claim a chunk → execute its lines → write their results in
+//! groups, continuously. A free slot is refilled as soon as one line's result is stored, so a
+//! slow line never holds back others; a new chunk is claimed when the claimed ones have no line
+//! left to start.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,15 +12,57 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::output::{self, Usage};
+use super::validate::{check_line, LineSplitter};
 use super::{sleep_or_stop, Ctx};
-use crate::store::requests::{self, ClaimedLine, Finished};
+use crate::domain::Endpoint;
+use crate::store::chunks::{self, ClaimedChunk, Group, Held};
+use crate::store::files;
 use crate::upstream::{traceparent_for, Outcome};
 
 /// Most results written in one statement.
 const MAX_FLUSH: usize = 256;
 
+/// A chunk this replica has claimed and is executing.
+pub(super) struct Running {
+    pub held: Held,
+    endpoint: String,
+    trace_context: Option<String>,
+    /// False once nothing more of it may start: its batch is being cancelled, or the claim was
+    /// lost. Lines already in flight still finish (and are written only if the claim holds).
+    live: AtomicBool,
+    /// Its lines not yet stored or dropped; at zero the chunk is let go.
+    outstanding: AtomicUsize,
+}
+
+impl Running {
+    pub fn key(&self) -> (String, i32) {
+        (self.held.batch_id.clone(), self.held.idx)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        self.live.store(false, Ordering::Relaxed);
+    }
+}
+
+struct Line {
+    chunk: Arc<Running>,
+    line: i32,
+    custom_id: String,
+    model: String,
+    body: String,
+}
+
 struct Done {
-    result: Finished,
+    chunk: Arc<Running>,
+    line: i32,
+    success: bool,
+    file_line: String,
+    usage: Usage,
     /// The line's slot; freed only once the result is stored, which bounds the work a killed
     /// replica can lose to `max_in_flight`.
     _slot: OwnedSemaphorePermit,
@@ -33,134 +79,243 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
 async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc::Sender<Done>) {
     let slots = Arc::new(Semaphore::new(ctx.settings.max_in_flight));
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
+    let mut queue: VecDeque<Line> = VecDeque::new();
     let mut failures = 0_u32;
     loop {
-        let first = tokio::select! {
+        let slot = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("never closed"),
             _ = stop.changed() => return,
         };
         if *stop.borrow() {
             return;
         }
-        let mut permits = vec![first];
-        while permits.len() < ctx.settings.claim_size {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+        while let Some(line) = queue.pop_front() {
+            if line.chunk.is_live() {
+                queue.push_front(line);
+                break;
             }
+            let_go(&ctx, &line.chunk, 1).await;
         }
-        let claimed = match requests::claim(
-            &ctx.pool,
-            &ctx.owner,
-            permits.len(),
-            ctx.settings.lease_secs,
-        )
-        .await
-        {
-            Ok(c) => {
-                failures = 0;
-                c
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "claiming lines failed; retrying");
-                drop(permits);
-                let backoff = poll * 2_u32.saturating_pow(failures.min(5));
-                if sleep_or_stop(&mut stop, backoff).await {
-                    return;
+        if queue.is_empty() {
+            match claim(&ctx).await {
+                Ok(Some(lines)) => {
+                    failures = 0;
+                    queue.extend(lines);
+                    drop(slot);
                 }
-                continue;
-            }
-        };
-        if claimed.is_empty() {
-            drop(permits);
-            if sleep_or_stop(&mut stop, poll).await {
-                return;
+                Ok(None) => {
+                    drop(slot);
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = ctx.wake_lines.notified() => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "claiming a chunk failed; retrying"
+                    );
+                    drop(slot);
+                    let backoff = poll * 2_u32.saturating_pow(failures.min(5));
+                    if sleep_or_stop(&mut stop, backoff).await {
+                        return;
+                    }
+                }
             }
             continue;
         }
-        permits.truncate(claimed.len());
-        let takeovers = claimed.iter().filter(|l| l.attempts > 1).count();
-        crate::metrics::get()
-            .lease_takeovers
-            .inc_by(takeovers as u64);
-        for (line, slot) in claimed.into_iter().zip(permits) {
-            tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
+        let line = queue.pop_front().expect("not empty");
+        tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
+    }
+}
+
+/// Claims a chunk and reads its lines, skipping those that already have a result (a chunk
+/// taken over from a replica that died keeps what that replica stored).
+async fn claim(ctx: &Arc<Ctx>) -> anyhow::Result<Option<Vec<Line>>> {
+    let Some(c) = chunks::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await? else {
+        return Ok(None);
+    };
+    if c.attempt > 1 {
+        crate::metrics::get().lease_takeovers.inc();
+    }
+    let running = Arc::new(Running {
+        held: Held {
+            batch_id: c.batch_id.as_str().to_owned(),
+            idx: c.idx,
+            attempt: c.attempt,
+        },
+        endpoint: c.endpoint.clone(),
+        trace_context: c.trace_context.clone(),
+        live: AtomicBool::new(true),
+        outstanding: AtomicUsize::new(0),
+    });
+    ctx.held
+        .lock()
+        .expect("not poisoned")
+        .insert(running.key(), running.clone());
+    let lines = match read_lines(ctx, &c, &running).await {
+        Ok(lines) => lines,
+        Err(e) => {
+            // Hand it back for another try rather than sit on it until the lease lapses.
+            let_go(ctx, &running, 0).await;
+            return Err(e);
+        }
+    };
+    running.outstanding.store(lines.len(), Ordering::Relaxed);
+    if lines.is_empty() {
+        // Every line already has its result: an empty group marks the chunk done.
+        let group = Group {
+            batch_id: running.held.batch_id.clone(),
+            idx: c.idx,
+            attempt: c.attempt,
+            ..Group::default()
+        };
+        chunks::flush(&ctx.pool, &[group]).await?;
+        forget(ctx, &running);
+        ctx.wake_jobs.notify_one();
+    }
+    Ok(Some(lines))
+}
+
+async fn read_lines(
+    ctx: &Ctx,
+    c: &ClaimedChunk,
+    running: &Arc<Running>,
+) -> anyhow::Result<Vec<Line>> {
+    let endpoint = Endpoint::parse(&c.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
+    let done: std::collections::HashSet<i32> = if c.attempt > 1 {
+        let mut done = std::collections::HashSet::new();
+        for group in chunks::results(&ctx.pool, &c.batch_id, c.idx).await? {
+            for stored in output::decode(&group) {
+                done.insert(stored?.line);
+            }
+        }
+        done
+    } else {
+        Default::default()
+    };
+    let bytes = files::read_range(&ctx.pool, &c.file_id, c.start(), c.end())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the content of input file {} is missing", c.file_id))?;
+    let mut lines = Vec::with_capacity(c.line_count as usize);
+    let mut ordinal = c.first_line;
+    let mut bad = None;
+    let mut splitter = LineSplitter::default();
+    let mut take = |raw: &[u8]| {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let line = ordinal;
+        ordinal += 1;
+        if done.contains(&line) {
+            return;
+        }
+        // Validation accepted every line already; the position is only for messages.
+        match check_line(raw, line as usize + 1, endpoint) {
+            Ok(v) => lines.push(Line {
+                chunk: running.clone(),
+                line,
+                custom_id: v.custom_id,
+                model: v.model,
+                body: v.body,
+            }),
+            Err(e) => bad = Some(e.message),
+        }
+    };
+    splitter.feed(&bytes, &mut take);
+    splitter.finish(&mut take);
+    if let Some(message) = bad {
+        anyhow::bail!("a validated line no longer passes validation: {message}");
+    }
+    anyhow::ensure!(
+        ordinal - c.first_line == c.line_count,
+        "chunk {} of batch {} holds {} lines, not {}",
+        c.idx,
+        c.batch_id,
+        ordinal - c.first_line,
+        c.line_count
+    );
+    Ok(lines)
+}
+
+/// Stops tracking a chunk here.
+fn forget(ctx: &Ctx, running: &Running) {
+    ctx.held
+        .lock()
+        .expect("not poisoned")
+        .remove(&running.key());
+}
+
+/// Accounts for `n` lines that will not be stored; once none is outstanding, a chunk that is
+/// not finished is handed back at once (cancelled batch, or a failure reading it).
+async fn let_go(ctx: &Ctx, running: &Arc<Running>, n: usize) {
+    let left = running.outstanding.fetch_sub(n, Ordering::Relaxed) - n;
+    if left == 0 {
+        forget(ctx, running);
+        if let Err(e) = chunks::release_one(&ctx.pool, &running.held).await {
+            tracing::warn!(error = %e, "could not hand a chunk back; its lease will lapse");
         }
     }
 }
 
 async fn execute_line(
     ctx: Arc<Ctx>,
-    line: ClaimedLine,
+    line: Line,
     slot: OwnedSemaphorePermit,
     results: mpsc::Sender<Done>,
 ) {
+    let batch_id = line.chunk.held.batch_id.as_str();
     let span = tracing::info_span!(
         "batch_line",
         otel.kind = "internal",
-        batch_id = %line.batch_id,
+        batch_id = %batch_id,
         line = line.line,
         model = %line.model,
     );
     // The line's trace is its own; a link leads back to the request that created the batch.
-    if let Some(tp) = &line.trace_context {
+    if let Some(tp) = &line.chunk.trace_context {
         crate::telemetry::link_to(&span, tp);
     }
     let outcome = async {
         // Upstream calls carry this trace when tracing is on, else one trace id per batch.
         let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
-            .unwrap_or_else(|| traceparent_for(line.batch_id.as_str()));
+            .unwrap_or_else(|| traceparent_for(batch_id));
         ctx.upstreams
-            .execute(&line.endpoint, &line.model, &line.body, &traceparent)
+            .execute(&line.chunk.endpoint, &line.model, &line.body, &traceparent)
             .await
     }
     .instrument(span)
     .await;
-    let ok = matches!(&outcome, Outcome::Response { status, .. } if (200..300).contains(status));
+    let success = outcome.is_success();
     crate::metrics::get()
         .lines
-        .with_label_values(&[if ok { "succeeded" } else { "failed" }])
+        .with_label_values(&[if success { "succeeded" } else { "failed" }])
         .inc();
-    let result = match outcome {
-        Outcome::Response {
-            status,
-            request_id,
-            body,
-        } => Finished {
-            batch_id: line.batch_id,
-            line: line.line,
-            status_code: Some(i32::from(status)),
-            // PostgreSQL's jsonb refuses NUL characters; keep the text, lose only those.
-            response: Some(body.to_string().replace("\\u0000", "\\ufffd")),
-            request_id,
-            error_code: None,
-            error_message: None,
-        },
-        Outcome::Failure { code, message } => Finished {
-            batch_id: line.batch_id,
-            line: line.line,
-            status_code: None,
-            response: None,
-            request_id: None,
-            error_code: Some(code.to_owned()),
-            error_message: Some(message),
-        },
-    };
+    let mut usage = Usage::default();
+    if let (true, Outcome::Response { body, .. }) = (success, &outcome) {
+        usage.add(body);
+    }
+    let file_line = output::render(batch_id, line.line, &line.custom_id, &outcome);
     let _ = results
         .send(Done {
-            result,
+            chunk: line.chunk,
+            line: line.line,
+            success,
+            file_line,
+            usage,
             _slot: slot,
         })
         .await;
 }
 
 /// Writes results in groups, group-commit style: each write takes everything that finished
-/// while the previous one ran (up to `MAX_FLUSH`), so groups grow with load and a result never
-/// waits for a timer. `flush_interval_ms` > 0 adds a wait for stragglers; since a line's slot
-/// is held until its result is stored, any wait there is paid in throughput.
-/// A failed write (database restarting) is retried with the results kept; their slots stay
-/// taken meanwhile, so the replica stops claiming instead of piling up work.
+/// while the previous one ran (up to `MAX_FLUSH`), one group per chunk, so groups grow with
+/// load and a result never waits for a timer. `flush_interval_ms` > 0 adds a wait for
+/// stragglers; since a line's slot is held until its result is stored, any wait there is paid
+/// in throughput. A failed write (database restarting) is retried with the results kept; their
+/// slots stay taken meanwhile, so the replica stops claiming instead of piling up work.
 async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
     let window = Duration::from_millis(ctx.settings.flush_interval_ms);
     let mut buf: Vec<Done> = Vec::with_capacity(MAX_FLUSH);
@@ -177,14 +332,85 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
                 },
             }
         }
-        let results: Vec<Finished> = buf.iter().map(|d| d.result.clone()).collect();
+        let (groups, members) = group(&buf);
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = requests::store_results(&ctx.pool, &ctx.owner, &results).await {
-            tracing::warn!(error = %e, lines = results.len(), "storing results failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+        let flushed = loop {
+            match chunks::flush(&ctx.pool, &groups).await {
+                Ok(f) => break f,
+                Err(e) => {
+                    tracing::warn!(error = %e, lines = buf.len(), "storing results failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut any_done = false;
+        for (g, chunk) in groups.iter().zip(&members) {
+            let n = (g.completed + g.failed) as usize;
+            match flushed
+                .iter()
+                .find(|f| f.batch_id == g.batch_id && f.idx == g.idx)
+            {
+                Some(f) if f.done => {
+                    forget(&ctx, chunk);
+                    any_done = true;
+                }
+                Some(_) => {
+                    chunk.outstanding.fetch_sub(n, Ordering::Relaxed);
+                    if !chunk.is_live() && chunk.outstanding.load(Ordering::Relaxed) == 0 {
+                        let_go(&ctx, chunk, 0).await;
+                    }
+                }
+                None => {
+                    // The claim was lost (taken over, or closed by a cancellation or expiry):
+                    // these results are not ours to write, and the rest of the chunk is not ours
+                    // to run.
+                    tracing::info!(batch_id = %g.batch_id, chunk = g.idx, lines = n,
+                                   "dropped results of a chunk no longer held");
+                    chunk.stop();
+                    forget(&ctx, chunk);
+                }
+            }
         }
         buf.clear();
-        ctx.wake_jobs.notify_one();
+        if any_done {
+            ctx.wake_jobs.notify_one();
+        }
     }
+}
+
+/// One group per chunk, in the order the chunks first appear.
+fn group(buf: &[Done]) -> (Vec<Group>, Vec<Arc<Running>>) {
+    let mut index: HashMap<(&str, i32, i32), usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut members: Vec<Arc<Running>> = Vec::new();
+    let mut usage: Vec<Usage> = Vec::new();
+    for d in buf {
+        let h = &d.chunk.held;
+        let i = *index
+            .entry((h.batch_id.as_str(), h.idx, h.attempt))
+            .or_insert_with(|| {
+                groups.push(Group {
+                    batch_id: h.batch_id.clone(),
+                    idx: h.idx,
+                    attempt: h.attempt,
+                    ..Group::default()
+                });
+                members.push(d.chunk.clone());
+                usage.push(Usage::default());
+                groups.len() - 1
+            });
+        let g = &mut groups[i];
+        if d.success {
+            g.completed += 1;
+            usage[i].merge(d.usage);
+        } else {
+            g.failed += 1;
+        }
+        output::encode(&mut g.lines, d.line, d.success, &d.file_line);
+    }
+    for (g, u) in groups.iter_mut().zip(usage) {
+        g.usage = u.to_array();
+    }
+    (groups, members)
 }

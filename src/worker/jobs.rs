@@ -1,25 +1,27 @@
-//! Batch-level work: validate an input file into queued lines; write the output and error
+//! Batch-level work: validate an input file into queued chunks; write the output and error
 //! files of a batch whose lines are all done, cancelled or expired.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::borrow::Cow;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::output::{self, Usage};
-use super::validate::{FileCheck, LineError, MAX_INPUT_BYTES};
+use super::plan::ChunkPlanner;
+use super::validate::{check_line, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
+use crate::store::chunks::{self, ChunkSummary, Position};
 use crate::store::files::{self, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};
-use crate::store::requests::{self, NewLine};
+use crate::upstream::Outcome;
 
-/// Lines queued per INSERT while validating.
-const INSERT_ROWS: usize = 1000;
-/// Lines read per query while writing result files.
-const RESULT_PAGE: i64 = 2000;
+/// Chunks read per query while writing result files.
+const CHUNK_PAGE: i64 = 64;
 
 pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
@@ -30,6 +32,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         match jobs::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await {
             Ok(Some(job)) => {
                 let id = job.id.clone();
+                *ctx.job.lock().expect("not poisoned") = Some(id.clone());
                 // A job that moved the batch on has already let go of it; one that did not
                 // (a failure, or a status that changed under it) must let go explicitly,
                 // since the heartbeat would otherwise renew the claim forever.
@@ -43,6 +46,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 if let Err(e) = jobs::defer(&ctx.pool, &id, &ctx.owner, retry_in).await {
                     tracing::warn!(batch_id = %id, error = %e, "could not release a batch claim; it will lapse");
                 }
+                *ctx.job.lock().expect("not poisoned") = None;
             }
             Ok(None) => {
                 tokio::select! {
@@ -79,7 +83,7 @@ async fn handle(ctx: &Ctx, job: BatchJob) -> anyhow::Result<()> {
         BatchStatus::Finalizing => finalize(ctx, &job, BatchStatus::Completed).await,
         BatchStatus::Cancelling => {
             let grace = ctx.settings.cancel_grace_secs as i64;
-            let in_flight = requests::running(&ctx.pool, &job.id).await?;
+            let in_flight = chunks::running(&ctx.pool, &job.id).await?;
             if in_flight > 0 && job.cancelling_for.unwrap_or(i64::MAX) < grace {
                 // Let the lines in flight land in the output file; look again shortly.
                 jobs::defer(&ctx.pool, &job.id, &ctx.owner, 0.5).await?;
@@ -156,55 +160,36 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         .await;
     }
 
-    let mut tx = ctx.pool.begin().await?;
     let mut check = FileCheck::new(endpoint);
-    let mut splitter = super::validate::LineSplitter::default();
-    let mut queued: Vec<NewLine> = Vec::with_capacity(INSERT_ROWS);
+    let mut planner = ChunkPlanner::new(ctx.settings.chunk_lines, ctx.settings.chunk_bytes);
     let mut line_no = 0_usize;
-    let mut ordinal = 0_i32;
-    let mut take = |raw: &[u8], check: &mut FileCheck, queued: &mut Vec<NewLine>| {
+    let mut take = |raw: &[u8], check: &mut FileCheck| {
         line_no += 1;
-        if let Some(v) = check.line(raw, line_no) {
-            queued.push(NewLine {
-                line: ordinal,
-                custom_id: v.custom_id,
-                model: v.model,
-                body: v.body,
-            });
-            ordinal += 1;
-        }
+        check.line(raw, line_no);
     };
     for idx in 0.. {
-        let Some(chunk) = files::chunk(&ctx.pool, &file.id, idx).await? else {
+        let Some(part) = files::chunk(&ctx.pool, &file.id, idx).await? else {
             break;
         };
-        splitter.feed(&chunk, |raw| take(raw, &mut check, &mut queued));
-        if !check.errors.is_empty() {
-            // The batch fails; keep reading only to report more problems.
-            queued.clear();
-            if check.is_saturated() {
-                break;
-            }
-        } else if queued.len() >= INSERT_ROWS {
-            requests::insert(&mut tx, &job.id, &queued).await?;
-            queued.clear();
+        planner.feed(idx, &part, |raw| take(raw, &mut check));
+        if check.is_saturated() {
+            // The batch fails; enough problems are reported already.
+            break;
         }
     }
-    splitter.finish(|raw| take(raw, &mut check, &mut queued));
+    planner.finish(|raw| take(raw, &mut check));
     let total = check.requests;
     match check.finish() {
-        Err(errors) => {
-            drop(tx);
-            fail(ctx, job, errors).await
-        }
+        Err(errors) => fail(ctx, job, errors).await,
         Ok(model) => {
-            requests::insert(&mut tx, &job.id, &queued).await?;
             let total = i32::try_from(total).context("request count")?;
+            let mut tx = ctx.pool.begin().await?;
+            chunks::insert(&mut tx, &job.id, file.id.as_str(), &planner.chunks).await?;
             if jobs::start(&mut tx, &job.id, &ctx.owner, &model, total).await? {
                 tx.commit().await?;
-                tracing::info!(requests = total, %model, "batch validated");
+                tracing::info!(requests = total, chunks = planner.chunks.len(), %model, "batch validated");
             }
-            // Otherwise the batch was cancelled meanwhile: the rollback drops the lines.
+            // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
             Ok(())
         }
     }
@@ -228,6 +213,7 @@ impl ResultFile {
 
     async fn push(&mut self, conn: &mut sqlx::PgConnection, line: &str) -> Result<(), sqlx::Error> {
         self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
         self.lines += 1;
         if self.buf.len() >= CHUNK_BYTES {
             self.content.write_chunk(conn, &self.buf).await?;
@@ -267,53 +253,61 @@ impl ResultFile {
     }
 }
 
-/// Writes the output and error files in input order and ends the batch, in one transaction:
-/// a crash mid-way leaves no file and the batch claimable again.
+/// Writes the output and error files in input order and ends the batch, in one transaction
+/// that also deletes the batch's work rows: a crash mid-way leaves no file and the batch
+/// claimable again. Results are streamed a chunk at a time, so memory is bounded by one
+/// chunk's results, not by the batch.
 async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<()> {
-    let mut tx = ctx.pool.begin().await?;
+    let unfinished = match to {
+        BatchStatus::Expired => Outcome::Failure {
+            code: "batch_expired",
+            message: "This request could not be executed before the completion window expired."
+                .to_owned(),
+        },
+        BatchStatus::Cancelled => Outcome::Failure {
+            code: "batch_cancelled",
+            message: "This request was not executed: the batch was cancelled.".to_owned(),
+        },
+        _ => Outcome::Failure {
+            code: "internal_error",
+            message: "The request produced no result.".to_owned(),
+        },
+    };
     let closed = match to {
-        BatchStatus::Expired => {
-            requests::close_open(
-                &mut tx,
-                &job.id,
-                "batch_expired",
-                "This request could not be executed before the completion window expired.",
-            )
-            .await?
-        }
-        BatchStatus::Cancelled => {
-            requests::close_open(
-                &mut tx,
-                &job.id,
-                "batch_cancelled",
-                "This request was not executed: the batch was cancelled.",
-            )
-            .await?
+        // Fences out every replica still running a line of it, in a statement of its own, so
+        // no lock that their heartbeats need is held while the files are written.
+        BatchStatus::Expired | BatchStatus::Cancelled => {
+            chunks::close_open(&ctx.pool, &job.id).await?
         }
         _ => 0,
     };
+    let mut tx = ctx.pool.begin().await?;
     let (mut out, mut err) = (ResultFile::new(), ResultFile::new());
     let mut usage = Usage::default();
     let mut after = -1;
     loop {
-        let page = requests::results_page(&mut tx, &job.id, after, RESULT_PAGE).await?;
+        let page = chunks::page(&mut tx, &job.id, after, CHUNK_PAGE).await?;
         let Some(last) = page.last() else { break };
-        after = last.line;
-        for r in &page {
-            let line = output::render(job.id.as_str(), r);
-            if output::is_success(r) {
-                if let Some(body) = &r.response {
-                    usage.add(body);
-                }
-                out.push(&mut tx, &line).await?;
-            } else {
-                err.push(&mut tx, &line).await?;
+        after = last.idx;
+        for c in &page {
+            usage.merge(Usage::from_array([
+                c.input_tokens,
+                c.cached_tokens,
+                c.output_tokens,
+                c.reasoning_tokens,
+                c.total_tokens,
+            ]));
+            let groups = chunks::results(&mut *tx, &job.id, c.idx).await?;
+            for (success, line) in chunk_lines(ctx, job, c, &groups, &unfinished).await? {
+                let file = if success { &mut out } else { &mut err };
+                file.push(&mut tx, &line).await?;
             }
         }
     }
     let (completed, failed) = (out.lines as i32, err.lines as i32);
     let output_file_id = out.finish(&mut tx, job, "output").await?;
     let error_file_id = err.finish(&mut tx, job, "error").await?;
+    chunks::delete_work(&mut tx, &job.id).await?;
     let ended = jobs::end(
         &mut tx,
         &job.id,
@@ -349,4 +343,61 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+/// A chunk's file lines in input order, each with whether it belongs in the output file. Lines
+/// with no stored result (the batch was cancelled or expired first) get `unfinished`'s error,
+/// which needs their `custom_id` from the input.
+async fn chunk_lines<'g>(
+    ctx: &Ctx,
+    job: &BatchJob,
+    c: &ChunkSummary,
+    groups: &'g [String],
+    unfinished: &Outcome,
+) -> anyhow::Result<Vec<(bool, Cow<'g, str>)>> {
+    let mut lines: Vec<(i32, bool, Cow<str>)> = Vec::with_capacity(c.line_count as usize);
+    for group in groups {
+        for stored in output::decode(group) {
+            let s = stored?;
+            lines.push((s.line, s.success, Cow::Borrowed(s.file_line)));
+        }
+    }
+    lines.sort_by_key(|l| l.0);
+    lines.dedup_by_key(|l| l.0);
+    if lines.len() < c.line_count as usize {
+        let endpoint = Endpoint::parse(&job.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
+        let start = Position {
+            part: c.start_part,
+            offset: c.start_offset,
+        };
+        let end = Position {
+            part: c.end_part,
+            offset: c.end_offset,
+        };
+        let input = files::read_range(&ctx.pool, &c.file_id, start, end)
+            .await?
+            .with_context(|| format!("the content of input file {} is missing", c.file_id))?;
+        let have: std::collections::HashSet<i32> = lines.iter().map(|l| l.0).collect();
+        let mut ordinal = c.first_line;
+        let mut missing = Vec::new();
+        let mut take = |raw: &[u8]| {
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
+            if !have.contains(&ordinal) {
+                let custom_id = check_line(raw, ordinal as usize + 1, endpoint)
+                    .map(|v| v.custom_id)
+                    .unwrap_or_default();
+                let line = output::render(job.id.as_str(), ordinal, &custom_id, unfinished);
+                missing.push((ordinal, false, Cow::Owned(line)));
+            }
+            ordinal += 1;
+        };
+        let mut splitter = LineSplitter::default();
+        splitter.feed(&input, &mut take);
+        splitter.finish(&mut take);
+        lines.extend(missing);
+        lines.sort_by_key(|l| l.0);
+    }
+    Ok(lines.into_iter().map(|(_, s, l)| (s, l)).collect())
 }

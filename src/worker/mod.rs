@@ -6,16 +6,21 @@
 mod execute;
 mod jobs;
 pub mod output;
+mod plan;
 pub mod validate;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::WorkerSettings;
+use crate::domain::BatchId;
+use crate::store::{chunks, files, jobs as job_store};
 use crate::upstream::Upstreams;
 
 /// What the worker's tasks share.
@@ -25,8 +30,15 @@ struct Ctx {
     settings: WorkerSettings,
     /// Identifies this replica's claims.
     owner: String,
-    /// Wakes the batch-level loop when lines finish, so a completed batch is finalized at once.
-    wake_jobs: Notify,
+    /// Wakes the batch-level loop: a batch was created here, or a chunk finished, so a batch
+    /// is validated or finalized at once rather than at the next poll.
+    wake_jobs: Arc<Notify>,
+    /// Wakes an idle dispatcher: some batch has chunks to claim (LISTEN/NOTIFY).
+    wake_lines: Notify,
+    /// The batch whose batch-level work this replica holds, if any.
+    job: Mutex<Option<BatchId>>,
+    /// The chunks this replica is executing, by (batch id, chunk index).
+    held: Mutex<HashMap<(String, i32), Arc<execute::Running>>>,
 }
 
 pub struct Worker {
@@ -49,16 +61,25 @@ impl Worker {
             upstreams,
             settings,
             owner,
-            wake_jobs: Notify::new(),
+            wake_jobs: Arc::new(Notify::new()),
+            wake_lines: Notify::new(),
+            job: Mutex::new(None),
+            held: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(execute::run(ctx.clone(), stopped.clone())),
             tokio::spawn(jobs::run(ctx.clone(), stopped.clone())),
-            tokio::spawn(progress(ctx.clone(), stopped.clone())),
+            tokio::spawn(listen(ctx.clone(), stopped.clone())),
+            tokio::spawn(maintain(ctx.clone(), stopped.clone())),
             tokio::spawn(heartbeat(ctx.clone(), stopped)),
         ];
         Self { ctx, stop, tasks }
+    }
+
+    /// Wakes this replica's batch-level loop (a batch was just created here).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.ctx.wake_jobs.clone()
     }
 
     /// Stops claiming, lets in-flight lines finish (up to the grace period) and hands back
@@ -73,15 +94,24 @@ impl Worker {
             tracing::warn!("in-flight lines did not finish within the shutdown grace period");
         }
         heartbeat.abort();
-        match crate::store::requests::release_leases(&self.ctx.pool, &self.ctx.owner).await {
+        let job = self.ctx.job.lock().expect("not poisoned").clone();
+        let released = async {
+            chunks::release(&self.ctx.pool, &self.ctx.owner).await?;
+            match job {
+                Some(id) => job_store::release(&self.ctx.pool, &id, &self.ctx.owner).await,
+                None => Ok(()),
+            }
+        };
+        match released.await {
             Ok(()) => tracing::info!("batch worker stopped; unfinished claims released"),
             Err(e) => tracing::warn!(error = %e, "could not release claims; they will lapse"),
         }
     }
 }
 
-/// Keeps this replica's claims alive. A replica that stops heartbeating (killed, partitioned)
-/// loses its claims after `lease_secs`, and others take the work over.
+/// Keeps this replica's claims alive: exactly the chunks it is executing, under their tokens,
+/// and its batch-level work. A replica that stops heartbeating (killed, partitioned) loses its
+/// claims after `lease_secs`, and others take the work over.
 async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(ctx.settings.lease_secs) / 3;
     loop {
@@ -91,28 +121,161 @@ async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         }
         // Keep renewing through shutdown until the lines in flight are done; `shutdown`
         // aborts this task at the end.
-        if let Err(e) =
-            crate::store::requests::renew_leases(&ctx.pool, &ctx.owner, ctx.settings.lease_secs)
-                .await
-        {
-            tracing::warn!(error = %e, "could not renew claims");
+        let held: Vec<Arc<execute::Running>> = ctx
+            .held
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let claims: Vec<chunks::Held> = held.iter().map(|r| r.held.clone()).collect();
+        match chunks::renew(&ctx.pool, &claims, ctx.settings.lease_secs).await {
+            Ok(renewed) => {
+                for r in &held {
+                    let h = &r.held;
+                    match renewed
+                        .iter()
+                        .find(|x| x.batch_id == h.batch_id && x.idx == h.idx)
+                    {
+                        Some(x) if x.live => {}
+                        // Cancelled: start nothing more of it.
+                        Some(_) => r.stop(),
+                        // Taken over or closed: nothing of it is ours any more.
+                        None => {
+                            r.stop();
+                            ctx.held.lock().expect("not poisoned").remove(&r.key());
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew chunk claims"),
+        }
+        let job = ctx.job.lock().expect("not poisoned").clone();
+        if let Some(id) = job {
+            if let Err(e) =
+                job_store::renew(&ctx.pool, &id, &ctx.owner, ctx.settings.lease_secs).await
+            {
+                tracing::warn!(error = %e, "could not renew a batch claim");
+            }
         }
     }
 }
 
-/// Once a second: requeues lines whose claim lapsed, and brings the `request_counts` of
-/// running batches up to date.
-async fn progress(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+/// LISTEN/NOTIFY: wakes the dispatcher when a batch gets chunks to claim, and stops starting
+/// lines of a batch being cancelled. Polling remains the fallback while the listener is down.
+async fn listen(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&ctx.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN connection failed; polling meanwhile");
+                if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = listener
+            .listen_all([job_store::WORK_CHANNEL, job_store::CANCEL_CHANNEL])
+            .await
+        {
+            tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
+            if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+                return;
+            }
+            continue;
+        }
+        loop {
+            let n = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = stop.changed() => return,
+            };
+            match n {
+                Ok(Some(n)) if n.channel() == job_store::CANCEL_CHANNEL => {
+                    for r in ctx.held.lock().expect("not poisoned").values() {
+                        if r.held.batch_id == n.payload() {
+                            r.stop();
+                        }
+                    }
+                    ctx.wake_jobs.notify_one();
+                }
+                Ok(Some(_)) => ctx.wake_lines.notify_one(),
+                // The connection dropped (and notifications may have been missed): look for
+                // work now, then listen again.
+                Ok(None) => ctx.wake_lines.notify_one(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Any key will do as long as it is OpenBatch's alone.
+const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
+
+/// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
+/// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
+/// lapsed, and purge the content of deleted and expired files. Each chore is short statements
+/// on the pool, never a lock a running replica's heartbeat needs.
+async fn maintain(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let mut lock: Option<PgConnection> = None;
+    let mut leader = false;
     while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-        match crate::store::requests::requeue_lapsed(&ctx.pool).await {
+        let conn = match &mut lock {
+            Some(c) => c,
+            None => match ctx.pool.acquire().await {
+                Ok(c) => lock.insert(c.detach()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "maintainer: no connection");
+                    continue;
+                }
+            },
+        };
+        let held = if leader {
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map(|_| true)
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MAINTAINER_LOCK)
+                .fetch_one(&mut *conn)
+                .await
+        };
+        match held {
+            Ok(true) => {
+                if !leader {
+                    tracing::info!("this replica now runs the cluster maintenance");
+                }
+                leader = true;
+            }
+            Ok(false) => continue,
+            Err(e) => {
+                if leader {
+                    tracing::warn!(error = %e, "maintainer lost its lock connection");
+                }
+                leader = false;
+                if let Some(c) = lock.take() {
+                    let _ = c.close().await;
+                }
+                continue;
+            }
+        }
+        match chunks::requeue_lapsed(&ctx.pool).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(lines = n, "requeued lines whose claim lapsed"),
-            Err(e) => tracing::debug!(error = %e, "requeueing lapsed lines failed"),
+            Ok(n) => tracing::info!(chunks = n, "requeued chunks whose claim lapsed"),
+            Err(e) => tracing::warn!(error = %e, "requeueing lapsed chunks failed"),
         }
-        if let Err(e) = crate::store::requests::refresh_counts(&ctx.pool).await {
-            // Two replicas refreshing at once may deadlock; the next tick fixes it.
-            tracing::debug!(error = %e, "refreshing progress counters failed");
+        match files::purge(&ctx.pool, 20).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
+            Err(e) => tracing::warn!(error = %e, "purging file content failed"),
         }
+    }
+    if let Some(c) = lock {
+        let _ = c.close().await;
     }
 }
 

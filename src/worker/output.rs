@@ -3,13 +3,7 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::store::requests::LineResult;
-
-/// Which file a finished line belongs in: successes in the output file; upstream errors and
-/// lines that never got a response in the error file.
-pub fn is_success(r: &LineResult) -> bool {
-    r.status_code.is_some_and(|s| (200..300).contains(&s))
-}
+use crate::upstream::Outcome;
 
 /// A stable id per line, so a finalization that is redone after a crash writes the same file.
 fn line_id(batch_id: &str, line: i32) -> String {
@@ -17,30 +11,68 @@ fn line_id(batch_id: &str, line: i32) -> String {
     format!("batch_req_{}", hex::encode(&digest[..16]))
 }
 
-pub fn render(batch_id: &str, r: &LineResult) -> String {
-    let response = r.status_code.map(|status| {
-        json!({
-            "status_code": status,
-            "request_id": r.request_id,
-            "body": r.response.clone().unwrap_or(Value::Null),
-        })
-    });
-    let error = match (&r.error_code, &response) {
-        (Some(code), _) => json!({"code": code, "message": r.error_message}),
-        (None, Some(_)) => Value::Null,
-        (None, None) => {
-            json!({"code": "internal_error", "message": "The request produced no result."})
+/// The output- or error-file line (without its newline) for an executed line. Successes go to
+/// the output file; upstream errors and lines that never got a response to the error file.
+pub fn render(batch_id: &str, line: i32, custom_id: &str, outcome: &Outcome) -> String {
+    let (response, error) = match outcome {
+        Outcome::Response {
+            status,
+            request_id,
+            body,
+        } => (
+            json!({"status_code": status, "request_id": request_id, "body": body}),
+            Value::Null,
+        ),
+        Outcome::Failure { code, message } => {
+            (Value::Null, json!({"code": code, "message": message}))
         }
     };
-    let mut line = json!({
-        "id": line_id(batch_id, r.line),
-        "custom_id": r.custom_id,
+    json!({
+        "id": line_id(batch_id, line),
+        "custom_id": custom_id,
         "response": response,
         "error": error,
     })
-    .to_string();
-    line.push('\n');
-    line
+    .to_string()
+}
+
+/// One finished line inside a stored result group: `"<line>\t<o|e>\t<file line>\n"`, `o` when
+/// it belongs in the output file. Rendered JSON never holds a raw newline or tab before its
+/// first character, so the fields split unambiguously.
+pub fn encode(group: &mut String, line: i32, success: bool, file_line: &str) {
+    use std::fmt::Write;
+    let kind = if success { 'o' } else { 'e' };
+    let _ = writeln!(group, "{line}\t{kind}\t{file_line}");
+}
+
+/// A line decoded from a stored result group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub line: i32,
+    pub success: bool,
+    pub file_line: &'a str,
+}
+
+/// The lines of a stored result group; a malformed entry (which only a bug could write) is an
+/// error, not a silently dropped line.
+pub fn decode(group: &str) -> impl Iterator<Item = anyhow::Result<Stored<'_>>> {
+    group.lines().map(|entry| {
+        let mut fields = entry.splitn(3, '\t');
+        let (Some(line), Some(kind), Some(file_line)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            anyhow::bail!("malformed result entry");
+        };
+        Ok(Stored {
+            line: line.parse()?,
+            success: match kind {
+                "o" => true,
+                "e" => false,
+                other => anyhow::bail!("malformed result kind {other:?}"),
+            },
+            file_line,
+        })
+    })
 }
 
 /// Token usage summed over successful responses; both the chat/completions names
@@ -76,6 +108,37 @@ impl Usage {
             .unwrap_or(input + output);
     }
 
+    /// Input, cached, output, reasoning and total tokens, as the chunks store them.
+    pub fn to_array(self) -> [i64; 5] {
+        [
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.total_tokens,
+        ]
+    }
+
+    pub fn from_array([input, cached, output, reasoning, total]: [i64; 5]) -> Self {
+        Self {
+            input_tokens: input,
+            cached_tokens: cached,
+            output_tokens: output,
+            reasoning_tokens: reasoning,
+            total_tokens: total,
+        }
+    }
+
+    pub fn merge(&mut self, other: Usage) {
+        let sum: Vec<i64> = self
+            .to_array()
+            .iter()
+            .zip(other.to_array())
+            .map(|(a, b)| a + b)
+            .collect();
+        *self = Self::from_array(sum.try_into().expect("five counters"));
+    }
+
     pub fn to_json(self) -> Value {
         json!({
             "input_tokens": self.input_tokens,
@@ -91,43 +154,79 @@ impl Usage {
 mod tests {
     use super::*;
 
-    fn result(status: Option<i32>, error: Option<&str>) -> LineResult {
-        LineResult {
-            line: 3,
-            custom_id: "c".into(),
-            status_code: status,
-            response: status.map(|_| json!({"ok": true})),
+    fn response(status: u16) -> Outcome {
+        Outcome::Response {
+            status,
             request_id: Some("req_1".into()),
-            error_code: error.map(str::to_owned),
-            error_message: error.map(|_| "went wrong".to_owned()),
+            body: json!({"ok": true}),
         }
     }
 
     #[test]
     fn success_lines_carry_the_response_body_as_an_object() {
-        let r = result(Some(200), None);
-        assert!(is_success(&r));
-        let v: Value = serde_json::from_str(&render("batch_x", &r)).unwrap();
+        let r = response(200);
+        assert!(r.is_success());
+        let v: Value = serde_json::from_str(&render("batch_x", 3, "c", &r)).unwrap();
         assert_eq!(v["custom_id"], "c");
         assert_eq!(v["response"]["status_code"], 200);
+        assert_eq!(v["response"]["request_id"], "req_1");
         assert_eq!(v["response"]["body"], json!({"ok": true}));
         assert_eq!(v["error"], Value::Null);
         assert!(v["id"].as_str().unwrap().starts_with("batch_req_"));
-        assert_eq!(render("batch_x", &r), render("batch_x", &r), "stable ids");
+        assert_eq!(
+            render("batch_x", 3, "c", &r),
+            render("batch_x", 3, "c", &r),
+            "stable ids"
+        );
+        assert_ne!(render("batch_x", 3, "c", &r), render("batch_x", 4, "c", &r));
     }
 
     #[test]
     fn failures_without_a_response_carry_an_error() {
-        let r = result(None, Some("batch_expired"));
-        assert!(!is_success(&r));
-        let v: Value = serde_json::from_str(&render("b", &r)).unwrap();
+        let f = Outcome::Failure {
+            code: "batch_expired",
+            message: "late".into(),
+        };
+        assert!(!f.is_success());
+        let v: Value = serde_json::from_str(&render("b", 1, "c", &f)).unwrap();
         assert_eq!(v["response"], Value::Null);
         assert_eq!(v["error"]["code"], "batch_expired");
-        let upstream_404 = result(Some(404), None);
-        assert!(!is_success(&upstream_404));
-        let v: Value = serde_json::from_str(&render("b", &upstream_404)).unwrap();
+        let upstream_404 = response(404);
+        assert!(!upstream_404.is_success());
+        let v: Value = serde_json::from_str(&render("b", 1, "c", &upstream_404)).unwrap();
         assert_eq!(v["response"]["status_code"], 404);
         assert_eq!(v["error"], Value::Null);
+    }
+
+    #[test]
+    fn groups_round_trip_even_with_tabs_and_newlines_in_the_content() {
+        let tricky = Outcome::Failure {
+            code: "x",
+            message: "a\tb\nc".into(),
+        };
+        let mut group = String::new();
+        let a = render("b", 7, "id\twith tab", &tricky);
+        let b = render("b", 2, "plain", &response(200));
+        encode(&mut group, 7, false, &a);
+        encode(&mut group, 2, true, &b);
+        let decoded: Vec<Stored> = decode(&group).map(Result::unwrap).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                Stored {
+                    line: 7,
+                    success: false,
+                    file_line: &a
+                },
+                Stored {
+                    line: 2,
+                    success: true,
+                    file_line: &b
+                },
+            ]
+        );
+        assert!(decode("nonsense").next().unwrap().is_err());
+        assert!(decode("1\tx\t{}").next().unwrap().is_err());
     }
 
     #[test]
@@ -140,15 +239,17 @@ mod tests {
         u.add(&json!({"usage": {"input_tokens": 10, "output_tokens": 5,
                                 "output_tokens_details": {"reasoning_tokens": 2}}}));
         u.add(&json!({"data": []}));
-        assert_eq!(
-            u,
-            Usage {
-                input_tokens: 13,
-                cached_tokens: 1,
-                output_tokens: 9,
-                reasoning_tokens: 2,
-                total_tokens: 22
-            }
-        );
+        let expected = Usage {
+            input_tokens: 13,
+            cached_tokens: 1,
+            output_tokens: 9,
+            reasoning_tokens: 2,
+            total_tokens: 22,
+        };
+        assert_eq!(u, expected);
+        assert_eq!(Usage::from_array(u.to_array()), u);
+        let mut twice = u;
+        twice.merge(u);
+        assert_eq!(twice.total_tokens, 44);
     }
 }

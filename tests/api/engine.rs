@@ -249,7 +249,7 @@ async fn invalid_input_files_fail_validation_with_openai_codes() {
     let batch = app.wait_for(b["id"].as_str().unwrap(), &["failed"]).await;
     assert_eq!(batch["errors"]["data"][0]["param"], "input_file_id");
 
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_requests")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_chunks")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -361,7 +361,7 @@ async fn cancel_mid_run_keeps_finished_lines_and_accounts_for_the_rest() {
     let upstream = FakeUpstream::start(&["--latency-ms", "100"]);
     let app = spawn_engine(&upstream, |s| {
         s.worker.max_in_flight = 2;
-        s.worker.claim_size = 2;
+        s.worker.chunk_lines = 2;
     })
     .await;
     let lines: Vec<Value> = (0..300)
@@ -406,7 +406,7 @@ async fn a_batch_past_its_window_expires_with_partial_results() {
     let app = spawn_engine(&upstream, |s| {
         s.batches.expiry_override_secs = Some(3);
         s.worker.max_in_flight = 1;
-        s.worker.claim_size = 1;
+        s.worker.chunk_lines = 1;
     })
     .await;
     let lines: Vec<Value> = (0..200)

@@ -535,7 +535,7 @@ def test_a_batch_cancelled_through_another_replica_ends_cancelled_with_every_lin
 ):
     upstream = start_upstream(100)
     database = server_pool.new_database()
-    settings = {"WORKER__MAX_IN_FLIGHT": 2, "WORKER__CLAIM_SIZE": 2}
+    settings = {"WORKER__MAX_IN_FLIGHT": 2, "WORKER__CHUNK_LINES": 2}
     server_a = start_executing_server(server_pool, upstream, database, **settings)
     server_b = start_executing_server(server_pool, upstream, database, **settings)
     p = tag("cancel")
@@ -605,7 +605,7 @@ def test_a_batch_not_done_within_its_window_expires_with_partial_results(
         upstream,
         BATCHES__EXPIRY_OVERRIDE_SECS=3,
         WORKER__MAX_IN_FLIGHT=1,
-        WORKER__CLAIM_SIZE=1,
+        WORKER__CHUNK_LINES=1,
     )
     p = tag("expire")
     count = 100

@@ -1,0 +1,424 @@
+//! The work of running batches: chunks of consecutive input lines, claimed by any replica under
+//! a lease and a fencing token, and the groups of results written back for them. PostgreSQL
+//! does a constant amount of work per chunk and per flush, never per line.
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::BatchId;
+
+/// Lines are addressed by byte position in a file's content: (part index, offset in that part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub part: i32,
+    pub offset: i32,
+}
+
+/// A chunk found by validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChunk {
+    pub start: Position,
+    /// Exclusive.
+    pub end: Position,
+    pub first_line: i32,
+    pub line_count: i32,
+}
+
+/// Queues a validated batch's chunks, all read from `file_id`.
+#[tracing::instrument(skip_all, name = "db.chunks.insert")]
+pub async fn insert(
+    conn: &mut PgConnection,
+    batch: &BatchId,
+    file_id: &str,
+    chunks: &[NewChunk],
+) -> Result<(), sqlx::Error> {
+    let mut cols: [Vec<i32>; 6] = Default::default();
+    for c in chunks {
+        for (col, v) in cols.iter_mut().zip([
+            c.start.part,
+            c.start.offset,
+            c.end.part,
+            c.end.offset,
+            c.first_line,
+            c.line_count,
+        ]) {
+            col.push(v);
+        }
+    }
+    let [sp, so, ep, eo, first, count] = cols;
+    sqlx::query(
+        "INSERT INTO batch_chunks (batch_id, idx, project_id, batch_seq, file_id, start_part,
+                                   start_offset, end_part, end_offset, first_line, line_count)
+         SELECT b.id, c.ord - 1, b.project_id, b.seq, $2, c.sp, c.so, c.ep, c.eo, c.first, c.n
+         FROM batches b,
+              UNNEST($3::int[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[])
+                  WITH ORDINALITY AS c(sp, so, ep, eo, first, n, ord)
+         WHERE b.id = $1",
+    )
+    .bind(batch)
+    .bind(file_id)
+    .bind(sp)
+    .bind(so)
+    .bind(ep)
+    .bind(eo)
+    .bind(first)
+    .bind(count)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedChunk {
+    pub batch_id: BatchId,
+    pub idx: i32,
+    /// The fencing token every write of this claim must carry.
+    pub attempt: i32,
+    pub file_id: String,
+    pub start_part: i32,
+    pub start_offset: i32,
+    pub end_part: i32,
+    pub end_offset: i32,
+    pub first_line: i32,
+    pub line_count: i32,
+    pub endpoint: String,
+    /// The `traceparent` of the request that created the batch.
+    pub trace_context: Option<String>,
+}
+
+impl ClaimedChunk {
+    pub fn start(&self) -> Position {
+        Position {
+            part: self.start_part,
+            offset: self.start_offset,
+        }
+    }
+
+    pub fn end(&self) -> Position {
+        Position {
+            part: self.end_part,
+            offset: self.end_offset,
+        }
+    }
+}
+
+/// Claims the next pending chunk: from the project served longest ago (round robin across
+/// projects), its oldest batch first, in line order. `SKIP LOCKED` lets replicas claim side by
+/// side; the claim bumps the chunk's fencing token.
+// Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
+#[tracing::instrument(level = "debug", skip_all, name = "db.chunks.claim")]
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease_secs: u64,
+) -> Result<Option<ClaimedChunk>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH pick AS (
+            SELECT c.batch_id, c.idx, c.project_id
+            FROM batch_chunks c
+            JOIN projects p ON p.id = c.project_id
+            JOIN batches b ON b.id = c.batch_id
+            WHERE c.state = 'pending' AND b.status = 'in_progress' AND b.expires_at > unix_now()
+            ORDER BY p.served_at NULLS FIRST, c.batch_seq, c.idx
+            LIMIT 1
+            FOR UPDATE OF c SKIP LOCKED
+        ), served AS (
+            UPDATE projects SET served_at = clock_timestamp()
+            WHERE id = (SELECT project_id FROM pick)
+        )
+        UPDATE batch_chunks c
+        SET state = 'running', attempt = c.attempt + 1, lease_owner = $1,
+            lease_until = now() + make_interval(secs => $2)
+        FROM pick, batches b
+        WHERE c.batch_id = pick.batch_id AND c.idx = pick.idx AND b.id = c.batch_id
+        RETURNING c.batch_id, c.idx, c.attempt, c.file_id, c.start_part, c.start_offset,
+                  c.end_part, c.end_offset, c.first_line, c.line_count, b.endpoint,
+                  b.trace_context",
+    )
+    .bind(owner)
+    .bind(lease_secs as f64)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The result groups already written for a chunk, as stored (see `Group::lines`).
+#[tracing::instrument(skip_all, name = "db.chunks.results")]
+pub async fn results<'c, E>(conn: E, batch: &BatchId, idx: i32) -> Result<Vec<String>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    sqlx::query_scalar(
+        "SELECT lines FROM batch_results WHERE batch_id = $1 AND chunk_idx = $2 ORDER BY seq",
+    )
+    .bind(batch)
+    .bind(idx)
+    .fetch_all(conn)
+    .await
+}
+
+/// The results of one flush for one claimed chunk.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub batch_id: String,
+    pub idx: i32,
+    pub attempt: i32,
+    pub completed: i32,
+    pub failed: i32,
+    /// Each finished line as `"<line>\t<o|e>\t<file line JSON>\n"`, `o` for the output file.
+    pub lines: String,
+    /// Token usage of the successful lines: input, cached, output, reasoning, total.
+    pub usage: [i64; 5],
+}
+
+/// What became of a group.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Flushed {
+    pub batch_id: String,
+    pub idx: i32,
+    /// The chunk has a result for every line now.
+    pub done: bool,
+}
+
+/// Writes result groups and the chunks' live counters in one statement. A group whose claim is
+/// no longer current (lapsed and taken over, or closed by a cancellation or expiry) is not
+/// written and is missing from the answer.
+#[tracing::instrument(skip_all, name = "db.chunks.flush")]
+pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(groups.len());
+    let mut ints: [Vec<i32>; 4] = Default::default();
+    let mut usage: [Vec<i64>; 5] = Default::default();
+    let mut lines = Vec::with_capacity(groups.len());
+    for g in groups {
+        ids.push(g.batch_id.as_str());
+        for (col, v) in ints
+            .iter_mut()
+            .zip([g.idx, g.attempt, g.completed, g.failed])
+        {
+            col.push(v);
+        }
+        for (col, v) in usage.iter_mut().zip(g.usage) {
+            col.push(v);
+        }
+        lines.push(g.lines.as_str());
+    }
+    let [idx, attempt, completed, failed] = ints;
+    let [it, ct, ot, rt, tt] = usage;
+    sqlx::query_as(
+        "WITH g AS (
+            SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
+                                 $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
+                AS g(batch_id, idx, attempt, completed, failed, lines, it, ct, ot, rt, tt)
+        ), upd AS (
+            UPDATE batch_chunks c
+            SET completed = c.completed + g.completed, failed = c.failed + g.failed,
+                input_tokens = c.input_tokens + g.it, cached_tokens = c.cached_tokens + g.ct,
+                output_tokens = c.output_tokens + g.ot,
+                reasoning_tokens = c.reasoning_tokens + g.rt,
+                total_tokens = c.total_tokens + g.tt,
+                state = CASE WHEN c.completed + c.failed + g.completed + g.failed >= c.line_count
+                             THEN 'done' ELSE c.state END,
+                lease_owner = CASE WHEN c.completed + c.failed + g.completed + g.failed >= c.line_count
+                                   THEN NULL ELSE c.lease_owner END
+            FROM g
+            WHERE c.batch_id = g.batch_id AND c.idx = g.idx AND c.attempt = g.attempt
+              AND c.state = 'running'
+            RETURNING c.batch_id, c.idx, c.state = 'done' AS done, g.lines
+        ), ins AS (
+            INSERT INTO batch_results (batch_id, chunk_idx, lines)
+            SELECT batch_id, idx, lines FROM upd WHERE lines <> ''
+        )
+        SELECT batch_id, idx, done FROM upd",
+    )
+    .bind(ids)
+    .bind(idx)
+    .bind(attempt)
+    .bind(completed)
+    .bind(failed)
+    .bind(lines)
+    .bind(it)
+    .bind(ct)
+    .bind(ot)
+    .bind(rt)
+    .bind(tt)
+    .fetch_all(pool)
+    .await
+}
+
+/// A chunk this replica is executing.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub batch_id: String,
+    pub idx: i32,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Renewed {
+    pub batch_id: String,
+    pub idx: i32,
+    /// The batch still runs; false once it is being cancelled (finish what is in flight, start
+    /// nothing new).
+    pub live: bool,
+}
+
+/// Extends the leases of exactly the chunks this replica is executing, under their tokens.
+/// A chunk missing from the answer was taken over or closed: its work must stop.
+// Runs every few seconds on every replica: traced only at debug level.
+#[tracing::instrument(level = "debug", skip_all, name = "db.chunks.renew")]
+pub async fn renew(
+    pool: &PgPool,
+    held: &[Held],
+    lease_secs: u64,
+) -> Result<Vec<Renewed>, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = held.iter().map(|h| h.batch_id.as_str()).collect();
+    let idx: Vec<i32> = held.iter().map(|h| h.idx).collect();
+    let attempt: Vec<i32> = held.iter().map(|h| h.attempt).collect();
+    sqlx::query_as(
+        "UPDATE batch_chunks c SET lease_until = now() + make_interval(secs => $4)
+         FROM UNNEST($1::text[], $2::int[], $3::int[]) AS h(batch_id, idx, attempt), batches b
+         WHERE c.batch_id = h.batch_id AND c.idx = h.idx AND c.attempt = h.attempt
+           AND c.state = 'running' AND b.id = c.batch_id
+         RETURNING c.batch_id, c.idx, b.status = 'in_progress' AS live",
+    )
+    .bind(ids)
+    .bind(idx)
+    .bind(attempt)
+    .bind(lease_secs as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Hands this replica's unfinished chunks back at shutdown; their finished lines stay written.
+#[tracing::instrument(skip_all, name = "db.chunks.release")]
+pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
+         WHERE lease_owner = $1 AND state = 'running'",
+    )
+    .bind(owner)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Hands one chunk back (nothing more of it will run here), if the claim is still ours.
+#[tracing::instrument(skip_all, name = "db.chunks.release_one")]
+pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
+    )
+    .bind(&held.batch_id)
+    .bind(held.idx)
+    .bind(held.attempt)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Puts chunks whose claim lapsed (their replica died or hung) back in the queue.
+#[tracing::instrument(level = "debug", skip_all, name = "db.chunks.requeue_lapsed")]
+pub async fn requeue_lapsed(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
+         WHERE state = 'running' AND lease_until < now()",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Chunks of a batch being executed under a live claim.
+#[tracing::instrument(skip_all, name = "db.chunks.running")]
+pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM batch_chunks
+         WHERE batch_id = $1 AND state = 'running' AND lease_until >= now()",
+    )
+    .bind(batch)
+    .fetch_one(pool)
+    .await
+}
+
+/// Closes every open chunk of a batch (cancellation, expiry): bumping the token fences out any
+/// replica still executing one, so nothing more is written. A short statement of its own, so
+/// no lock is held while the files are written.
+#[tracing::instrument(skip_all, name = "db.chunks.close_open")]
+pub async fn close_open(pool: &PgPool, batch: &BatchId) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_chunks SET state = 'done', attempt = attempt + 1, lease_owner = NULL,
+                                 lease_until = NULL
+         WHERE batch_id = $1 AND state <> 'done'",
+    )
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// A chunk as finalization sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChunkSummary {
+    pub idx: i32,
+    pub file_id: String,
+    pub start_part: i32,
+    pub start_offset: i32,
+    pub end_part: i32,
+    pub end_offset: i32,
+    pub first_line: i32,
+    pub line_count: i32,
+    pub completed: i32,
+    pub failed: i32,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub total_tokens: i64,
+}
+
+/// A batch's chunks in order, a page at a time (keyset on `idx`).
+#[tracing::instrument(skip_all, name = "db.chunks.page")]
+pub async fn page(
+    conn: &mut PgConnection,
+    batch: &BatchId,
+    after_idx: i32,
+    limit: i64,
+) -> Result<Vec<ChunkSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT idx, file_id, start_part, start_offset, end_part, end_offset, first_line,
+                line_count, completed, failed, input_tokens, cached_tokens, output_tokens,
+                reasoning_tokens, total_tokens
+         FROM batch_chunks WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3",
+    )
+    .bind(batch)
+    .bind(after_idx)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Drops a batch's work rows, in the transaction that writes its files.
+#[tracing::instrument(skip_all, name = "db.chunks.delete_work")]
+pub async fn delete_work(conn: &mut PgConnection, batch: &BatchId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM batch_results WHERE batch_id = $1")
+        .bind(batch)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM batch_chunks WHERE batch_id = $1")
+        .bind(batch)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Lines not yet finished, by chunk state (`pending`, `running`), for the metrics.
+pub async fn queue_depth(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state, sum(line_count - completed - failed)::int8 FROM batch_chunks
+         WHERE state <> 'done' GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await
+}
