@@ -98,10 +98,11 @@ SELECT file_id, chunk, string_agg(raw, ''::bytea ORDER BY line)
 FROM legacy_lines GROUP BY file_id, chunk;
 
 INSERT INTO batch_chunks (batch_id, idx, project_id, batch_seq, file_id, start_part, start_offset,
-                          end_part, end_offset, first_line, line_count, state, completed, failed,
+                          end_part, end_offset, first_line, line_count, state, attempt, completed, failed,
                           input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens)
 SELECT batch_id, chunk, project_id, batch_seq, file_id, chunk, 0, chunk, sum(octet_length(raw)),
-       min(line), count(*), CASE WHEN bool_and(done) THEN 'done' ELSE 'pending' END,
+       -- attempt 1: as if claimed once, so the next claim reads which lines are done already
+       min(line), count(*), CASE WHEN bool_and(done) THEN 'done' ELSE 'pending' END, 1,
        count(*) FILTER (WHERE done AND ok), count(*) FILTER (WHERE done AND NOT ok),
        coalesce(sum(u.input) FILTER (WHERE ok), 0),
        coalesce(sum(pg_temp.tokens(coalesce(usage #> '{input_tokens_details,cached_tokens}',

@@ -70,6 +70,7 @@ pub async fn insert(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedChunk {
     pub batch_id: BatchId,
+    pub project_id: String,
     pub idx: i32,
     /// The fencing token every write of this claim must carry.
     pub attempt: i32,
@@ -103,13 +104,15 @@ impl ClaimedChunk {
 
 /// Claims the next pending chunk: from the project served longest ago (round robin across
 /// projects), its oldest batch first, in line order. `SKIP LOCKED` lets replicas claim side by
-/// side; the claim bumps the chunk's fencing token.
+/// side; the claim bumps the chunk's fencing token. Chunks of the `except` projects are left
+/// alone (a busy replica looks only for other projects' work).
 // Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
 #[tracing::instrument(level = "debug", skip_all, name = "db.chunks.claim")]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     lease_secs: u64,
+    except: &[String],
 ) -> Result<Option<ClaimedChunk>, sqlx::Error> {
     sqlx::query_as(
         "WITH pick AS (
@@ -118,6 +121,7 @@ pub async fn claim(
             JOIN projects p ON p.id = c.project_id
             JOIN batches b ON b.id = c.batch_id
             WHERE c.state = 'pending' AND b.status = 'in_progress' AND b.expires_at > unix_now()
+              AND c.project_id <> ALL($3)
             ORDER BY p.served_at NULLS FIRST, c.batch_seq, c.idx
             LIMIT 1
             FOR UPDATE OF c SKIP LOCKED
@@ -130,12 +134,13 @@ pub async fn claim(
             lease_until = now() + make_interval(secs => $2)
         FROM pick, batches b
         WHERE c.batch_id = pick.batch_id AND c.idx = pick.idx AND b.id = c.batch_id
-        RETURNING c.batch_id, c.idx, c.attempt, c.file_id, c.start_part, c.start_offset,
+        RETURNING c.batch_id, c.project_id, c.idx, c.attempt, c.file_id, c.start_part, c.start_offset,
                   c.end_part, c.end_offset, c.first_line, c.line_count, b.endpoint,
                   b.trace_context",
     )
     .bind(owner)
     .bind(lease_secs as f64)
+    .bind(except)
     .fetch_optional(pool)
     .await
 }

@@ -26,6 +26,7 @@ const MAX_FLUSH: usize = 256;
 /// A chunk this replica has claimed and is executing.
 pub(super) struct Running {
     pub held: Held,
+    project_id: String,
     endpoint: String,
     trace_context: Option<String>,
     /// False once nothing more of it may start: its batch is being cancelled, or the claim was
@@ -76,10 +77,63 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
     let _ = flusher.await;
 }
 
+/// Lines waiting for a slot, one queue per claimed chunk, served round robin: a chunk claimed
+/// later (another project's) does not wait behind all the lines of an earlier one.
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<VecDeque<Line>>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn push(&mut self, lines: Vec<Line>) {
+        if !lines.is_empty() {
+            self.chunks.push_back(lines.into());
+        }
+    }
+
+    fn next(&mut self) -> Option<Line> {
+        let mut front = self.chunks.pop_front()?;
+        let line = front.pop_front();
+        if !front.is_empty() {
+            self.chunks.push_back(front);
+        }
+        line
+    }
+
+    /// The projects whose lines are waiting here.
+    fn projects(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .chunks
+            .iter()
+            .filter_map(|q| q.front().map(|l| l.chunk.project_id.clone()))
+            .collect();
+        p.dedup();
+        p
+    }
+
+    /// Takes out the waiting lines of chunks that may no longer run, with how many there were.
+    fn drop_stopped(&mut self) -> Vec<(Arc<Running>, usize)> {
+        let mut dropped = Vec::new();
+        self.chunks.retain(|q| match q.front() {
+            Some(l) if !l.chunk.is_live() => {
+                dropped.push((l.chunk.clone(), q.len()));
+                false
+            }
+            _ => true,
+        });
+        dropped
+    }
+}
+
 async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc::Sender<Done>) {
     let slots = Arc::new(Semaphore::new(ctx.settings.max_in_flight));
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
-    let mut queue: VecDeque<Line> = VecDeque::new();
+    let mut queue = Queue::default();
+    let mut last_claim = Instant::now();
     let mut failures = 0_u32;
     loop {
         let slot = tokio::select! {
@@ -89,52 +143,60 @@ async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc:
         if *stop.borrow() {
             return;
         }
-        while let Some(line) = queue.pop_front() {
-            if line.chunk.is_live() {
-                queue.push_front(line);
-                break;
-            }
-            let_go(&ctx, &line.chunk, 1).await;
+        for (chunk, n) in queue.drop_stopped() {
+            let_go(&ctx, &chunk, n).await;
         }
-        if queue.is_empty() {
-            match claim(&ctx).await {
+        // Idle, claim at once; busy, look now and then for another project's work, so that a
+        // small batch never waits for a big one's lines to drain.
+        if queue.is_empty() || last_claim.elapsed() >= poll {
+            last_claim = Instant::now();
+            match claim(&ctx, &queue.projects()).await {
                 Ok(Some(lines)) => {
                     failures = 0;
-                    queue.extend(lines);
-                    drop(slot);
+                    queue.push(lines);
                 }
-                Ok(None) => {
+                Ok(None) if queue.is_empty() => {
                     drop(slot);
                     tokio::select! {
                         _ = tokio::time::sleep(poll) => {}
                         _ = ctx.wake_lines.notified() => {}
                         _ = stop.changed() => return,
                     }
+                    continue;
                 }
+                Ok(None) => {}
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(
                         error = format!("{e:#}"),
                         "claiming a chunk failed; retrying"
                     );
-                    drop(slot);
-                    let backoff = poll * 2_u32.saturating_pow(failures.min(5));
-                    if sleep_or_stop(&mut stop, backoff).await {
-                        return;
+                    if queue.is_empty() {
+                        drop(slot);
+                        let backoff = poll * 2_u32.saturating_pow(failures.min(5));
+                        if sleep_or_stop(&mut stop, backoff).await {
+                            return;
+                        }
+                        continue;
                     }
                 }
             }
-            continue;
         }
-        let line = queue.pop_front().expect("not empty");
-        tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
+        match queue.next() {
+            Some(line) => {
+                tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
+            }
+            // A claimed chunk whose lines all had results already.
+            None => drop(slot),
+        }
     }
 }
 
 /// Claims a chunk and reads its lines, skipping those that already have a result (a chunk
 /// taken over from a replica that died keeps what that replica stored).
-async fn claim(ctx: &Arc<Ctx>) -> anyhow::Result<Option<Vec<Line>>> {
-    let Some(c) = chunks::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await? else {
+async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<Option<Vec<Line>>> {
+    let Some(c) = chunks::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs, except).await?
+    else {
         return Ok(None);
     };
     if c.attempt > 1 {
@@ -146,6 +208,7 @@ async fn claim(ctx: &Arc<Ctx>) -> anyhow::Result<Option<Vec<Line>>> {
             idx: c.idx,
             attempt: c.attempt,
         },
+        project_id: c.project_id.clone(),
         endpoint: c.endpoint.clone(),
         trace_context: c.trace_context.clone(),
         live: AtomicBool::new(true),

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    batch_body, expect_error, fresh_database_url, openbatch_command, spawn_app_with, TestApp,
+    batch_body, expect_error, openbatch_command, spawn_app_with, TestApp, TestDb,
 };
 use openbatch::domain::ApiKey;
 use openbatch::store::keys;
@@ -295,7 +295,8 @@ async fn a_project_may_hold_only_so_many_unfinished_batches() {
 
 #[test]
 fn the_keys_cli_prints_a_key_once_and_can_list_and_revoke_it() {
-    let url = fresh_database_url();
+    let db = TestDb::new();
+    let url = db.url.clone();
     let run = |args: &[&str]| {
         let out = openbatch_command(&url)
             .args(args)

@@ -8,9 +8,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::cluster::Cluster;
-use crate::helpers::{
-    chat_line, fresh_database_url, start_replicas_with, to_jsonl, FakeUpstream, TestApp,
-};
+use crate::helpers::{chat_line, start_replicas_with, to_jsonl, FakeUpstream, TestApp, TestDb};
 
 const IN_FLIGHT: usize = 8;
 
@@ -28,6 +26,7 @@ async fn client_for(address: &str, database_url: &str) -> TestApp {
         address: address.to_owned(),
         client: reqwest::Client::new(),
         pool: PgPool::connect(database_url).await.unwrap(),
+        _db: None,
     }
 }
 
@@ -54,7 +53,8 @@ async fn assert_each_line_once(app: &TestApp, batch: &Value, total: usize) {
 async fn a_replica_killed_mid_batch_loses_at_most_its_in_flight_lines() {
     const LINES: usize = 2000;
     let upstream = FakeUpstream::start(&["--latency-ms", "40"]);
-    let url = fresh_database_url();
+    let db = TestDb::new();
+    let url = db.url.clone();
     let env = worker_env(&upstream);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut replicas = start_replicas_with(3, &url, &env).await;
@@ -128,7 +128,8 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
 async fn sigterm_drains_in_flight_lines_and_hands_back_the_rest() {
     const LINES: usize = 400;
     let upstream = FakeUpstream::start(&["--latency-ms", "100"]);
-    let url = fresh_database_url();
+    let db = TestDb::new();
+    let url = db.url.clone();
     let env = worker_env(&upstream);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut replicas = start_replicas_with(2, &url, &env).await;

@@ -14,12 +14,49 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// A URL naming a database that does not exist yet; the server creates it.
-pub fn fresh_database_url() -> String {
-    let base = server_url();
-    let (prefix, _) = base.rsplit_once('/').expect("URL with a database path");
-    let prefix = prefix.split('?').next().unwrap();
-    format!("{prefix}/ob_test_{}", uuid::Uuid::new_v4().simple())
+/// A database that does not exist yet (the server creates it), dropped when this goes out of
+/// scope, also when the test fails. Declare it before the servers using it, so they stop first.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let base = server_url();
+        let (prefix, _) = base.rsplit_once('/').expect("URL with a database path");
+        let prefix = prefix.split('?').next().unwrap();
+        let name = format!("ob_test_{}", uuid::Uuid::new_v4().simple());
+        Self {
+            url: format!("{prefix}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of our own.
+        let (admin, name) = (server_url(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
 }
 
 pub fn settings_for(database_url: &str) -> Settings {
@@ -41,6 +78,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
+    /// The app's own database, when the app made it.
+    pub _db: Option<TestDb>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -48,17 +87,18 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let url = fresh_database_url();
-    let mut settings = settings_for(&url);
+    let db = TestDb::new();
+    let mut settings = settings_for(&db.url);
     tweak(&mut settings);
     let app = Application::build(&settings).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    let pool = PgPool::connect(&url).await.expect("test pool");
+    let pool = PgPool::connect(&db.url).await.expect("test pool");
     TestApp {
         address,
         client: reqwest::Client::new(),
         pool,
+        _db: Some(db),
     }
 }
 

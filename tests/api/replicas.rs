@@ -6,13 +6,14 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{fresh_database_url, start_replicas};
+use crate::helpers::{start_replicas, TestDb};
 
 const REQUESTS: usize = 60;
 
 #[tokio::test]
 async fn concurrent_idempotent_creates_across_three_replicas_make_one_batch() {
-    let url = fresh_database_url();
+    let db = TestDb::new();
+    let url = db.url.clone();
     // Three processes starting together also race to create and migrate the database.
     let replicas = start_replicas(3, &url).await;
     let client = reqwest::Client::builder()

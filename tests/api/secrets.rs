@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{
-    chat_line, fresh_database_url, openbatch_command, to_jsonl, FakeUpstream, TestApp,
-};
+use crate::helpers::{chat_line, openbatch_command, to_jsonl, FakeUpstream, TestApp, TestDb};
 
 #[tokio::test]
 async fn no_secret_appears_in_the_logs() {
@@ -16,7 +14,10 @@ async fn no_secret_appears_in_the_logs() {
     const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
     let upstream = FakeUpstream::start(&[]);
     // The local server trusts every login, so the password is carried but never checked.
-    let url = fresh_database_url().replace("postgres@", &format!("postgres:{DB_PASSWORD}@"));
+    let db = TestDb::new();
+    let url = db
+        .url
+        .replace("postgres@", &format!("postgres:{DB_PASSWORD}@"));
     let log_path =
         std::env::temp_dir().join(format!("ob-secrets-{}.log", uuid::Uuid::new_v4().simple()));
 
@@ -57,6 +58,7 @@ async fn no_secret_appears_in_the_logs() {
             .build()
             .unwrap(),
         pool: sqlx::PgPool::connect(&url).await.unwrap(),
+        _db: None,
     };
     for _ in 0..600 {
         if app

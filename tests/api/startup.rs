@@ -43,7 +43,8 @@ fn a_bad_setting_fails_fast_naming_it() {
 
 #[test]
 fn migrate_creates_and_migrates_a_missing_database_twice_over() {
-    let url = crate::helpers::fresh_database_url();
+    let db = crate::helpers::TestDb::new();
+    let url = db.url.clone();
     for _ in 0..2 {
         let (ok, stderr) = run_and_capture(openbatch_command(&url).arg("migrate"));
         assert!(ok, "{stderr}");
