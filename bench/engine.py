@@ -3,7 +3,8 @@
 
     engine.py gen    --lines N --out PATH [--line-bytes B]
     engine.py run    --label L --input PATH --ports P1,P2,.. --pids PID1,PID2,.. --fake URL --out JSON
-    engine.py report --latency-ms MS --in-flight N SMALL.json [BIG.json]
+    engine.py latency --ports P1,.. --count N --latency-ms MS --out JSON
+    engine.py report --latency-ms MS --in-flight N [--one-line JSON] [--ceiling JSON --wrk TXT] RUN.json...
 
 `run` drives one batch through the replicas (upload to the first one, create, poll until the
 batch ends, download and check the output) while a thread samples every replica's memory from
@@ -93,6 +94,19 @@ def curl(args):
         die(f"curl {' '.join(args)} failed: {out.stderr.strip()}")
     code, secs = out.stdout.strip().split()[-2:]
     return int(code), float(secs)
+
+
+def psql(a, sql):
+    out = subprocess.run([a.psql, a.db_url, "-XAtqc", sql], capture_output=True, text=True)
+    if out.returncode != 0:
+        die(f"psql failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def db_size(a):
+    """The database's size after a plain VACUUM (what an operator's autovacuum would leave)."""
+    psql(a, "VACUUM")
+    return int(psql(a, "SELECT pg_database_size(current_database())"))
 
 
 # --- memory sampling ----------------------------------------------------------------------------
@@ -367,8 +381,72 @@ def cmd_run(a):
     res["rss_hwm_kib"] = hwm
     res["rss_end_kib"] = sampler.peaks["end"]
     res["rss_phase_peak_kib"] = {p: sampler.peaks[p] for p in sampler.order if p != "end"}
+    if a.delete_files:
+        for fid in (file_obj["id"], out_id, res["error_file_id"]):
+            if fid:
+                code, body = http_json("DELETE", f"{api}/files/{fid}")
+                if code != 200:
+                    die(f"DELETE file answered {code}: {str(body)[:300]}")
+        res["db_bytes_after_delete"] = db_size(a)
+        left = psql(a, "SELECT (SELECT count(*) FROM batch_chunks) + (SELECT count(*) FROM batch_results)")
+        res["work_rows_left"] = int(left)
     json.dump(res, open(a.out, "w"), indent=1)
     log(f"{a.label}: done in {res['wall_s']:.1f}s")
+
+
+# --- one-line batches ----------------------------------------------------------------------------
+
+def cmd_latency(a):
+    ports = [int(p) for p in a.ports.split(",")]
+    times = []
+    for i in range(a.count):
+        api = f"http://127.0.0.1:{ports[i % len(ports)]}/v1"
+        line = json.dumps({"custom_id": f"one-{i}", "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}],
+                                    "fake": {"latency_ms": a.latency_ms}}})
+        path = f"{a.out}.{i}.jsonl"
+        with open(path, "w") as f:
+            f.write(line + "\n")
+        code, _ = curl(["-o", path + ".resp", "-F", "purpose=batch", "-F", f"file=@{path}", f"{api}/files"])
+        if code != 200:
+            die(f"upload answered {code}")
+        fid = json.load(open(path + ".resp"))["id"]
+        t0 = time.monotonic()
+        code, batch = http_json("POST", f"{api}/batches", {
+            "input_file_id": fid, "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        if code != 200:
+            die(f"create answered {code}: {batch}")
+        while batch["status"] != "completed":
+            if batch["status"] in ("failed", "expired", "cancelled"):
+                die(f"one-line batch ended {batch['status']}")
+            if time.monotonic() - t0 > 30:
+                die("one-line batch not completed after 30 s")
+            time.sleep(0.005)
+            code, batch = http_json("GET", f"{api}/batches/{batch['id']}")
+        times.append(time.monotonic() - t0)
+        os.unlink(path)
+        os.unlink(path + ".resp")
+    json.dump({"latency_ms": a.latency_ms, "seconds": times}, open(a.out, "w"))
+    log(f"one-line batches: median {1000 * sorted(times)[len(times) // 2]:.0f} ms")
+
+
+def cpu_ms_per_line(r):
+    """PostgreSQL (bench database) and replica CPU, ms per line, from create to completed."""
+    pg = rep = 0.0
+    for phase in ("validating", "executing", "finalizing"):
+        c = r["cpu"].get(phase)
+        if c:
+            pg += c["pg_bench_db_cores"] * c["secs"]
+            rep += sum(c["replica_cores"]) * c["secs"]
+    return 1000 * pg / r["lines"], 1000 * rep / r["lines"]
+
+
+def wrk_rps(path):
+    import re
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", open(path).read())
+    if not m:
+        die(f"no Requests/sec in {path}")
+    return float(m[1])
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -384,6 +462,30 @@ def per_replica(kibs):
 def cmd_report(a):
     runs = [json.load(open(p)) for p in a.results]
     s = runs[0]
+    ceiling = json.load(open(a.ceiling)) if a.ceiling else None
+    if a.one_line:
+        t = sorted(json.load(open(a.one_line))["seconds"])
+        print()
+        print(f"--- one-line batches against a 5 ms upstream, create -> completed ({len(t)} batches, polled every 5 ms) ---")
+        print(f"median {1000 * t[len(t) // 2]:.0f} ms, p90 {1000 * t[int(len(t) * 0.9)]:.0f} ms, "
+              f"min {1000 * t[0]:.0f} ms, max {1000 * t[-1]:.0f} ms")
+    if ceiling:
+        alone = wrk_rps(a.wrk)
+        rate = ceiling["lines"] / ceiling["wall_s"]
+        pg_ms, rep_ms = cpu_ms_per_line(ceiling)
+        print()
+        print(f"--- ceiling: CPU-bound upstream, {ceiling['lines']} lines on {ceiling['replicas']} replicas ---")
+        print(f"upstream alone (wrk, 64 connections, 10 s): {alone:8.0f} req/s")
+        print(f"batch, create -> completed                : {rate:8.0f} lines/s in {ceiling['wall_s']:.1f} s "
+              f"= {100 * rate / alone:.1f} % of the upstream alone")
+        print(f"CPU per line                              : PostgreSQL {pg_ms:.3f} ms, replicas {rep_ms:.3f} ms")
+        c = ceiling["cpu"].get("executing")
+        if c:
+            print(f"CPU while executing: replicas {' + '.join(f'{x:.2f}' for x in c['replica_cores'])},"
+                  f" PostgreSQL {c['pg_bench_db_cores']:.2f}, upstream {c['fake_cores']:.2f},"
+                  f" of {c['machine_cores']:.0f} cores ({c['machine_busy_cores']:.2f} busy)")
+        if ceiling["upstream_total"] != ceiling["lines"]:
+            print(f"ENGINE BENCH: {ceiling['upstream_total']} executions for {ceiling['lines']} lines", file=sys.stderr)
     lat = a.latency_ms / 1000
     nrep = s["replicas"]
     problems = []
@@ -420,6 +522,13 @@ def cmd_report(a):
                   f" PostgreSQL (bench db) {c['pg_bench_db_cores']:.2f}, PostgreSQL (other) {c['pg_other_cores']:.2f},"
                   f" fake upstream {c['fake_cores']:.2f}, this client {c['client_cores']:.2f},"
                   f" other processes {c['other_cores']:.2f}, processes that exited meanwhile {gone:.2f}")
+        pg_ms, rep_ms = cpu_ms_per_line(r)
+        print(f"CPU per line, create->completed: PostgreSQL {pg_ms:.3f} ms, replicas {rep_ms:.3f} ms (all three)")
+        if "db_bytes_after_delete" in r:
+            before, after = r["db_bytes_before"], r["db_bytes_after_delete"]
+            print(f"database size (after VACUUM)  : {before / MIB:.1f} MiB before the upload, {after / MIB:.1f} MiB "
+                  f"after the batch's files were deleted ({100 * (after - before) / before:+.1f} %); "
+                  f"work rows left: {r['work_rows_left']}")
         print(f"upstream executions (/stats)  : {r['upstream_total']}")
         print(f"request_counts                : total={rc.get('total')} completed={rc.get('completed')} "
               f"failed={rc.get('failed')}")
@@ -466,8 +575,16 @@ def main():
     g.add_argument("--lines", type=int, required=True)
     g.add_argument("--out", required=True)
     g.add_argument("--line-bytes", type=int, default=0)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--ports", required=True)
+    lt.add_argument("--count", type=int, default=30)
+    lt.add_argument("--latency-ms", type=int, default=5)
+    lt.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("--label", required=True)
+    r.add_argument("--psql", required=True)
+    r.add_argument("--db-url", required=True)
+    r.add_argument("--delete-files", action="store_true")
     r.add_argument("--input", required=True)
     r.add_argument("--ports", required=True)
     r.add_argument("--pids", required=True)
@@ -481,9 +598,12 @@ def main():
     rep.add_argument("--latency-ms", type=int, required=True)
     rep.add_argument("--in-flight", type=int, required=True)
     rep.add_argument("--poll", type=float, default=0.5)
+    rep.add_argument("--one-line", default="")
+    rep.add_argument("--ceiling", default="")
+    rep.add_argument("--wrk", default="")
     rep.add_argument("results", nargs="+")
     a = p.parse_args()
-    {"gen": cmd_gen, "run": cmd_run, "report": cmd_report}[a.cmd](a)
+    {"gen": cmd_gen, "run": cmd_run, "latency": cmd_latency, "report": cmd_report}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,14 @@
 #
 # Runs 50,000-line batches through 3 `openbatch serve` replicas against the fake upstream
 # (fixed latency) and prints wall time, phase times, efficiency against the ideal
-# lines x latency / (replicas x in-flight), upstream executions, and each replica's peak RSS.
-#   run 1 "small": the 50,000 short lines (~7 MiB)
-#   run 2 "big":   50,000 lines of ~4 KiB each, just under the 200 MiB batch input limit
+# lines x latency / (replicas x in-flight), upstream executions, each replica's peak RSS, and
+# CPU per line of PostgreSQL and of the replicas.
+#   run 1 "small":   the 50,000 short lines (~7 MiB)
+#   run 2 "big":     50,000 lines of ~4 KiB each, just under the 200 MiB batch input limit;
+#                    then its files are deleted and the database size compared (after VACUUM)
+#   run 3 "latency": one-line batches against a 5 ms upstream, create -> completed
+#   run 4 "ceiling": a CPU-bound upstream (fake-upstream --cpu-us) measured alone with wrk at
+#                    64 connections, then a 20,000-line batch through the replicas against it
 # Each run gets freshly started replicas, so their VmHWM (peak RSS) belongs to that run alone.
 #
 # Environment (defaults):
@@ -17,6 +22,8 @@
 #   BENCH_BIG=1             0 skips the ~200 MiB run
 #   BENCH_BIG_BYTES         input size of the big run (default 200 MiB - 64 KiB)
 #   BENCH_POLL=0.5          seconds between GET /v1/batches/{id} polls
+#   BENCH_CEIL_CPU_US=250   fake-upstream --cpu-us for the ceiling run (0 skips the run)
+#   BENCH_CEIL_LINES=20000  lines of the ceiling run
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
@@ -37,6 +44,8 @@ BENCH_REPLICAS=${BENCH_REPLICAS:-3}
 BENCH_BIG=${BENCH_BIG:-1}
 BENCH_BIG_BYTES=${BENCH_BIG_BYTES:-$((200 * 1024 * 1024 - 64 * 1024))}
 BENCH_POLL=${BENCH_POLL:-0.5}
+BENCH_CEIL_CPU_US=${BENCH_CEIL_CPU_US:-250}
+BENCH_CEIL_LINES=${BENCH_CEIL_LINES:-20000}
 
 log() { printf '[engine %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -59,6 +68,7 @@ mkdir -p "$PG_TMP"
 REPLICA_PIDS=()
 PORTS=()
 FAKE_PID=""
+CEIL_PID=""
 BENCH_DB=""
 ADMIN_URL=""
 PSQL=""
@@ -72,10 +82,11 @@ cleanup() {
     local rc=$?
     set +e
     stop_replicas
-    if [ -n "$FAKE_PID" ]; then
-        kill -TERM "$FAKE_PID" 2>/dev/null
-        wait "$FAKE_PID" 2>/dev/null
-    fi
+    for pid in "$FAKE_PID" "$CEIL_PID"; do
+        [ -n "$pid" ] || continue
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if [ -n "$BENCH_DB" ] && [ -n "$PSQL" ]; then
         "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
             "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\"" >/dev/null 2>&1 ||
@@ -93,7 +104,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-command -v curl >/dev/null || die "curl is required"
+command -v curl >/dev/null || apt_install curl
+[ "$BENCH_CEIL_CPU_US" = 0 ] || command -v wrk >/dev/null || apt_install wrk
 command -v python3 >/dev/null || die "python3 is required"
 command -v cargo >/dev/null || die "cargo not found"
 PSQL=$(pg_tool psql) || die "psql not found"
@@ -134,21 +146,28 @@ if [ "$BENCH_BIG" = 1 ]; then
 fi
 
 # --- fake upstream --------------------------------------------------------------------------------
-"$FAKE" --port 0 --latency-ms "$BENCH_LATENCY_MS" >"$WORK/fake.out" 2>"$WORK/fake.err" &
-FAKE_PID=$!
-FAKE_URL=""
-for _ in $(seq 1 100); do
-    if line=$(head -n1 "$WORK/fake.out" 2>/dev/null) && [[ "$line" =~ ^listening\ on\ (http://[0-9.:]+)$ ]]; then
-        FAKE_URL=${BASH_REMATCH[1]}
-        break
-    fi
-    kill -0 "$FAKE_PID" 2>/dev/null || {
-        cat "$WORK/fake.err" >&2
-        die "fake-upstream exited at start"
-    }
-    sleep 0.1
-done
-[ -n "$FAKE_URL" ] || die "fake-upstream printed no 'listening on' line"
+# start_fake OUTFILE ARGS...: starts fake-upstream, sets STARTED_PID and STARTED_URL.
+start_fake() {
+    local out=$1 line
+    shift
+    "$FAKE" --port 0 "$@" >"$out" 2>"$out.err" &
+    STARTED_PID=$!
+    STARTED_URL=""
+    for _ in $(seq 1 100); do
+        if line=$(head -n1 "$out" 2>/dev/null) && [[ "$line" =~ ^listening\ on\ (http://[0-9.:]+)$ ]]; then
+            STARTED_URL=${BASH_REMATCH[1]}
+            return 0
+        fi
+        kill -0 "$STARTED_PID" 2>/dev/null || {
+            cat "$out.err" >&2
+            die "fake-upstream exited at start"
+        }
+        sleep 0.1
+    done
+    die "fake-upstream printed no 'listening on' line"
+}
+start_fake "$WORK/fake.out" --latency-ms "$BENCH_LATENCY_MS"
+FAKE_PID=$STARTED_PID FAKE_URL=$STARTED_URL
 log "fake upstream at $FAKE_URL (latency ${BENCH_LATENCY_MS} ms)"
 
 # --- replicas -------------------------------------------------------------------------------------
@@ -160,16 +179,16 @@ replica_logs() {
     done
 }
 
-# start_replicas RUN: fresh processes, so that VmHWM covers this run only.
+# start_replicas RUN [UPSTREAM_URL]: fresh processes, so that VmHWM covers this run only.
 start_replicas() {
-    local run=$1 i pid port
+    local run=$1 upstream=${2:-$FAKE_URL} i pid port
     PORTS=()
     for i in $(seq 1 "$BENCH_REPLICAS"); do PORTS+=("$(pg_free_port)"); done
     for i in "${!PORTS[@]}"; do
         env OPENBATCH__SERVER__HOST=127.0.0.1 \
             OPENBATCH__SERVER__PORT="${PORTS[$i]}" \
             OPENBATCH__DATABASE__URL="$DB_URL" \
-            OPENBATCH__UPSTREAM__BASE_URL="$FAKE_URL/v1" \
+            OPENBATCH__UPSTREAM__BASE_URL="$upstream/v1" \
             OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
             OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
             RUST_LOG=warn \
@@ -192,15 +211,17 @@ start_replicas() {
     log "$run: $BENCH_REPLICAS replicas ready on ports ${PORTS[*]} (pids ${REPLICA_PIDS[*]})"
 }
 
-# run_batch RUN INPUT
+# run_batch RUN INPUT [FAKE_URL FAKE_PID [ENGINE.PY ARGS...]]
 run_batch() {
-    local run=$1 input=$2
-    start_replicas "$run"
+    local run=$1 input=$2 fake=${3:-$FAKE_URL} fake_pid=${4:-$FAKE_PID}
+    shift $(($# < 4 ? $# : 4))
+    start_replicas "$run" "$fake"
     local ports pids
     ports=$(IFS=,; echo "${PORTS[*]}")
     pids=$(IFS=,; echo "${REPLICA_PIDS[*]}")
     if ! python3 "$ROOT/bench/engine.py" run --label "$run" --input "$input" --ports "$ports" \
-        --pids "$pids" --fake "$FAKE_URL" --fake-pid "$FAKE_PID" --db "$BENCH_DB" --poll "$BENCH_POLL" --out "$WORK/$run.json"; then
+        --pids "$pids" --fake "$fake" --fake-pid "$fake_pid" --db "$BENCH_DB" --poll "$BENCH_POLL" \
+        --psql "$PSQL" --db-url "$DB_URL" --out "$WORK/$run.json" "$@"; then
         replica_logs "$run"
         die "run '$run' failed"
     fi
@@ -216,8 +237,26 @@ START=$(date +%s)
 run_batch small "$WORK/small.jsonl"
 RESULTS=("$WORK/small.json")
 if [ "$BENCH_BIG" = 1 ]; then
-    run_batch big "$WORK/big.jsonl"
+    run_batch big "$WORK/big.jsonl" "$FAKE_URL" "$FAKE_PID" --delete-files
     RESULTS+=("$WORK/big.json")
+fi
+
+# One-line batches: create -> completed, polled every 5 ms.
+start_replicas latency
+python3 "$ROOT/bench/engine.py" latency --ports "$(IFS=,; echo "${PORTS[*]}")" --count 30 \
+    --latency-ms 5 --out "$WORK/latency.json" || die "latency run failed"
+stop_replicas
+
+CEIL_ARGS=()
+if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
+    start_fake "$WORK/ceil.out" --cpu-us "$BENCH_CEIL_CPU_US"
+    CEIL_PID=$STARTED_PID CEIL_URL=$STARTED_URL
+    log "ceiling: CPU-bound upstream at $CEIL_URL (${BENCH_CEIL_CPU_US} us of CPU per request); wrk alone, 64 connections"
+    wrk -t2 -c64 -d10s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$WORK/wrk-ceil.txt" ||
+        die "wrk against the upstream failed"
+    python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_CEIL_LINES" --out "$WORK/ceil.jsonl" >/dev/null
+    run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID"
+    CEIL_ARGS=(--ceiling "$WORK/ceiling.json" --wrk "$WORK/wrk-ceil.txt")
 fi
 ELAPSED=$(($(date +%s) - START))
 
@@ -233,4 +272,4 @@ echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM; fak
 echo "load average (1 min) before the run: $LOAD_BEFORE; PostgreSQL $pgver ($pgsets)"
 echo "$BENCH_REPLICAS replicas (release, RUST_LOG=warn), worker.max_in_flight=$IN_FLIGHT per replica, fake upstream latency ${BENCH_LATENCY_MS} ms; runs took ${ELAPSED}s in all"
 python3 "$ROOT/bench/engine.py" report --latency-ms "$BENCH_LATENCY_MS" --in-flight "$IN_FLIGHT" \
-    --poll "$BENCH_POLL" "${RESULTS[@]}"
+    --poll "$BENCH_POLL" --one-line "$WORK/latency.json" "${CEIL_ARGS[@]}" "${RESULTS[@]}"

@@ -5,6 +5,8 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
@@ -16,6 +18,7 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: Option<Worker>,
+    maintenance: (watch::Sender<bool>, JoinHandle<()>),
 }
 
 impl Application {
@@ -27,6 +30,8 @@ impl Application {
     }
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let (stop_maintenance, stopped) = watch::channel(false);
+        let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped));
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::new(settings)?;
             Some(Worker::start(
@@ -70,6 +75,7 @@ impl Application {
             port,
             server: server.run(),
             worker,
+            maintenance: (stop_maintenance, maintenance),
         })
     }
 
@@ -83,6 +89,9 @@ impl Application {
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }
+        let (stop, task) = self.maintenance;
+        let _ = stop.send(true);
+        let _ = task.await;
         served
     }
 }

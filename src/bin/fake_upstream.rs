@@ -58,6 +58,10 @@ struct Args {
     /// Probability that the connection is closed without a response.
     #[arg(long, env = "FAKE_UPSTREAM_DROP_RATE", default_value_t = 0.0, value_parser = probability)]
     drop_rate: f64,
+    /// CPU burnt per inference request, in microseconds: makes this server CPU-bound, like a
+    /// model server whose compute is the bottleneck (benchmarks measure its ceiling alone).
+    #[arg(long, env = "FAKE_UPSTREAM_CPU_US", default_value_t = 0)]
+    cpu_us: u64,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -378,6 +382,12 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if args.cpu_us > 0 {
+        let until = std::time::Instant::now() + Duration::from_micros(args.cpu_us);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
     }
     Reply::Send(match fault {
         None => answer(route, &body),

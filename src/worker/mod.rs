@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::WorkerSettings;
 use crate::domain::BatchId;
-use crate::store::{chunks, files, jobs as job_store};
+use crate::store::{chunks, jobs as job_store};
 use crate::upstream::Upstreams;
 
 /// What the worker's tasks share.
@@ -71,7 +71,6 @@ impl Worker {
             tokio::spawn(execute::run(ctx.clone(), stopped.clone())),
             tokio::spawn(jobs::run(ctx.clone(), stopped.clone())),
             tokio::spawn(listen(ctx.clone(), stopped.clone())),
-            tokio::spawn(maintain(ctx.clone(), stopped.clone())),
             tokio::spawn(heartbeat(ctx.clone(), stopped)),
         ];
         Self { ctx, stop, tasks }
@@ -212,75 +211,8 @@ async fn listen(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Any key will do as long as it is OpenBatch's alone.
-const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
-
-/// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
-/// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
-/// lapsed, and purge the content of deleted and expired files. Each chore is short statements
-/// on the pool, never a lock a running replica's heartbeat needs.
-async fn maintain(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let mut lock: Option<PgConnection> = None;
-    let mut leader = false;
-    while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-        let conn = match &mut lock {
-            Some(c) => c,
-            None => match ctx.pool.acquire().await {
-                Ok(c) => lock.insert(c.detach()),
-                Err(e) => {
-                    tracing::debug!(error = %e, "maintainer: no connection");
-                    continue;
-                }
-            },
-        };
-        let held = if leader {
-            sqlx::query("SELECT 1")
-                .execute(&mut *conn)
-                .await
-                .map(|_| true)
-        } else {
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(MAINTAINER_LOCK)
-                .fetch_one(&mut *conn)
-                .await
-        };
-        match held {
-            Ok(true) => {
-                if !leader {
-                    tracing::info!("this replica now runs the cluster maintenance");
-                }
-                leader = true;
-            }
-            Ok(false) => continue,
-            Err(e) => {
-                if leader {
-                    tracing::warn!(error = %e, "maintainer lost its lock connection");
-                }
-                leader = false;
-                if let Some(c) = lock.take() {
-                    let _ = c.close().await;
-                }
-                continue;
-            }
-        }
-        match chunks::requeue_lapsed(&ctx.pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(chunks = n, "requeued chunks whose claim lapsed"),
-            Err(e) => tracing::warn!(error = %e, "requeueing lapsed chunks failed"),
-        }
-        match files::purge(&ctx.pool, 20).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
-            Err(e) => tracing::warn!(error = %e, "purging file content failed"),
-        }
-    }
-    if let Some(c) = lock {
-        let _ = c.close().await;
-    }
-}
-
 /// Sleeps, or returns early (true) when asked to stop.
-async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+pub(crate) async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     if *stop.borrow() {
         return true;
     }

@@ -1,0 +1,83 @@
+//! Cluster-wide chores, independent of HTTP and of the batch worker: whichever replica holds
+//! a PostgreSQL advisory lock runs them, so they happen once, not once per replica.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::store::{chunks, files, stats};
+use crate::worker::sleep_or_stop;
+
+/// Any key will do as long as it is OpenBatch's alone.
+const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
+
+/// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
+/// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
+/// lapsed, analyze tables that outgrew their planner statistics, and purge the content of
+/// deleted and expired files. Each chore is short statements
+/// on the pool, never a lock a running replica's heartbeat needs.
+pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    let mut lock: Option<PgConnection> = None;
+    let mut leader = false;
+    while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+        let conn = match &mut lock {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => lock.insert(c.detach()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "maintainer: no connection");
+                    continue;
+                }
+            },
+        };
+        let held = if leader {
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map(|_| true)
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MAINTAINER_LOCK)
+                .fetch_one(&mut *conn)
+                .await
+        };
+        match held {
+            Ok(true) => {
+                if !leader {
+                    tracing::info!("this replica now runs the cluster maintenance");
+                }
+                leader = true;
+            }
+            Ok(false) => continue,
+            Err(e) => {
+                if leader {
+                    tracing::warn!(error = %e, "maintainer lost its lock connection");
+                }
+                leader = false;
+                if let Some(c) = lock.take() {
+                    let _ = c.close().await;
+                }
+                continue;
+            }
+        }
+        match chunks::requeue_lapsed(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(chunks = n, "requeued chunks whose claim lapsed"),
+            Err(e) => tracing::warn!(error = %e, "requeueing lapsed chunks failed"),
+        }
+        match stats::refresh_grown(&pool).await {
+            Ok(t) if t.is_empty() => {}
+            Ok(t) => tracing::info!(tables = ?t, "refreshed planner statistics of grown tables"),
+            Err(e) => tracing::warn!(error = %e, "refreshing planner statistics failed"),
+        }
+        match files::purge(&pool, 20).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
+            Err(e) => tracing::warn!(error = %e, "purging file content failed"),
+        }
+    }
+    if let Some(c) = lock {
+        let _ = c.close().await;
+    }
+}
