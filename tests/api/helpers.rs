@@ -183,6 +183,10 @@ impl Replica {
         self.child.wait().expect("reap replica").success()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill replica");

@@ -11,6 +11,7 @@ mod errors;
 mod files;
 mod helpers;
 mod idempotency;
+mod memory;
 mod replicas;
 mod secrets;
 mod startup;

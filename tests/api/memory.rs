@@ -1,0 +1,73 @@
+//! Memory stays bounded by a chunk, not by the batch: a 200 MB input runs through a real
+//! replica whose peak RSS is read from /proc at the end.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{start_replicas_with, FakeUpstream, TestApp, TestDb};
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn a_200_mb_input_runs_in_bounded_memory() {
+    const LINES: usize = 25_000;
+    const LINE_BYTES: usize = 8 * 1024;
+    const LIMIT_MIB: u64 = 100;
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    let env = [
+        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.as_str()),
+        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
+    ];
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let app = TestApp {
+        address: replicas[0].address.clone(),
+        client: reqwest::Client::new(),
+        pool: PgPool::connect(&db.url).await.unwrap(),
+        _db: None,
+    };
+
+    let mut content = Vec::with_capacity(LINES * LINE_BYTES);
+    for i in 0..LINES {
+        let head = format!(
+            r#"{{"custom_id":"m{i}","method":"POST","url":"/v1/chat/completions","body":{{"model":"fake-model","max_tokens":1,"messages":[{{"role":"user","content":""#
+        );
+        let tail = r#""}]}}"#;
+        content.extend_from_slice(head.as_bytes());
+        content.resize(
+            content.len() + LINE_BYTES - head.len() - tail.len() - 1,
+            b'x',
+        );
+        content.extend_from_slice(tail.as_bytes());
+        content.push(b'\n');
+    }
+    assert!(content.len() >= 200_000_000, "{} bytes", content.len());
+    let id = app.submit("/v1/chat/completions", content).await;
+    let batch = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": LINES, "completed": LINES, "failed": 0})
+    );
+    let out: Value = app
+        .get_json(&format!(
+            "/v1/files/{}",
+            batch["output_file_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(out["bytes"].as_i64().unwrap() > 0);
+
+    let peak_mib = peak_rss_kib(replicas[0].pid()) / 1024;
+    assert!(
+        peak_mib < LIMIT_MIB,
+        "peak RSS {peak_mib} MiB for a 200 MB input (limit {LIMIT_MIB} MiB)"
+    );
+}
