@@ -192,6 +192,10 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
     splitter.finish(|raw| take(raw, &mut check, &mut queued));
     let total = check.requests;
+    if check.errors.is_empty() {
+        let unknown = ctx.upstreams.unknown_models(check.models()).await;
+        check.errors.extend(unknown);
+    }
     match check.finish() {
         Err(errors) => {
             drop(tx);

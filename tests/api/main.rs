@@ -10,6 +10,7 @@ mod errors;
 mod files;
 mod helpers;
 mod idempotency;
+mod models;
 mod replicas;
 mod secrets;
 mod startup;
