@@ -134,7 +134,7 @@ if [ "$BENCH_BIG" = 1 ]; then
 fi
 
 # --- fake upstream --------------------------------------------------------------------------------
-"$FAKE" --port 0 --latency-ms "$BENCH_LATENCY_MS" >"$WORK/fake.out" 2>"$WORK/fake.err" &
+"$FAKE" --port 0 --latency-ms "$BENCH_LATENCY_MS" --models bench-model >"$WORK/fake.out" 2>"$WORK/fake.err" &
 FAKE_PID=$!
 FAKE_URL=""
 for _ in $(seq 1 100); do
