@@ -166,7 +166,7 @@ start_fake() {
     done
     die "fake-upstream printed no 'listening on' line"
 }
-start_fake "$WORK/fake.out" --latency-ms "$BENCH_LATENCY_MS"
+start_fake "$WORK/fake.out" --latency-ms "$BENCH_LATENCY_MS" --models bench-model
 FAKE_PID=$STARTED_PID FAKE_URL=$STARTED_URL
 log "fake upstream at $FAKE_URL (latency ${BENCH_LATENCY_MS} ms)"
 
@@ -249,7 +249,7 @@ stop_replicas
 
 CEIL_ARGS=()
 if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
-    start_fake "$WORK/ceil.out" --cpu-us "$BENCH_CEIL_CPU_US"
+    start_fake "$WORK/ceil.out" --cpu-us "$BENCH_CEIL_CPU_US" --models bench-model
     CEIL_PID=$STARTED_PID CEIL_URL=$STARTED_URL
     log "ceiling: CPU-bound upstream at $CEIL_URL (${BENCH_CEIL_CPU_US} us of CPU per request); wrk alone, 64 connections"
     wrk -t2 -c64 -d10s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$WORK/wrk-ceil.txt" ||

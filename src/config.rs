@@ -103,6 +103,11 @@ pub struct BatchSettings {
     /// Test-only: expire batches this many seconds after creation instead of 24 hours.
     #[serde(default)]
     pub expiry_override_secs: Option<i64>,
+    /// Fail a batch at validation when its routed upstream's `GET /models` does not list the
+    /// batch's model (`model_not_found`), instead of running every line into a 404.
+    pub check_models: bool,
+    /// How long one upstream's model list is trusted before it is asked again.
+    pub models_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +228,9 @@ impl Settings {
             .set_default("worker.retry_max_ms", 30_000)?
             .set_default("worker.cancel_grace_secs", 5)?
             .set_default("worker.shutdown_grace_secs", 20)?
-            .set_default("batches.expiry_override_secs", None::<i64>)?;
+            .set_default("batches.expiry_override_secs", None::<i64>)?
+            .set_default("batches.check_models", true)?
+            .set_default("batches.models_cache_secs", 60)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),

@@ -2,7 +2,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, list_page, no_such, AppState, Project};
+use super::{body, list_page, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
     Metadata, MetadataLimits,
@@ -145,9 +145,17 @@ async fn create(
     }
 }
 
+/// OpenAI's answer for a batch it does not know (files keep OpenAI's `No such File object`).
+/// Another project's batch gets the same answer: it does not exist for the caller.
+fn batch_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No batch found with id '{id}'."))
+        .with_param("batch_id")
+        .with_code("batch_not_found")
+}
+
 fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
     tracing::Span::current().record("batch_id", raw);
-    BatchId::parse("batch_id", raw).map_err(|_| no_such("Batch", raw, "batch_id"))
+    BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))
 }
 
 async fn retrieve(
@@ -158,7 +166,7 @@ async fn retrieve(
     let id = parse_batch_id(&path)?;
     let batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| no_such("Batch", id.as_str(), "batch_id"))?;
+        .ok_or_else(|| batch_not_found(id.as_str()))?;
     Ok(HttpResponse::Ok().json(batch_object(&batch)))
 }
 
@@ -175,7 +183,7 @@ async fn cancel(
             "Cannot cancel a batch with status '{}'.",
             batch.status.as_str()
         ))),
-        Cancelled::NotFound => Err(no_such("Batch", id.as_str(), "batch_id")),
+        Cancelled::NotFound => Err(batch_not_found(id.as_str())),
     }
 }
 

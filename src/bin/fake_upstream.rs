@@ -9,6 +9,11 @@
 //! * a `"fake"` object in the JSON body, deterministic, for tests:
 //!   `"fake": {"fail": [500, 429, "hang", "drop"], "latency_ms": 50}`. The k-th execution of the
 //!   same raw body answers with `fail[k]`, and normally once the list is used up.
+//!
+//! `GET /v1/models` lists `--models` (OpenBatch checks batches' models against it), or answers
+//! 404 with `--no-models-endpoint`, like a server that does not list its models. Inference
+//! itself answers for any model but `missing-model`, so a test can turn OpenBatch's check off
+//! and still run lines.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -62,6 +67,17 @@ struct Args {
     /// model server whose compute is the bottleneck (benchmarks measure its ceiling alone).
     #[arg(long, env = "FAKE_UPSTREAM_CPU_US", default_value_t = 0)]
     cpu_us: u64,
+    /// The model ids `GET /v1/models` lists (comma-separated).
+    #[arg(
+        long,
+        env = "FAKE_UPSTREAM_MODELS",
+        value_delimiter = ',',
+        default_value = "fake-model"
+    )]
+    models: Vec<String>,
+    /// Answer `GET /v1/models` with a 404, like a server that does not list its models.
+    #[arg(long, env = "FAKE_UPSTREAM_NO_MODELS_ENDPOINT")]
+    no_models_endpoint: bool,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -80,6 +96,8 @@ struct Stats {
     by_key: HashMap<String, u64>,
     /// Executions so far per raw-body sha256, kept only for bodies with a `fake` directive.
     runs: HashMap<String, usize>,
+    /// `GET /v1/models` requests (not counted in `total`, which counts executions).
+    model_lists: u64,
 }
 
 struct State {
@@ -321,7 +339,8 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
         Some(rest) if rest.starts_with('/') => rest,
         _ => path,
     };
-    let stats_json = |s: &Stats| ok(json!({"total": s.total, "by_key": s.by_key}));
+    let stats_json =
+        |s: &Stats| ok(json!({"total": s.total, "by_key": s.by_key, "model_lists": s.model_lists}));
     Reply::Send(match (req.method.as_str(), path) {
         ("GET", "/health") => ok(json!({"status": "ok"})),
         ("GET", "/stats") => stats_json(&state.stats.lock().unwrap()),
@@ -330,6 +349,13 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
             let mut stats = state.stats.lock().unwrap();
             *stats = Stats::default();
             stats_json(&stats)
+        }
+        ("GET", "/models") if !state.args.no_models_endpoint => {
+            state.stats.lock().unwrap().model_lists += 1;
+            let data: Vec<Value> = (state.args.models.iter())
+                .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "fake-upstream"}))
+                .collect();
+            ok(json!({"object": "list", "data": data}))
         }
         ("POST", "/chat/completions" | "/completions" | "/embeddings" | "/responses")
         | ("POST", "/moderations") => return inference(state, path, body).await,

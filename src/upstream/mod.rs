@@ -1,6 +1,8 @@
 //! The one HTTP client to OpenAI-compatible inference servers: routing by model, a concurrency
-//! limit per upstream, a timeout per attempt, and retries with backoff for transient failures.
+//! limit per upstream, a timeout per attempt, and retries with backoff for transient failures;
+//! and, for validation, which models each upstream serves (`models`).
 
+mod models;
 mod retry;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ pub struct Upstream {
     timeout: Duration,
     limit: Semaphore,
     models: Vec<String>,
+    catalogue: models::Catalogue,
 }
 
 impl Upstream {
@@ -34,6 +37,7 @@ impl Upstream {
             timeout: Duration::from_secs(s.timeout_secs),
             limit: Semaphore::new(s.max_in_flight),
             models: s.models.clone(),
+            catalogue: models::Catalogue::default(),
         }
     }
 
@@ -79,6 +83,10 @@ pub struct Upstreams {
     default: Upstream,
     routes: Vec<Upstream>,
     retry: RetryPolicy,
+    /// Check batches' models against the upstreams' model lists at validation.
+    check_models: bool,
+    /// How long a model list is trusted.
+    models_ttl: Duration,
 }
 
 impl Upstreams {
@@ -105,6 +113,8 @@ impl Upstreams {
             default: Upstream::new("default", &settings.upstream),
             routes,
             retry: RetryPolicy::from_settings(&settings.worker),
+            check_models: settings.batches.check_models,
+            models_ttl: Duration::from_secs(settings.batches.models_cache_secs),
         }))
     }
 

@@ -179,6 +179,10 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
     planner.finish(|raw| take(raw, &mut check));
     let total = check.requests;
+    if check.errors.is_empty() {
+        let unknown = ctx.upstreams.unknown_models(check.models()).await;
+        check.errors.extend(unknown);
+    }
     match check.finish() {
         Err(errors) => fail(ctx, job, errors).await,
         Ok(model) => {

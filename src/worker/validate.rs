@@ -164,6 +164,8 @@ pub struct FileCheck {
     endpoint: Endpoint,
     seen: HashMap<String, usize>,
     model: Option<String>,
+    /// Each distinct model of a valid line, with the first line that names it.
+    models: HashMap<String, usize>,
     pub requests: usize,
     pub errors: Vec<LineError>,
     too_many_reported: bool,
@@ -175,6 +177,7 @@ impl FileCheck {
             endpoint,
             seen: HashMap::new(),
             model: None,
+            models: HashMap::new(),
             requests: 0,
             errors: Vec::new(),
             too_many_reported: false,
@@ -226,6 +229,9 @@ impl FileCheck {
             return None;
         }
         self.seen.insert(valid.custom_id.clone(), line);
+        if !self.models.contains_key(&valid.model) {
+            self.models.insert(valid.model.clone(), line);
+        }
         match &self.model {
             None => self.model = Some(valid.model.clone()),
             Some(m) if *m != valid.model => {
@@ -239,6 +245,18 @@ impl FileCheck {
             Some(_) => {}
         }
         Some(valid)
+    }
+
+    /// Each distinct model the file's valid lines name, with the first line naming it, in
+    /// order of those lines.
+    pub fn models(&self) -> Vec<(&str, usize)> {
+        let mut models: Vec<(&str, usize)> = self
+            .models
+            .iter()
+            .map(|(m, line)| (m.as_str(), *line))
+            .collect();
+        models.sort_unstable_by_key(|&(_, line)| line);
+        models
     }
 
     /// The batch's model, once the whole file passed.
@@ -426,6 +444,14 @@ mod tests {
 
         let f = FileCheck::new(Endpoint::ChatCompletions);
         assert_eq!(f.finish().unwrap_err()[0].code, "empty_file");
+
+        let mut f = FileCheck::new(Endpoint::ChatCompletions);
+        f.line(b"", 1);
+        f.line(&good("a", "m"), 2);
+        f.line(&good("b", "m"), 3);
+        f.line(&good("c", "other"), 4);
+        f.line(&good("d", "other"), 5);
+        assert_eq!(f.models(), vec![("m", 2), ("other", 4)]);
 
         let mut f = FileCheck::new(Endpoint::ChatCompletions);
         for i in 0..MAX_REQUESTS + 2 {

@@ -67,19 +67,29 @@ async fn a_created_batch_has_every_field_and_waits_in_validating() {
 }
 
 #[tokio::test]
-async fn unknown_batches_are_404_naming_the_id() {
+async fn unknown_batches_are_404_batch_not_found_naming_the_id() {
     let app = spawn_app().await;
-    let err = expect_error(app.get("/v1/batches/batch_nope").send().await.unwrap(), 404).await;
-    assert!(err["message"].as_str().unwrap().contains("batch_nope"));
-    let err = expect_error(
-        app.post("/v1/batches/batch_nope/cancel")
+    // A well-formed id that does not exist, and one that could never exist.
+    for id in ["batch_nope", "not-a-batch-id"] {
+        let retrieve = app.get(&format!("/v1/batches/{id}")).send().await.unwrap();
+        let cancel = app
+            .post(&format!("/v1/batches/{id}/cancel"))
             .send()
             .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    assert!(err["message"].as_str().unwrap().contains("batch_nope"));
+            .unwrap();
+        for res in [retrieve, cancel] {
+            let err = expect_error(res, 404).await;
+            assert_eq!(err["code"], "batch_not_found", "{err}");
+            assert_eq!(err["type"], "invalid_request_error", "{err}");
+            let message = err["message"].as_str().unwrap();
+            assert!(message.contains(id), "{err}");
+            assert!(message.contains("No batch found"), "{err}");
+        }
+    }
+    // Files keep OpenAI's own wording.
+    let err = expect_error(app.get("/v1/files/file-nope").send().await.unwrap(), 404).await;
+    assert_eq!(err["message"], "No such File object: file-nope");
+    assert_eq!(err["code"], Value::Null);
 }
 
 #[tokio::test]

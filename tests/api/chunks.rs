@@ -310,19 +310,26 @@ async fn chunk_count(pool: &PgPool, file_id: &str) -> i64 {
         .unwrap()
 }
 
-/// Waits (for the janitor) until the file's content is gone.
+/// Waits (for the janitor) until the file's content is gone and the file marked purged.
 async fn wait_purged(pool: &PgPool, file_id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while chunk_count(pool, file_id).await > 0 {
+    loop {
+        let purged: bool = sqlx::query_scalar("SELECT purged FROM files WHERE id = $1")
+            .bind(file_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if purged {
+            break;
+        }
         assert!(Instant::now() < deadline, "{file_id} was never purged");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let purged: bool = sqlx::query_scalar("SELECT purged FROM files WHERE id = $1")
-        .bind(file_id)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert!(purged);
+    assert_eq!(
+        chunk_count(pool, file_id).await,
+        0,
+        "purged means no content"
+    );
 }
 
 #[tokio::test]

@@ -455,8 +455,8 @@ async fn a_batch_cancelled_before_it_runs_ends_cancelled() {
 
 #[tokio::test]
 async fn models_are_routed_to_their_own_upstream() {
-    let general = FakeUpstream::start(&[]);
-    let embeddings = FakeUpstream::start(&[]);
+    let general = FakeUpstream::start(&["--models", "text-embedding-3-small"]);
+    let embeddings = FakeUpstream::start(&["--models", "embed-small"]);
     let route_url = embeddings.base_url.clone();
     let app = spawn_engine(&general, move |s| {
         s.routes.insert(

@@ -12,6 +12,7 @@ mod files;
 mod helpers;
 mod idempotency;
 mod memory;
+mod models;
 mod replicas;
 mod secrets;
 mod startup;

@@ -173,11 +173,13 @@ def test_cancelling_a_validating_batch(client: openai.OpenAI):
     assert again.cancelling_at == cancelled.cancelling_at
 
 
-def test_unknown_batch_is_404_naming_the_id(client: openai.OpenAI):
+def test_unknown_batch_is_404_batch_not_found_naming_the_id(client: openai.OpenAI):
     missing = "batch_doesnotexist0123456789abcdef"
     for call in (client.batches.retrieve, client.batches.cancel):
         with pytest.raises(openai.NotFoundError) as caught:
             call(missing)
         err = assert_sdk_error(caught.value, 404)
-        assert missing in err["message"], err
+        assert err["code"] == "batch_not_found", err
         assert err["type"] == "invalid_request_error"
+        assert missing in err["message"], err
+        assert "no batch found" in err["message"].lower(), err

@@ -62,11 +62,13 @@ def fake_upstream_binary() -> Path:
 
 
 class FakeUpstream:
-    """One `fake-upstream` process on a port of its own choosing."""
+    """One `fake-upstream` process on a port of its own choosing; `args` are extra flags such
+    as `--models a,b` (what its `GET /v1/models` lists) or `--no-models-endpoint`."""
 
-    def __init__(self, log_path: Path, latency_ms: int = 0) -> None:
+    def __init__(self, log_path: Path, latency_ms: int = 0, args: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
         self.latency_ms = latency_ms
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
@@ -77,7 +79,7 @@ class FakeUpstream:
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(fake_upstream_binary()), "--port", "0", "--latency-ms", str(self.latency_ms)],
+                [str(fake_upstream_binary()), "--port", "0", "--latency-ms", str(self.latency_ms), *self.args],
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -135,10 +137,12 @@ def start_executing_server(
     pool: ServerPool,
     upstream: FakeUpstream,
     database: str | None = None,
+    config_file: Path | None = None,
     **settings: str | int,
 ) -> OpenBatchServer:
     """Starts a server with workers on, pointed at `upstream`. `settings` are
-    `SECTION__KEY=value` pairs, e.g. `WORKER__MAX_IN_FLIGHT=2`."""
+    `SECTION__KEY=value` pairs, e.g. `WORKER__MAX_IN_FLIGHT=2`; `config_file`
+    is read as `OPENBATCH_CONFIG` (for settings such as routes)."""
     env = {
         "OPENBATCH__WORKER__ENABLED": "true",
         "OPENBATCH__UPSTREAM__BASE_URL": upstream.api_base,
@@ -148,6 +152,8 @@ def start_executing_server(
         "OPENBATCH__WORKER__MAX_ATTEMPTS": str(MAX_ATTEMPTS),
     }
     env.update({f"OPENBATCH__{k}": str(v) for k, v in settings.items()})
+    if config_file is not None:
+        env["OPENBATCH_CONFIG"] = str(config_file)
     database = database or pool.new_database()
     log_path = pool.log_dir / f"openbatch-{database}-{uuid.uuid4().hex[:8]}.log"
     server = ExecutingServer(openbatch_binary(), database_url_for(database), log_path, env)
@@ -157,12 +163,12 @@ def start_executing_server(
 
 
 @pytest.fixture
-def start_upstream(tmp_path: Path) -> Iterator[Callable[[int], FakeUpstream]]:
+def start_upstream(tmp_path: Path) -> Iterator[Callable[..., FakeUpstream]]:
     """Starts fake upstreams for one test; all of them are stopped after it."""
     started: list[FakeUpstream] = []
 
-    def start(latency_ms: int = 0) -> FakeUpstream:
-        upstream = FakeUpstream(tmp_path / f"fake-upstream-{len(started)}.log", latency_ms)
+    def start(latency_ms: int = 0, *args: str) -> FakeUpstream:
+        upstream = FakeUpstream(tmp_path / f"fake-upstream-{len(started)}.log", latency_ms, args)
         started.append(upstream)
         upstream.start()
         return upstream

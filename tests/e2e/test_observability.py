@@ -228,7 +228,7 @@ def test_grpc_export_and_worker_spans_link_back_to_the_creating_trace(server_poo
         trace_id = os.urandom(16).hex()
         line = (
             '{"custom_id": "t1", "method": "POST", "url": "/v1/chat/completions", '
-            '"body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}\n'
+            '"body": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}\n'
         )
         with make_client(server) as client:
             f = client.files.create(file=("in.jsonl", line.encode()), purpose="batch")
