@@ -266,6 +266,9 @@ def cmd_run(a):
     res["rss_idle_kib"] = [proc_status(p)["VmRSS"] for p in pids]
     sampler.start()
 
+    if a.delete_files:
+        res["db_bytes_before"] = db_size(a)
+
     # Upload (streamed from disk by curl) to replica 1.
     sampler.set_phase("upload")
     log(f"{a.label}: uploading {res['input_bytes'] / MIB:.1f} MiB ({res['lines']} lines) to replica 1")

@@ -4,6 +4,22 @@ use clap::{Parser, Subcommand};
 use openbatch::config::Settings;
 use openbatch::startup::Application;
 
+// Under load glibc's malloc took a quarter of a replica's CPU (perf: many small allocations per
+// line across many threads); mimalloc does the same work for much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (the Rust bindings do not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// By default mimalloc keeps freed memory for a while before handing it back; with lines of a
+/// few KiB that kept a replica's RSS near 100 MiB where it needs half. Return it at once.
+fn return_freed_memory_at_once() {
+    // SAFETY: sets a process-wide allocator option (a plain store mimalloc reads on its next
+    // purge); no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "openbatch",
@@ -43,6 +59,7 @@ enum KeysCommand {
 
 #[tokio::main]
 async fn main() {
+    return_freed_memory_at_once();
     if let Err(e) = run().await {
         eprintln!("openbatch: {e:#}");
         std::process::exit(1);

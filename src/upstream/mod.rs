@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -59,13 +59,14 @@ impl Upstream {
 }
 
 /// What a line's execution came to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
-    /// The upstream answered (any status); `body` is its JSON.
+    /// The upstream answered (any status); `body` is its JSON object, kept as text: it is
+    /// copied into the result file as it came, never rebuilt as a tree.
     Response {
         status: u16,
         request_id: Option<String>,
-        body: Value,
+        body: Box<RawValue>,
     },
     /// No usable answer, even after retries.
     Failure { code: &'static str, message: String },
@@ -217,8 +218,8 @@ impl Upstreams {
         };
         let retry_after = retry::retry_after(&headers);
         let request_id = header_str(&headers, "x-request-id");
-        let body = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v) if v.is_object() => v,
+        let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
+            Ok(v) if v.get().starts_with('{') => v,
             _ if (200..300).contains(&status) => {
                 return (
                     Outcome::Failure {
@@ -232,7 +233,9 @@ impl Upstreams {
             }
             // Keep a non-JSON error body readable in the error file.
             _ => {
-                serde_json::json!({"error": {"message": String::from_utf8_lossy(&bytes).into_owned()}})
+                let text = String::from_utf8_lossy(&bytes);
+                serde_json::value::to_raw_value(&serde_json::json!({"error": {"message": text}}))
+                    .expect("a JSON value serialises")
             }
         };
         (

@@ -13,9 +13,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
-use super::validate::{check_line, LineSplitter};
+use super::validate::{queued, LineSplitter};
 use super::{sleep_or_stop, Ctx};
-use crate::domain::Endpoint;
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
 use crate::upstream::{traceparent_for, Outcome};
@@ -247,7 +246,6 @@ async fn read_lines(
     c: &ClaimedChunk,
     running: &Arc<Running>,
 ) -> anyhow::Result<Vec<Line>> {
-    let endpoint = Endpoint::parse(&c.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
     let done: std::collections::HashSet<i32> = if c.attempt > 1 {
         let mut done = std::collections::HashSet::new();
         for group in chunks::results(&ctx.pool, &c.batch_id, c.idx).await? {
@@ -275,8 +273,8 @@ async fn read_lines(
         if done.contains(&line) {
             return;
         }
-        // Validation accepted every line already; the position is only for messages.
-        match check_line(raw, line as usize + 1, endpoint) {
+        // Validation accepted every line already.
+        match queued(raw) {
             Ok(v) => lines.push(Line {
                 chunk: running.clone(),
                 line,
@@ -284,7 +282,7 @@ async fn read_lines(
                 model: v.model,
                 body: v.body,
             }),
-            Err(e) => bad = Some(e.message),
+            Err(e) => bad = Some(format!("line {}: {e}", line + 1)),
         }
     };
     splitter.feed(&bytes, &mut take);
@@ -358,7 +356,7 @@ async fn execute_line(
         .inc();
     let mut usage = Usage::default();
     if let (true, Outcome::Response { body, .. }) = (success, &outcome) {
-        usage.add(body);
+        usage.add_raw(body);
     }
     let file_line = output::render(batch_id, line.line, &line.custom_id, &outcome);
     let _ = results

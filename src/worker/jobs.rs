@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
-use super::validate::{check_line, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
+use super::validate::{queued, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::store::chunks::{self, ChunkSummary, Position};
@@ -369,7 +369,6 @@ async fn chunk_lines<'g>(
     lines.sort_by_key(|l| l.0);
     lines.dedup_by_key(|l| l.0);
     if lines.len() < c.line_count as usize {
-        let endpoint = Endpoint::parse(&job.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
         let start = Position {
             part: c.start_part,
             offset: c.start_offset,
@@ -389,9 +388,7 @@ async fn chunk_lines<'g>(
                 return;
             }
             if !have.contains(&ordinal) {
-                let custom_id = check_line(raw, ordinal as usize + 1, endpoint)
-                    .map(|v| v.custom_id)
-                    .unwrap_or_default();
+                let custom_id = queued(raw).map(|v| v.custom_id).unwrap_or_default();
                 let line = output::render(job.id.as_str(), ordinal, &custom_id, unfinished);
                 missing.push((ordinal, false, Cow::Owned(line)));
             }

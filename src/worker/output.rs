@@ -1,5 +1,7 @@
 //! The lines of a batch's output and error files, and the usage they add up to.
 
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -11,8 +13,30 @@ fn line_id(batch_id: &str, line: i32) -> String {
     format!("batch_req_{}", hex::encode(&digest[..16]))
 }
 
+#[derive(Serialize)]
+struct FileLine<'a> {
+    id: String,
+    custom_id: &'a str,
+    response: Option<Answer<'a>>,
+    error: Option<Failure<'a>>,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    status_code: u16,
+    request_id: Option<&'a str>,
+    body: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
 /// The output- or error-file line (without its newline) for an executed line. Successes go to
 /// the output file; upstream errors and lines that never got a response to the error file.
+/// The upstream's body is copied as it came, not parsed and rebuilt.
 pub fn render(batch_id: &str, line: i32, custom_id: &str, outcome: &Outcome) -> String {
     let (response, error) = match outcome {
         Outcome::Response {
@@ -20,20 +44,22 @@ pub fn render(batch_id: &str, line: i32, custom_id: &str, outcome: &Outcome) -> 
             request_id,
             body,
         } => (
-            json!({"status_code": status, "request_id": request_id, "body": body}),
-            Value::Null,
+            Some(Answer {
+                status_code: *status,
+                request_id: request_id.as_deref(),
+                body,
+            }),
+            None,
         ),
-        Outcome::Failure { code, message } => {
-            (Value::Null, json!({"code": code, "message": message}))
-        }
+        Outcome::Failure { code, message } => (None, Some(Failure { code, message })),
     };
-    json!({
-        "id": line_id(batch_id, line),
-        "custom_id": custom_id,
-        "response": response,
-        "error": error,
+    serde_json::to_string(&FileLine {
+        id: line_id(batch_id, line),
+        custom_id,
+        response,
+        error,
     })
-    .to_string()
+    .expect("plain data serialises")
 }
 
 /// One finished line inside a stored result group: `"<line>\t<o|e>\t<file line>\n"`, `o` when
@@ -87,6 +113,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Adds the `usage` of a response body, reading only that member.
+    pub fn add_raw(&mut self, body: &RawValue) {
+        #[derive(Deserialize)]
+        struct WithUsage {
+            usage: Option<Value>,
+        }
+        if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_str(body.get()) {
+            self.add(&json!({ "usage": u }));
+        }
+    }
+
     pub fn add(&mut self, body: &Value) {
         let Some(u) = body.get("usage") else { return };
         let n = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
@@ -158,7 +195,8 @@ mod tests {
         Outcome::Response {
             status,
             request_id: Some("req_1".into()),
-            body: json!({"ok": true}),
+            body: RawValue::from_string(r#"{"ok": true, "usage": {"total_tokens": 3}}"#.to_owned())
+                .unwrap(),
         }
     }
 
@@ -170,7 +208,15 @@ mod tests {
         assert_eq!(v["custom_id"], "c");
         assert_eq!(v["response"]["status_code"], 200);
         assert_eq!(v["response"]["request_id"], "req_1");
-        assert_eq!(v["response"]["body"], json!({"ok": true}));
+        assert_eq!(
+            v["response"]["body"],
+            json!({"ok": true, "usage": {"total_tokens": 3}})
+        );
+        let mut usage = Usage::default();
+        if let Outcome::Response { body, .. } = &r {
+            usage.add_raw(body);
+        }
+        assert_eq!(usage.total_tokens, 3);
         assert_eq!(v["error"], Value::Null);
         assert!(v["id"].as_str().unwrap().starts_with("batch_req_"));
         assert_eq!(

@@ -159,6 +159,28 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
     })
 }
 
+/// What execution needs of a line that validation accepted, read without building a JSON tree;
+/// the body is forwarded exactly as written.
+pub fn queued(raw: &[u8]) -> Result<ValidLine, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        custom_id: String,
+        #[serde(borrow)]
+        body: &'a serde_json::value::RawValue,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        model: String,
+    }
+    let line: Line = serde_json::from_slice(raw)?;
+    let body: Body = serde_json::from_str(line.body.get())?;
+    Ok(ValidLine {
+        custom_id: line.custom_id,
+        model: body.model,
+        body: line.body.get().to_owned(),
+    })
+}
+
 /// File-level rules that need to see every line: unique ids, one model, size limits.
 pub struct FileCheck {
     endpoint: Endpoint,
@@ -329,6 +351,22 @@ mod tests {
         let e = check_line(raw, 7, Endpoint::ChatCompletions).unwrap_err();
         assert_eq!(e.line, Some(7));
         (e.code.to_owned(), e.param)
+    }
+
+    #[test]
+    fn a_queued_line_reads_back_as_validation_saw_it() {
+        let raw = good("a\"b", "m");
+        let v = check_line(&raw, 1, Endpoint::ChatCompletions).unwrap();
+        let q = queued(&raw).unwrap();
+        assert_eq!(
+            (q.custom_id.as_str(), q.model.as_str()),
+            (v.custom_id.as_str(), "m")
+        );
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&q.body).unwrap(),
+            serde_json::from_str(&v.body).unwrap(),
+        );
+        assert_eq!(a, b);
     }
 
     #[test]
