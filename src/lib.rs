@@ -1,6 +1,7 @@
 //! OpenBatch: an OpenAI-compatible Batch and Files API server on PostgreSQL.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
