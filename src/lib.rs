@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod local_pg;
 pub mod metrics;
 pub mod startup;
 pub mod store;

@@ -70,8 +70,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Files(args) => std::process::exit(openbatch::cli::files(args).await?),
         server => server,
     };
-    let settings = Settings::load()?;
+    let mut settings = Settings::load()?;
     let _telemetry = openbatch::telemetry::init(&settings.log, &settings.telemetry)?;
+    // First run on a laptop: no URL configured and nothing on 127.0.0.1:5432 starts a private
+    // PostgreSQL, stopped when this returns.
+    let _local_pg = openbatch::local_pg::start_if_needed(&mut settings)?;
     match command {
         Command::Serve => {
             let app = Application::build(&settings).await?;

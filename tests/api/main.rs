@@ -9,6 +9,7 @@ mod crash;
 mod engine;
 mod errors;
 mod files;
+mod first_run;
 mod helpers;
 mod idempotency;
 mod replicas;
