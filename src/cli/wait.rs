@@ -99,6 +99,9 @@ struct Progress {
     id: String,
     bar: Option<ProgressBar>,
     last_status: String,
+    /// When the lines started being counted, and how many were done then: the rate and ETA
+    /// count from there, not from the validation phase.
+    origin: Option<(Instant, u64)>,
 }
 
 impl Progress {
@@ -116,6 +119,7 @@ impl Progress {
             id: id.to_owned(),
             bar,
             last_status: String::new(),
+            origin: None,
         }
     }
 
@@ -131,22 +135,30 @@ impl Progress {
                     bar.set_length(total);
                     bar.set_style(
                         ProgressStyle::with_template(
-                            "{spinner} {prefix} [{bar:30}] {pos}/{len} lines  {msg}  {per_sec}  ETA {eta}",
+                            "{spinner} {prefix} [{bar:30}] {pos}/{len} lines  {msg}",
                         )
                         .expect("valid template")
                         .progress_chars("=> "),
                     );
-                    // The rate and ETA count from here, not from the validation phase.
-                    bar.reset_elapsed();
-                    bar.reset_eta();
                 }
                 bar.set_position(done);
-                let failed = if failed > 0 {
-                    format!(", {failed} failed")
-                } else {
-                    String::new()
-                };
-                bar.set_message(format!("{status}{failed}"));
+                let mut msg = status.clone();
+                if failed > 0 {
+                    msg.push_str(&format!(", {failed} failed"));
+                }
+                if total > 0 {
+                    let (since, base) = *self.origin.get_or_insert((Instant::now(), done));
+                    let secs = since.elapsed().as_secs_f64();
+                    if done > base && secs >= 1.0 {
+                        let rate = (done - base) as f64 / secs;
+                        let eta = (total.saturating_sub(done)) as f64 / rate;
+                        msg.push_str(&format!(
+                            "  {rate:.1} lines/s  ETA {}",
+                            output::duration(eta.ceil() as i64)
+                        ));
+                    }
+                }
+                bar.set_message(msg);
             }
             None => {
                 if status != self.last_status {
