@@ -267,6 +267,39 @@ async fn submit_survives_ctrl_c_and_kill_and_reattaches_without_uploading_again(
 }
 
 #[tokio::test]
+async fn cancel_on_interrupt_cancels_and_a_second_ctrl_c_detaches() {
+    let (db, _drop_db) = test_database();
+    // No worker: the cancel is recorded (`cancelling`) but never completed, so the CLI is
+    // still waiting for it when the second Ctrl-C comes.
+    let replicas = start_replicas_with(1, &db, &[("OPENBATCH__WORKER__ENABLED", "false")]).await;
+    let address = &replicas[0].address;
+    let dir = Scratch::new();
+    let file = dir.write("requests.jsonl", &to_jsonl(&lines(3)));
+    let mut run = Running::start(cli(address).arg("submit").arg(&file).args([
+        "--wait",
+        "--cancel-on-interrupt",
+        "--poll-interval",
+        "0.1",
+    ]));
+    let created = run.wait_for_line("created batch ");
+    let id = created.rsplit(' ').next().unwrap().to_owned();
+    run.wait_for_line(&format!("{id}: validating"));
+    run.signal("-INT");
+    run.wait_for_line(&format!(
+        "Ctrl-C: cancel requested; batch {id} is cancelling"
+    ));
+    let batch = get(address, &format!("/v1/batches/{id}")).await;
+    assert_eq!(batch["status"], "cancelling");
+    run.signal("-INT");
+    let (code, err) = run.finish();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains(&format!("openbatch batches wait {id}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_rejected_input_exits_non_zero_with_the_servers_reasons() {
     let (db, _drop_db) = test_database();
     let upstream = FakeUpstream::start(&[]);

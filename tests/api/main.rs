@@ -5,6 +5,7 @@ mod auth;
 mod batches;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod engine;
 mod errors;
