@@ -32,6 +32,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
@@ -221,7 +222,9 @@ def test_empty_state_then_upload_create_watch_and_download(
     driver.find_element(By.CSS_SELECTOR, ".md-key").send_keys("team")
     driver.find_element(By.CSS_SELECTOR, ".md-value").send_keys("search")
     shot(driver, "03-new-batch")
-    driver.find_element(By.ID, "create").click()
+    # A double click creates one batch (the button is disabled at once, and the form's key
+    # makes any second request a replay).
+    ActionChains(driver).double_click(driver.find_element(By.ID, "create")).perform()
 
     # The detail view refreshes by itself until the bar reads 100 %.
     wait_until("the batch page", lambda: "/batches/batch_" in driver.current_url)
@@ -247,6 +250,7 @@ def test_empty_state_then_upload_create_watch_and_download(
         metadata={"team": "search"}, extra_body={"idempotency_key": key},
     )
     assert again.id == batch_id
+    assert [b.id for b in sdk.batches.list() if (b.metadata or {}).get("team") == "search"] == [batch_id]
 
     # Download the output file through the browser.
     for old in downloads.iterdir():
