@@ -6,9 +6,18 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{get, web, HttpResponse};
 
 const INDEX: &str = include_str!("../../console/index.html");
-const SCRIPT: &str = include_str!("../../console/console.js");
 const STYLE: &str = include_str!("../../console/console.css");
 const ICON: &str = include_str!("../../console/favicon.svg");
+/// ES modules, imported by `app.js` (a module graph needs no bundler).
+const SCRIPTS: [(&str, &str); 7] = [
+    ("app.js", include_str!("../../console/app.js")),
+    ("api.js", include_str!("../../console/api.js")),
+    ("dom.js", include_str!("../../console/dom.js")),
+    ("checks.js", include_str!("../../console/checks.js")),
+    ("batches.js", include_str!("../../console/batches.js")),
+    ("files.js", include_str!("../../console/files.js")),
+    ("create.js", include_str!("../../console/create.js")),
+];
 
 /// Scripts and styles from this origin only (no inline script, no `eval`), requests only to
 /// this origin, nothing may frame the console.
@@ -31,8 +40,11 @@ async fn index_slash() -> HttpResponse {
 
 #[get("/console/{asset}")]
 async fn asset(path: web::Path<String>) -> HttpResponse {
-    match path.as_str() {
-        "console.js" => page("text/javascript; charset=utf-8", SCRIPT),
+    let name = path.as_str();
+    if let Some((_, script)) = SCRIPTS.iter().find(|(n, _)| *n == name) {
+        return page("text/javascript; charset=utf-8", script);
+    }
+    match name {
         "console.css" => page("text/css; charset=utf-8", STYLE),
         "favicon.svg" => page("image/svg+xml", ICON),
         _ => HttpResponse::NotFound()

@@ -28,18 +28,24 @@ async fn the_console_is_served_with_a_strict_content_security_policy() {
     let html = page.text().await.unwrap();
     // The only script is an external file of this origin.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
-    assert!(html.contains(r#"<script src="/console/console.js" defer></script>"#));
+    assert!(html.contains(r#"<script type="module" src="/console/app.js"></script>"#));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "no third-party URLs"
     );
 
-    for (path, kind) in [
-        ("/console/", "text/html"),
-        ("/console/console.js", "text/javascript"),
-        ("/console/console.css", "text/css"),
-        ("/console/favicon.svg", "image/svg+xml"),
-    ] {
+    let scripts = ["app", "api", "dom", "checks", "batches", "files", "create"];
+    let mut assets: Vec<(String, &str)> = vec![
+        ("/console/".into(), "text/html"),
+        ("/console/console.css".into(), "text/css"),
+        ("/console/favicon.svg".into(), "image/svg+xml"),
+    ];
+    assets.extend(
+        scripts
+            .iter()
+            .map(|s| (format!("/console/{s}.js"), "text/javascript")),
+    );
+    for (path, kind) in &assets {
         let res = app.get(path).send().await.unwrap();
         assert_eq!(res.status(), 200, "{path}");
         let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
@@ -49,22 +55,22 @@ async fn the_console_is_served_with_a_strict_content_security_policy() {
             "{path}"
         );
     }
-    let js = app
-        .get("/console/console.js")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for sink in [
-        ".innerHTML",
-        ".outerHTML",
-        "insertAdjacentHTML(",
-        "document.write(",
-        "eval(",
-    ] {
-        assert!(!js.contains(sink), "console.js uses {sink}");
+    for s in scripts {
+        let js = app.get(&format!("/console/{s}.js")).send().await.unwrap();
+        let js = js.text().await.unwrap();
+        // No HTML parsing of data anywhere, and no imports from elsewhere.
+        for sink in [
+            ".innerHTML",
+            ".outerHTML",
+            "insertAdjacentHTML(",
+            "document.write(",
+            "eval(",
+        ] {
+            assert!(!js.contains(sink), "{s}.js uses {sink}");
+        }
+        for line in js.lines().filter(|l| l.starts_with("import ")) {
+            assert!(line.contains("from './"), "{s}.js: {line}");
+        }
     }
     assert_eq!(
         app.get("/console/secret.txt")
