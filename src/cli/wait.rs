@@ -181,6 +181,8 @@ impl Progress {
 
     fn finish(&self) {
         if let Some(bar) = &self.bar {
+            // Stop the ticker first, or it may draw the bar again after the clear.
+            bar.disable_steady_tick();
             bar.finish_and_clear();
         }
     }
