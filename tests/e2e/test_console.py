@@ -421,3 +421,33 @@ def test_sign_in_with_a_key_and_sign_out(
         assert d.execute_script("return sessionStorage.getItem('openbatch.apiKey')") is None
     finally:
         d.quit()
+
+
+def test_the_batches_list_pages_older_and_newer(
+    driver: WebDriver, fresh_server: OpenBatchServer, fresh_client: openai.OpenAI
+) -> None:
+    # Workers are off on this server: the batches stay `validating`, and the list keeps
+    # refreshing itself, so every click finds its button afresh.
+    created = [
+        fresh_client.batches.create(
+            input_file_id=f"file-none{i:02d}", endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for i in range(25)
+    ]
+    newest_first = created[::-1]
+
+    def rows() -> list[str]:
+        return [r.get_attribute("data-id") for r in driver.find_elements(By.CSS_SELECTOR, "#batches tbody tr")]
+
+    def click(element_id: str) -> bool:
+        driver.find_element(By.ID, element_id).click()
+        return True
+
+    open_console(driver, fresh_server)
+    wait_until("the first page", lambda: rows() == newest_first[:20])
+    assert not driver.find_element(By.ID, "newer").is_enabled()
+    wait_until("a click on Older", lambda: click("older"))
+    wait_until("the second page", lambda: rows() == newest_first[20:])
+    assert not driver.find_element(By.ID, "older").is_enabled()
+    wait_until("a click on Newer", lambda: click("newer"))
+    wait_until("the first page again", lambda: rows() == newest_first[:20])
