@@ -28,8 +28,10 @@ RUN mkdir -p src/bin \
     && cargo build --release --locked --bins \
     && rm -rf src
 
-# 2. The project itself. migrations/ is embedded at compile time by sqlx::migrate!.
+# 2. The project itself. migrations/ is embedded at compile time by sqlx::migrate!, and the
+#    web console's files by include_str!.
 COPY migrations ./migrations
+COPY console ./console
 COPY src ./src
 # Make sure cargo rebuilds our crate (the stubs above may look newer than the real files).
 RUN touch src/main.rs src/lib.rs src/bin/fake_upstream.rs \

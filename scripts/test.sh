@@ -110,6 +110,17 @@ else
 fi
 [ -x .venv/bin/pytest ] || die ".venv has no pytest: add pytest to tests/e2e/requirements.txt"
 
+# The console tests drive Debian's Chromium through its ChromeDriver (Selenium).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "installing chromium and chromium-driver (console browser tests)"
+    command -v apt-get >/dev/null || die "chromium and chromedriver are missing and apt-get is not available"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+        die "apt-get install chromium chromium-driver failed"
+fi
+# Screenshots of every console page, kept with the test output.
+export OPENBATCH_E2E_SCREENSHOTS=${OPENBATCH_E2E_SCREENSHOTS:-$ROOT/target/console-screenshots}
+rm -rf "$OPENBATCH_E2E_SCREENSHOTS"
+
 set +e
 # PYTEST_ARGS: extra arguments, e.g. "-x -k idempotency" (word-split on purpose)
 # shellcheck disable=SC2086
@@ -123,6 +134,7 @@ case $rc in
 esac
 
 section "all tests passed (${SECONDS}s)"
+echo "console screenshots: $OPENBATCH_E2E_SCREENSHOTS"
 # One closing line counting every test run: cargo's "test result:" lines
 # plus pytest's junit report.
 python3 - "$LOG_TMP/cargo-test.log" "$LOG_TMP/e2e.xml" <<'PY' || echo "(could not count the tests)"

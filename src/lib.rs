@@ -1,9 +1,11 @@
 //! OpenBatch: an OpenAI-compatible Batch and Files API server on PostgreSQL.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod local_pg;
 pub mod maintenance;
 pub mod metrics;
 pub mod startup;

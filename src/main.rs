@@ -24,7 +24,11 @@ fn return_freed_memory_at_once() {
 #[command(
     name = "openbatch",
     version,
-    about = "OpenAI-compatible Batch and Files API server"
+    about = "OpenAI-compatible Batch and Files API server, and a client for it",
+    after_help = "Server: `openbatch serve` (the default) reads OPENBATCH__* settings.\n\
+                  Client: `submit`, `batches`, `files` talk to a server at OPENAI_BASE_URL \
+                  (default http://127.0.0.1:8080/v1) with OPENAI_API_KEY, like the OpenAI SDKs.\n\
+                  Example: openbatch submit requests.jsonl --wait"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Client: upload a JSONL file and create a batch (safe to re-run: same file and options,
+    /// same batch, no second upload).
+    Submit(openbatch::cli::SubmitArgs),
+    /// Client: list, get, wait for, cancel batches and fetch their results.
+    Batches(openbatch::cli::BatchesArgs),
+    /// Client: list, upload, download and delete files.
+    Files(openbatch::cli::FilesArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,9 +79,20 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load()?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Client commands never read the server's settings: they talk to a server over HTTP.
+    let command = match command {
+        Command::Submit(args) => std::process::exit(openbatch::cli::submit(args).await?),
+        Command::Batches(args) => std::process::exit(openbatch::cli::batches(args).await?),
+        Command::Files(args) => std::process::exit(openbatch::cli::files(args).await?),
+        server => server,
+    };
+    let mut settings = Settings::load()?;
     let _telemetry = openbatch::telemetry::init(&settings.log, &settings.telemetry)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    // First run on a laptop: no URL configured and nothing on 127.0.0.1:5432 starts a private
+    // PostgreSQL, stopped when this returns.
+    let _local_pg = openbatch::local_pg::start_if_needed(&mut settings)?;
+    match command {
         Command::Serve => {
             let app = Application::build(&settings).await?;
             app.run_until_stopped().await.context("server failed")
@@ -85,6 +107,9 @@ async fn run() -> anyhow::Result<()> {
             let pool = openbatch::store::connect(&settings.database).await?;
             openbatch::store::migrate(&pool).await?;
             keys(&pool, command).await
+        }
+        Command::Submit(_) | Command::Batches(_) | Command::Files(_) => {
+            unreachable!("client commands return above")
         }
     }
 }

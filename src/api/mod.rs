@@ -3,6 +3,7 @@
 mod auth;
 mod batches;
 mod body;
+mod console;
 mod files;
 mod health;
 mod openapi;
@@ -39,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(health::readyz)
         .service(health::metrics)
         .service(openapi::openapi)
+        .configure(console::routes)
         .service(
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(auth::middleware))

@@ -4,11 +4,14 @@
 mod auth;
 mod batches;
 mod chunks;
+mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod engine;
 mod errors;
 mod files;
+mod first_run;
 mod helpers;
 mod idempotency;
 mod memory;

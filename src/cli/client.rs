@@ -1,0 +1,274 @@
+//! The one HTTP client the CLI uses: the public `/v1` API, exactly as the SDKs call it.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// An error answer from the server, shown as the server worded it.
+#[derive(Debug)]
+pub struct ServerError {
+    pub status: u16,
+    pub message: String,
+    pub code: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        match &self.code {
+            Some(code) => write!(f, " (code {code}, HTTP {})", self.status),
+            None => write!(f, " (HTTP {})", self.status),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+pub struct Client {
+    http: reqwest::Client,
+    /// Including `/v1`, like `OPENAI_BASE_URL`.
+    base: String,
+    api_key: Option<String>,
+}
+
+/// What `POST /v1/batches` answered.
+pub struct Created {
+    pub batch: Value,
+    /// The server returned an existing batch for the idempotency key.
+    pub replayed: bool,
+}
+
+impl Client {
+    pub fn new(base_url: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        anyhow::ensure!(
+            base.starts_with("http://") || base.starts_with("https://"),
+            "the base URL must be an http(s) URL such as http://127.0.0.1:8080/v1 \
+             (--base-url or OPENAI_BASE_URL), got '{base}'"
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("openbatch-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            api_key: api_key.filter(|k| !k.is_empty()),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let rb = self.http.request(method, format!("{}{path}", self.base));
+        match &self.api_key {
+            Some(key) => rb.bearer_auth(key),
+            None => rb,
+        }
+    }
+
+    async fn send(&self, rb: RequestBuilder) -> anyhow::Result<Response> {
+        let res = rb.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the server at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        Err(server_error(res).await.into())
+    }
+
+    async fn json(&self, rb: RequestBuilder) -> anyhow::Result<Value> {
+        let res = self.send(rb).await?;
+        res.json()
+            .await
+            .context("the server sent a body that is not JSON")
+    }
+
+    pub async fn get_batch(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::GET, &format!("/batches/{id}")))
+            .await
+    }
+
+    pub async fn list_batches(&self, limit: u32, after: Option<&str>) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", limit.to_string())];
+        query.extend(after.map(|a| ("after", a.to_owned())));
+        self.json(self.request(Method::GET, "/batches").query(&query))
+            .await
+    }
+
+    pub async fn cancel_batch(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::POST, &format!("/batches/{id}/cancel")))
+            .await
+    }
+
+    pub async fn create_batch(&self, body: &Value) -> anyhow::Result<Created> {
+        let res = self
+            .send(self.request(Method::POST, "/batches").json(body))
+            .await?;
+        let replayed = res
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let batch = res
+            .json()
+            .await
+            .context("the server sent a body that is not JSON")?;
+        Ok(Created { batch, replayed })
+    }
+
+    pub async fn list_files(
+        &self,
+        purpose: Option<&str>,
+        limit: u32,
+        order: &str,
+        after: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", limit.to_string()), ("order", order.to_owned())];
+        query.extend(purpose.map(|p| ("purpose", p.to_owned())));
+        query.extend(after.map(|a| ("after", a.to_owned())));
+        self.json(self.request(Method::GET, "/files").query(&query))
+            .await
+    }
+
+    /// Every file with `purpose`, oldest first, following `has_more`.
+    pub async fn all_files(&self, purpose: &str) -> anyhow::Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .list_files(Some(purpose), 10_000, "asc", after.as_deref())
+                .await?;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            after = data
+                .last()
+                .and_then(|f| f["id"].as_str())
+                .map(str::to_owned);
+            all.extend(data);
+            if page["has_more"] != Value::Bool(true) || after.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn get_file(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::GET, &format!("/files/{id}")))
+            .await
+    }
+
+    pub async fn delete_file(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::DELETE, &format!("/files/{id}")))
+            .await
+    }
+
+    /// Streams the file at `path` to the server under `filename`.
+    pub async fn upload(
+        &self,
+        path: &Path,
+        filename: &str,
+        purpose: &str,
+    ) -> anyhow::Result<Value> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file.metadata().await?.len();
+        let chunks = futures_util::stream::unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(buf), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let part =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(chunks), len)
+                .file_name(filename.to_owned())
+                .mime_str("application/jsonl")?;
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", purpose.to_owned())
+            .part("file", part);
+        self.json(self.request(Method::POST, "/files").multipart(form))
+            .await
+    }
+
+    /// The raw content of a file, as a response to stream from.
+    pub async fn content(&self, id: &str) -> anyhow::Result<Response> {
+        self.send(self.request(Method::GET, &format!("/files/{id}/content")))
+            .await
+    }
+
+    /// Streams a file's content into `out`.
+    pub async fn download_to(
+        &self,
+        id: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> anyhow::Result<u64> {
+        let mut stream = self.content(id).await?.bytes_stream();
+        let mut written = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("the download was interrupted")?;
+            out.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await?;
+        Ok(written)
+    }
+
+    /// A file's whole content as text (result files: one JSON object per line).
+    pub async fn text(&self, id: &str) -> anyhow::Result<String> {
+        self.content(id)
+            .await?
+            .text()
+            .await
+            .context("the download was interrupted")
+    }
+}
+
+async fn server_error(res: Response) -> ServerError {
+    let status = res.status().as_u16();
+    let body: Option<Value> = res.json().await.ok();
+    let err = body.as_ref().map(|b| &b["error"]);
+    let message = err
+        .and_then(|e| e["message"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the server answered HTTP {status}"));
+    let code = err.and_then(|e| e["code"].as_str()).map(str::to_owned);
+    ServerError {
+        status,
+        message,
+        code,
+    }
+}
+
+/// reqwest's outermost message ("error sending request for url ...") hides the useful part.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Whether an error is worth retrying while only watching a batch: the connection, or a
+/// server answer that says "try again".
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ServerError>() {
+        Some(s) => s.status == 429 || s.status >= 500,
+        None => e.to_string().starts_with("cannot reach the server"),
+    }
+}

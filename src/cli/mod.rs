@@ -1,0 +1,326 @@
+//! `openbatch` as a client of an OpenBatch (or any OpenAI-compatible) server: `submit`,
+//! `batches …`, `files …`. It only speaks the public `/v1` API, like the SDKs, and reads the
+//! same `OPENAI_BASE_URL` / `OPENAI_API_KEY`.
+
+mod client;
+mod output;
+mod submit;
+mod wait;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+pub use client::{Client, ServerError};
+pub use submit::SubmitArgs;
+pub use wait::{EXIT_BATCH_FAILED, EXIT_DETACHED};
+
+use wait::{InputOrder, WaitOptions};
+
+/// Where the server is and how to talk to it (shared by every client command).
+#[derive(Args, Clone)]
+pub struct ClientOpts {
+    /// The server's API base, `/v1` included.
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "http://127.0.0.1:8080/v1",
+        global = true
+    )]
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer …` (needed when the server has auth on).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Print the API's JSON objects instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ClientOpts {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.base_url, self.api_key.clone())
+    }
+}
+
+#[derive(Args)]
+pub struct BatchesArgs {
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(subcommand)]
+    pub command: BatchesCommand,
+}
+
+#[derive(Subcommand)]
+pub enum BatchesCommand {
+    /// List batches, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Start after this batch id (the previous page's last id).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one batch.
+    Get { id: String },
+    /// Watch a batch until it ends (re-attach after a Ctrl-C); exits non-zero if anything failed.
+    Wait {
+        id: String,
+        /// Also write the results (output and error lines, in input order) here.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Ctrl-C cancels the batch instead of detaching from it.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
+        #[arg(long, default_value_t = 1.0, hide = true)]
+        poll_interval: f64,
+    },
+    /// Cancel a batch (lines already done keep their results).
+    Cancel { id: String },
+    /// Write a finished batch's results (output and error lines) in input order.
+    Results {
+        id: String,
+        /// Default: standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct FilesArgs {
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(subcommand)]
+    pub command: FilesCommand,
+}
+
+#[derive(Subcommand)]
+pub enum FilesCommand {
+    /// List files, newest first.
+    List {
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Upload a file.
+    Upload {
+        path: PathBuf,
+        #[arg(long, default_value = "batch")]
+        purpose: String,
+    },
+    /// Download a file's content.
+    Download {
+        id: String,
+        /// Default: standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Delete a file.
+    Delete { id: String },
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    submit::run(args).await
+}
+
+pub async fn batches(args: BatchesArgs) -> anyhow::Result<i32> {
+    let client = args.client.client()?;
+    let json = args.client.json;
+    match args.command {
+        BatchesCommand::List { limit, after } => {
+            let page = client.list_batches(limit, after.as_deref()).await?;
+            if json {
+                output::print_json(&page);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = data(&page)
+                .iter()
+                .map(|b| {
+                    vec![
+                        output::text(&b["id"]),
+                        output::status(b["status"].as_str().unwrap_or("?")),
+                        output::progress(b),
+                        output::text(&b["model"]),
+                        output::time(&b["created_at"]),
+                        output::text(&b["endpoint"]),
+                        output::metadata(&b["metadata"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!("no batches");
+            } else {
+                output::table(
+                    &[
+                        "id", "status", "progress", "model", "created", "endpoint", "metadata",
+                    ],
+                    &rows,
+                );
+                more_hint(&page, "openbatch batches list --after");
+            }
+        }
+        BatchesCommand::Get { id } => {
+            let b = client.get_batch(&id).await?;
+            if json {
+                output::print_json(&b);
+            } else {
+                output::batch_detail(&b);
+            }
+        }
+        BatchesCommand::Wait {
+            id,
+            output: out,
+            cancel_on_interrupt,
+            poll_interval,
+        } => {
+            let opts = WaitOptions {
+                cancel_on_interrupt,
+                poll: Duration::from_secs_f64(poll_interval.max(0.05)),
+            };
+            return wait::wait_and_report(
+                &client,
+                &id,
+                &opts,
+                out.as_deref(),
+                InputOrder::Server,
+                json,
+            )
+            .await;
+        }
+        BatchesCommand::Cancel { id } => {
+            let b = client.cancel_batch(&id).await?;
+            if json {
+                output::print_json(&b);
+            } else {
+                println!(
+                    "{id} {}",
+                    output::status(b["status"].as_str().unwrap_or("?"))
+                );
+            }
+        }
+        BatchesCommand::Results { id, output: out } => {
+            let b = client.get_batch(&id).await?;
+            anyhow::ensure!(
+                wait::is_terminal(&b),
+                "batch {id} is still {}; wait for it with: openbatch batches wait {id}",
+                output::text(&b["status"])
+            );
+            let outcome = match &out {
+                Some(path) => {
+                    let mut f = std::io::BufWriter::new(
+                        std::fs::File::create(path)
+                            .with_context(|| format!("cannot write {}", path.display()))?,
+                    );
+                    wait::write_results(&client, &b, InputOrder::Server, &mut f).await?
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    wait::write_results(&client, &b, InputOrder::Server, &mut stdout).await?
+                }
+            };
+            eprintln!("{} succeeded, {} failed", outcome.succeeded, outcome.failed);
+        }
+    }
+    Ok(0)
+}
+
+pub async fn files(args: FilesArgs) -> anyhow::Result<i32> {
+    let client = args.client.client()?;
+    let json = args.client.json;
+    match args.command {
+        FilesCommand::List {
+            purpose,
+            limit,
+            after,
+        } => {
+            let page = client
+                .list_files(purpose.as_deref(), limit, "desc", after.as_deref())
+                .await?;
+            if json {
+                output::print_json(&page);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = data(&page)
+                .iter()
+                .map(|f| {
+                    vec![
+                        output::text(&f["id"]),
+                        output::text(&f["purpose"]),
+                        output::bytes(&f["bytes"]),
+                        output::time(&f["created_at"]),
+                        output::time(&f["expires_at"]),
+                        output::text(&f["filename"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!("no files");
+            } else {
+                output::table(
+                    &["id", "purpose", "size", "created", "expires", "filename"],
+                    &rows,
+                );
+                more_hint(&page, "openbatch files list --after");
+            }
+        }
+        FilesCommand::Upload { path, purpose } => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("the path names no file")?
+                .to_owned();
+            let f = client.upload(&path, &name, &purpose).await?;
+            if json {
+                output::print_json(&f);
+            } else {
+                println!("{}", output::text(&f["id"]));
+            }
+        }
+        FilesCommand::Download { id, output: out } => match out {
+            Some(path) => {
+                // Into a temporary name first, so an interrupted download leaves no partial file
+                // under the name asked for.
+                let tmp = PathBuf::from(format!("{}.part", path.display()));
+                let mut f = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                let n = client.download_to(&id, &mut f).await?;
+                f.sync_all().await?;
+                tokio::fs::rename(&tmp, &path).await?;
+                eprintln!("wrote {n} bytes to {}", path.display());
+            }
+            None => {
+                let mut stdout = tokio::io::stdout();
+                client.download_to(&id, &mut stdout).await?;
+                stdout.flush().await?;
+            }
+        },
+        FilesCommand::Delete { id } => {
+            let d = client.delete_file(&id).await?;
+            if json {
+                output::print_json(&d);
+            } else {
+                println!("deleted {id}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn data(page: &Value) -> Vec<Value> {
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+fn more_hint(page: &Value, command: &str) {
+    if page["has_more"] == Value::Bool(true) {
+        if let Some(last) = page["last_id"].as_str() {
+            eprintln!("more: {command} {last}");
+        }
+    }
+}
