@@ -104,9 +104,14 @@ def psql(a, sql):
 
 
 def db_size(a):
-    """The database's size after a plain VACUUM (what an operator's autovacuum would leave)."""
+    """The database's size after a plain VACUUM (what an operator's autovacuum would leave),
+    and the size of each relation."""
     psql(a, "VACUUM")
-    return int(psql(a, "SELECT pg_database_size(current_database())"))
+    rels = psql(a, "SELECT c.relname || ':' || pg_relation_size(c.oid) FROM pg_class c "
+                   "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'i', 't')")
+    sizes = dict(line.rsplit(":", 1) for line in rels.splitlines())
+    return int(psql(a, "SELECT pg_database_size(current_database())")), {k: int(v) for k, v in sizes.items()}
 
 
 # --- memory sampling ----------------------------------------------------------------------------
@@ -267,7 +272,7 @@ def cmd_run(a):
     sampler.start()
 
     if a.delete_files:
-        res["db_bytes_before"] = db_size(a)
+        res["db_bytes_before"], res["rel_bytes_before"] = db_size(a)
 
     # Upload (streamed from disk by curl) to replica 1.
     sampler.set_phase("upload")
@@ -390,7 +395,7 @@ def cmd_run(a):
                 code, body = http_json("DELETE", f"{api}/files/{fid}")
                 if code != 200:
                     die(f"DELETE file answered {code}: {str(body)[:300]}")
-        res["db_bytes_after_delete"] = db_size(a)
+        res["db_bytes_after_delete"], res["rel_bytes_after_delete"] = db_size(a)
         left = psql(a, "SELECT (SELECT count(*) FROM batch_chunks) + (SELECT count(*) FROM batch_results)")
         res["work_rows_left"] = int(left)
     json.dump(res, open(a.out, "w"), indent=1)
@@ -532,6 +537,9 @@ def cmd_report(a):
             print(f"database size (after VACUUM)  : {before / MIB:.1f} MiB before the upload, {after / MIB:.1f} MiB "
                   f"after the batch's files were deleted ({100 * (after - before) / before:+.1f} %); "
                   f"work rows left: {r['work_rows_left']}")
+            b0, b1 = r["rel_bytes_before"], r["rel_bytes_after_delete"]
+            grown = sorted(((b1[k] - b0.get(k, 0), k) for k in b1), reverse=True)[:5]
+            print("  grown most                  : " + ", ".join(f"{k} +{d / MIB:.1f} MiB" for d, k in grown if d > 0))
         print(f"upstream executions (/stats)  : {r['upstream_total']}")
         print(f"request_counts                : total={rc.get('total')} completed={rc.get('completed')} "
               f"failed={rc.get('failed')}")

@@ -21,6 +21,8 @@ pub use retry::RetryPolicy;
 pub struct Upstream {
     pub name: String,
     base_url: String,
+    /// The URL of each batch endpoint, parsed once rather than per request.
+    urls: Vec<(&'static str, reqwest::Url)>,
     api_key: Option<Secret>,
     timeout: Duration,
     limit: Semaphore,
@@ -30,9 +32,18 @@ pub struct Upstream {
 
 impl Upstream {
     fn new(name: &str, s: &UpstreamSettings) -> Self {
+        let base_url = s.base_url.trim_end_matches('/').to_owned();
+        let urls = crate::domain::Endpoint::ALL
+            .iter()
+            .filter_map(|e| {
+                let url = join(&base_url, e.as_str()).parse().ok()?;
+                Some((e.as_str(), url))
+            })
+            .collect();
         Self {
             name: name.to_owned(),
-            base_url: s.base_url.trim_end_matches('/').to_owned(),
+            base_url,
+            urls,
             api_key: s.api_key.clone().filter(|k| !k.expose().is_empty()),
             timeout: Duration::from_secs(s.timeout_secs),
             limit: Semaphore::new(s.max_in_flight),
@@ -48,14 +59,25 @@ impl Upstream {
         })
     }
 
-    /// `base_url` carries the version (`…/v1`); batch endpoints do too (`/v1/…`).
     fn url(&self, endpoint: &str) -> String {
-        format!(
-            "{}{}",
-            self.base_url,
-            endpoint.strip_prefix("/v1").unwrap_or(endpoint)
-        )
+        match self.urls.iter().find(|(e, _)| *e == endpoint) {
+            Some((_, url)) => url.to_string(),
+            None => join(&self.base_url, endpoint),
+        }
     }
+
+    fn parsed_url(&self, endpoint: &str) -> Option<reqwest::Url> {
+        let (_, url) = self.urls.iter().find(|(e, _)| *e == endpoint)?;
+        Some(url.clone())
+    }
+}
+
+/// `base_url` carries the version (`…/v1`); batch endpoints do too (`/v1/…`).
+fn join(base_url: &str, endpoint: &str) -> String {
+    format!(
+        "{base_url}{}",
+        endpoint.strip_prefix("/v1").unwrap_or(endpoint)
+    )
 }
 
 /// What a line's execution came to.
@@ -132,7 +154,7 @@ impl Upstreams {
         &self,
         endpoint: &str,
         model: &str,
-        body: &str,
+        body: &bytes::Bytes,
         traceparent: &str,
     ) -> Outcome {
         let upstream = self.route(model);
@@ -193,16 +215,18 @@ impl Upstreams {
         &self,
         upstream: &Upstream,
         endpoint: &str,
-        body: &str,
+        body: &bytes::Bytes,
         traceparent: &str,
     ) -> (Outcome, Option<Duration>) {
-        let mut req = self
-            .client
-            .post(upstream.url(endpoint))
+        let req = match upstream.parsed_url(endpoint) {
+            Some(url) => self.client.post(url),
+            None => self.client.post(upstream.url(endpoint)),
+        };
+        let mut req = req
             .timeout(upstream.timeout)
             .header(CONTENT_TYPE, "application/json")
             .header("traceparent", traceparent)
-            .body(body.to_owned());
+            .body(body.clone());
         if let Some(key) = &upstream.api_key {
             req = req.header(AUTHORIZATION, format!("Bearer {}", key.expose()));
         }
@@ -211,13 +235,12 @@ impl Upstreams {
             Err(e) => return (transport_failure(&e), None),
         };
         let status = res.status().as_u16();
-        let headers = res.headers().clone();
+        let retry_after = retry::retry_after(res.headers());
+        let request_id = header_str(res.headers(), "x-request-id");
         let bytes = match res.bytes().await {
             Ok(b) => b,
             Err(e) => return (transport_failure(&e), None),
         };
-        let retry_after = retry::retry_after(&headers);
-        let request_id = header_str(&headers, "x-request-id");
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
             Ok(v) if v.get().starts_with('{') => v,
             _ if (200..300).contains(&status) => {

@@ -54,7 +54,8 @@ struct Line {
     line: i32,
     custom_id: String,
     model: String,
-    body: String,
+    /// Shared, so that no attempt copies it.
+    body: bytes::Bytes,
 }
 
 struct Done {
@@ -280,7 +281,7 @@ async fn read_lines(
                 line,
                 custom_id: v.custom_id,
                 model: v.model,
-                body: v.body,
+                body: v.body.into(),
             }),
             Err(e) => bad = Some(format!("line {}: {e}", line + 1)),
         }
