@@ -67,6 +67,19 @@ pub async fn insert(
     Ok(())
 }
 
+/// Where a chunk's lines are, and which lines of the batch they are.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Lines {
+    pub file_id: String,
+    pub start_part: i32,
+    pub start_offset: i32,
+    pub end_part: i32,
+    pub end_offset: i32,
+    /// The ordinal of its first request in the batch.
+    pub first_line: i32,
+    pub line_count: i32,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedChunk {
     pub batch_id: BatchId,
@@ -74,19 +87,14 @@ pub struct ClaimedChunk {
     pub idx: i32,
     /// The fencing token every write of this claim must carry.
     pub attempt: i32,
-    pub file_id: String,
-    pub start_part: i32,
-    pub start_offset: i32,
-    pub end_part: i32,
-    pub end_offset: i32,
-    pub first_line: i32,
-    pub line_count: i32,
+    #[sqlx(flatten)]
+    pub lines: Lines,
     pub endpoint: String,
     /// The `traceparent` of the request that created the batch.
     pub trace_context: Option<String>,
 }
 
-impl ClaimedChunk {
+impl Lines {
     pub fn start(&self) -> Position {
         Position {
             part: self.start_part,
@@ -367,13 +375,8 @@ pub async fn close_open(pool: &PgPool, batch: &BatchId) -> Result<u64, sqlx::Err
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChunkSummary {
     pub idx: i32,
-    pub file_id: String,
-    pub start_part: i32,
-    pub start_offset: i32,
-    pub end_part: i32,
-    pub end_offset: i32,
-    pub first_line: i32,
-    pub line_count: i32,
+    #[sqlx(flatten)]
+    pub lines: Lines,
     pub completed: i32,
     pub failed: i32,
     pub input_tokens: i64,
@@ -381,6 +384,19 @@ pub struct ChunkSummary {
     pub output_tokens: i64,
     pub reasoning_tokens: i64,
     pub total_tokens: i64,
+}
+
+impl ChunkSummary {
+    /// Token usage of its successful lines: input, cached, output, reasoning, total.
+    pub fn usage(&self) -> [i64; 5] {
+        [
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.total_tokens,
+        ]
+    }
 }
 
 /// A batch's chunks in order, a page at a time (keyset on `idx`).

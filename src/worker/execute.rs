@@ -258,11 +258,12 @@ async fn read_lines(
     } else {
         Default::default()
     };
-    let bytes = files::read_range(&ctx.pool, &c.file_id, c.start(), c.end())
+    let at = &c.lines;
+    let bytes = files::read_range(&ctx.pool, &at.file_id, at.start(), at.end())
         .await?
-        .ok_or_else(|| anyhow::anyhow!("the content of input file {} is missing", c.file_id))?;
-    let mut lines = Vec::with_capacity(c.line_count as usize);
-    let mut ordinal = c.first_line;
+        .ok_or_else(|| anyhow::anyhow!("the content of input file {} is missing", at.file_id))?;
+    let mut lines = Vec::with_capacity(at.line_count as usize);
+    let mut ordinal = at.first_line;
     let mut bad = None;
     let mut splitter = LineSplitter::default();
     let mut take = |raw: &[u8]| {
@@ -292,12 +293,12 @@ async fn read_lines(
         anyhow::bail!("a validated line no longer passes validation: {message}");
     }
     anyhow::ensure!(
-        ordinal - c.first_line == c.line_count,
+        ordinal - at.first_line == at.line_count,
         "chunk {} of batch {} holds {} lines, not {}",
         c.idx,
         c.batch_id,
-        ordinal - c.first_line,
-        c.line_count
+        ordinal - at.first_line,
+        at.line_count
     );
     Ok(lines)
 }

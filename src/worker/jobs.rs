@@ -15,7 +15,7 @@ use super::plan::ChunkPlanner;
 use super::validate::{queued, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
-use crate::store::chunks::{self, ChunkSummary, Position};
+use crate::store::chunks::{self, ChunkSummary};
 use crate::store::files::{self, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};
 use crate::upstream::Outcome;
@@ -294,13 +294,7 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         let Some(last) = page.last() else { break };
         after = last.idx;
         for c in &page {
-            usage.merge(Usage::from_array([
-                c.input_tokens,
-                c.cached_tokens,
-                c.output_tokens,
-                c.reasoning_tokens,
-                c.total_tokens,
-            ]));
+            usage.merge(Usage::from_array(c.usage()));
             let groups = chunks::results(&mut *tx, &job.id, c.idx).await?;
             for (success, line) in chunk_lines(ctx, job, c, &groups, &unfinished).await? {
                 let file = if success { &mut out } else { &mut err };
@@ -359,7 +353,7 @@ async fn chunk_lines<'g>(
     groups: &'g [String],
     unfinished: &Outcome,
 ) -> anyhow::Result<Vec<(bool, Cow<'g, str>)>> {
-    let mut lines: Vec<(i32, bool, Cow<str>)> = Vec::with_capacity(c.line_count as usize);
+    let mut lines: Vec<(i32, bool, Cow<str>)> = Vec::with_capacity(c.lines.line_count as usize);
     for group in groups {
         for stored in output::decode(group) {
             let s = stored?;
@@ -368,20 +362,13 @@ async fn chunk_lines<'g>(
     }
     lines.sort_by_key(|l| l.0);
     lines.dedup_by_key(|l| l.0);
-    if lines.len() < c.line_count as usize {
-        let start = Position {
-            part: c.start_part,
-            offset: c.start_offset,
-        };
-        let end = Position {
-            part: c.end_part,
-            offset: c.end_offset,
-        };
-        let input = files::read_range(&ctx.pool, &c.file_id, start, end)
+    if lines.len() < c.lines.line_count as usize {
+        let at = &c.lines;
+        let input = files::read_range(&ctx.pool, &at.file_id, at.start(), at.end())
             .await?
-            .with_context(|| format!("the content of input file {} is missing", c.file_id))?;
+            .with_context(|| format!("the content of input file {} is missing", at.file_id))?;
         let have: std::collections::HashSet<i32> = lines.iter().map(|l| l.0).collect();
-        let mut ordinal = c.first_line;
+        let mut ordinal = at.first_line;
         let mut missing = Vec::new();
         let mut take = |raw: &[u8]| {
             if raw.iter().all(u8::is_ascii_whitespace) {

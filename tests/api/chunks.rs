@@ -180,15 +180,6 @@ fn engine_env(upstream: &FakeUpstream) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn client_for(address: &str, database_url: &str) -> TestApp {
-    TestApp {
-        address: address.to_owned(),
-        client: reqwest::Client::new(),
-        pool: PgPool::connect(database_url).await.unwrap(),
-        _db: None,
-    }
-}
-
 #[tokio::test]
 async fn three_replicas_finalize_each_batch_exactly_once_and_keep_nothing_per_line() {
     let upstream = FakeUpstream::start(&["--latency-ms", "5"]);
@@ -197,9 +188,9 @@ async fn three_replicas_finalize_each_batch_exactly_once_and_keep_nothing_per_li
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let replicas = start_replicas_with(3, &db.url, &env).await;
     let apps = [
-        client_for(&replicas[0].address, &db.url).await,
-        client_for(&replicas[1].address, &db.url).await,
-        client_for(&replicas[2].address, &db.url).await,
+        TestApp::connect(&replicas[0].address, &db.url).await,
+        TestApp::connect(&replicas[1].address, &db.url).await,
+        TestApp::connect(&replicas[2].address, &db.url).await,
     ];
     let mut ids = Vec::new();
     for b in 0..12 {
@@ -484,7 +475,7 @@ async fn a_batch_running_on_the_old_engine_completes_after_the_upgrade() {
     let env = engine_env(&upstream);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let replicas = start_replicas_with(1, &db.url, &env).await;
-    let app = client_for(&replicas[0].address, &db.url).await;
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
     let batch = app.wait_for("batch_v1", &["completed", "failed"]).await;
     assert_eq!(batch["status"], "completed", "{batch}");
     let err = app.lines_of(&batch["error_file_id"]).await;

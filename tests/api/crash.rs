@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
 use crate::cluster::Cluster;
 use crate::helpers::{chat_line, start_replicas_with, to_jsonl, FakeUpstream, TestApp, TestDb};
@@ -19,15 +18,6 @@ fn worker_env(upstream: &FakeUpstream) -> Vec<(&'static str, String)> {
         ("OPENBATCH__WORKER__LEASE_SECS", "6".to_owned()),
         ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "100".to_owned()),
     ]
-}
-
-async fn client_for(address: &str, database_url: &str) -> TestApp {
-    TestApp {
-        address: address.to_owned(),
-        client: reqwest::Client::new(),
-        pool: PgPool::connect(database_url).await.unwrap(),
-        _db: None,
-    }
 }
 
 /// Every custom_id exactly once across the output and error files.
@@ -58,7 +48,7 @@ async fn a_replica_killed_mid_batch_loses_at_most_its_in_flight_lines() {
     let env = worker_env(&upstream);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut replicas = start_replicas_with(3, &url, &env).await;
-    let app = client_for(&replicas[1].address, &url).await;
+    let app = TestApp::connect(&replicas[1].address, &url).await;
 
     let lines: Vec<Value> = (0..LINES)
         .map(|i| chat_line(&format!("k{i}"), json!({})))
@@ -98,7 +88,7 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
     env.push(("OPENBATCH__WORKER__MAX_IN_FLIGHT", "4"));
     env.push(("OPENBATCH__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"));
     let replicas = start_replicas_with(1, &url, &env).await;
-    let app = client_for(&replicas[0].address, &url).await;
+    let app = TestApp::connect(&replicas[0].address, &url).await;
 
     let lines: Vec<Value> = (0..LINES)
         .map(|i| chat_line(&format!("p{i}"), json!({})))
@@ -118,7 +108,7 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
     assert_eq!(res.status(), 503);
     cluster.start_again();
 
-    let app = client_for(&replicas[0].address, &url).await;
+    let app = TestApp::connect(&replicas[0].address, &url).await;
     let batch = app.wait_for(&id, &["completed", "failed"]).await;
     assert_eq!(batch["status"], "completed", "{batch}");
     assert_each_line_once(&app, &batch, LINES).await;
@@ -133,7 +123,7 @@ async fn sigterm_drains_in_flight_lines_and_hands_back_the_rest() {
     let env = worker_env(&upstream);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut replicas = start_replicas_with(2, &url, &env).await;
-    let app = client_for(&replicas[1].address, &url).await;
+    let app = TestApp::connect(&replicas[1].address, &url).await;
 
     let lines: Vec<Value> = (0..LINES)
         .map(|i| chat_line(&format!("t{i}"), json!({})))

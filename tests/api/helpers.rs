@@ -111,6 +111,16 @@ pub fn batch_body(input_file_id: &str) -> Value {
 }
 
 impl TestApp {
+    /// A client of a server that runs elsewhere (a replica process) on `database_url`.
+    pub async fn connect(address: &str, database_url: &str) -> Self {
+        TestApp {
+            address: address.to_owned(),
+            client: reqwest::Client::new(),
+            pool: PgPool::connect(database_url).await.unwrap(),
+            _db: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -2,7 +2,6 @@
 //! replica whose peak RSS is read from /proc at the end.
 
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
 use crate::helpers::{start_replicas_with, FakeUpstream, TestApp, TestDb};
 
@@ -28,12 +27,7 @@ async fn a_200_mb_input_runs_in_bounded_memory() {
         ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
     ];
     let replicas = start_replicas_with(1, &db.url, &env).await;
-    let app = TestApp {
-        address: replicas[0].address.clone(),
-        client: reqwest::Client::new(),
-        pool: PgPool::connect(&db.url).await.unwrap(),
-        _db: None,
-    };
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
 
     let mut content = Vec::with_capacity(LINES * LINE_BYTES);
     for i in 0..LINES {
