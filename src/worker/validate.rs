@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 
+use std::borrow::Cow;
+
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::domain::Endpoint;
 
@@ -45,7 +48,7 @@ impl LineError {
 pub struct ValidLine {
     pub custom_id: String,
     pub model: String,
-    /// The request body, re-serialised compactly.
+    /// The request body, as written.
     pub body: String,
 }
 
@@ -58,6 +61,25 @@ fn required_body_fields(endpoint: Endpoint) -> &'static [&'static str] {
     }
 }
 
+/// A JSON object's members, the values left as written: checking a line reads its few fields
+/// without building a tree of the rest (a prompt of many KiB is scanned once, never copied).
+/// A repeated key keeps its last value, as a full parse would.
+type Members<'a> = HashMap<Cow<'a, str>, &'a RawValue>;
+
+fn members(raw: &str) -> Result<Members<'_>, serde_json::Error> {
+    serde_json::from_str(raw)
+}
+
+/// A member that is present and not `null`.
+fn present<'a>(m: &Members<'a>, key: &str) -> Option<&'a RawValue> {
+    m.get(key).copied().filter(|v| v.get() != "null")
+}
+
+/// A small member read as a value (strings, booleans); anything else is left alone.
+fn scalar(v: &RawValue) -> Value {
+    serde_json::from_str(v.get()).unwrap_or(Value::Null)
+}
+
 /// Checks one non-blank line (`line` is its 1-based number in the file).
 pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLine, LineError> {
     let missing = |param: &str| {
@@ -68,25 +90,31 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
             format!("Missing required parameter: '{param}'."),
         )
     };
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
+    let not_json = |e: &dyn std::fmt::Display| {
         LineError::at(
             line,
             "invalid_json_line",
             "line",
             format!("This line is not parseable as valid JSON: {e}."),
         )
-    })?;
-    let Value::Object(mut obj) = value else {
-        return Err(LineError::at(
-            line,
-            "invalid_json_line",
-            "line",
-            "This line is not a JSON object.",
-        ));
     };
-    let custom_id = match obj.get("custom_id") {
-        None | Some(Value::Null) => return Err(missing("custom_id")),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let text = std::str::from_utf8(raw).map_err(|e| not_json(&e))?;
+    let obj = members(text).map_err(|e| {
+        if e.is_data() {
+            // Valid JSON, but not an object.
+            LineError::at(
+                line,
+                "invalid_json_line",
+                "line",
+                "This line is not a JSON object.",
+            )
+        } else {
+            not_json(&e)
+        }
+    })?;
+    let custom_id = match present(&obj, "custom_id").map(scalar) {
+        None => return Err(missing("custom_id")),
+        Some(Value::String(s)) if !s.is_empty() => s,
         Some(_) => {
             return Err(LineError::at(
                 line,
@@ -96,50 +124,51 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
             ))
         }
     };
-    match obj.get("method") {
-        None | Some(Value::Null) => return Err(missing("method")),
-        Some(Value::String(m)) if m == "POST" => {}
+    match present(&obj, "method") {
+        None => return Err(missing("method")),
+        Some(m) if scalar(m) == "POST" => {}
         Some(other) => {
             return Err(LineError::at(
                 line,
                 "invalid_request",
                 "method",
-                format!("Invalid method {other}: batch requests must use 'POST'."),
+                format!(
+                    "Invalid method {other}: batch requests must use 'POST'.",
+                    other = other.get()
+                ),
             ))
         }
     }
-    match obj.get("url") {
-        None | Some(Value::Null) => return Err(missing("url")),
-        Some(Value::String(u)) if u == endpoint.as_str() => {}
+    match present(&obj, "url") {
+        None => return Err(missing("url")),
+        Some(u) if scalar(u) == endpoint.as_str() => {}
         Some(other) => {
             return Err(LineError::at(
                 line,
                 "invalid_url",
                 "url",
                 format!(
-                    "The URL {other} does not match the batch's endpoint '{}'.",
+                    "The URL {} does not match the batch's endpoint '{}'.",
+                    other.get(),
                     endpoint.as_str()
                 ),
             ))
         }
     }
-    let body: Map<String, Value> = match obj.remove("body") {
-        None | Some(Value::Null) => return Err(missing("body")),
-        Some(Value::Object(b)) => b,
-        Some(_) => {
-            return Err(LineError::at(
-                line,
-                "invalid_request",
-                "body",
-                "'body' must be a JSON object.",
-            ))
-        }
-    };
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    let raw_body = present(&obj, "body").ok_or_else(|| missing("body"))?;
+    let body = members(raw_body.get()).map_err(|_| {
+        LineError::at(
+            line,
+            "invalid_request",
+            "body",
+            "'body' must be a JSON object.",
+        )
+    })?;
+    let model = match present(&body, "model").map(scalar) {
+        Some(Value::String(m)) if !m.is_empty() => m,
         _ => return Err(missing("body.model")),
     };
-    if body.get("stream") == Some(&Value::Bool(true)) {
+    if present(&body, "stream").is_some_and(|s| s.get() == "true") {
         return Err(LineError::at(
             line,
             "streaming_unsupported",
@@ -148,14 +177,14 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
         ));
     }
     for field in required_body_fields(endpoint) {
-        if body.get(*field).is_none_or(Value::is_null) {
+        if present(&body, field).is_none() {
             return Err(missing(&format!("body.{field}")));
         }
     }
     Ok(ValidLine {
         custom_id,
         model,
-        body: Value::Object(body).to_string(),
+        body: raw_body.get().to_owned(),
     })
 }
 
