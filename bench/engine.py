@@ -105,8 +105,22 @@ def psql(a, sql):
 
 def db_size(a):
     """The database's size after a plain VACUUM (what an operator's autovacuum would leave),
-    and the size of each relation."""
-    psql(a, "VACUUM")
+    and the size of each relation. VACUUM gives the space at a table's end back to the file
+    system only if it can lock the table for a moment (autovacuum may be busy with it right after
+    a large delete): it is run until the size stops falling, at most five times."""
+    size = None
+    for _ in range(5):
+        for _ in range(300):  # let a running autovacuum finish first (at most 30 s)
+            if psql(a, "SELECT count(*) FROM pg_stat_progress_vacuum "
+                       "WHERE datname = current_database()") == "0":
+                break
+            time.sleep(0.1)
+        psql(a, "VACUUM")
+        now = int(psql(a, "SELECT pg_database_size(current_database())"))
+        if size is not None and now >= size:
+            break
+        size = now
+        time.sleep(1)
     rels = psql(a, "SELECT c.relname || ':' || pg_relation_size(c.oid) FROM pg_class c "
                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
                    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'i', 't')")
