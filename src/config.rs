@@ -108,6 +108,8 @@ pub struct BatchSettings {
     pub check_models: bool,
     /// How long one upstream's model list is trusted before it is asked again.
     pub models_cache_secs: u64,
+    /// A longer input line fails validation (`line_too_long`) and is never held in memory.
+    pub max_line_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,7 +232,8 @@ impl Settings {
             .set_default("worker.shutdown_grace_secs", 20)?
             .set_default("batches.expiry_override_secs", None::<i64>)?
             .set_default("batches.check_models", true)?
-            .set_default("batches.models_cache_secs", 60)?;
+            .set_default("batches.models_cache_secs", 60)?
+            .set_default("batches.max_line_bytes", 8_u64 * 1024 * 1024)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),
@@ -285,6 +288,10 @@ impl Settings {
         anyhow::ensure!(
             self.limits.max_upload_bytes >= 1,
             "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batches.max_line_bytes >= 1,
+            "OPENBATCH__BATCHES__MAX_LINE_BYTES must be at least 1"
         );
         let w = &self.worker;
         anyhow::ensure!(

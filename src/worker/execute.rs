@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
-use super::validate::{queued, LineSplitter};
+use super::validate::{queued, LineSplitter, Piece};
 use super::{sleep_or_stop, Ctx};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
@@ -266,7 +266,10 @@ async fn read_lines(
     let mut ordinal = at.first_line;
     let mut bad = None;
     let mut splitter = LineSplitter::default();
-    let mut take = |raw: &[u8]| {
+    let mut take = |piece: Piece<'_>| {
+        // No cap here (`LineSplitter::default`): validation accepted every line, and the
+        // chunk is in memory already.
+        let raw = piece.unwrap_or_default();
         if raw.iter().all(u8::is_ascii_whitespace) {
             return;
         }

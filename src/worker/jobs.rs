@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
-use super::validate::{queued, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
+use super::validate::{queued, FileCheck, LineError, LineSplitter, Piece, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::store::chunks::{self, ChunkSummary};
@@ -161,11 +161,15 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
 
     let mut check = FileCheck::new(endpoint);
-    let mut planner = ChunkPlanner::new(ctx.settings.chunk_lines, ctx.settings.chunk_bytes);
+    let mut planner = ChunkPlanner::new(
+        ctx.settings.chunk_lines,
+        ctx.settings.chunk_bytes,
+        ctx.batches.max_line_bytes,
+    );
     let mut line_no = 0_usize;
-    let mut take = |raw: &[u8], check: &mut FileCheck| {
+    let mut take = |piece: Piece<'_>, check: &mut FileCheck| {
         line_no += 1;
-        check.line(raw, line_no);
+        check.piece(piece, line_no);
     };
     for idx in 0.. {
         let Some(part) = files::chunk(&ctx.pool, &file.id, idx).await? else {
@@ -370,7 +374,9 @@ async fn chunk_lines<'g>(
         let have: std::collections::HashSet<i32> = lines.iter().map(|l| l.0).collect();
         let mut ordinal = at.first_line;
         let mut missing = Vec::new();
-        let mut take = |raw: &[u8]| {
+        let mut take = |piece: Piece<'_>| {
+            // No cap here (`LineSplitter::default`): validation accepted every line.
+            let raw = piece.unwrap_or_default();
             if raw.iter().all(u8::is_ascii_whitespace) {
                 return;
             }

@@ -1,0 +1,122 @@
+//! Poison pills: inputs that would crash or wedge every replica that touches them end as clear
+//! errors instead, and the replica stays up.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    chat_line, spawn_engine, start_replicas_with, to_jsonl, FakeUpstream, TestApp, TestDb,
+};
+
+/// A chat line padded to `bytes` bytes by an extra body field.
+fn line_of(custom_id: &str, bytes: usize) -> Vec<u8> {
+    let base = chat_line(custom_id, json!({"pad": ""})).to_string().len();
+    let pad = "x".repeat(bytes.saturating_sub(base));
+    chat_line(custom_id, json!({ "pad": pad }))
+        .to_string()
+        .into_bytes()
+}
+
+async fn errors_of(app: &TestApp, content: Vec<u8>) -> Vec<Value> {
+    let id = app.submit("/v1/chat/completions", content).await;
+    let batch = app
+        .wait_for(&id, &["failed", "in_progress", "completed"])
+        .await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    batch["errors"]["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_line_over_the_cap_fails_validation_with_its_line_number() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| s.batches.max_line_bytes = 4096).await;
+    let content = [
+        line_of("a", 4000),
+        b"\n".to_vec(),
+        line_of("b", 300_000),
+        b"\n".to_vec(),
+        line_of("c", 100),
+        b"\n".to_vec(),
+    ]
+    .concat();
+    let errors = errors_of(&app, content).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "line_too_long");
+    assert_eq!(errors[0]["line"], 2);
+    assert_eq!(errors[0]["param"], "line");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4096 bytes"),
+        "{}",
+        errors[0]
+    );
+    // Lines under the cap still run.
+    let ok = [line_of("a", 4000), b"\n".to_vec(), line_of("b", 4000)].concat();
+    let id = app.submit("/v1/chat/completions", ok).await;
+    let batch = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// One 96 MB line (numbers, the costliest JSON to parse into a tree) against the default 8 MiB
+/// cap: the replica fails the batch without ever holding the line, and stays up.
+#[tokio::test]
+async fn a_giant_line_costs_a_replica_no_memory() {
+    const LIMIT_MIB: u64 = 80;
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    let env = [
+        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.as_str()),
+        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
+    ];
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
+
+    let mut giant = br#"{"custom_id":"g","method":"POST","url":"/v1/chat/completions","body":{"model":"fake-model","messages":[],"x":["#.to_vec();
+    while giant.len() < 96_000_000 {
+        giant.extend_from_slice(b"1,");
+    }
+    giant.extend_from_slice(b"1]}}\n");
+    let content = [to_jsonl(&[chat_line("a", json!({}))]), giant].concat();
+    let errors = errors_of(&app, content).await;
+    assert_eq!(errors[0]["code"], "line_too_long", "{errors:?}");
+    assert_eq!(errors[0]["line"], 2);
+
+    let ready = app.get("/readyz").send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let peak_mib = peak_rss_kib(replicas[0].pid()) / 1024;
+    assert!(
+        peak_mib < LIMIT_MIB,
+        "peak RSS {peak_mib} MiB for a 96 MB line (limit {LIMIT_MIB} MiB)"
+    );
+}
+
+#[tokio::test]
+async fn nul_in_a_custom_id_or_model_is_a_line_error() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |_| {}).await;
+    let nul_id = chat_line("a\u{0}b", json!({}));
+    let nul_model = chat_line("b", json!({"model": "fake-model\u{0}"}));
+    for (line, param) in [(nul_id, "custom_id"), (nul_model, "body.model")] {
+        let content = to_jsonl(&[chat_line("ok", json!({})), line]);
+        let errors = errors_of(&app, content).await;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(
+            (&e["code"], &e["param"], &e["line"]),
+            (&json!("invalid_request"), &json!(param), &json!(2)),
+            "{e}"
+        );
+        assert!(e["message"].as_str().unwrap().contains("NUL"), "{e}");
+    }
+}
