@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    chat_line, spawn_engine, start_replicas_with, to_jsonl, FakeUpstream, TestApp, TestDb,
+    batch_body, chat_line, expect_error, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
+    FakeUpstream, TestApp, TestDb,
 };
 
 /// A chat line padded to `bytes` bytes by an extra body field.
@@ -118,5 +119,66 @@ async fn nul_in_a_custom_id_or_model_is_a_line_error() {
             "{e}"
         );
         assert!(e["message"].as_str().unwrap().contains("NUL"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn nul_in_metadata_is_a_400_not_a_500() {
+    let app = spawn_app().await;
+    let file: Value = app
+        .upload("batch", "in.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = file["id"].as_str().unwrap();
+    for metadata in [json!({"team": "a\u{0}"}), json!({"te\u{0}am": "a"})] {
+        let mut body = batch_body(id);
+        body["metadata"] = metadata.clone();
+        let err = expect_error(app.create_batch(&body).await, 400).await;
+        assert_eq!(err["code"], "invalid_value", "{metadata}: {err}");
+        assert!(
+            err["param"].as_str().unwrap().starts_with("metadata."),
+            "{err}"
+        );
+    }
+    assert_eq!(app.count_batches().await, 0);
+}
+
+/// Whatever statement PostgreSQL refuses for its data (class 22), the client gets a 400 that
+/// says not to retry, never a 500.
+#[tokio::test]
+async fn data_exceptions_from_postgres_are_client_errors() {
+    use openbatch::error::ApiError;
+    let app = spawn_app().await;
+    let division = sqlx::query("SELECT 1 / 0").execute(&app.pool).await;
+    let nul_text = sqlx::query("SELECT $1::text")
+        .bind("a\u{0}b")
+        .execute(&app.pool)
+        .await;
+    let nul_jsonb = sqlx::query("SELECT $1::jsonb")
+        .bind(r#"{"a": "\u0000"}"#)
+        .execute(&app.pool)
+        .await;
+    let range = sqlx::query("SELECT 99999999999::int4")
+        .execute(&app.pool)
+        .await;
+    for (what, result, sqlstate) in [
+        ("division", division, "22012"),
+        ("NUL in text", nul_text, "22021"),
+        ("NUL in jsonb", nul_jsonb, "22P05"),
+        ("out of range", range, "22003"),
+    ] {
+        let e = result.expect_err(what);
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some(sqlstate), "{what}: {e}");
+        assert!(openbatch::error::is_data_exception(&e), "{what}");
+        let api = ApiError::from(e);
+        assert_eq!(api.status.as_u16(), 400, "{what}: {api}");
+        assert_eq!(api.should_retry, Some(false), "{what}");
+        assert_eq!(api.to_json()["error"]["type"], "invalid_request_error");
     }
 }
