@@ -60,6 +60,13 @@ pub struct UpstreamSettings {
     /// Model names routed here (routes only); `*` at the end matches a prefix.
     #[serde(default)]
     pub models: Vec<String>,
+    /// A longer response body is not read further: the line fails as `response_too_large`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -217,6 +224,10 @@ impl Settings {
             .set_default(
                 "upstream.max_in_flight",
                 default_upstream_in_flight() as u64,
+            )?
+            .set_default(
+                "upstream.max_response_bytes",
+                default_max_response_bytes() as u64,
             )?
             .set_default("worker.enabled", true)?
             .set_default("worker.max_in_flight", 64)?

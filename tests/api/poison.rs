@@ -182,3 +182,60 @@ async fn data_exceptions_from_postgres_are_client_errors() {
         assert_eq!(api.to_json()["error"]["type"], "invalid_request_error");
     }
 }
+
+/// A response over `upstream.max_response_bytes` is abandoned as soon as it passes the cap
+/// (announced by `Content-Length`, or found while streaming a body without one), recorded as
+/// `response_too_large` in the error file, and not retried.
+#[tokio::test]
+async fn a_huge_upstream_response_is_a_line_failure() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| s.upstream.max_response_bytes = 64 * 1024).await;
+    let big = |id: &str, no_length: bool| {
+        chat_line(
+            id,
+            json!({"fake": {"pad_bytes": 4 << 20, "no_length": no_length}}),
+        )
+    };
+    let lines = [
+        chat_line("small", json!({"fake": {"pad_bytes": 1000}})),
+        big("declared", false),
+        big("streamed", true),
+        chat_line("plain", json!({})),
+    ];
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    let batch = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 2, "failed": 2})
+    );
+    let err = app.lines_of(&batch["error_file_id"]).await;
+    let failed: Vec<(&str, &str)> = err
+        .iter()
+        .map(|l| {
+            (
+                l["custom_id"].as_str().unwrap(),
+                l["error"]["code"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("declared", "response_too_large"),
+            ("streamed", "response_too_large")
+        ]
+    );
+    let out = app.lines_of(&batch["output_file_id"]).await;
+    assert_eq!(
+        out[0]["response"]["body"]["padding"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1000
+    );
+    let stats = upstream.stats().await;
+    for id in ["declared", "streamed"] {
+        assert_eq!(stats["by_key"][id], 1, "{id} was not retried: {stats}");
+    }
+}
