@@ -36,8 +36,22 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 // A job that moved the batch on has already let go of it; one that did not
                 // (a failure, or a status that changed under it) must let go explicitly,
                 // since the heartbeat would otherwise renew the claim forever.
-                let retry_in = match handle(&ctx, job).await {
+                let retry_in = match handle(&ctx, &job).await {
                     Ok(()) => 0.0,
+                    Err(e) if job.status == BatchStatus::Validating && is_data_exception(&e) => {
+                        // PostgreSQL refused something of the input as data: every retry would
+                        // re-read the whole file and fail the same way.
+                        tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch input refused by the database; failing the batch");
+                        let error = LineError::file(
+                            "invalid_request",
+                            Some("input_file_id"),
+                            "The input file holds a value that cannot be stored (for example a NUL character, \\u0000, in a string).",
+                        );
+                        match fail(&ctx, &job, vec![error]).await {
+                            Ok(()) => 0.0,
+                            Err(_) => 2.0,
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch job failed; will retry");
                         2.0
@@ -65,22 +79,29 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn handle(ctx: &Ctx, job: BatchJob) -> anyhow::Result<()> {
+/// A data exception (SQLSTATE 22xxx) anywhere in the error's chain.
+fn is_data_exception(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+        .any(crate::error::is_data_exception)
+}
+
+async fn handle(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     let span = tracing::info_span!("batch_job", batch_id = %job.id, status = job.status.as_str());
     let _enter = span.enter();
     match job.status {
-        BatchStatus::Validating if job.expired => finalize(ctx, &job, BatchStatus::Expired).await,
-        BatchStatus::Validating => validate(ctx, &job).await,
-        BatchStatus::InProgress if job.expired => finalize(ctx, &job, BatchStatus::Expired).await,
+        BatchStatus::Validating if job.expired => finalize(ctx, job, BatchStatus::Expired).await,
+        BatchStatus::Validating => validate(ctx, job).await,
+        BatchStatus::InProgress if job.expired => finalize(ctx, job, BatchStatus::Expired).await,
         BatchStatus::InProgress => {
             if jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
-                finalize(ctx, &job, BatchStatus::Completed).await
+                finalize(ctx, job, BatchStatus::Completed).await
             } else {
                 Ok(())
             }
         }
         // A finalization interrupted by a crash: redo it, it writes the same files.
-        BatchStatus::Finalizing => finalize(ctx, &job, BatchStatus::Completed).await,
+        BatchStatus::Finalizing => finalize(ctx, job, BatchStatus::Completed).await,
         BatchStatus::Cancelling => {
             let grace = ctx.settings.cancel_grace_secs as i64;
             let in_flight = chunks::running(&ctx.pool, &job.id).await?;
@@ -89,7 +110,7 @@ async fn handle(ctx: &Ctx, job: BatchJob) -> anyhow::Result<()> {
                 jobs::defer(&ctx.pool, &job.id, &ctx.owner, 0.5).await?;
                 return Ok(());
             }
-            finalize(ctx, &job, BatchStatus::Cancelled).await
+            finalize(ctx, job, BatchStatus::Cancelled).await
         }
         other => anyhow::bail!("claimed a batch in status {other:?}"),
     }

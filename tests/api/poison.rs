@@ -239,3 +239,32 @@ async fn a_huge_upstream_response_is_a_line_failure() {
         assert_eq!(stats["by_key"][id], 1, "{id} was not retried: {stats}");
     }
 }
+
+/// Validation that PostgreSQL refuses for its data (any SQLSTATE 22xxx; here forced by a
+/// trigger) fails the batch with a clear error at once, instead of re-reading the file every
+/// 2 s until the batch expires.
+#[tokio::test]
+async fn a_data_exception_during_validation_fails_the_batch() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |_| {}).await;
+    for statement in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON batch_chunks
+         FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    let errors = errors_of(&app, to_jsonl(&[chat_line("a", json!({}))])).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "invalid_request");
+    assert_eq!(errors[0]["param"], "input_file_id");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be stored"),
+        "{}",
+        errors[0]
+    );
+}
