@@ -99,6 +99,9 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Claims in a row of a chunk that store none of its results (the replicas running it die
+    /// or hang) before its remaining lines are failed as `execution_abandoned`.
+    pub max_idle_claims: u32,
     /// After a cancel, how long in-flight lines may finish before they are abandoned.
     pub cancel_grace_secs: u64,
     /// On SIGTERM, how long in-flight lines may finish before their claims are released.
@@ -239,6 +242,7 @@ impl Settings {
             .set_default("worker.max_attempts", 5)?
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?
+            .set_default("worker.max_idle_claims", 3)?
             .set_default("worker.cancel_grace_secs", 5)?
             .set_default("worker.shutdown_grace_secs", 20)?
             .set_default("batches.expiry_override_secs", None::<i64>)?
@@ -308,6 +312,10 @@ impl Settings {
         anyhow::ensure!(
             w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
             "OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            w.max_idle_claims >= 1,
+            "OPENBATCH__WORKER__MAX_IDLE_CLAIMS must be at least 1"
         );
         anyhow::ensure!(
             w.max_attempts >= 1,

@@ -297,9 +297,13 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
             code: "batch_cancelled",
             message: "This request was not executed: the batch was cancelled.".to_owned(),
         },
+        // Only a chunk given up after a crash loop ends with lines that have no result.
         _ => Outcome::Failure {
-            code: "internal_error",
-            message: "The request produced no result.".to_owned(),
+            code: "execution_abandoned",
+            message: format!(
+                "This request was given up: the replicas running its part of the batch stopped {} times in a row without storing any result.",
+                ctx.settings.max_idle_claims
+            ),
         },
     };
     let closed = match to {

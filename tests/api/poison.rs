@@ -268,3 +268,47 @@ async fn a_data_exception_during_validation_fails_the_batch() {
         errors[0]
     );
 }
+
+/// A chunk whose claims keep ending without a stored result (here: its line hangs, and the test
+/// takes the claim away each time, as a lapsed lease would after its replica was OOM-killed) is
+/// given up after `worker.max_idle_claims` claims: its line goes to the error file as
+/// `execution_abandoned`, the rest of the batch completes, and no further replica is handed it.
+#[tokio::test]
+async fn a_chunk_in_a_crash_loop_is_given_up() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| s.worker.chunk_lines = 1).await;
+    let hang = json!({"fake": {"fail": ["hang", "hang", "hang", "hang", "hang", "hang"]}});
+    let lines = [chat_line("ok", json!({})), chat_line("stuck", hang)];
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let batch = loop {
+        let b = app.batch(&id).await;
+        if b["status"] == "completed" || b["status"] == "failed" {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "batch stuck: {b}");
+        // The replica running chunk 1 "dies": its claim lapses and the chunk is queued again.
+        sqlx::query(
+            "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
+             WHERE batch_id = $1 AND idx = 1 AND state = 'running'",
+        )
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 2, "completed": 1, "failed": 1})
+    );
+    let err = app.lines_of(&batch["error_file_id"]).await;
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0]["custom_id"], "stuck");
+    assert_eq!(err[0]["error"]["code"], "execution_abandoned", "{}", err[0]);
+    let runs = upstream.stats().await["by_key"]["stuck"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(runs <= 3, "the stuck line was handed out {runs} times");
+}

@@ -1,0 +1,8 @@
+-- Crash loops: a chunk whose every claim ends without a stored result (the replica running it
+-- is OOM-killed, or hangs, each time) is given up after `worker.max_idle_claims` claims instead
+-- of being handed to the next replica forever.
+-- idle_claims: claims since the chunk last made progress, the current one included.
+-- progress_mark: completed + failed when it was last claimed.
+ALTER TABLE batch_chunks
+    ADD COLUMN idle_claims   integer NOT NULL DEFAULT 0,
+    ADD COLUMN progress_mark integer NOT NULL DEFAULT 0;
