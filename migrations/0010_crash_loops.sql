@@ -6,3 +6,7 @@
 ALTER TABLE batch_chunks
     ADD COLUMN idle_claims   integer NOT NULL DEFAULT 0,
     ADD COLUMN progress_mark integer NOT NULL DEFAULT 0;
+
+-- The same for batch-level work (validate, finalize): claims in a row whose holder vanished
+-- without letting go (its lease lapsed with lease_owner still set).
+ALTER TABLE batches ADD COLUMN lapsed_claims integer NOT NULL DEFAULT 0;

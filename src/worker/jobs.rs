@@ -36,7 +36,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 // A job that moved the batch on has already let go of it; one that did not
                 // (a failure, or a status that changed under it) must let go explicitly,
                 // since the heartbeat would otherwise renew the claim forever.
-                let retry_in = match handle(&ctx, &job).await {
+                let outcome = if job.lapsed_claims >= ctx.settings.max_idle_claims as i32 {
+                    abandon(&ctx, &job).await
+                } else {
+                    handle(&ctx, &job).await
+                };
+                let retry_in = match outcome {
                     Ok(()) => 0.0,
                     Err(e) if job.status == BatchStatus::Validating && is_data_exception(&e) => {
                         // PostgreSQL refused something of the input as data: every retry would
@@ -114,6 +119,42 @@ async fn handle(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("claimed a batch in status {other:?}"),
     }
+}
+
+/// Gives a batch up whose batch-level work keeps losing its replica (every holder vanished
+/// without letting go, `max_idle_claims` times in a row): whatever kills them would kill the next
+/// one too. A batch being cancelled is left to its cancellation.
+async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
+    tracing::error!(batch_id = %job.id, claims = job.lapsed_claims, status = job.status.as_str(),
+                    "giving a batch up: its batch-level work keeps losing its replica");
+    match job.status {
+        BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {}
+        _ => return handle(ctx, job).await,
+    }
+    if job.status == BatchStatus::InProgress
+        && !jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await?
+    {
+        return Ok(());
+    }
+    let error = LineError::file(
+        "batch_abandoned",
+        None,
+        format!(
+            "The batch was given up: the replicas working on it stopped {} times in a row without finishing ({}).",
+            job.lapsed_claims,
+            if job.status == BatchStatus::Validating { "validation" } else { "writing its result files" }
+        ),
+    );
+    let mut tx = ctx.pool.begin().await?;
+    chunks::delete_work(&mut tx, &job.id).await?;
+    if jobs::abandon(&mut tx, &job.id, &ctx.owner, errors_object(vec![error])).await? {
+        tx.commit().await?;
+        crate::metrics::get()
+            .batches_finished
+            .with_label_values(&["failed"])
+            .inc();
+    }
+    Ok(())
 }
 
 fn errors_object(errors: Vec<LineError>) -> Value {

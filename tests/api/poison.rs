@@ -312,3 +312,57 @@ async fn a_chunk_in_a_crash_loop_is_given_up() {
         .unwrap_or(0);
     assert!(runs <= 3, "the stuck line was handed out {runs} times");
 }
+
+/// Batch-level work whose holder keeps vanishing (its lease lapses with the claim still set,
+/// as when validation or finalization OOM-kills the replica) is given up on the claim after
+/// `worker.max_idle_claims` such lapses: the batch fails with `batch_abandoned`.
+#[tokio::test]
+async fn a_batch_in_a_crash_loop_is_given_up() {
+    use openbatch::startup::Application;
+    // An API-only server creates the batches, so that nothing works on them yet.
+    let api = spawn_app().await;
+    let file: Value = api
+        .upload("batch", "in.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for status in ["validating", "finalizing"] {
+        let batch: Value = api
+            .create_batch(&batch_body(file["id"].as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = batch["id"].as_str().unwrap().to_owned();
+        // Two holders vanished already; the next claim is the third in a row.
+        sqlx::query(
+            "UPDATE batches SET status = $2, lease_owner = 'a-replica-that-died',
+                                lease_until = now() - interval '1 second', lapsed_claims = 2
+             WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(status)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let upstream = FakeUpstream::start(&[]);
+    let mut settings = crate::helpers::settings_for(&api._db.as_ref().unwrap().url);
+    settings.worker.enabled = true;
+    settings.worker.poll_interval_ms = 50;
+    settings.upstream.base_url = upstream.base_url.clone();
+    let worker = Application::build(&settings).await.unwrap();
+    tokio::spawn(worker.run_until_stopped());
+    for id in &ids {
+        let batch = api
+            .wait_for(id, &["failed", "completed", "in_progress"])
+            .await;
+        assert_eq!(batch["status"], "failed", "{batch}");
+        let e = &batch["errors"]["data"][0];
+        assert_eq!(e["code"], "batch_abandoned", "{batch}");
+        assert!(e["message"].as_str().unwrap().contains("3 times"), "{e}");
+    }
+}
