@@ -60,6 +60,13 @@ pub struct UpstreamSettings {
     /// Model names routed here (routes only); `*` at the end matches a prefix.
     #[serde(default)]
     pub models: Vec<String>,
+    /// A longer response body is not read further: the line fails as `response_too_large`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -92,6 +99,9 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Claims in a row of a chunk that store none of its results (the replicas running it die
+    /// or hang) before its remaining lines are failed as `execution_abandoned`.
+    pub max_idle_claims: u32,
     /// After a cancel, how long in-flight lines may finish before they are abandoned.
     pub cancel_grace_secs: u64,
     /// On SIGTERM, how long in-flight lines may finish before their claims are released.
@@ -108,6 +118,8 @@ pub struct BatchSettings {
     pub check_models: bool,
     /// How long one upstream's model list is trusted before it is asked again.
     pub models_cache_secs: u64,
+    /// A longer input line fails validation (`line_too_long`) and is never held in memory.
+    pub max_line_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +228,10 @@ impl Settings {
                 "upstream.max_in_flight",
                 default_upstream_in_flight() as u64,
             )?
+            .set_default(
+                "upstream.max_response_bytes",
+                default_max_response_bytes() as u64,
+            )?
             .set_default("worker.enabled", true)?
             .set_default("worker.max_in_flight", 64)?
             .set_default("worker.chunk_lines", 256)?
@@ -226,11 +242,13 @@ impl Settings {
             .set_default("worker.max_attempts", 5)?
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?
+            .set_default("worker.max_idle_claims", 3)?
             .set_default("worker.cancel_grace_secs", 5)?
             .set_default("worker.shutdown_grace_secs", 20)?
             .set_default("batches.expiry_override_secs", None::<i64>)?
             .set_default("batches.check_models", true)?
-            .set_default("batches.models_cache_secs", 60)?;
+            .set_default("batches.models_cache_secs", 60)?
+            .set_default("batches.max_line_bytes", 8_u64 * 1024 * 1024)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),
@@ -286,10 +304,18 @@ impl Settings {
             self.limits.max_upload_bytes >= 1,
             "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES must be at least 1"
         );
+        anyhow::ensure!(
+            self.batches.max_line_bytes >= 1,
+            "OPENBATCH__BATCHES__MAX_LINE_BYTES must be at least 1"
+        );
         let w = &self.worker;
         anyhow::ensure!(
             w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
             "OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            w.max_idle_claims >= 1,
+            "OPENBATCH__WORKER__MAX_IDLE_CLAIMS must be at least 1"
         );
         anyhow::ensure!(
             w.max_attempts >= 1,

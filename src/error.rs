@@ -152,12 +152,30 @@ impl From<sqlx::Error> for ApiError {
                     "The service is temporarily unable to reach its database. Please retry.",
                 )
             }
+            // Data exceptions (22xxx: a NUL in text, a bad encoding, a number out of range):
+            // the request carried a value PostgreSQL refuses. The same request fails the same
+            // way every time, so it is the client's to fix, never a 500 to retry.
+            _ if is_data_exception(&e) => {
+                tracing::info!(error = %e, "request refused by the database as invalid data");
+                ApiError::bad_request(
+                    "The request contains a value that cannot be stored (for example a NUL \
+                     character, \\u0000, in a string).",
+                )
+                .with_code("invalid_value")
+                .no_retry()
+            }
             _ => {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()
             }
         }
     }
+}
+
+/// SQLSTATE class 22, "data exception": the statement's data is at fault, so retrying it as
+/// it is cannot succeed.
+pub fn is_data_exception(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")))
 }
 
 /// Framework-generated errors (unknown route, wrong method, extractor failures) arrive here

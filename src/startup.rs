@@ -38,6 +38,7 @@ impl Application {
                 pool.clone(),
                 upstreams,
                 settings.worker.clone(),
+                settings.batches.clone(),
             ))
         } else {
             None

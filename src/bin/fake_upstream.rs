@@ -9,6 +9,8 @@
 //! * a `"fake"` object in the JSON body, deterministic, for tests:
 //!   `"fake": {"fail": [500, 429, "hang", "drop"], "latency_ms": 50}`. The k-th execution of the
 //!   same raw body answers with `fail[k]`, and normally once the list is used up.
+//!   `"pad_bytes": N` adds a string of N bytes to a successful answer (a huge response), and
+//!   `"no_length": true` sends it without `Content-Length`, ending it by closing the connection.
 //!
 //! `GET /v1/models` lists `--models` (OpenBatch checks batches' models against it), or answers
 //! 404 with `--no-models-endpoint`, like a server that does not list its models. Inference
@@ -118,6 +120,8 @@ struct Response {
     status: u16,
     body: Value,
     headers: Vec<(&'static str, &'static str)>,
+    /// Send no `Content-Length`: the body ends when the connection closes.
+    no_length: bool,
 }
 
 enum Reply {
@@ -203,7 +207,13 @@ async fn serve_connection(mut sock: TcpStream, state: Arc<State>) -> std::io::Re
         }
         let body: Vec<u8> = buf.drain(..end).skip(head_end).collect();
         match route(&state, &req, &body).await {
-            Reply::Send(resp) => send(&mut sock, resp, req.keep_alive).await?,
+            Reply::Send(resp) => {
+                let close = resp.no_length;
+                send(&mut sock, resp, req.keep_alive).await?;
+                if close {
+                    return Ok(());
+                }
+            }
             Reply::Drop => return Ok(()), // dropping the socket closes it with no response
             Reply::Hang => {
                 // Read and discard so that we notice when the client gives up: otherwise a
@@ -271,12 +281,17 @@ fn parse_head(head: &str) -> Result<Request, &'static str> {
 async fn send(sock: &mut TcpStream, resp: Response, keep_alive: bool) -> std::io::Result<()> {
     let body = resp.body.to_string();
     let connection = if keep_alive { "keep-alive" } else { "close" };
+    let connection = if resp.no_length { "close" } else { connection };
+    let length = if resp.no_length {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{length}\
          x-request-id: req_{}\r\nConnection: {connection}\r\n",
         resp.status,
         reason(resp.status),
-        body.len(),
         Uuid::new_v4(),
     );
     for (name, value) in resp.headers {
@@ -308,6 +323,7 @@ fn ok(body: Value) -> Response {
         status: 200,
         body,
         headers,
+        no_length: false,
     }
 }
 
@@ -416,7 +432,16 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
         }
     }
     Reply::Send(match fault {
-        None => answer(route, &body),
+        None => {
+            let mut resp = answer(route, &body);
+            if let Some(d) = &directive {
+                if let Some(n) = d["pad_bytes"].as_u64() {
+                    resp.body["padding"] = Value::String("x".repeat(n as usize));
+                }
+                resp.no_length = d["no_length"] == true;
+            }
+            resp
+        }
         Some(Fault::Hang) => return Reply::Hang,
         Some(Fault::Drop) => return Reply::Drop,
         Some(Fault::Status(429)) => {

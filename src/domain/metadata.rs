@@ -77,6 +77,14 @@ impl Metadata {
                     ),
                 ));
             };
+            if key.contains('\0') || value.contains('\0') {
+                // PostgreSQL's jsonb cannot hold it (22P05): refuse it here, as a 400.
+                return Err(Invalid::new(
+                    param.clone(),
+                    "invalid_value",
+                    format!("Invalid '{param}': keys and values must not contain the NUL character (\\u0000)."),
+                ));
+            }
             let value_chars = value.chars().count();
             if value_chars > limits.max_value_chars {
                 return Err(Invalid::new(
@@ -154,6 +162,16 @@ mod tests {
         assert!(Metadata::from_json_within(&json!({"abc": "d"}), tight).is_err());
         assert!(Metadata::from_json_within(&json!({"a": "bcde"}), tight).is_err());
         assert!(Metadata::from_json_within(&json!({"ab": "cde"}), tight).is_ok());
+    }
+
+    #[test]
+    fn nul_is_refused_in_keys_and_values() {
+        for m in [json!({"k": "a\u{0}b"}), json!({"k\u{0}": "v"})] {
+            let err = Metadata::from_json(&m).unwrap_err();
+            assert_eq!(err.code, "invalid_value", "{m}");
+            assert!(err.param.starts_with("metadata."), "{m}");
+            assert!(err.message.contains("NUL"), "{m}");
+        }
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct ClaimedChunk {
     pub idx: i32,
     /// The fencing token every write of this claim must carry.
     pub attempt: i32,
+    /// Claims in a row, this one included, that stored no result of the chunk.
+    pub idle_claims: i32,
     #[sqlx(flatten)]
     pub lines: Lines,
     pub endpoint: String,
@@ -139,10 +141,13 @@ pub async fn claim(
         )
         UPDATE batch_chunks c
         SET state = 'running', attempt = c.attempt + 1, lease_owner = $1,
-            lease_until = now() + make_interval(secs => $2)
+            lease_until = now() + make_interval(secs => $2),
+            idle_claims = CASE WHEN c.completed + c.failed > c.progress_mark THEN 1
+                               ELSE c.idle_claims + 1 END,
+            progress_mark = c.completed + c.failed
         FROM pick, batches b
         WHERE c.batch_id = pick.batch_id AND c.idx = pick.idx AND b.id = c.batch_id
-        RETURNING c.batch_id, c.project_id, c.idx, c.attempt, c.file_id, c.start_part, c.start_offset,
+        RETURNING c.batch_id, c.project_id, c.idx, c.attempt, c.idle_claims, c.file_id, c.start_part, c.start_offset,
                   c.end_part, c.end_offset, c.first_line, c.line_count, b.endpoint,
                   b.trace_context",
     )
@@ -304,10 +309,12 @@ pub async fn renew(
 }
 
 /// Hands this replica's unfinished chunks back at shutdown; their finished lines stay written.
+/// An orderly hand-back is not a claim that failed: it does not count towards a crash loop.
 #[tracing::instrument(skip_all, name = "db.chunks.release")]
 pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
+        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL,
+                                 idle_claims = greatest(idle_claims - 1, 0)
          WHERE lease_owner = $1 AND state = 'running'",
     )
     .bind(owner)
@@ -329,6 +336,24 @@ pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> 
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Gives a chunk up (a crash loop): it is done, and its lines without a result count as failed
+/// — finalization writes them to the error file. Only under the claim's token.
+#[tracing::instrument(skip_all, name = "db.chunks.give_up")]
+pub async fn give_up(pool: &PgPool, held: &Held) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batch_chunks SET state = 'done', lease_owner = NULL, lease_until = NULL,
+                                 failed = line_count - completed
+         WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
+    )
+    .bind(&held.batch_id)
+    .bind(held.idx)
+    .bind(held.attempt)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Puts chunks whose claim lapsed (their replica died or hung) back in the queue.

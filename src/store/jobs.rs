@@ -25,6 +25,8 @@ pub struct BatchJob {
     pub expired: bool,
     /// Seconds since cancellation was asked for, by the database's clock.
     pub cancelling_for: Option<i64>,
+    /// Claims in a row before this one whose holder vanished without letting go.
+    pub lapsed_claims: i32,
 }
 
 impl BatchJob {
@@ -44,7 +46,9 @@ pub async fn claim(
     lease_secs: u64,
 ) -> Result<Option<BatchJob>, sqlx::Error> {
     sqlx::query_as(
-        "UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+        "UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                            lapsed_claims = CASE WHEN lease_owner IS NOT NULL
+                                                 THEN lapsed_claims + 1 ELSE 0 END
          WHERE id = (
             SELECT b.id FROM batches b
             WHERE b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
@@ -59,7 +63,7 @@ pub async fn claim(
          )
          RETURNING id, project_id, status, endpoint, input_file_id, cancelling_at,
                    output_expires_after_seconds, expires_at <= unix_now() AS expired,
-                   unix_now() - cancelling_at AS cancelling_for",
+                   unix_now() - cancelling_at AS cancelling_for, lapsed_claims",
     )
     .bind(owner)
     .bind(lease_secs as f64)
@@ -131,6 +135,29 @@ pub async fn fail(
     .bind(owner)
     .bind(errors)
     .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// `validating` or `finalizing` → `failed` with `errors`, for a batch given up after a crash
+/// loop, in the caller's transaction (which also deletes its work rows).
+#[tracing::instrument(skip_all, name = "db.jobs.abandon")]
+pub async fn abandon(
+    conn: &mut PgConnection,
+    id: &BatchId,
+    owner: &str,
+    errors: Value,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
+                            lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND lease_owner = $2 AND status IN ('validating', 'finalizing')",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(errors)
+    .execute(conn)
     .await?
     .rows_affected()
         == 1)

@@ -25,6 +25,7 @@ pub struct Upstream {
     urls: Vec<(&'static str, reqwest::Url)>,
     api_key: Option<Secret>,
     timeout: Duration,
+    max_response_bytes: usize,
     limit: Semaphore,
     models: Vec<String>,
     catalogue: models::Catalogue,
@@ -46,6 +47,7 @@ impl Upstream {
             urls,
             api_key: s.api_key.clone().filter(|k| !k.expose().is_empty()),
             timeout: Duration::from_secs(s.timeout_secs),
+            max_response_bytes: s.max_response_bytes,
             limit: Semaphore::new(s.max_in_flight),
             models: s.models.clone(),
             catalogue: models::Catalogue::default(),
@@ -198,7 +200,8 @@ impl Upstreams {
             };
             let retryable = match &outcome {
                 Outcome::Response { status, .. } => RetryPolicy::retryable_status(*status),
-                Outcome::Failure { .. } => true,
+                // The same request would get the same huge answer.
+                Outcome::Failure { code, .. } => *code != RESPONSE_TOO_LARGE,
             };
             if !retryable || attempt >= self.retry.max_attempts {
                 return outcome;
@@ -237,8 +240,9 @@ impl Upstreams {
         let status = res.status().as_u16();
         let retry_after = retry::retry_after(res.headers());
         let request_id = header_str(res.headers(), "x-request-id");
-        let bytes = match res.bytes().await {
-            Ok(b) => b,
+        let bytes = match read_capped(res, upstream.max_response_bytes).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return (too_large(upstream.max_response_bytes), None),
             Err(e) => return (transport_failure(&e), None),
         };
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
@@ -270,6 +274,38 @@ impl Upstreams {
             retry_after,
         )
     }
+}
+
+const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+fn too_large(limit: usize) -> Outcome {
+    Outcome::Failure {
+        code: RESPONSE_TOO_LARGE,
+        message: format!(
+            "The upstream's response was larger than the limit of {limit} bytes; it was not kept."
+        ),
+    }
+}
+
+/// The body, read a piece at a time and abandoned (`None`) as soon as it passes `limit`: one
+/// huge answer, times the lines in flight, must not take the replica's memory. A declared
+/// `Content-Length` over the limit is refused before anything is read.
+async fn read_capped(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let declared = res.content_length().unwrap_or(0);
+    if declared > limit as u64 {
+        return Ok(None);
+    }
+    let mut body = Vec::with_capacity(declared as usize);
+    while let Some(piece) = res.chunk().await? {
+        if body.len() + piece.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Some(body))
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -330,6 +366,7 @@ mod tests {
                 timeout_secs: 1,
                 max_in_flight: 1,
                 models: models.iter().map(|m| (*m).to_owned()).collect(),
+                max_response_bytes: 1024,
             },
         )
     }

@@ -42,18 +42,28 @@ impl RetryPolicy {
     }
 }
 
+/// The server's hint, read defensively: a header is the server's word, not ours, so a
+/// negative, NaN or non-numeric value is ignored (our own backoff applies) and a huge one
+/// (`1e20`, `inf`) saturates — `delay` then clamps it to `retry_max_ms`. Never panics.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
+    if let Some(ms) = get("retry-after-ms").and_then(seconds_or_ms) {
+        return Some(duration_secs(ms / 1000.0));
     }
     // Seconds only; an HTTP-date falls back to our own backoff.
     get("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(seconds_or_ms)
+        .map(duration_secs)
+}
+
+/// A non-negative number (infinity included); anything else is no hint.
+fn seconds_or_ms(v: &str) -> Option<f64> {
+    v.trim().parse::<f64>().ok().filter(|n| *n >= 0.0)
+}
+
+/// `Duration::from_secs_f64` panics beyond ~5.8e11 years; saturate instead.
+fn duration_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -101,6 +111,37 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&date), None);
+    }
+
+    #[test]
+    fn absurd_hints_never_panic_and_are_clamped() {
+        let p = policy();
+        for v in ["1e20", "1e308", "inf", "+Infinity", "18446744073709551616"] {
+            for name in ["retry-after", "retry-after-ms"] {
+                let mut h = HeaderMap::new();
+                h.insert(name, v.parse().unwrap());
+                let hint = retry_after(&h);
+                assert!(
+                    hint.is_some_and(|d| d > Duration::from_secs(1 << 40)),
+                    "{name}: {v}"
+                );
+                assert_eq!(p.delay(1, hint), Duration::from_secs(2), "{name}: {v}");
+            }
+        }
+        for v in [
+            "-1", "-0.5", "NaN", "nan", "-inf", "soon", "", "1e20s", "0x10",
+        ] {
+            for name in ["retry-after", "retry-after-ms"] {
+                let mut h = HeaderMap::new();
+                h.insert(name, v.parse().unwrap());
+                assert_eq!(retry_after(&h), None, "{name}: {v:?}");
+            }
+        }
+        // A garbage millisecond hint does not hide a good seconds one.
+        let mut h = HeaderMap::new();
+        h.insert("retry-after-ms", "NaN".parse().unwrap());
+        h.insert("retry-after", "1".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
-use super::validate::{queued, LineSplitter};
+use super::validate::{queued, LineSplitter, Piece};
 use super::{sleep_or_stop, Ctx};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
@@ -202,6 +202,21 @@ async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<Option<Vec<L
     if c.attempt > 1 {
         crate::metrics::get().lease_takeovers.inc();
     }
+    if c.idle_claims > ctx.settings.max_idle_claims as i32 {
+        // Every claim since the last stored result ended without one: whatever kills or wedges
+        // the replicas running this chunk would take the next one down too. Its remaining
+        // lines go to the error file instead (see `finalize`).
+        tracing::error!(batch_id = %c.batch_id, chunk = c.idx, claims = c.idle_claims - 1,
+                        "giving a chunk up: its claims keep ending without a result");
+        let held = Held {
+            batch_id: c.batch_id.as_str().to_owned(),
+            idx: c.idx,
+            attempt: c.attempt,
+        };
+        chunks::give_up(&ctx.pool, &held).await?;
+        ctx.wake_jobs.notify_one();
+        return Ok(Some(Vec::new()));
+    }
     let running = Arc::new(Running {
         held: Held {
             batch_id: c.batch_id.as_str().to_owned(),
@@ -266,7 +281,10 @@ async fn read_lines(
     let mut ordinal = at.first_line;
     let mut bad = None;
     let mut splitter = LineSplitter::default();
-    let mut take = |raw: &[u8]| {
+    let mut take = |piece: Piece<'_>| {
+        // No cap here (`LineSplitter::default`): validation accepted every line, and the
+        // chunk is in memory already.
+        let raw = piece.unwrap_or_default();
         if raw.iter().all(u8::is_ascii_whitespace) {
             return;
         }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
-use super::validate::{queued, FileCheck, LineError, LineSplitter, MAX_INPUT_BYTES};
+use super::validate::{queued, FileCheck, LineError, LineSplitter, Piece, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::store::chunks::{self, ChunkSummary};
@@ -36,8 +36,27 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 // A job that moved the batch on has already let go of it; one that did not
                 // (a failure, or a status that changed under it) must let go explicitly,
                 // since the heartbeat would otherwise renew the claim forever.
-                let retry_in = match handle(&ctx, job).await {
+                let outcome = if job.lapsed_claims >= ctx.settings.max_idle_claims as i32 {
+                    abandon(&ctx, &job).await
+                } else {
+                    handle(&ctx, &job).await
+                };
+                let retry_in = match outcome {
                     Ok(()) => 0.0,
+                    Err(e) if job.status == BatchStatus::Validating && is_data_exception(&e) => {
+                        // PostgreSQL refused something of the input as data: every retry would
+                        // re-read the whole file and fail the same way.
+                        tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch input refused by the database; failing the batch");
+                        let error = LineError::file(
+                            "invalid_request",
+                            Some("input_file_id"),
+                            "The input file holds a value that cannot be stored (for example a NUL character, \\u0000, in a string).",
+                        );
+                        match fail(&ctx, &job, vec![error]).await {
+                            Ok(()) => 0.0,
+                            Err(_) => 2.0,
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch job failed; will retry");
                         2.0
@@ -65,22 +84,29 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn handle(ctx: &Ctx, job: BatchJob) -> anyhow::Result<()> {
+/// A data exception (SQLSTATE 22xxx) anywhere in the error's chain.
+fn is_data_exception(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+        .any(crate::error::is_data_exception)
+}
+
+async fn handle(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     let span = tracing::info_span!("batch_job", batch_id = %job.id, status = job.status.as_str());
     let _enter = span.enter();
     match job.status {
-        BatchStatus::Validating if job.expired => finalize(ctx, &job, BatchStatus::Expired).await,
-        BatchStatus::Validating => validate(ctx, &job).await,
-        BatchStatus::InProgress if job.expired => finalize(ctx, &job, BatchStatus::Expired).await,
+        BatchStatus::Validating if job.expired => finalize(ctx, job, BatchStatus::Expired).await,
+        BatchStatus::Validating => validate(ctx, job).await,
+        BatchStatus::InProgress if job.expired => finalize(ctx, job, BatchStatus::Expired).await,
         BatchStatus::InProgress => {
             if jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
-                finalize(ctx, &job, BatchStatus::Completed).await
+                finalize(ctx, job, BatchStatus::Completed).await
             } else {
                 Ok(())
             }
         }
         // A finalization interrupted by a crash: redo it, it writes the same files.
-        BatchStatus::Finalizing => finalize(ctx, &job, BatchStatus::Completed).await,
+        BatchStatus::Finalizing => finalize(ctx, job, BatchStatus::Completed).await,
         BatchStatus::Cancelling => {
             let grace = ctx.settings.cancel_grace_secs as i64;
             let in_flight = chunks::running(&ctx.pool, &job.id).await?;
@@ -89,10 +115,46 @@ async fn handle(ctx: &Ctx, job: BatchJob) -> anyhow::Result<()> {
                 jobs::defer(&ctx.pool, &job.id, &ctx.owner, 0.5).await?;
                 return Ok(());
             }
-            finalize(ctx, &job, BatchStatus::Cancelled).await
+            finalize(ctx, job, BatchStatus::Cancelled).await
         }
         other => anyhow::bail!("claimed a batch in status {other:?}"),
     }
+}
+
+/// Gives a batch up whose batch-level work keeps losing its replica (every holder vanished
+/// without letting go, `max_idle_claims` times in a row): whatever kills them would kill the next
+/// one too. A batch being cancelled is left to its cancellation.
+async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
+    tracing::error!(batch_id = %job.id, claims = job.lapsed_claims, status = job.status.as_str(),
+                    "giving a batch up: its batch-level work keeps losing its replica");
+    match job.status {
+        BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {}
+        _ => return handle(ctx, job).await,
+    }
+    if job.status == BatchStatus::InProgress
+        && !jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await?
+    {
+        return Ok(());
+    }
+    let error = LineError::file(
+        "batch_abandoned",
+        None,
+        format!(
+            "The batch was given up: the replicas working on it stopped {} times in a row without finishing ({}).",
+            job.lapsed_claims,
+            if job.status == BatchStatus::Validating { "validation" } else { "writing its result files" }
+        ),
+    );
+    let mut tx = ctx.pool.begin().await?;
+    chunks::delete_work(&mut tx, &job.id).await?;
+    if jobs::abandon(&mut tx, &job.id, &ctx.owner, errors_object(vec![error])).await? {
+        tx.commit().await?;
+        crate::metrics::get()
+            .batches_finished
+            .with_label_values(&["failed"])
+            .inc();
+    }
+    Ok(())
 }
 
 fn errors_object(errors: Vec<LineError>) -> Value {
@@ -161,11 +223,15 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
 
     let mut check = FileCheck::new(endpoint);
-    let mut planner = ChunkPlanner::new(ctx.settings.chunk_lines, ctx.settings.chunk_bytes);
+    let mut planner = ChunkPlanner::new(
+        ctx.settings.chunk_lines,
+        ctx.settings.chunk_bytes,
+        ctx.batches.max_line_bytes,
+    );
     let mut line_no = 0_usize;
-    let mut take = |raw: &[u8], check: &mut FileCheck| {
+    let mut take = |piece: Piece<'_>, check: &mut FileCheck| {
         line_no += 1;
-        check.line(raw, line_no);
+        check.piece(piece, line_no);
     };
     for idx in 0.. {
         let Some(part) = files::chunk(&ctx.pool, &file.id, idx).await? else {
@@ -272,9 +338,13 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
             code: "batch_cancelled",
             message: "This request was not executed: the batch was cancelled.".to_owned(),
         },
+        // Only a chunk given up after a crash loop ends with lines that have no result.
         _ => Outcome::Failure {
-            code: "internal_error",
-            message: "The request produced no result.".to_owned(),
+            code: "execution_abandoned",
+            message: format!(
+                "This request was given up: the replicas running its part of the batch stopped {} times in a row without storing any result.",
+                ctx.settings.max_idle_claims
+            ),
         },
     };
     let closed = match to {
@@ -370,7 +440,9 @@ async fn chunk_lines<'g>(
         let have: std::collections::HashSet<i32> = lines.iter().map(|l| l.0).collect();
         let mut ordinal = at.first_line;
         let mut missing = Vec::new();
-        let mut take = |raw: &[u8]| {
+        let mut take = |piece: Piece<'_>| {
+            // No cap here (`LineSplitter::default`): validation accepted every line.
+            let raw = piece.unwrap_or_default();
             if raw.iter().all(u8::is_ascii_whitespace) {
                 return;
             }

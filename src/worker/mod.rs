@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::WorkerSettings;
+use crate::config::{BatchSettings, WorkerSettings};
 use crate::domain::BatchId;
 use crate::store::{chunks, jobs as job_store};
 use crate::upstream::Upstreams;
@@ -28,6 +28,7 @@ struct Ctx {
     pool: PgPool,
     upstreams: Arc<Upstreams>,
     settings: WorkerSettings,
+    batches: BatchSettings,
     /// Identifies this replica's claims.
     owner: String,
     /// Wakes the batch-level loop: a batch was created here, or a chunk finished, so a batch
@@ -48,7 +49,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(pool: PgPool, upstreams: Arc<Upstreams>, settings: WorkerSettings) -> Self {
+    pub fn start(
+        pool: PgPool,
+        upstreams: Arc<Upstreams>,
+        settings: WorkerSettings,
+        batches: BatchSettings,
+    ) -> Self {
         let owner = format!(
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "openbatch".to_owned()),
@@ -60,6 +66,7 @@ impl Worker {
             pool,
             upstreams,
             settings,
+            batches,
             owner,
             wake_jobs: Arc::new(Notify::new()),
             wake_lines: Notify::new(),

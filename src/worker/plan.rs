@@ -2,6 +2,7 @@
 //! `max_lines` requests or `max_bytes` bytes, addressed by byte position so that a worker
 //! reads exactly its chunk's lines back from the file.
 
+use super::validate::{LineSplitter, Piece};
 use crate::store::chunks::{NewChunk, Position};
 
 pub struct ChunkPlanner {
@@ -9,8 +10,8 @@ pub struct ChunkPlanner {
     max_bytes: usize,
     /// The end of the content fed so far.
     fed: Position,
-    /// A line that continues into the next part.
-    carry: Vec<u8>,
+    /// Holds a line that continues into the next part, up to the line cap.
+    splitter: LineSplitter,
     start: Position,
     lines: i32,
     bytes: usize,
@@ -19,12 +20,13 @@ pub struct ChunkPlanner {
 }
 
 impl ChunkPlanner {
-    pub fn new(max_lines: usize, max_bytes: usize) -> Self {
+    /// `max_line_bytes`: a longer line is handed over as `TooLong`, never held whole.
+    pub fn new(max_lines: usize, max_bytes: usize, max_line_bytes: usize) -> Self {
         Self {
             max_lines: i32::try_from(max_lines.max(1)).unwrap_or(i32::MAX),
             max_bytes: max_bytes.max(1),
             fed: Position::default(),
-            carry: Vec::new(),
+            splitter: LineSplitter::new(max_line_bytes),
             start: Position::default(),
             lines: 0,
             bytes: 0,
@@ -35,24 +37,16 @@ impl ChunkPlanner {
 
     /// Feeds part `part` of the content (parts come in order); `f` sees each complete line
     /// without its line ending.
-    pub fn feed(&mut self, part: i32, data: &[u8], mut f: impl FnMut(&[u8])) {
-        let mut rest = 0;
-        while let Some(nl) = data[rest..].iter().position(|&b| b == b'\n') {
-            let end = rest + nl;
+    pub fn feed(&mut self, part: i32, data: &[u8], mut f: impl FnMut(Piece<'_>)) {
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.feed_at(data, |piece, end| {
             let after = Position {
                 part,
-                offset: offset(end + 1),
+                offset: offset(end),
             };
-            if self.carry.is_empty() {
-                self.line(&data[rest..end], after, &mut f);
-            } else {
-                let mut line = std::mem::take(&mut self.carry);
-                line.extend_from_slice(&data[rest..end]);
-                self.line(&line, after, &mut f);
-            }
-            rest = end + 1;
-        }
-        self.carry.extend_from_slice(&data[rest..]);
+            self.line(piece, after, &mut f);
+        });
+        self.splitter = splitter;
         self.fed = Position {
             part,
             offset: offset(data.len()),
@@ -60,22 +54,25 @@ impl ChunkPlanner {
     }
 
     /// The last line (when the file does not end with a newline) and the last chunk.
-    pub fn finish(&mut self, mut f: impl FnMut(&[u8])) {
-        if !self.carry.is_empty() {
-            let line = std::mem::take(&mut self.carry);
-            self.line(&line, self.fed, &mut f);
-        }
+    pub fn finish(&mut self, mut f: impl FnMut(Piece<'_>)) {
+        let splitter = std::mem::take(&mut self.splitter);
+        let fed = self.fed;
+        splitter.finish(|piece| self.line(piece, fed, &mut f));
         if self.lines > 0 {
             self.cut(self.fed);
         }
     }
 
-    fn line(&mut self, raw: &[u8], after: Position, f: &mut impl FnMut(&[u8])) {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        f(raw);
-        self.bytes += raw.len() + 1;
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return;
+    fn line(&mut self, piece: Piece<'_>, after: Position, f: &mut impl FnMut(Piece<'_>)) {
+        f(piece);
+        match piece {
+            Ok(raw) if raw.iter().all(u8::is_ascii_whitespace) => {
+                self.bytes += raw.len() + 1;
+                return;
+            }
+            Ok(raw) => self.bytes += raw.len() + 1,
+            // Fails the batch; counted so that line numbers stay right.
+            Err(t) => self.bytes += t.bytes + 1,
         }
         self.lines += 1;
         if self.lines >= self.max_lines || self.bytes >= self.max_bytes {
@@ -123,14 +120,14 @@ mod tests {
     }
 
     fn plan(parts: &[&[u8]], max_lines: usize, max_bytes: usize) -> (Vec<NewChunk>, Vec<String>) {
-        let mut p = ChunkPlanner::new(max_lines, max_bytes);
+        let mut p = ChunkPlanner::new(max_lines, max_bytes, 1 << 20);
         let mut seen = Vec::new();
         for (i, part) in parts.iter().enumerate() {
             p.feed(i as i32, part, |l| {
-                seen.push(String::from_utf8(l.to_vec()).unwrap())
+                seen.push(String::from_utf8(l.unwrap().to_vec()).unwrap())
             });
         }
-        p.finish(|l| seen.push(String::from_utf8(l.to_vec()).unwrap()));
+        p.finish(|l| seen.push(String::from_utf8(l.unwrap().to_vec()).unwrap()));
         (p.chunks, seen)
     }
 
@@ -175,6 +172,25 @@ mod tests {
         let (chunks, _) = plan(&[b"aaaa\nbbbb\ncccc\n"], 100, 5);
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| c.line_count == 1));
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_reported_in_place_and_never_held() {
+        let mut giant = b"ok\n".to_vec();
+        giant.resize(giant.len() + (3 << 20), b'7');
+        giant.extend_from_slice(b"\nlast\n");
+        let mut p = ChunkPlanner::new(10, 1 << 30, 1024);
+        let mut seen = Vec::new();
+        for (i, part) in giant.chunks(256 << 10).enumerate() {
+            p.feed(i as i32, part, |l| {
+                seen.push(l.map(<[u8]>::len).map_err(|t| t.bytes))
+            });
+            assert!(p.splitter.held() <= 1025, "held {}", p.splitter.held());
+        }
+        p.finish(|l| seen.push(l.map(<[u8]>::len).map_err(|t| t.bytes)));
+        assert_eq!(seen, vec![Ok(2), Err(3 << 20), Ok(4)]);
+        assert_eq!(p.chunks.len(), 1);
+        assert_eq!(p.chunks[0].line_count, 3);
     }
 
     #[test]

@@ -80,6 +80,17 @@ fn scalar(v: &RawValue) -> Value {
     serde_json::from_str(v.get()).unwrap_or(Value::Null)
 }
 
+/// PostgreSQL's text cannot hold NUL: a value stored in a column (the batch's model) or
+/// compared as text must not contain one, or every attempt to queue the batch fails the same way.
+fn nul(line: usize, param: &str) -> LineError {
+    LineError::at(
+        line,
+        "invalid_request",
+        param,
+        format!("'{param}' must not contain the NUL character (\\u0000)."),
+    )
+}
+
 /// Checks one non-blank line (`line` is its 1-based number in the file).
 pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLine, LineError> {
     let missing = |param: &str| {
@@ -114,6 +125,7 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
     })?;
     let custom_id = match present(&obj, "custom_id").map(scalar) {
         None => return Err(missing("custom_id")),
+        Some(Value::String(s)) if s.contains('\0') => return Err(nul(line, "custom_id")),
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(_) => {
             return Err(LineError::at(
@@ -165,6 +177,7 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
         )
     })?;
     let model = match present(&body, "model").map(scalar) {
+        Some(Value::String(m)) if m.contains('\0') => return Err(nul(line, "body.model")),
         Some(Value::String(m)) if !m.is_empty() => m,
         _ => return Err(missing("body.model")),
     };
@@ -246,11 +259,8 @@ impl FileCheck {
         }
     }
 
-    /// Checks a line; returns it when it can be queued.
-    pub fn line(&mut self, raw: &[u8], line: usize) -> Option<ValidLine> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
+    /// Counts a request; false (after reporting it once) beyond `MAX_REQUESTS`.
+    fn count_request(&mut self, line: usize) -> bool {
         self.requests += 1;
         if self.requests > MAX_REQUESTS {
             if !self.too_many_reported {
@@ -262,6 +272,38 @@ impl FileCheck {
                     format!("The input file has more than {MAX_REQUESTS} requests."),
                 ));
             }
+            return false;
+        }
+        true
+    }
+
+    /// Checks a line as the splitter handed it over; returns it when it can be queued.
+    pub fn piece(&mut self, piece: Piece<'_>, line: usize) -> Option<ValidLine> {
+        match piece {
+            Ok(raw) => self.line(raw, line),
+            Err(t) => {
+                if self.count_request(line) {
+                    self.report(LineError::at(
+                        line,
+                        "line_too_long",
+                        "line",
+                        format!(
+                            "This line is longer than the limit of {} bytes for one request (it has at least {} bytes).",
+                            t.limit, t.bytes
+                        ),
+                    ));
+                }
+                None
+            }
+        }
+    }
+
+    /// Checks a line; returns it when it can be queued.
+    pub fn line(&mut self, raw: &[u8], line: usize) -> Option<ValidLine> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        if !self.count_request(line) {
             return None;
         }
         let valid = match check_line(raw, line, self.endpoint) {
@@ -326,33 +368,126 @@ impl FileCheck {
     }
 }
 
-/// Splits a byte stream into lines without holding more than the current line.
-#[derive(Default)]
+/// A line longer than the cap: its bytes were counted, not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// How many bytes the line had (at least).
+    pub bytes: usize,
+    /// The cap it exceeded.
+    pub limit: usize,
+}
+
+/// A line as the splitter hands it over (without its `\n` or `\r\n`).
+pub type Piece<'a> = Result<&'a [u8], TooLong>;
+
+/// Splits a byte stream into lines without holding more than the current line — and never more
+/// than `max_line_bytes` (plus a `\r`) of it: past the cap, a line's bytes are only counted,
+/// so one giant line costs no memory, only a `TooLong`.
 pub struct LineSplitter {
     carry: Vec<u8>,
+    max_line_bytes: usize,
+    /// The length so far of a line that already exceeds the cap.
+    overflow: Option<usize>,
+}
+
+impl Default for LineSplitter {
+    /// No cap: for content already in memory that validation has accepted.
+    fn default() -> Self {
+        Self::new(usize::MAX - 1)
+    }
 }
 
 impl LineSplitter {
-    /// Calls `f` with each complete line (without its `\n` or `\r\n`).
-    pub fn feed(&mut self, mut data: &[u8], mut f: impl FnMut(&[u8])) {
-        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
-            if self.carry.is_empty() {
-                f(trim_cr(&data[..pos]));
+    pub fn new(max_line_bytes: usize) -> Self {
+        Self {
+            carry: Vec::new(),
+            max_line_bytes,
+            overflow: None,
+        }
+    }
+
+    /// Calls `f` with each complete line.
+    pub fn feed(&mut self, data: &[u8], mut f: impl FnMut(Piece<'_>)) {
+        self.feed_at(data, |piece, _| f(piece));
+    }
+
+    /// Like `feed`, also telling where in `data` each line ends (just after its `\n`).
+    pub fn feed_at(&mut self, data: &[u8], mut f: impl FnMut(Piece<'_>, usize)) {
+        let mut rest = 0;
+        while let Some(nl) = data[rest..].iter().position(|&b| b == b'\n') {
+            let end = rest + nl;
+            let tail = &data[rest..end];
+            if let Some(n) = self.overflow.take() {
+                f(Err(self.too_long(n + tail.len())), end + 1);
+            } else if self.carry.is_empty() {
+                f(self.judge(trim_cr(tail)), end + 1);
+            } else if self.carry.len() + tail.len() > self.max_line_bytes + 1 {
+                let n = self.carry.len() + tail.len();
+                self.carry = Vec::new();
+                f(Err(self.too_long(n)), end + 1);
             } else {
-                self.carry.extend_from_slice(&data[..pos]);
-                f(trim_cr(&self.carry));
+                self.carry.extend_from_slice(tail);
+                f(self.judge(trim_cr(&self.carry)), end + 1);
                 self.carry.clear();
             }
-            data = &data[pos + 1..];
+            rest = end + 1;
         }
-        self.carry.extend_from_slice(data);
+        self.keep(&data[rest..]);
     }
 
     /// The last line when the file does not end with a newline.
-    pub fn finish(self, mut f: impl FnMut(&[u8])) {
-        if !self.carry.is_empty() {
-            f(trim_cr(&self.carry));
+    pub fn finish(self, mut f: impl FnMut(Piece<'_>)) {
+        if let Some(n) = self.overflow {
+            f(Err(self.too_long(n)));
+        } else if !self.carry.is_empty() {
+            f(self.judge(trim_cr(&self.carry)));
         }
+    }
+
+    /// Holds the start of a line that continues in the next part, up to the cap (+1 for a
+    /// `\r`); past it, only counts.
+    fn keep(&mut self, tail: &[u8]) {
+        if tail.is_empty() {
+            return;
+        }
+        if let Some(n) = &mut self.overflow {
+            *n += tail.len();
+            return;
+        }
+        let want = self.carry.len() + tail.len();
+        let cap = self.max_line_bytes + 1;
+        if want > cap {
+            self.overflow = Some(want);
+            // Give the memory back: nothing more of this line is kept.
+            self.carry = Vec::new();
+            return;
+        }
+        if want > self.carry.capacity() {
+            // Grow by doubling, as `Vec` would, but never past the cap.
+            let target = want.max(self.carry.capacity().saturating_mul(2)).min(cap);
+            self.carry.reserve_exact(target - self.carry.len());
+        }
+        self.carry.extend_from_slice(tail);
+    }
+
+    fn judge<'a>(&self, line: &'a [u8]) -> Piece<'a> {
+        if line.len() > self.max_line_bytes {
+            Err(self.too_long(line.len()))
+        } else {
+            Ok(line)
+        }
+    }
+
+    fn too_long(&self, bytes: usize) -> TooLong {
+        TooLong {
+            bytes,
+            limit: self.max_line_bytes,
+        }
+    }
+
+    /// The bytes held for the current line (for tests of the bound).
+    pub fn held(&self) -> usize {
+        self.carry.capacity()
     }
 }
 
@@ -431,6 +566,16 @@ mod tests {
                 with(&["custom_id"], json!(5)),
                 "invalid_request",
                 "custom_id",
+            ),
+            (
+                with(&["custom_id"], json!("a\u{0}b")),
+                "invalid_request",
+                "custom_id",
+            ),
+            (
+                with(&["body", "model"], json!("m\u{0}")),
+                "invalid_request",
+                "body.model",
             ),
             (with(&["method"], json!("GET")), "invalid_request", "method"),
             (
@@ -535,14 +680,84 @@ mod tests {
         for cut in 0..=text.len() {
             let mut lines = Vec::new();
             let mut s = LineSplitter::default();
-            s.feed(&text[..cut], |l| lines.push(l.to_vec()));
-            s.feed(&text[cut..], |l| lines.push(l.to_vec()));
-            s.finish(|l| lines.push(l.to_vec()));
+            s.feed(&text[..cut], |l| lines.push(l.unwrap().to_vec()));
+            s.feed(&text[cut..], |l| lines.push(l.unwrap().to_vec()));
+            s.finish(|l| lines.push(l.unwrap().to_vec()));
             assert_eq!(
                 lines,
                 vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec(), b"ccc".to_vec()]
             );
         }
+    }
+
+    /// What a splitter capped at `max` makes of `text` fed in parts of `part` bytes, with the
+    /// most it ever held.
+    fn split_capped(text: &[u8], part: usize, max: usize) -> (Vec<Result<String, usize>>, usize) {
+        let mut out = Vec::new();
+        let mut s = LineSplitter::new(max);
+        let mut held = 0;
+        let mut push = |p: Piece<'_>| {
+            out.push(
+                p.map(|l| String::from_utf8(l.to_vec()).unwrap())
+                    .map_err(|t| t.bytes),
+            )
+        };
+        for c in text.chunks(part.max(1)) {
+            s.feed(c, &mut push);
+            held = held.max(s.held());
+        }
+        s.finish(&mut push);
+        (out, held)
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_counted_not_kept() {
+        let text = b"abcd\r\nabcde\nabc\r\n0123456789\nxyz";
+        for part in 1..=text.len() {
+            let (lines, held) = split_capped(text, part, 4);
+            assert_eq!(
+                lines,
+                vec![
+                    Ok("abcd".to_owned()),
+                    Err(5),
+                    Ok("abc".to_owned()),
+                    Err(10),
+                    Ok("xyz".to_owned())
+                ],
+                "parts of {part}"
+            );
+            // The cap plus one byte for a `\r` (or `Vec`'s smallest allocation, 8 bytes).
+            assert!(held <= 8, "parts of {part}: held {held}");
+        }
+        // A giant line fed in big parts: nothing of it is held.
+        let giant = vec![b'1'; 4 << 20];
+        let (lines, held) = split_capped(&giant, 64 << 10, 1024);
+        assert_eq!(lines, vec![Err(4 << 20)]);
+        assert!(held <= 1025, "held {held}");
+        // An unfinished giant line at the end.
+        let (lines, _) = split_capped(b"ok\n0123456789", 3, 4);
+        assert_eq!(lines, vec![Ok("ok".to_owned()), Err(10)]);
+    }
+
+    #[test]
+    fn a_line_too_long_fails_the_file_with_its_number() {
+        let mut f = FileCheck::new(Endpoint::ChatCompletions);
+        assert!(f.line(&good("a", "m"), 1).is_some());
+        let t = TooLong {
+            bytes: 100,
+            limit: 10,
+        };
+        assert!(f.piece(Err(t), 2).is_none());
+        let errors = f.finish().unwrap_err();
+        assert_eq!(
+            (errors[0].code, errors[0].line, errors[0].param.as_deref()),
+            ("line_too_long", Some(2), Some("line"))
+        );
+        assert!(
+            errors[0].message.contains("10 bytes"),
+            "{}",
+            errors[0].message
+        );
     }
 }
 
@@ -592,7 +807,7 @@ mod fuzz {
             let _ = check_line(&raw, 1, Endpoint::ChatCompletions);
             let mut f = FileCheck::new(Endpoint::Embeddings);
             let mut s = LineSplitter::default();
-            s.feed(&raw, |l| { f.line(l, 1); });
+            s.feed(&raw, |l| { f.piece(l, 1); });
         }
 
         #[test]

@@ -467,6 +467,7 @@ async fn models_are_routed_to_their_own_upstream() {
                 timeout_secs: 30,
                 max_in_flight: 2,
                 models: vec!["embed-*".to_owned()],
+                max_response_bytes: 16 << 20,
             },
         );
     })

@@ -16,6 +16,7 @@ mod helpers;
 mod idempotency;
 mod memory;
 mod models;
+mod poison;
 mod replicas;
 mod secrets;
 mod startup;

@@ -23,6 +23,7 @@ fn route(base_url: &str, models: &[&str]) -> UpstreamSettings {
         timeout_secs: 30,
         max_in_flight: 2,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
+        max_response_bytes: 16 << 20,
     }
 }
 
