@@ -118,45 +118,26 @@ pub async fn start(
         == 1)
 }
 
-/// `validating` → `failed` with OpenAI-style `errors`.
+/// → `failed` with OpenAI-style `errors`, from one of `from`: `validating` for a file that failed
+/// validation; also `finalizing` for a batch given up after a crash loop.
 #[tracing::instrument(skip_all, name = "db.jobs.fail")]
-pub async fn fail(
-    pool: &PgPool,
+pub async fn fail<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     id: &BatchId,
     owner: &str,
     errors: Value,
+    from: &[BatchStatus],
 ) -> Result<bool, sqlx::Error> {
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     Ok(sqlx::query(
         "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
                             lease_owner = NULL, lease_until = NULL
-         WHERE id = $1 AND lease_owner = $2 AND status = 'validating'",
+         WHERE id = $1 AND lease_owner = $2 AND status = ANY($4)",
     )
     .bind(id)
     .bind(owner)
     .bind(errors)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// `validating` or `finalizing` → `failed` with `errors`, for a batch given up after a crash
-/// loop, in the caller's transaction (which also deletes its work rows).
-#[tracing::instrument(skip_all, name = "db.jobs.abandon")]
-pub async fn abandon(
-    conn: &mut PgConnection,
-    id: &BatchId,
-    owner: &str,
-    errors: Value,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
-                            lease_owner = NULL, lease_until = NULL
-         WHERE id = $1 AND lease_owner = $2 AND status IN ('validating', 'finalizing')",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(errors)
+    .bind(from)
     .execute(conn)
     .await?
     .rows_affected()

@@ -147,7 +147,15 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     );
     let mut tx = ctx.pool.begin().await?;
     chunks::delete_work(&mut tx, &job.id).await?;
-    if jobs::abandon(&mut tx, &job.id, &ctx.owner, errors_object(vec![error])).await? {
+    if jobs::fail(
+        &mut *tx,
+        &job.id,
+        &ctx.owner,
+        errors_object(vec![error]),
+        &[BatchStatus::Validating, BatchStatus::Finalizing],
+    )
+    .await?
+    {
         tx.commit().await?;
         crate::metrics::get()
             .batches_finished
@@ -163,7 +171,15 @@ fn errors_object(errors: Vec<LineError>) -> Value {
 
 async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Result<()> {
     tracing::info!(errors = errors.len(), "batch failed validation");
-    if jobs::fail(&ctx.pool, &job.id, &ctx.owner, errors_object(errors)).await? {
+    if jobs::fail(
+        &ctx.pool,
+        &job.id,
+        &ctx.owner,
+        errors_object(errors),
+        &[BatchStatus::Validating],
+    )
+    .await?
+    {
         crate::metrics::get()
             .batches_finished
             .with_label_values(&["failed"])

@@ -193,8 +193,17 @@ impl Replica {
         self.child.wait().expect("reap replica").success()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Peak resident set (VmHWM) of the process so far, in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        let pid = self.child.id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib / 1024
     }
 
     /// SIGKILL: no shutdown code runs.

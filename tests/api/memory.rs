@@ -5,16 +5,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::{start_replicas_with, FakeUpstream, TestApp, TestDb};
 
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[tokio::test]
 async fn a_200_mb_input_runs_in_bounded_memory() {
     const LINES: usize = 25_000;
@@ -59,7 +49,7 @@ async fn a_200_mb_input_runs_in_bounded_memory() {
         .await;
     assert!(out["bytes"].as_i64().unwrap() > 0);
 
-    let peak_mib = peak_rss_kib(replicas[0].pid()) / 1024;
+    let peak_mib = replicas[0].peak_rss_mib();
     assert!(
         peak_mib < LIMIT_MIB,
         "peak RSS {peak_mib} MiB for a 200 MB input (limit {LIMIT_MIB} MiB)"

@@ -59,16 +59,6 @@ async fn a_line_over_the_cap_fails_validation_with_its_line_number() {
     assert_eq!(batch["status"], "completed", "{batch}");
 }
 
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// One 96 MB line (numbers, the costliest JSON to parse into a tree) against the default 8 MiB
 /// cap: the replica fails the batch without ever holding the line, and stays up.
 #[tokio::test]
@@ -95,7 +85,7 @@ async fn a_giant_line_costs_a_replica_no_memory() {
 
     let ready = app.get("/readyz").send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let peak_mib = peak_rss_kib(replicas[0].pid()) / 1024;
+    let peak_mib = replicas[0].peak_rss_mib();
     assert!(
         peak_mib < LIMIT_MIB,
         "peak RSS {peak_mib} MiB for a 96 MB line (limit {LIMIT_MIB} MiB)"
