@@ -111,6 +111,7 @@ impl Queue {
             .iter()
             .filter_map(|q| q.front().map(|l| l.chunk.project_id.clone()))
             .collect();
+        p.sort_unstable();
         p.dedup();
         p
     }
@@ -376,7 +377,7 @@ async fn execute_line(
         .inc();
     let mut usage = Usage::default();
     if let (true, Outcome::Response { body, .. }) = (success, &outcome) {
-        usage.add_raw(body);
+        usage.add(body);
     }
     let file_line = output::render(batch_id, line.line, &line.custom_id, &outcome);
     let _ = results

@@ -114,18 +114,17 @@ pub struct Usage {
 
 impl Usage {
     /// Adds the `usage` of a response body, reading only that member.
-    pub fn add_raw(&mut self, body: &RawValue) {
+    pub fn add(&mut self, body: &RawValue) {
         #[derive(Deserialize)]
         struct WithUsage {
             usage: Option<Value>,
         }
         if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_str(body.get()) {
-            self.add(&json!({ "usage": u }));
+            self.add_usage(&u);
         }
     }
 
-    pub fn add(&mut self, body: &Value) {
-        let Some(u) = body.get("usage") else { return };
+    fn add_usage(&mut self, u: &Value) {
         let n = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
         let input = n(u.get("input_tokens").or_else(|| u.get("prompt_tokens")));
         let output = n(u
@@ -167,13 +166,11 @@ impl Usage {
     }
 
     pub fn merge(&mut self, other: Usage) {
-        let sum: Vec<i64> = self
-            .to_array()
-            .iter()
-            .zip(other.to_array())
-            .map(|(a, b)| a + b)
-            .collect();
-        *self = Self::from_array(sum.try_into().expect("five counters"));
+        self.input_tokens += other.input_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.output_tokens += other.output_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.total_tokens += other.total_tokens;
     }
 
     pub fn to_json(self) -> Value {
@@ -214,7 +211,7 @@ mod tests {
         );
         let mut usage = Usage::default();
         if let Outcome::Response { body, .. } = &r {
-            usage.add_raw(body);
+            usage.add(body);
         }
         assert_eq!(usage.total_tokens, 3);
         assert_eq!(v["error"], Value::Null);
@@ -277,14 +274,17 @@ mod tests {
 
     #[test]
     fn usage_adds_both_naming_schemes() {
+        let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
         let mut u = Usage::default();
-        u.add(
-            &json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
-                                "prompt_tokens_details": {"cached_tokens": 1}}}),
-        );
-        u.add(&json!({"usage": {"input_tokens": 10, "output_tokens": 5,
-                                "output_tokens_details": {"reasoning_tokens": 2}}}));
-        u.add(&json!({"data": []}));
+        u.add(&raw(
+            json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 1}}}),
+        ));
+        u.add(&raw(
+            json!({"usage": {"input_tokens": 10, "output_tokens": 5,
+                                     "output_tokens_details": {"reasoning_tokens": 2}}}),
+        ));
+        u.add(&raw(json!({"data": []})));
         let expected = Usage {
             input_tokens: 13,
             cached_tokens: 1,

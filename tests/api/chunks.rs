@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    batch_body, chat_line, spawn_app, spawn_engine, start_replicas_with, to_jsonl, FakeUpstream,
-    TestApp, TestDb,
+    batch_body, chat_line, engine_env, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
+    FakeUpstream, TestApp, TestDb,
 };
 use openbatch::domain::{ApiKey, BatchId};
 use openbatch::store::chunks::{self, Group, Held, NewChunk, Position};
@@ -172,20 +172,14 @@ async fn closing_a_batch_fences_out_the_replica_still_running_it() {
     assert_eq!(chunks::running(&app.pool, &batch).await.unwrap(), 0);
 }
 
-fn engine_env(upstream: &FakeUpstream) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.clone()),
-        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50".to_owned()),
-        ("OPENBATCH__WORKER__CHUNK_LINES", "4".to_owned()),
-    ]
-}
+/// Small chunks, so that a few lines already make several.
+const SMALL_CHUNKS: (&str, &str) = ("OPENBATCH__WORKER__CHUNK_LINES", "4");
 
 #[tokio::test]
 async fn three_replicas_finalize_each_batch_exactly_once_and_keep_nothing_per_line() {
     let upstream = FakeUpstream::start(&["--latency-ms", "5"]);
     let db = TestDb::new();
-    let env = engine_env(&upstream);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = engine_env(&upstream, &[SMALL_CHUNKS]);
     let replicas = start_replicas_with(3, &db.url, &env).await;
     let apps = [
         TestApp::connect(&replicas[0].address, &db.url).await,
@@ -472,8 +466,7 @@ async fn a_batch_running_on_the_old_engine_completes_after_the_upgrade() {
 
     // The new version rolls out: its migration converts the batch, its worker finishes it.
     let upstream = FakeUpstream::start(&[]);
-    let env = engine_env(&upstream);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = engine_env(&upstream, &[SMALL_CHUNKS]);
     let replicas = start_replicas_with(1, &db.url, &env).await;
     let app = TestApp::connect(&replicas[0].address, &db.url).await;
     let batch = app.wait_for("batch_v1", &["completed", "failed"]).await;

@@ -341,6 +341,20 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// The environment of a replica process whose worker runs against `upstream`, tuned to react
+/// fast in tests, plus `extra` settings.
+pub fn engine_env<'a>(
+    upstream: &'a FakeUpstream,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.as_str()),
+        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
 /// A server with its batch worker on, pointed at `upstream`, tuned to react fast in tests.
 pub async fn spawn_engine(upstream: &FakeUpstream, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let base = upstream.base_url.clone();

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{start_replicas_with, FakeUpstream, TestApp, TestDb};
+use crate::helpers::{engine_env, start_replicas_with, FakeUpstream, TestApp, TestDb};
 
 #[tokio::test]
 async fn a_200_mb_input_runs_in_bounded_memory() {
@@ -12,10 +12,7 @@ async fn a_200_mb_input_runs_in_bounded_memory() {
     const LIMIT_MIB: u64 = 100;
     let upstream = FakeUpstream::start(&[]);
     let db = TestDb::new();
-    let env = [
-        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.as_str()),
-        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
-    ];
+    let env = engine_env(&upstream, &[]);
     let replicas = start_replicas_with(1, &db.url, &env).await;
     let app = TestApp::connect(&replicas[0].address, &db.url).await;
 

@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    batch_body, chat_line, expect_error, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
-    FakeUpstream, TestApp, TestDb,
+    batch_body, chat_line, engine_env, expect_error, spawn_app, spawn_engine, start_replicas_with,
+    to_jsonl, FakeUpstream, TestApp, TestDb,
 };
 
 /// A chat line padded to `bytes` bytes by an extra body field.
@@ -66,10 +66,7 @@ async fn a_giant_line_costs_a_replica_no_memory() {
     const LIMIT_MIB: u64 = 80;
     let upstream = FakeUpstream::start(&[]);
     let db = TestDb::new();
-    let env = [
-        ("OPENBATCH__UPSTREAM__BASE_URL", upstream.base_url.as_str()),
-        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
-    ];
+    let env = engine_env(&upstream, &[]);
     let replicas = start_replicas_with(1, &db.url, &env).await;
     let app = TestApp::connect(&replicas[0].address, &db.url).await;
 
