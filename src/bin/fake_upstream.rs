@@ -80,6 +80,9 @@ struct Args {
     /// Answer `GET /v1/models` with a 404, like a server that does not list its models.
     #[arg(long, env = "FAKE_UPSTREAM_NO_MODELS_ENDPOINT")]
     no_models_endpoint: bool,
+    /// Delay before answering `GET /v1/models`: holds a batch in `validating` that long.
+    #[arg(long, env = "FAKE_UPSTREAM_MODELS_LATENCY_MS", default_value_t = 0)]
+    models_latency_ms: u64,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -368,6 +371,7 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
         }
         ("GET", "/models") if !state.args.no_models_endpoint => {
             state.stats.lock().unwrap().model_lists += 1;
+            tokio::time::sleep(Duration::from_millis(state.args.models_latency_ms)).await;
             let data: Vec<Value> = (state.args.models.iter())
                 .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "fake-upstream"}))
                 .collect();

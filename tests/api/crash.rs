@@ -97,15 +97,26 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
     app.wait_for_completed(&id, 50).await;
     app.pool.close().await;
     cluster.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // While the database is down the API says so instead of hanging or crashing.
-    let res = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
+    // While the database is down the API says so (once it notices) instead of hanging or
+    // crashing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 503 {
+            break;
+        }
+        assert_eq!(res.status(), 200, "readyz must answer 200 or 503");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never said 503"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.start_again();
 
     let app = TestApp::connect(&replicas[0].address, &url).await;

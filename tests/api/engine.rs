@@ -432,25 +432,58 @@ async fn a_batch_past_its_window_expires_with_partial_results() {
 
 #[tokio::test]
 async fn a_batch_cancelled_before_it_runs_ends_cancelled() {
+    // The model check holds validation for a while: the cancel lands before any line runs.
+    let upstream = FakeUpstream::start(&["--latency-ms", "50", "--models-latency-ms", "1500"]);
+    let app = spawn_engine(&upstream, |_| {}).await;
+    let lines: Vec<Value> = (0..3000)
+        .map(|i| chat_line(&format!("v{i}"), json!({})))
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    assert_eq!(app.batch(&id).await["status"], "validating");
+    let res = app
+        .post(&format!("/v1/batches/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let batch = app.wait_for(&id, &["cancelled"]).await;
+    assert_eq!(
+        upstream.executions().await,
+        0,
+        "no line may run after a cancel"
+    );
+    assert_eq!(batch["request_counts"]["completed"], 0, "{batch}");
+    assert!(batch["output_file_id"].is_null(), "{batch}");
+}
+
+#[tokio::test]
+async fn a_batch_cancelled_while_running_accounts_for_every_line() {
     let upstream = FakeUpstream::start(&["--latency-ms", "50"]);
     let app = spawn_engine(&upstream, |_| {}).await;
     let lines: Vec<Value> = (0..3000)
         .map(|i| chat_line(&format!("v{i}"), json!({})))
         .collect();
-    for _ in 0..3 {
-        let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-        let res = app
-            .post(&format!("/v1/batches/{id}/cancel"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let batch = app.wait_for(&id, &["cancelled"]).await;
-        let out = app.lines_of(&batch["output_file_id"]).await;
-        let err = app.lines_of(&batch["error_file_id"]).await;
-        // Cancelled before validation queued anything, or after: either way nothing is lost.
-        assert!(out.len() + err.len() == 0 || out.len() + err.len() == 3000);
-    }
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    app.wait_until(&id, |b| b["request_counts"]["completed"].as_i64() > Some(0))
+        .await;
+    let res = app
+        .post(&format!("/v1/batches/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let batch = app.wait_for(&id, &["cancelled"]).await;
+    let out = app.lines_of(&batch["output_file_id"]).await;
+    let err = app.lines_of(&batch["error_file_id"]).await;
+    // Every line that ran is in the output, every other one is an error, and none ran twice.
+    assert_eq!(out.len() as u64, upstream.executions().await);
+    assert!(!out.is_empty() && out.len() < 3000, "{}", out.len());
+    assert_eq!(out.len() + err.len(), 3000);
+    assert!(
+        err.iter().all(|e| e["error"]["code"] == "batch_cancelled"),
+        "{:?}",
+        err.first()
+    );
 }
 
 #[tokio::test]
