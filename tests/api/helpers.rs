@@ -250,33 +250,42 @@ pub async fn start_replicas_with(
     database_url: &str,
     env: &[(&str, &str)],
 ) -> Vec<Replica> {
-    let replicas: Vec<Replica> = (0..n)
-        .map(|_| {
-            let port = free_port();
-            let child = openbatch_command(database_url)
-                .envs(env.iter().copied())
-                .env("OPENBATCH__SERVER__PORT", port.to_string())
-                .arg("serve")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start openbatch");
-            Replica {
-                address: format!("http://127.0.0.1:{port}"),
-                child,
-            }
-        })
-        .collect();
+    let spawn = || {
+        // Another process may take the port between `free_port` and the server's bind: the
+        // server then exits at once, and is started again on another port.
+        let port = free_port();
+        let child = openbatch_command(database_url)
+            .envs(env.iter().copied())
+            .env("OPENBATCH__SERVER__PORT", port.to_string())
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start openbatch");
+        Replica {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    };
+    let mut replicas: Vec<Replica> = (0..n).map(|_| spawn()).collect();
     let client = reqwest::Client::new();
-    for r in &replicas {
+    for r in &mut replicas {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut starts = 1;
         loop {
+            if let Some(status) = r.child.try_wait().expect("poll replica") {
+                assert!(starts < 5, "replica exited ({status}) {starts} times");
+                starts += 1;
+                *r = spawn();
+                continue;
+            }
             let ok = client
                 .get(format!("{}/readyz", r.address))
                 .send()
                 .await
                 .is_ok_and(|res| res.status().is_success());
-            if ok {
+            // Ready, and still ours: a server that lost the bind race exits soon after.
+            if ok && r.child.try_wait().expect("poll replica").is_none() {
                 break;
             }
             assert!(
