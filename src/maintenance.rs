@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::store::{chunks, files, stats};
+use crate::store::{chunks, files, leader, stats};
 use crate::worker::sleep_or_stop;
 
 /// Any key will do as long as it is OpenBatch's alone.
@@ -32,15 +32,9 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
             },
         };
         let held = if leader {
-            sqlx::query("SELECT 1")
-                .execute(&mut *conn)
-                .await
-                .map(|_| true)
+            leader::still_held(conn).await
         } else {
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(MAINTAINER_LOCK)
-                .fetch_one(&mut *conn)
-                .await
+            leader::try_lock(conn, MAINTAINER_LOCK).await
         };
         match held {
             Ok(true) => {

@@ -151,7 +151,7 @@ impl BatchStatus {
             .collect()
     }
 
-    const ALL: [BatchStatus; 8] = [
+    pub const ALL: [BatchStatus; 8] = [
         BatchStatus::Validating,
         BatchStatus::Failed,
         BatchStatus::InProgress,

@@ -45,13 +45,15 @@ pub async fn claim(
     owner: &str,
     lease_secs: u64,
 ) -> Result<Option<BatchJob>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                             lapsed_claims = CASE WHEN lease_owner IS NOT NULL
                                                  THEN lapsed_claims + 1 ELSE 0 END
          WHERE id = (
             SELECT b.id FROM batches b
-            WHERE b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+            WHERE b.status IN ",
+        unfinished_statuses!(),
+        "
               AND (b.lease_until IS NULL OR b.lease_until < now())
               AND (b.status <> 'in_progress'
                    OR b.expires_at <= unix_now()
@@ -64,7 +66,7 @@ pub async fn claim(
          RETURNING id, project_id, status, endpoint, input_file_id, cancelling_at,
                    output_expires_after_seconds, expires_at <= unix_now() AS expired,
                    unix_now() - cancelling_at AS cancelling_for, lapsed_claims",
-    )
+    ))
     .bind(owner)
     .bind(lease_secs as f64)
     .fetch_optional(pool)
