@@ -173,6 +173,36 @@ impl TryFrom<String> for BatchStatus {
     }
 }
 
+/// The validated parameters of a batch creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSpec {
+    pub input_file_id: super::FileId,
+    pub endpoint: Endpoint,
+    pub completion_window: CompletionWindow,
+    pub metadata: Option<super::Metadata>,
+    pub output_expires_after: Option<super::ExpiresAfter>,
+}
+
+impl BatchSpec {
+    /// SHA-256 (hex) of the canonical JSON of the parameters: object keys sorted, absent
+    /// values as `null`. Two creations with one idempotency key must agree on it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // serde_json's default map is ordered, so this text is canonical.
+        let canonical = serde_json::json!({
+            "completion_window": self.completion_window.as_str(),
+            "endpoint": self.endpoint.as_str(),
+            "input_file_id": self.input_file_id.as_str(),
+            "metadata": self.metadata.as_ref().map(super::Metadata::to_json),
+            "output_expires_after": self.output_expires_after.map(|e| serde_json::json!({
+                "anchor": "created_at",
+                "seconds": e.seconds(),
+            })),
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,41 +258,7 @@ mod tests {
         }
         assert!(BatchStatus::try_from("done".to_owned()).is_err());
     }
-}
 
-/// The validated parameters of a batch creation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchSpec {
-    pub input_file_id: super::FileId,
-    pub endpoint: Endpoint,
-    pub completion_window: CompletionWindow,
-    pub metadata: Option<super::Metadata>,
-    pub output_expires_after: Option<super::ExpiresAfter>,
-}
-
-impl BatchSpec {
-    /// SHA-256 (hex) of the canonical JSON of the parameters: object keys sorted, absent
-    /// values as `null`. Two creations with one idempotency key must agree on it.
-    pub fn fingerprint(&self) -> String {
-        use sha2::{Digest, Sha256};
-        // serde_json's default map is ordered, so this text is canonical.
-        let canonical = serde_json::json!({
-            "completion_window": self.completion_window.as_str(),
-            "endpoint": self.endpoint.as_str(),
-            "input_file_id": self.input_file_id.as_str(),
-            "metadata": self.metadata.as_ref().map(super::Metadata::to_json),
-            "output_expires_after": self.output_expires_after.map(|e| serde_json::json!({
-                "anchor": "created_at",
-                "seconds": e.seconds(),
-            })),
-        });
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
-    }
-}
-
-#[cfg(test)]
-mod fingerprint_tests {
-    use super::*;
     use crate::domain::{ExpiresAfter, FileId, Metadata};
     use serde_json::json;
 
