@@ -64,11 +64,6 @@ pub enum Created {
     LimitReached,
 }
 
-/// Inserts a batch, or finds the one created earlier under the same idempotency key.
-///
-/// One statement: `INSERT ... ON CONFLICT DO NOTHING` on the per-project unique key, plus a
-/// read of the existing row in the same round trip. When the competing insert committed after
-/// this statement's snapshot was taken, the read sees nothing; a second, fresh read then does.
 /// How a batch is to be created, besides its parameters.
 pub struct Options<'a> {
     pub key: Option<&'a IdempotencyKey>,
@@ -79,6 +74,11 @@ pub struct Options<'a> {
     pub trace_context: Option<&'a str>,
 }
 
+/// Inserts a batch, or finds the one created earlier under the same idempotency key.
+///
+/// One statement: `INSERT ... ON CONFLICT DO NOTHING` on the per-project unique key, plus a
+/// read of the existing row in the same round trip. When the competing insert committed after
+/// this statement's snapshot was taken, the read sees nothing; a second, fresh read then does.
 #[tracing::instrument(skip_all, name = "db.batches.create")]
 pub async fn create(
     pool: &PgPool,
