@@ -2,7 +2,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, list_page, AppState, Project};
+use super::pagination::{list_page, PageParams};
+use super::{body, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
     Metadata, MetadataLimits,
@@ -187,51 +188,20 @@ async fn cancel(
     }
 }
 
-#[derive(Deserialize)]
-struct ListParams {
-    after: Option<String>,
-    limit: Option<String>,
-}
-
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
-pub(super) fn parse_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
-    let Some(raw) = raw else { return Ok(default) };
-    match raw.parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(format!(
-            "Invalid 'limit': expected an integer between 1 and {max}, got '{raw}'."
-        ))
-        .with_param("limit")
-        .with_code("invalid_value")),
-    }
-}
-
-pub(super) fn unknown_cursor(raw: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "Invalid 'after': '{raw}' is not an object in this list."
-    ))
-    .with_param("after")
-    .with_code("invalid_value")
-}
-
 async fn list(
-    query: web::Query<ListParams>,
+    query: web::Query<PageParams>,
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = parse_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
-    // An empty cursor is no cursor (some clients send `after=`).
-    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
-        Some(raw) => Some(BatchId::parse("after", raw).map_err(|_| unknown_cursor(raw))?),
-        None => None,
-    };
-    let page = store::list(&state.pool, &project, after.as_ref(), limit)
+    let page = query.parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| BatchId::parse("after", raw))?;
+    let found = store::list(&state.pool, &project, page.after.as_ref(), page.limit)
         .await?
-        .ok_or_else(|| unknown_cursor(query.after.as_deref().unwrap_or_default()))?;
-    let data = page.batches.iter().map(batch_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, page.has_more)))
+        .ok_or_else(|| query.unknown_cursor())?;
+    let data = found.batches.iter().map(batch_object).collect();
+    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
 }
 
 /// The OpenAI Batch object; every field present, `null` where unknown.

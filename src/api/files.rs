@@ -5,8 +5,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::batches::{parse_limit, unknown_cursor};
-use super::{body, list_page, no_such, AppState, Project};
+use super::pagination::{list_page, PageParams};
+use super::{body, no_such, AppState, Project};
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
 use crate::store::files::{
@@ -279,9 +279,9 @@ async fn delete(
 #[derive(Deserialize)]
 struct ListParams {
     purpose: Option<String>,
-    after: Option<String>,
-    limit: Option<String>,
     order: Option<String>,
+    #[serde(flatten)]
+    page: PageParams,
 }
 
 async fn list(
@@ -289,7 +289,7 @@ async fn list(
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = parse_limit(query.limit.as_deref(), 10_000, 10_000)?;
+    let page = (query.page).parse(10_000, 10_000, |raw| FileId::parse("after", raw))?;
     let order = match query.order.as_deref() {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
@@ -300,25 +300,20 @@ async fn list(
         .as_deref()
         .map(Purpose::parse_filter)
         .transpose()?;
-    // An empty cursor is no cursor (some clients send `after=`).
-    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
-        Some(raw) => Some(FileId::parse("after", raw).map_err(|_| unknown_cursor(raw))?),
-        None => None,
-    };
-    let page = store::list(
+    let found = store::list(
         &state.pool,
         &project,
         ListQuery {
             purpose,
-            after: after.as_ref(),
-            limit,
+            after: page.after.as_ref(),
+            limit: page.limit,
             order,
         },
     )
     .await?
-    .ok_or_else(|| unknown_cursor(query.after.as_deref().unwrap_or_default()))?;
-    let data = page.files.iter().map(file_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, page.has_more)))
+    .ok_or_else(|| query.page.unknown_cursor())?;
+    let data = found.files.iter().map(file_object).collect();
+    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
 }
 
 /// The OpenAI File object. Content is usable as soon as the upload returns, hence `processed`.

@@ -7,6 +7,7 @@ mod console;
 mod files;
 mod health;
 mod openapi;
+mod pagination;
 mod request_id;
 
 use std::future::{ready, Ready};
@@ -66,19 +67,6 @@ impl FromRequest for Project {
             ApiError::internal()
         }))
     }
-}
-
-/// An OpenAI list page. `has_more` is always present: the Python SDK keeps paging while it is
-/// missing.
-fn list_page(data: Vec<serde_json::Value>, has_more: bool) -> serde_json::Value {
-    let id = |o: Option<&serde_json::Value>| o.and_then(|v| v.get("id")).cloned();
-    serde_json::json!({
-        "object": "list",
-        "first_id": id(data.first()),
-        "last_id": id(data.last()),
-        "has_more": has_more,
-        "data": data,
-    })
 }
 
 /// A resource that is missing, or belongs to another project (indistinguishable by design).
