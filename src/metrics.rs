@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -22,6 +22,9 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub lease_takeovers: IntCounter,
     pub batches_finished: IntCounterVec,
+    pub auth_key_queries: IntCounter,
+    pub auth_key_reloads: IntCounter,
+    pub cluster_replicas: IntGauge,
     batches: IntGaugeVec,
     queue: IntGaugeVec,
     pool: IntGaugeVec,
@@ -75,6 +78,13 @@ pub fn get() -> &'static Metrics {
             upstream_duration: histogram_vec(&r, "upstream_request_duration_seconds", "Upstream attempt latency.", &["upstream"]),
             lease_takeovers: counter(&r, "lease_takeovers_total", "Lines claimed again after an earlier claim lapsed (a replica died) or was handed back."),
             batches_finished: counter_vec(&r, "batches_finished_total", "Batches this replica moved to a final status.", &["status"]),
+            auth_key_queries: counter(&r, "auth_key_queries_total", "API keys looked up in the database for one request (the in-memory copy was not current)."),
+            auth_key_reloads: counter(&r, "auth_key_reloads_total", "Reloads of this replica's in-memory copy of the live API keys."),
+            cluster_replicas: {
+                let g = IntGauge::new("cluster_replicas", "Live replicas as this replica's last heartbeat counted them (it enforces 1/N of the per-key rate limit).").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             batches: gauge_vec(&r, "batches", "Unfinished batches by status (all replicas, from the database).", &["status"]),
             queue: gauge_vec(&r, "work_queue_lines", "Lines of running batches by state (all replicas, from the database).", &["state"]),
             pool: gauge_vec(&r, "db_pool_connections", "This replica's database connections by state.", &["state"]),

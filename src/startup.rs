@@ -1,4 +1,6 @@
 use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -19,19 +21,24 @@ pub struct Application {
     server: Server,
     worker: Option<Worker>,
     maintenance: (watch::Sender<bool>, JoinHandle<()>),
+    /// Heartbeat and key reloading, stopped with maintenance.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Application {
     /// Connects to the database (creating it if allowed), applies migrations and binds.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        // Before touching the database: a refusal should not wait on a connection.
+        settings.check_serving()?;
         let pool = crate::store::connect(&settings.database).await?;
         crate::store::migrate(&pool).await?;
         Self::build_with_pool(settings, pool)
     }
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        settings.check_serving()?;
         let (stop_maintenance, stopped) = watch::channel(false);
-        let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped));
+        let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped.clone()));
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::new(settings)?;
             Some(Worker::start(
@@ -51,11 +58,22 @@ impl Application {
             )
         })?;
         let port = listener.local_addr()?.port();
+        let live_replicas = Arc::new(AtomicUsize::new(1));
+        let auth = api::Auth::new(&settings.auth);
+        let mut background = vec![tokio::spawn(crate::cluster::run(
+            pool.clone(),
+            settings.cluster.clone(),
+            live_replicas.clone(),
+            stopped.clone(),
+        ))];
+        if let Some(keyring) = auth.keyring() {
+            background.push(tokio::spawn(keyring.run(pool.clone(), stopped.clone())));
+        }
         let state = web::Data::new(AppState {
             pool,
             limits: settings.limits.clone(),
-            auth: api::Auth::new(&settings.auth),
-            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key),
+            auth,
+            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live_replicas),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
         });
@@ -77,6 +95,7 @@ impl Application {
             server: server.run(),
             worker,
             maintenance: (stop_maintenance, maintenance),
+            background,
         })
     }
 
@@ -93,6 +112,9 @@ impl Application {
         let (stop, task) = self.maintenance;
         let _ = stop.send(true);
         let _ = task.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         served
     }
 }

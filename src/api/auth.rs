@@ -1,7 +1,8 @@
 //! API keys (`Authorization: Bearer …`) → the request's project, and a per-key request rate.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -11,6 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use sqlx::PgPool;
 
+use super::keyring::{Keyring, Lookup};
 use super::AppState;
 use crate::config::AuthSettings;
 use crate::domain::{constant_time_eq, ApiKey, ProjectId};
@@ -26,9 +28,13 @@ pub struct Identity {
 
 pub struct Auth {
     enabled: bool,
-    ttl: Duration,
-    /// Keys checked recently, by hash, so most requests cost no query.
-    cache: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    /// The live keys, in memory: checking a key costs no query.
+    keyring: Arc<Keyring>,
+    /// Keys the copy does not hold may still be asked of the database at this many a second
+    /// (per replica): a key used the instant it was created, before its notification lands,
+    /// works, while a flood of made-up keys costs at most this many queries a second.
+    unknown_lookups: Mutex<(f64, Instant)>,
+    unknown_per_sec: f64,
 }
 
 fn unauthorized(message: String) -> ApiError {
@@ -49,11 +55,34 @@ impl Auth {
                  set OPENBATCH__AUTH__ENABLED=true in production"
             );
         }
+        let per_sec = f64::from(settings.unknown_key_lookups_per_sec);
         Self {
             enabled: settings.enabled,
-            ttl: Duration::from_secs(settings.cache_secs),
-            cache: Mutex::new(HashMap::new()),
+            keyring: Keyring::new(Duration::from_secs(settings.cache_secs)),
+            unknown_lookups: Mutex::new((per_sec, Instant::now())),
+            unknown_per_sec: per_sec,
         }
+    }
+
+    /// Takes one of the lookups allowed for keys the copy does not know.
+    fn may_look_up_unknown(&self) -> bool {
+        let mut bucket = self.unknown_lookups.lock().expect("not poisoned");
+        let (tokens, at) = &mut *bucket;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.unknown_per_sec)
+            .min(self.unknown_per_sec);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// What keeps the in-memory keys current; `None` with authentication off.
+    pub fn keyring(&self) -> Option<Arc<Keyring>> {
+        self.enabled.then(|| self.keyring.clone())
     }
 
     async fn identify(
@@ -86,48 +115,41 @@ impl Auth {
             ))
         };
         let key = ApiKey::parse(presented).ok_or_else(wrong)?;
-        if let Some(identity) = self.cached(&key.hash) {
-            return Ok(identity);
-        }
-        let stored = crate::store::keys::find(pool, &key.prefix)
-            .await?
-            .ok_or_else(wrong)?;
+        let stored = match self.keyring.lookup(&key.prefix) {
+            Lookup::Known(Some(stored)) => Some(stored),
+            Lookup::Known(None) if !self.may_look_up_unknown() => None,
+            Lookup::Known(None) | Lookup::Unsure => {
+                crate::metrics::get().auth_key_queries.inc();
+                crate::store::keys::find(pool, &key.prefix).await?
+            }
+        };
+        let stored = stored.ok_or_else(wrong)?;
         if !constant_time_eq(&stored.hash, &key.hash) {
             return Err(wrong());
         }
-        let identity = Identity {
+        Ok(Identity {
             project: stored.project,
             key_prefix: Some(key.prefix),
-        };
-        let mut cache = self.cache.lock().expect("not poisoned");
-        // Bounded: entries of keys not seen for a while are dropped in bulk.
-        if cache.len() > 10_000 {
-            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
-        }
-        cache.insert(key.hash, (identity.clone(), Instant::now()));
-        Ok(identity)
-    }
-
-    fn cached(&self, hash: &[u8; 32]) -> Option<Identity> {
-        let cache = self.cache.lock().expect("not poisoned");
-        cache
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(identity, _)| identity.clone())
+        })
     }
 }
 
-/// A token bucket per key: `per_minute` requests a minute, in bursts of up to as many.
-/// Per replica: behind N replicas a key gets up to N times the rate.
+/// A token bucket per key: `per_minute` requests a minute, in bursts of up to as many, for
+/// the whole cluster. Each replica enforces its share, `per_minute / live replicas` (from the
+/// heartbeat table), so behind a balancer that spreads a key's requests the cluster admits
+/// about `per_minute`; a key whose requests all land on one replica gets that replica's share.
 pub struct RateLimiter {
     per_minute: u32,
+    /// Live replicas, this one included (at least 1), kept by `crate::cluster`.
+    replicas: Arc<AtomicUsize>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub fn new(per_minute: u32, replicas: Arc<AtomicUsize>) -> Self {
         Self {
             per_minute,
+            replicas,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -137,8 +159,11 @@ impl RateLimiter {
         if self.per_minute == 0 {
             return Ok(());
         }
-        let capacity = f64::from(self.per_minute);
-        let per_sec = capacity / 60.0;
+        let share =
+            f64::from(self.per_minute) / self.replicas.load(Ordering::Relaxed).max(1) as f64;
+        // A share under one request would never fill up to one: allow a burst of one.
+        let capacity = share.max(1.0);
+        let per_sec = share / 60.0;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("not poisoned");
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((capacity, now));
@@ -206,9 +231,13 @@ pub async fn middleware(
 mod tests {
     use super::*;
 
+    fn limiter(per_minute: u32, replicas: usize) -> RateLimiter {
+        RateLimiter::new(per_minute, Arc::new(AtomicUsize::new(replicas)))
+    }
+
     #[test]
     fn the_bucket_allows_a_burst_then_asks_to_wait() {
-        let r = RateLimiter::new(3);
+        let r = limiter(3, 1);
         assert!(r.check("k").is_ok());
         assert!(r.check("k").is_ok());
         assert!(r.check("k").is_ok());
@@ -216,6 +245,27 @@ mod tests {
         assert!((1..=20).contains(&wait), "{wait}");
         // Other keys have their own bucket.
         assert!(r.check("other").is_ok());
-        assert!(RateLimiter::new(0).check("k").is_ok());
+        assert!(limiter(0, 1).check("k").is_ok());
+    }
+
+    #[test]
+    fn each_replica_enforces_its_share() {
+        let r = limiter(60, 3);
+        let admitted = (0..60).filter(|_| r.check("k").is_ok()).count();
+        assert_eq!(admitted, 20);
+        // A share below one request still admits one, then waits for it to refill.
+        let r = limiter(2, 4);
+        assert!(r.check("k").is_ok());
+        let wait = r.check("k").unwrap_err();
+        assert!((60..=120).contains(&wait), "{wait}");
+        // Fewer replicas: a larger share from the next request on.
+        let replicas = Arc::new(AtomicUsize::new(2));
+        let r = RateLimiter::new(10, replicas.clone());
+        assert_eq!((0..10).filter(|_| r.check("k").is_ok()).count(), 5);
+        replicas.store(1, Ordering::Relaxed);
+        assert!(
+            r.check("k").is_err(),
+            "the bucket refills at the new rate, not at once"
+        );
     }
 }

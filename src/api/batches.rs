@@ -155,8 +155,11 @@ fn batch_not_found(id: &str) -> ApiError {
 }
 
 fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
-    tracing::Span::current().record("batch_id", raw);
-    BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))
+    // Recorded only once valid: a raw path segment may hold a decoded newline, which would
+    // forge lines in text logs.
+    let id = BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))?;
+    tracing::Span::current().record("batch_id", id.as_str());
+    Ok(id)
 }
 
 async fn retrieve(

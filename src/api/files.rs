@@ -221,8 +221,11 @@ fn parse_expires_after(
 }
 
 fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
-    tracing::Span::current().record("file_id", raw);
-    FileId::parse("file_id", raw).map_err(|_| no_such("File", raw, "id"))
+    // Recorded only once valid: a raw path segment may hold a decoded newline, which would
+    // forge lines in text logs.
+    let id = FileId::parse("file_id", raw).map_err(|_| no_such("File", raw, "id"))?;
+    tracing::Span::current().record("file_id", id.as_str());
+    Ok(id)
 }
 
 async fn find(state: &AppState, project: &ProjectId, raw: &str) -> Result<FileRecord, ApiError> {

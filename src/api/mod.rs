@@ -6,6 +6,7 @@ mod body;
 mod console;
 mod files;
 mod health;
+mod keyring;
 mod openapi;
 mod pagination;
 mod request_id;

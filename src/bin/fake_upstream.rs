@@ -7,7 +7,8 @@
 //! Faults come from two places:
 //! * global rates (`--error-rate`, `--rate-429`, `--hang-rate`, `--drop-rate`) for benchmarks;
 //! * a `"fake"` object in the JSON body, deterministic, for tests:
-//!   `"fake": {"fail": [500, 429, "hang", "drop"], "latency_ms": 50}`. The k-th execution of the
+//!   `"fake": {"fail": [500, 429, "hang", "drop", "redirect"], "latency_ms": 50}`
+//!   (`redirect`: a 307 back to `/v1/chat/completions`). The k-th execution of the
 //!   same raw body answers with `fail[k]`, and normally once the list is used up.
 //!   `"pad_bytes": N` adds a string of N bytes to a successful answer (a huge response), and
 //!   `"no_length": true` sends it without `Content-Length`, ending it by closing the connection.
@@ -137,6 +138,8 @@ enum Fault {
     Status(u16),
     Hang,
     Drop,
+    /// 307 to the same path: a client that follows it sends the line a second time.
+    Redirect,
 }
 
 #[tokio::main]
@@ -448,6 +451,11 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
         }
         Some(Fault::Hang) => return Reply::Hang,
         Some(Fault::Drop) => return Reply::Drop,
+        Some(Fault::Redirect) => {
+            let mut resp = error(307, "fake-upstream redirects this request");
+            resp.headers.push(("Location", "/v1/chat/completions"));
+            resp
+        }
         Some(Fault::Status(429)) => {
             // Real servers' back-off hints; tests get the short one so retries stay fast.
             let mut resp = error(429, "Rate limit reached (fake-upstream)");
@@ -472,10 +480,11 @@ fn planned_fault(directive: &Value, k: usize) -> Result<Option<Fault>, String> {
         None => Ok(None),
         Some(Value::String(s)) if s == "hang" => Ok(Some(Fault::Hang)),
         Some(Value::String(s)) if s == "drop" => Ok(Some(Fault::Drop)),
+        Some(Value::String(s)) if s == "redirect" => Ok(Some(Fault::Redirect)),
         Some(step) => match step.as_u64() {
             Some(code @ 400..=599) => Ok(Some(Fault::Status(code as u16))),
             _ => Err(format!(
-                "fake.fail[{k}] must be a 4xx/5xx, \"hang\" or \"drop\": {step}"
+                "fake.fail[{k}] must be a 4xx/5xx, \"hang\", \"drop\" or \"redirect\": {step}"
             )),
         },
     }

@@ -102,3 +102,58 @@ mod tests {
         assert!(FileId::parse("input_file_id", "a\nb").is_err());
     }
 }
+
+/// A tenant's name as an operator gives it to `openbatch keys create --project`: 1 to 128
+/// characters, no control characters, and never the built-in project's name, `default`
+/// (any case): while authentication is off every request acts for that project, so a new
+/// tenant given that name would read all the anonymous data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectName(String);
+
+pub const BUILT_IN_PROJECT_NAME: &str = "default";
+
+impl ProjectName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let name = raw.trim();
+        if name.is_empty() || name.chars().count() > 128 {
+            return Err("--project must be 1 to 128 characters".to_owned());
+        }
+        if name.chars().any(char::is_control) {
+            return Err("--project must not contain control characters".to_owned());
+        }
+        if name.eq_ignore_ascii_case(BUILT_IN_PROJECT_NAME) {
+            return Err(format!(
+                "the project name '{BUILT_IN_PROJECT_NAME}' is reserved for the built-in project \
+                 that holds what was created with authentication off; pick another name, or pass \
+                 --built-in to give a key access to that project's data on purpose"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod project_name_tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_name_is_reserved() {
+        for bad in [
+            "default",
+            " Default ",
+            "DEFAULT",
+            "",
+            "   ",
+            "a\nb",
+            &"x".repeat(129),
+        ] {
+            assert!(ProjectName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(ProjectName::parse(" team-a ").unwrap().as_str(), "team-a");
+        assert!(ProjectName::parse("default-2").is_ok());
+    }
+}

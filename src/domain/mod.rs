@@ -14,7 +14,7 @@ pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoi
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
-pub use ids::{BatchId, FileId, ProjectId};
+pub use ids::{BatchId, FileId, ProjectId, ProjectName, BUILT_IN_PROJECT_NAME};
 pub use metadata::{Metadata, MetadataLimits};
 
 /// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.

@@ -1,10 +1,14 @@
 use sqlx::PgPool;
 
-use crate::domain::{NewKey, ProjectId};
+use crate::domain::{NewKey, ProjectId, ProjectName};
+
+/// LISTEN/NOTIFY channel: a key was created or revoked (payload: its prefix). Every replica
+/// reloads its copy of the live keys on it.
+pub const KEYS_CHANNEL: &str = "openbatch_keys";
 
 /// The project named `name`, created if it does not exist yet.
 #[tracing::instrument(skip_all, name = "db.keys.ensure_project")]
-pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx::Error> {
+pub async fn ensure_project(pool: &PgPool, name: &ProjectName) -> Result<ProjectId, sqlx::Error> {
     let id: String = sqlx::query_scalar(
         "WITH ins AS (
             INSERT INTO projects (id, name) VALUES ($1, $2)
@@ -15,7 +19,7 @@ pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx
         LIMIT 1",
     )
     .bind(format!("proj_{}", uuid::Uuid::new_v4().simple()))
-    .bind(name)
+    .bind(name.as_str())
     .fetch_one(pool)
     .await?;
     Ok(ProjectId::from_db(id))
@@ -23,18 +27,47 @@ pub async fn ensure_project(pool: &PgPool, name: &str) -> Result<ProjectId, sqlx
 
 #[tracing::instrument(skip_all, name = "db.keys.insert")]
 pub async fn insert(pool: &PgPool, project: &ProjectId, key: &NewKey) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO api_keys (prefix, project_id, key_hash) VALUES ($1, $2, $3)")
-        .bind(&key.prefix)
-        .bind(project.as_str())
-        .bind(&key.hash[..])
-        .execute(pool)
-        .await?;
+    // The notification is sent on commit, so no replica can reload before the key exists.
+    sqlx::query(
+        "WITH ins AS (
+            INSERT INTO api_keys (prefix, project_id, key_hash) VALUES ($1, $2, $3)
+            RETURNING prefix
+        )
+        SELECT pg_notify($4, prefix) FROM ins",
+    )
+    .bind(&key.prefix)
+    .bind(project.as_str())
+    .bind(&key.hash[..])
+    .bind(KEYS_CHANNEL)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
+#[derive(Debug, Clone)]
 pub struct StoredKey {
     pub project: ProjectId,
     pub hash: Vec<u8>,
+}
+
+/// Every live (unrevoked) key, by prefix: what a replica holds in memory.
+#[tracing::instrument(skip_all, name = "db.keys.load_live")]
+pub async fn load_live(pool: &PgPool) -> Result<Vec<(String, StoredKey)>, sqlx::Error> {
+    let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT prefix, project_id, key_hash FROM api_keys WHERE revoked_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(prefix, project, hash)| {
+            let key = StoredKey {
+                project: ProjectId::from_db(project),
+                hash,
+            };
+            (prefix, key)
+        })
+        .collect())
 }
 
 /// A live (unrevoked) key by its prefix.
@@ -74,12 +107,18 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
 /// False when no live key has this prefix.
 #[tracing::instrument(skip_all, name = "db.keys.revoke")]
 pub async fn revoke(pool: &PgPool, prefix: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE api_keys SET revoked_at = unix_now() WHERE prefix = $1 AND revoked_at IS NULL",
+    // Every replica hears of it on commit and drops the key from memory at once.
+    let notified: Option<String> = sqlx::query_scalar(
+        "WITH r AS (
+            UPDATE api_keys SET revoked_at = unix_now()
+            WHERE prefix = $1 AND revoked_at IS NULL
+            RETURNING prefix
+        )
+        SELECT prefix FROM r, LATERAL (SELECT pg_notify($2, r.prefix)) n",
     )
     .bind(prefix)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1)
+    .bind(KEYS_CHANNEL)
+    .fetch_optional(pool)
+    .await?;
+    Ok(notified.is_some())
 }

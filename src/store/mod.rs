@@ -15,6 +15,7 @@ pub mod files;
 pub mod jobs;
 pub mod keys;
 pub mod leader;
+pub mod replicas;
 pub mod stats;
 
 use std::time::Duration;

@@ -54,6 +54,22 @@ impl Upstream {
         }
     }
 
+    /// `Bearer <key>`, marked sensitive so that no debug output or HTTP/2 header table holds
+    /// it in the clear.
+    fn authorization(&self) -> Option<reqwest::header::HeaderValue> {
+        let key = self.api_key.as_ref()?;
+        match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                Some(value)
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.name, "the upstream's api_key is not a valid header value; sent without it");
+                None
+            }
+        }
+    }
+
     fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|m| match m.strip_suffix('*') {
             Some(prefix) => model.starts_with(prefix),
@@ -120,6 +136,9 @@ impl Upstreams {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would send the line (and the upstream's key, to the same host) where
+            // no one configured: a 3xx is recorded as the answer instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the upstream HTTP client")?;
         let mut routes: Vec<Upstream> = settings
@@ -230,8 +249,8 @@ impl Upstreams {
             .header(CONTENT_TYPE, "application/json")
             .header("traceparent", traceparent)
             .body(body.clone());
-        if let Some(key) = &upstream.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {}", key.expose()));
+        if let Some(auth) = upstream.authorization() {
+            req = req.header(AUTHORIZATION, auth);
         }
         let res = match req.send().await {
             Ok(res) => res,
@@ -258,12 +277,12 @@ impl Upstreams {
                     None,
                 )
             }
-            // Keep a non-JSON error body readable in the error file.
-            _ => {
-                let text = String::from_utf8_lossy(&bytes);
-                serde_json::value::to_raw_value(&serde_json::json!({"error": {"message": text}}))
-                    .expect("a JSON value serialises")
-            }
+            // Keep a non-JSON error body readable in the error file, but short: an HTML error
+            // page or a proxy's dump has no business filling tenants' files.
+            _ => serde_json::value::to_raw_value(
+                &serde_json::json!({"error": {"message": non_json_message(&bytes)}}),
+            )
+            .expect("a JSON value serialises"),
         };
         (
             Outcome::Response {
@@ -315,8 +334,26 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// At most this many characters of a non-JSON error body reach the error file.
+const NON_JSON_BODY_CHARS: usize = 512;
+
+fn non_json_message(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut shown: String = text.chars().take(NON_JSON_BODY_CHARS).collect();
+    if shown.len() < text.len() {
+        shown.push_str(&format!("… ({} bytes in all)", bytes.len()));
+    }
+    shown
+}
+
+/// The error file is read by tenants: it gets a generic message, never the upstream's URL or
+/// address (reqwest's messages name them). The detail goes to the server's log.
 fn transport_failure(e: &reqwest::Error) -> Outcome {
-    // reqwest's messages name the URL but never the headers, so no key can leak here.
+    tracing::warn!(
+        error = error_chain(e),
+        timeout = e.is_timeout(),
+        "upstream call failed"
+    );
     if e.is_timeout() {
         Outcome::Failure {
             code: "upstream_timeout",
@@ -325,10 +362,7 @@ fn transport_failure(e: &reqwest::Error) -> Outcome {
     } else {
         Outcome::Failure {
             code: "upstream_unreachable",
-            message: format!(
-                "Could not get a response from the upstream: {}",
-                error_chain(e)
-            ),
+            message: "Could not get a response from the upstream.".to_owned(),
         }
     }
 }
@@ -377,6 +411,30 @@ mod tests {
             upstream(&[]).url("/v1/chat/completions"),
             "http://h:1/v1/chat/completions"
         );
+    }
+
+    #[test]
+    fn the_bearer_header_is_sensitive() {
+        let mut u = upstream(&[]);
+        assert!(u.authorization().is_none());
+        u.api_key = Some(Secret::new("sk-secret"));
+        let value = u.authorization().unwrap();
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("sk-secret"));
+        u.api_key = Some(Secret::new("bad\nkey"));
+        assert!(u.authorization().is_none());
+    }
+
+    #[test]
+    fn non_json_error_bodies_are_truncated() {
+        assert_eq!(non_json_message(b"Bad Gateway"), "Bad Gateway");
+        let page = "<html>".repeat(10_000);
+        let shown = non_json_message(page.as_bytes());
+        assert!(shown.chars().count() < NON_JSON_BODY_CHARS + 40, "{shown}");
+        assert!(shown.ends_with("(60000 bytes in all)"), "{shown}");
+        // Cut on a character, not inside one.
+        let shown = non_json_message("é".repeat(1000).as_bytes());
+        assert!(shown.starts_with(&"é".repeat(NON_JSON_BODY_CHARS)));
     }
 
     #[test]

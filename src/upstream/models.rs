@@ -81,8 +81,8 @@ impl Upstreams {
             .client
             .get(upstream.url("/v1/models"))
             .timeout(LIST_TIMEOUT.min(upstream.timeout));
-        if let Some(key) = &upstream.api_key {
-            req = req.header(AUTHORIZATION, format!("Bearer {}", key.expose()));
+        if let Some(auth) = upstream.authorization() {
+            req = req.header(AUTHORIZATION, auth);
         }
         let answer = match req.send().await {
             Ok(res) => {

@@ -11,7 +11,12 @@ use openbatch::domain::ApiKey;
 use openbatch::store::keys;
 
 async fn key_for(app: &TestApp, project: &str) -> String {
-    let id = keys::ensure_project(&app.pool, project).await.unwrap();
+    let id = keys::ensure_project(
+        &app.pool,
+        &openbatch::domain::ProjectName::parse(project).unwrap(),
+    )
+    .await
+    .unwrap();
     let key = ApiKey::generate();
     keys::insert(&app.pool, &id, &key).await.unwrap();
     key.secret

@@ -225,7 +225,12 @@ async fn three_replicas_finalize_each_batch_exactly_once_and_keep_nothing_per_li
 }
 
 async fn key_for(pool: &PgPool, project: &str) -> String {
-    let id = keys::ensure_project(pool, project).await.unwrap();
+    let id = keys::ensure_project(
+        pool,
+        &openbatch::domain::ProjectName::parse(project).unwrap(),
+    )
+    .await
+    .unwrap();
     let key = ApiKey::generate();
     keys::insert(pool, &id, &key).await.unwrap();
     key.secret

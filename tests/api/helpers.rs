@@ -299,6 +299,36 @@ pub async fn start_replicas_with(
     replicas
 }
 
+/// One replica whose log (stderr) goes to `log` instead of the test's output.
+pub async fn start_replica_logging_to(
+    database_url: &str,
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Replica {
+    let port = free_port();
+    let child = openbatch_command(database_url)
+        .envs(env.iter().copied())
+        .env("OPENBATCH__SERVER__PORT", port.to_string())
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start openbatch");
+    let replica = Replica {
+        address: format!("http://127.0.0.1:{port}"),
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{}/readyz", replica.address))
+        .await
+        .is_ok_and(|res| res.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "replica never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replica
+}
+
 /// The fake OpenAI-compatible upstream (`src/bin/fake_upstream.rs`) as a real process.
 pub struct FakeUpstream {
     pub base_url: String,

@@ -1,0 +1,160 @@
+//! Each replica's in-memory copy of the live API keys, so that checking a key — good or bad —
+//! costs no query: a flood of wrong keys never reaches the database, and a revocation reaches
+//! every replica within a NOTIFY's delay.
+//!
+//! The copy is reloaded when a key is created or revoked (LISTEN/NOTIFY, sent by the same
+//! statement), when the LISTEN connection is re-established (notifications may have been
+//! missed meanwhile), and every `auth.cache_secs` as a fallback. Until it is loaded, while the
+//! listener is down, and once it is older than twice that period, requests ask the database
+//! instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::store::keys::{self, StoredKey};
+
+pub struct Keyring {
+    period: Duration,
+    copy: RwLock<Copy>,
+}
+
+#[derive(Default)]
+struct Copy {
+    by_prefix: HashMap<String, StoredKey>,
+    /// When the copy was loaded; `None` while it cannot be trusted.
+    loaded_at: Option<Instant>,
+}
+
+/// What the copy says of a prefix.
+pub enum Lookup {
+    /// A live key has this prefix, or (`None`) none has.
+    Known(Option<StoredKey>),
+    /// The copy cannot be trusted right now: ask the database.
+    Unsure,
+}
+
+impl Keyring {
+    /// `period` 0: no copy is kept, every lookup is `Unsure`.
+    pub fn new(period: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            period,
+            copy: RwLock::new(Copy::default()),
+        })
+    }
+
+    pub fn lookup(&self, prefix: &str) -> Lookup {
+        let copy = self.copy.read().expect("not poisoned");
+        match copy.loaded_at {
+            Some(at) if at.elapsed() < self.period * 2 => {
+                Lookup::Known(copy.by_prefix.get(prefix).cloned())
+            }
+            _ => Lookup::Unsure,
+        }
+    }
+
+    fn replace(&self, keys: Vec<(String, StoredKey)>, loaded_at: Instant) {
+        let mut copy = self.copy.write().expect("not poisoned");
+        copy.by_prefix = keys.into_iter().collect();
+        copy.loaded_at = Some(loaded_at);
+    }
+
+    fn distrust(&self) {
+        self.copy.write().expect("not poisoned").loaded_at = None;
+    }
+
+    async fn reload(&self, pool: &PgPool) {
+        // Stamped before the query: a change committed during it is announced after it.
+        let started = Instant::now();
+        match keys::load_live(pool).await {
+            Ok(live) => {
+                self.replace(live, started);
+                crate::metrics::get().auth_key_reloads.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load the API keys; asking the database per request")
+            }
+        }
+    }
+
+    /// Keeps the copy current until `stop`.
+    pub async fn run(self: Arc<Self>, pool: PgPool, mut stop: watch::Receiver<bool>) {
+        if self.period.is_zero() {
+            return;
+        }
+        loop {
+            let mut listener = match listen(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.distrust();
+                    tracing::warn!(error = %e, "cannot LISTEN for key changes; retrying");
+                    if crate::worker::sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // Loaded only once listening, so no change can fall between the two.
+            self.reload(&pool).await;
+            loop {
+                let next = tokio::select! {
+                    n = listener.try_recv() => n,
+                    _ = tokio::time::sleep(self.period) => {
+                        self.reload(&pool).await;
+                        continue;
+                    }
+                    _ = stop.changed() => return,
+                };
+                match next {
+                    Ok(Some(_)) => self.reload(&pool).await,
+                    // The connection dropped: whatever was announced meanwhile is lost. Ask
+                    // the database until a new listener is up and the copy reloaded.
+                    Ok(None) | Err(_) => {
+                        self.distrust();
+                        tracing::info!("LISTEN connection for key changes lost; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(keys::KEYS_CHANNEL).await?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ProjectId;
+
+    fn key() -> StoredKey {
+        StoredKey {
+            project: ProjectId::built_in(),
+            hash: vec![1; 32],
+        }
+    }
+
+    #[test]
+    fn the_copy_is_trusted_only_while_fresh() {
+        let ring = Keyring::new(Duration::from_secs(10));
+        assert!(matches!(ring.lookup("obk_a"), Lookup::Unsure));
+        ring.replace(vec![("obk_a".into(), key())], Instant::now());
+        assert!(matches!(ring.lookup("obk_a"), Lookup::Known(Some(_))));
+        assert!(matches!(ring.lookup("obk_b"), Lookup::Known(None)));
+        ring.distrust();
+        assert!(matches!(ring.lookup("obk_a"), Lookup::Unsure));
+        ring.replace(Vec::new(), Instant::now() - Duration::from_secs(21));
+        assert!(matches!(ring.lookup("obk_b"), Lookup::Unsure));
+        let off = Keyring::new(Duration::ZERO);
+        off.replace(Vec::new(), Instant::now());
+        assert!(matches!(off.lookup("obk_b"), Lookup::Unsure));
+    }
+}
