@@ -8,6 +8,7 @@ mod files;
 mod health;
 mod openapi;
 mod request_id;
+mod spool;
 
 use std::future::{ready, Ready};
 
@@ -33,12 +34,13 @@ pub struct AppState {
     /// This replica's batch worker, woken when a batch is created here so that validation
     /// starts at once (other replicas find it at their next poll).
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// One permit per upload this replica is receiving (`limits.max_concurrent_uploads`).
+    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
-        .service(health::metrics)
         .service(openapi::openapi)
         .configure(console::routes)
         .service(
@@ -47,6 +49,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(files::routes)
                 .configure(batches::routes),
         );
+}
+
+/// `/metrics`: on the public port, or alone on `server.metrics_address` when that is set.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::metrics);
 }
 
 /// The project (tenant) a request acts for, as resolved by the authentication middleware.

@@ -1,6 +1,7 @@
 //! Integration tests through real HTTP against a real PostgreSQL; every test gets its own
 //! freshly created database.
 
+mod abuse_clients;
 mod auth;
 mod batches;
 mod chunks;

@@ -29,7 +29,7 @@ import yaml
 from openai.types import Batch
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO_ROOT, OpenBatchServer, ServerPool, database_url_for, openbatch_binary
+from conftest import REPO_ROOT, OpenBatchServer, ServerPool, database_url_for, free_port, openbatch_binary
 from test_execution import FakeUpstream, custom_ids, read_lines, request_line, to_jsonl
 
 DEADLINE_SECS = 180.0  # hang guard only; a healthy run needs a few seconds
@@ -102,9 +102,20 @@ class Replica(OpenBatchServer):
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
         super().__init__(openbatch_binary(), env["OPENBATCH__DATABASE__URL"], log_path)
         self.name, self.env = name, env
+        # Each container has its own metrics port (9090); on one host each needs its own.
+        self.metrics_port = free_port() if "OPENBATCH__SERVER__METRICS_ADDRESS" in env else None
 
     def _environment(self) -> dict[str, str]:
-        return container_env({**self.env, "OPENBATCH__SERVER__PORT": str(self.port)})
+        env = {**self.env, "OPENBATCH__SERVER__PORT": str(self.port)}
+        if self.metrics_port is not None:
+            env["OPENBATCH__SERVER__METRICS_ADDRESS"] = f"127.0.0.1:{self.metrics_port}"
+        return container_env(env)
+
+    @property
+    def metrics_url(self) -> str:
+        if self.metrics_port is None:
+            return f"{self.base_url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def wait_ready(self) -> None:
         """Compose's healthcheck: GET /readyz answers 200."""
@@ -114,7 +125,7 @@ class Replica(OpenBatchServer):
             time.sleep(0.2)
 
     def metric(self, name: str, match: Callable[[dict[str, str]], bool] = lambda _: True) -> float:
-        text = httpx.get(f"{self.base_url}/metrics", timeout=30, trust_env=False).text
+        text = httpx.get(self.metrics_url, timeout=30, trust_env=False).text
         samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
         return sum(s.value for s in samples if s.name == name and match(s.labels))
 
