@@ -237,36 +237,6 @@ pub fn is_data_exception(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_hiccups_are_transient_and_bugs_are_not() {
-        for code in [
-            "40001", "40P01", "57P01", "57P02", "57P03", "57014", "55P03", "08006", "08001",
-            "53300", "53100",
-        ] {
-            assert!(is_transient_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "22021", "42P01", "42703", "XX000"] {
-            assert!(!is_transient_sqlstate(code), "{code}");
-        }
-        assert!(is_transient(&sqlx::Error::PoolTimedOut));
-        assert!(!is_transient(&sqlx::Error::RowNotFound));
-    }
-
-    #[test]
-    fn unavailable_and_throttled_answers_carry_retry_after() {
-        let res = ApiError::unavailable("x").error_response();
-        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
-        let res = ApiError::too_many_requests("x", "c").error_response();
-        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
-        let res = ApiError::bad_request("x").error_response();
-        assert!(!res.headers().contains_key(header::RETRY_AFTER));
-    }
-}
-
 /// Framework-generated errors (unknown route, wrong method, extractor failures) arrive here
 /// with a plain-text body; rewrite them into the envelope so clients never see anything else.
 pub fn render_framework_error<B: MessageBody + 'static>(
@@ -309,4 +279,34 @@ pub fn render_framework_error<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, new).map_into_right_body::<B>(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_hiccups_are_transient_and_bugs_are_not() {
+        for code in [
+            "40001", "40P01", "57P01", "57P02", "57P03", "57014", "55P03", "08006", "08001",
+            "53300", "53100",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "22021", "42P01", "42703", "XX000"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn unavailable_and_throttled_answers_carry_retry_after() {
+        let res = ApiError::unavailable("x").error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let res = ApiError::too_many_requests("x", "c").error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let res = ApiError::bad_request("x").error_response();
+        assert!(!res.headers().contains_key(header::RETRY_AFTER));
+    }
 }

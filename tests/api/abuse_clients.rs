@@ -441,8 +441,7 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
         .concat()
     };
     let line = to_jsonl(&[chat_line("a", json!({}))]);
-    // (what, head, body, status, code)
-    let attacks: Vec<(&str, Vec<u8>, Vec<u8>, u16, &str)> = vec![
+    let attacks: Vec<Attack> = vec![
         (
             "Content-Length of 100 GB",
             request_head(&key, Some(100_000_000_000)),
@@ -517,6 +516,9 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
     nothing_lost(&stack, &[during]).await;
     stack.assert_memory_bounded();
 }
+
+/// What is sent, the head, the body, and the status and code it must get.
+type Attack = (&'static str, Vec<u8>, Vec<u8>, u16, &'static str);
 
 /// A body in HTTP/1.1 chunked encoding, in 64 KiB chunks.
 fn chunked(body: &[u8]) -> Vec<u8> {
