@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
 use crate::helpers::{
-    batch_body, chat_line, engine_env, expect_error, start_replicas_with, to_jsonl, FakeUpstream,
-    Replica, TestApp, TestDb,
+    batch_body, chat_line, engine_env, expect_error, spawn_app_with, start_replicas_with, to_jsonl,
+    FakeUpstream, Replica, TestApp, TestDb,
 };
 
 /// Peak RSS allowed per replica through any of these attacks (an idle replica takes ~25 MiB;
@@ -35,6 +35,7 @@ struct Stack {
     victim: Vec<TestApp>,
     attacker_key: String,
     attacker_project: String,
+    victim_project: String,
     _upstream: FakeUpstream,
     // Last: the database is dropped after the replicas stop (none: a throwaway cluster's).
     _db: Option<TestDb>,
@@ -95,7 +96,7 @@ impl Stack {
             }
         };
         let (attacker_project, attacker_key) = key_of("attacker").await;
-        let (_, victim_key) = key_of("victim").await;
+        let (victim_project, victim_key) = key_of("victim").await;
         pool.close().await;
         Self {
             attacker: as_project(&replicas, url, &attacker_key).await,
@@ -103,6 +104,7 @@ impl Stack {
             replicas,
             attacker_key,
             attacker_project,
+            victim_project,
             _upstream: upstream,
             _db: db,
         }
@@ -769,6 +771,19 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         .await;
     assert_eq!(res.status(), 200);
     nothing_lost(&stack, &[during]).await;
+    // The count follows every way files come and go (uploads, batch output, deletion).
+    for project in [&stack.attacker_project, &stack.victim_project] {
+        let (counted, actual): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT stored_bytes FROM project_storage WHERE project_id = $1),
+                    (SELECT sum(bytes)::int8 FROM files
+                     WHERE project_id = $1 AND deleted_at IS NULL AND NOT purged)",
+        )
+        .bind(project)
+        .fetch_one(&stack.attacker[0].pool)
+        .await
+        .unwrap();
+        assert_eq!(counted, actual, "{project}");
+    }
     stack.assert_memory_bounded();
 }
 
@@ -786,4 +801,56 @@ async fn a_metrics_address_in_use_fails_fast_naming_the_setting() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("OPENBATCH__SERVER__METRICS_ADDRESS"), "{err}");
+}
+
+/// An upload dripped just fast enough never to be idle is still cut off at
+/// `limits.upload_timeout_secs`; an unwritable spool directory is a retryable 503.
+#[tokio::test]
+async fn an_upload_past_its_total_time_is_408_and_an_unwritable_spool_is_503() {
+    let app = spawn_app_with(|s| {
+        s.limits.upload_timeout_secs = 2;
+        s.limits.upload_idle_timeout_secs = 30;
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let (mut rd, mut wr) = TcpStream::connect(&addr).await.unwrap().into_split();
+    wr.write_all(&request_head("unused", Some(1_000_000)))
+        .await
+        .unwrap();
+    wr.write_all(FILE_PART_HEAD.as_bytes()).await.unwrap();
+    let drip = tokio::spawn(async move {
+        while wr.write_all(b"{").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (status, _, body) = tokio::time::timeout(ANSWER_BOUND, read_response(&mut rd))
+        .await
+        .expect("answered within the bound");
+    drip.abort();
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the 2 seconds"),
+        "{body}"
+    );
+
+    let app = spawn_app_with(|s| {
+        s.limits.upload_spool_dir = Some("/nonexistent/openbatch-spool".to_owned());
+    })
+    .await;
+    let res = app
+        .upload("batch", "a.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
+        .await;
+    assert_eq!(res.headers()["retry-after"], "1");
+    expect_error(res, 503).await;
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM files")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap(),
+        0
+    );
 }
