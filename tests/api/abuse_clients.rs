@@ -509,7 +509,37 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
             });
         futures_util::future::join_all(runs).await;
     };
-    let (_, during) = tokio::join!(attack, others_still_served(&stack, 0, 1));
+    // One part header streamed without end: a parser that buffered it would hold 256 MiB.
+    let endless_header = async {
+        let started = Instant::now();
+        let (mut rd, mut wr) = TcpStream::connect(stack.addr(0))
+            .await
+            .unwrap()
+            .into_split();
+        let head = request_head(&key, None);
+        let writer = tokio::spawn(async move {
+            let start = b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\nX-Pad: ";
+            if wr.write_all(&head).await.is_err()
+                || wr.write_all(&chunked_piece(start)).await.is_err()
+            {
+                return;
+            }
+            let piece = chunked_piece(&[b'p'; 64 * 1024]);
+            for _ in 0..(256 * 16) {
+                if wr.write_all(&piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (status, _, err) = tokio::time::timeout(ANSWER_BOUND, read_response(&mut rd))
+            .await
+            .expect("answered within the bound");
+        writer.abort();
+        assert_eq!(status, 413, "endless header: {err}");
+        assert_eq!(err["error"]["code"], "form_too_large", "{err}");
+        assert!(started.elapsed() < ANSWER_BOUND);
+    };
+    let (_, _, during) = tokio::join!(attack, endless_header, others_still_served(&stack, 0, 1));
     // An ordinary upload of the same project still works: nothing was left half-done.
     let ok = stack.attacker[0]
         .upload("batch", "ok.jsonl", line.clone())
@@ -521,6 +551,11 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
 
 /// What is sent, the head, the body, and the status and code it must get.
 type Attack = (&'static str, Vec<u8>, Vec<u8>, u16, &'static str);
+
+/// One chunk of HTTP/1.1 chunked encoding.
+fn chunked_piece(data: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
+}
 
 /// A body in HTTP/1.1 chunked encoding, in 64 KiB chunks.
 fn chunked(body: &[u8]) -> Vec<u8> {
