@@ -121,6 +121,7 @@ impl Stack {
     fn assert_memory_bounded(&self) {
         for r in &self.replicas {
             let peak = r.peak_rss_mib();
+            eprintln!("replica {} peak RSS {peak} MiB", r.address);
             assert!(
                 peak < RSS_LIMIT_MIB,
                 "replica {} peaked at {peak} MiB (bound {RSS_LIMIT_MIB} MiB)",
