@@ -64,7 +64,8 @@ LABEL org.opencontainers.image.title="openbatch" \
 # below uses bash's /dev/tcp instead of curl.
 RUN groupadd --system --gid 10001 openbatch \
     && useradd --system --uid 10001 --gid openbatch --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin openbatch
+       --home-dir /nonexistent --shell /usr/sbin/nologin openbatch \
+    && install -d -o 10001 -g 10001 -m 0700 /var/spool/openbatch
 
 COPY --from=builder /build/target/release/openbatch /usr/local/bin/
 # For reference only: the binary carries its migrations.

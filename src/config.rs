@@ -144,6 +144,17 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: usize,
+    /// `host:port` serving `/metrics` alone; when set, the public port does not serve it.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// How often one background task refreshes the database-derived gauges (scrapes read
+    /// the cached values, so a scrape costs no query).
+    #[serde(default = "default_metrics_refresh_secs")]
+    pub metrics_refresh_secs: u64,
+}
+
+fn default_metrics_refresh_secs() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +177,19 @@ pub struct LimitSettings {
     pub max_active_batches_per_project: i64,
     /// Requests per minute per API key, per replica; 0 = no limit.
     pub requests_per_minute_per_key: u32,
+    /// Uploads one replica receives at once; more are answered 429 with `Retry-After`.
+    pub max_concurrent_uploads: usize,
+    /// An upload whose client sends nothing for this long is answered 408.
+    pub upload_idle_timeout_secs: u64,
+    /// An upload still arriving after this long is answered 408 (a client dripping a byte
+    /// just inside the idle timeout cannot hold its slot forever).
+    pub upload_timeout_secs: u64,
+    /// Where uploads are spooled before they go to the database; the system's temporary
+    /// directory when unset. Needs room for `max_concurrent_uploads x max_upload_bytes`.
+    #[serde(default)]
+    pub upload_spool_dir: Option<String>,
+    /// Bytes of files (not deleted, not purged) a project may store; 0 = no limit.
+    pub max_stored_bytes_per_project: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +255,11 @@ impl Settings {
             .set_default("limits.metadata.max_value_chars", 512)?
             .set_default("limits.max_active_batches_per_project", 1000)?
             .set_default("limits.requests_per_minute_per_key", 6000)?
+            .set_default("limits.max_concurrent_uploads", 8)?
+            .set_default("limits.upload_idle_timeout_secs", 30)?
+            .set_default("limits.upload_timeout_secs", 3600)?
+            // OpenAI's own per-project file storage quota: 2.5 TB.
+            .set_default("limits.max_stored_bytes_per_project", 2_500_000_000_000_u64)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
             .set_default("auth.allow_anonymous", false)?
@@ -322,6 +351,17 @@ impl Settings {
         anyhow::ensure!(
             self.limits.max_upload_bytes >= 1,
             "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_concurrent_uploads >= 1
+                && self.limits.upload_idle_timeout_secs >= 1
+                && self.limits.upload_timeout_secs >= 1,
+            "OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS, OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS \
+             and OPENBATCH__LIMITS__UPLOAD_TIMEOUT_SECS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.server.metrics_refresh_secs >= 1,
+            "OPENBATCH__SERVER__METRICS_REFRESH_SECS must be at least 1"
         );
         anyhow::ensure!(
             self.batches.max_line_bytes >= 1,
@@ -491,6 +531,22 @@ mod tests {
             err.contains("OPENBATCH__DATABASE__MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn upload_and_metrics_settings_must_be_positive() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.limits.max_concurrent_uploads, 8);
+        assert_eq!(s.limits.max_stored_bytes_per_project, 2_500_000_000_000);
+        assert_eq!(s.server.metrics_address, None);
+        for (name, value) in [
+            ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS", "0"),
+            ("OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "0"),
+            ("OPENBATCH__SERVER__METRICS_REFRESH_SECS", "0"),
+        ] {
+            let err = format!("{:#}", load(&[(name, value)]).unwrap_err());
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

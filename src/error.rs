@@ -78,6 +78,32 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
+    /// 408: the client stopped sending its request body.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, message).with_code("request_timeout")
+    }
+
+    /// 429 for a replica-wide capacity limit; `Retry-After` is added when rendered.
+    pub fn too_many_requests(message: impl Into<String>, code: &str) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_code(code)
+    }
+
+    /// 403 in OpenAI's words for a project over its file storage quota; deleting files is
+    /// the only fix, so retrying is pointless.
+    pub fn storage_quota_exceeded(limit: u64, stored: u64, upload: u64) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "You have exceeded your file storage quota. Projects are limited to {limit} bytes \
+                 of files; this project stores {stored} bytes and the upload is {upload} bytes. \
+                 Please delete unused files or reduce the file size."
+            ),
+        )
+        .with_param("file")
+        .with_code("storage_quota_exceeded")
+        .no_retry()
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
@@ -130,6 +156,14 @@ impl ResponseError for ApiError {
         if let Some(retry) = self.should_retry {
             res.insert_header(("x-should-retry", if retry { "true" } else { "false" }));
         }
+        // The SDKs wait for `Retry-After` before retrying; a handler with a better estimate
+        // (the rate limiter) overwrites it.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
         res.json(self.to_json())
     }
 }
@@ -145,8 +179,9 @@ impl From<Invalid> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            // The database is down or saturated: worth a retry, unlike a bug.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            // The database is down, saturated or restarting, or it aborted the statement for
+            // a reason that a retry clears (serialization, deadlock): worth a retry, unlike a bug.
+            _ if is_transient(&e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable(
                     "The service is temporarily unable to reach its database. Please retry.",
@@ -170,6 +205,30 @@ impl From<sqlx::Error> for ApiError {
             }
         }
     }
+}
+
+/// Failures that say nothing about the request and that a later retry may not meet.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| is_transient_sqlstate(&c)),
+        _ => false,
+    }
+}
+
+/// Connection exceptions (08), insufficient resources (53: too many connections, disk full),
+/// serialization failure (40001), deadlock (40P01), statement or lock timeout (57014, 55P03)
+/// and the server shutting down or starting (57P01-57P03).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "40001" | "40P01" | "57014" | "55P03" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 /// SQLSTATE class 22, "data exception": the statement's data is at fault, so retrying it as
@@ -220,4 +279,34 @@ pub fn render_framework_error<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, new).map_into_right_body::<B>(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_hiccups_are_transient_and_bugs_are_not() {
+        for code in [
+            "40001", "40P01", "57P01", "57P02", "57P03", "57014", "55P03", "08006", "08001",
+            "53300", "53100",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "22021", "42P01", "42703", "XX000"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn unavailable_and_throttled_answers_carry_retry_after() {
+        let res = ApiError::unavailable("x").error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let res = ApiError::too_many_requests("x", "c").error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let res = ApiError::bad_request("x").error_response();
+        assert!(!res.headers().contains_key(header::RETRY_AFTER));
+    }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics. Counters and histograms are updated where things happen; gauges that
-//! describe the database (batches by status, queue depth, pool usage) are read at scrape time.
+//! describe the database (batches by status, queue depth) are refreshed by one background task
+//! per replica, so a scrape, which anyone who reaches the port may send, costs no query.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 pub struct Metrics {
     registry: Registry,
@@ -108,24 +110,12 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Refreshes the database-derived gauges and renders everything in the text format.
-    pub async fn render(&self, pool: &PgPool) -> String {
-        self.pool
-            .with_label_values(&["open"])
-            .set(i64::from(pool.size()));
-        self.pool
-            .with_label_values(&["idle"])
-            .set(pool.num_idle() as i64);
-        // Both read only unfinished rows, through partial indexes, with a short timeout so a
-        // struggling database cannot stall the scrape.
+    /// Reads the database-derived gauges; each query reads only unfinished rows, through
+    /// partial indexes, with a short timeout so a struggling database cannot stall the task.
+    pub async fn refresh(&self, pool: &PgPool) {
         let by_status = tokio::time::timeout(
             Duration::from_secs(2),
-            sqlx::query_as::<_, (String, i64)>(
-                "SELECT status, count(*) FROM batches
-                 WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-                 GROUP BY status",
-            )
-            .fetch_all(pool),
+            crate::store::batches::count_unfinished_by_status(pool),
         )
         .await;
         if let Ok(Ok(rows)) = by_status {
@@ -145,10 +135,31 @@ impl Metrics {
                 self.queue.with_label_values(&[s]).set(n);
             }
         }
+    }
+
+    /// Renders everything in the text format, with the pool gauges as they are now (no
+    /// query) and the database gauges as last refreshed.
+    pub fn render(&self, pool: &PgPool) -> String {
+        self.pool
+            .with_label_values(&["open"])
+            .set(i64::from(pool.size()));
+        self.pool
+            .with_label_values(&["idle"])
+            .set(pool.num_idle() as i64);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The one task per replica that keeps the database gauges fresh, every `every`, until `stop`.
+pub async fn refresh_until_stopped(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        get().refresh(&pool).await;
+        if crate::worker::sleep_or_stop(&mut stop, every).await {
+            return;
+        }
     }
 }

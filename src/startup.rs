@@ -2,7 +2,7 @@ use std::net::TcpListener;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -19,9 +19,11 @@ use crate::worker::Worker;
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on its own address (`server.metrics_address`), off the public port.
+    metrics_server: Option<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)>,
     worker: Option<Worker>,
     maintenance: (watch::Sender<bool>, JoinHandle<()>),
-    /// Heartbeat and key reloading, stopped with maintenance.
+    /// Heartbeat, key reloading and metrics refresh, stopped with maintenance.
     background: Vec<JoinHandle<()>>,
 }
 
@@ -39,6 +41,11 @@ impl Application {
         settings.check_serving()?;
         let (stop_maintenance, stopped) = watch::channel(false);
         let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped.clone()));
+        let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
+            pool.clone(),
+            std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
+            stopped.clone(),
+        ));
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::new(settings)?;
             Some(Worker::start(
@@ -66,6 +73,7 @@ impl Application {
             live_replicas.clone(),
             stopped.clone(),
         ))];
+        background.push(metrics_refresh);
         if let Some(keyring) = auth.keyring() {
             background.push(tokio::spawn(keyring.run(pool.clone(), stopped.clone())));
         }
@@ -76,7 +84,34 @@ impl Application {
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live_replicas),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
+            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_concurrent_uploads,
+            )),
         });
+        let public_metrics = settings.server.metrics_address.is_none();
+        let metrics_server = match &settings.server.metrics_address {
+            Some(address) => {
+                let listener = TcpListener::bind(address).with_context(|| {
+                    format!(
+                        "cannot listen on {address}; set OPENBATCH__SERVER__METRICS_ADDRESS to a \
+                         free host:port (or unset it to serve /metrics on the API port)"
+                    )
+                })?;
+                let port = listener.local_addr()?.port();
+                let state = state.clone();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .configure(api::metrics_routes)
+                })
+                .workers(1)
+                .listen(listener)?;
+                tracing::info!(%address, port, "metrics listening");
+                let server = server.run();
+                Some((port, server.handle(), tokio::spawn(server)))
+            }
+            None => None,
+        };
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -84,6 +119,11 @@ impl Application {
                 .wrap(from_fn(api::request_id_middleware))
                 .wrap(ErrorHandlers::new().default_handler(render_framework_error))
                 .configure(api::routes)
+                .configure(|cfg| {
+                    if public_metrics {
+                        api::metrics_routes(cfg);
+                    }
+                })
         })
         .listen(listener)?;
         if settings.server.workers > 0 {
@@ -93,6 +133,7 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            metrics_server,
             worker,
             maintenance: (stop_maintenance, maintenance),
             background,
@@ -103,9 +144,23 @@ impl Application {
         self.port
     }
 
+    /// The port of the separate metrics listener, when `server.metrics_address` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _, _)| *port)
+    }
+
     /// Serves until SIGTERM/SIGINT, then drains HTTP and the worker.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let served = match self.metrics_server {
+            Some((_, handle, metrics)) => {
+                let served = self.server.await;
+                // Both servers hear the signal; stop the metrics one also if the API one ended.
+                handle.stop(true).await;
+                let _ = metrics.await;
+                served
+            }
+            None => self.server.await,
+        };
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }

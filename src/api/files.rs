@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
@@ -6,11 +9,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::pagination::{list_page, PageParams};
+use super::spool::{
+    file_too_large, spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES,
+};
 use super::{body, no_such, AppState, Project};
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
 use crate::store::files::{
-    self as store, FileRecord, ListQuery, NewFile, Order, Upload, CHUNK_BYTES,
+    self as store, Committed, FileRecord, ListQuery, NewFile, Order, Upload, CHUNK_BYTES,
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -29,6 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 const MAX_TEXT_FIELD_BYTES: usize = 1024;
 const MAX_FILENAME_CHARS: usize = 255;
+/// Parts a form may have (OpenAI's upload has four); each costs a header parse.
+const MAX_PARTS: usize = 16;
 
 fn malformed(e: MultipartError) -> ApiError {
     ApiError::bad_request(format!("Malformed multipart/form-data body: {e}."))
@@ -36,10 +44,10 @@ fn malformed(e: MultipartError) -> ApiError {
 }
 
 /// A small text part such as `purpose`.
-async fn read_text(field: &mut Field, name: &str) -> Result<String, ApiError> {
+async fn read_text(guard: &Guard, field: &mut Field, name: &str) -> Result<String, ApiError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = field.next().await {
-        let chunk = chunk.map_err(malformed)?;
+        let chunk = chunk.map_err(|e| guard.explain(malformed(e)))?;
         if buf.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
             return Err(
                 Invalid::new(name, "invalid_value", format!("'{name}' is too long.")).into(),
@@ -59,16 +67,17 @@ async fn read_text(field: &mut Field, name: &str) -> Result<String, ApiError> {
         })
 }
 
-/// The file part, streamed into the database chunk by chunk; memory stays at one chunk.
+/// The file part, spooled to local disk (see `spool`): no database connection is held while
+/// the client sends it.
 struct Received {
-    upload: Upload,
+    spool: Spool,
     filename: String,
     utf8: Utf8Check,
-    bytes: u64,
 }
 
 async fn receive_file(
     state: &AppState,
+    guard: &Guard,
     field: &mut Field,
     purpose: Option<Purpose>,
 ) -> Result<Received, ApiError> {
@@ -86,39 +95,28 @@ async fn receive_file(
         .into());
     }
     let max = state.limits.max_upload_bytes;
-    let mut upload = Upload::begin(&state.pool).await?;
+    let mut spool = Spool::create(state.limits.upload_spool_dir.as_deref())
+        .await
+        .map_err(spool_failed)?;
     let mut utf8 = Utf8Check::default();
-    let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
-    let mut bytes: u64 = 0;
+    guard.set_in_file(true);
     while let Some(chunk) = field.next().await {
-        let chunk = chunk.map_err(malformed)?;
-        bytes += chunk.len() as u64;
-        if bytes > max {
-            return Err(ApiError::payload_too_large(format!(
-                "File too large: the maximum upload size is {max} bytes."
-            ))
-            .with_param("file")
-            .with_code("file_too_large"));
+        let chunk = chunk.map_err(|e| guard.explain(malformed(e)))?;
+        if spool.bytes() + chunk.len() as u64 > max {
+            return Err(file_too_large(max));
         }
         utf8.feed(&chunk);
         // Known to be a batch file already: stop at the first bad byte, not after 512 MB.
         if purpose == Some(Purpose::Batch) && utf8.has_failed() {
             return Err(not_jsonl());
         }
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= CHUNK_BYTES {
-            upload.write_chunk(&buf).await?;
-            buf.clear();
-        }
+        spool.write(&chunk).await.map_err(spool_failed)?;
     }
-    if !buf.is_empty() {
-        upload.write_chunk(&buf).await?;
-    }
+    guard.set_in_file(false);
     Ok(Received {
-        upload,
+        spool,
         filename,
         utf8,
-        bytes,
     })
 }
 
@@ -133,6 +131,11 @@ fn not_jsonl() -> ApiError {
 
 /// `POST /v1/files`. Parts may come in any order. A `batch` file is checked to be UTF-8 here;
 /// its lines are checked as JSON requests when a batch using it is validated.
+///
+/// Nothing a client controls can hold a shared resource for long: the whole request (not
+/// only the file) is counted against the limits, a client that stalls is cut off (408), a
+/// replica receives at most `limits.max_concurrent_uploads` at once (429), and the database is
+/// used only once the request is fully in.
 async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -146,13 +149,48 @@ async fn upload(
             "This endpoint expects a multipart/form-data body with 'file' and 'purpose' parts.",
         ));
     }
-    let mut form = Multipart::new(req.headers(), payload);
+    let limits = &state.limits;
+    // Refused before a byte of the body is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_upload_bytes.saturating_add(FORM_OVERHEAD_BYTES)) {
+        return Err(file_too_large(limits.max_upload_bytes));
+    }
+    let _slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many_requests(
+            format!(
+                "This server is receiving {} uploads already. Please retry shortly.",
+                limits.max_concurrent_uploads
+            ),
+            "too_many_uploads",
+        )
+    })?;
+    let (guard, stream) = Guard::wrap(
+        payload,
+        GuardSettings {
+            max_file_bytes: limits.max_upload_bytes,
+            idle: Duration::from_secs(limits.upload_idle_timeout_secs),
+            total: Duration::from_secs(limits.upload_timeout_secs),
+        },
+    );
+    let mut form = Multipart::new(req.headers(), stream);
     let mut purpose: Option<Purpose> = None;
     let mut anchor: Option<String> = None;
     let mut seconds: Option<String> = None;
     let mut received: Option<Received> = None;
+    let mut parts = 0;
     while let Some(field) = form.next().await {
-        let mut field = field.map_err(malformed)?;
+        let mut field = field.map_err(|e| guard.explain(malformed(e)))?;
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(ApiError::bad_request(format!(
+                "Too many parts in the multipart form: at most {MAX_PARTS} are accepted."
+            ))
+            .with_code("too_many_parts"));
+        }
         let name = field
             .content_disposition()
             .and_then(|cd| cd.get_name())
@@ -164,40 +202,87 @@ async fn upload(
                     Invalid::new("file", "invalid_value", "Send exactly one 'file' part.").into(),
                 )
             }
-            "file" => received = Some(receive_file(&state, &mut field, purpose).await?),
+            "file" => received = Some(receive_file(&state, &guard, &mut field, purpose).await?),
             "purpose" => {
                 purpose = Some(Purpose::parse_upload(
-                    &read_text(&mut field, "purpose").await?,
+                    &read_text(&guard, &mut field, "purpose").await?,
                 )?)
             }
             "expires_after[anchor]" => {
-                anchor = Some(read_text(&mut field, "expires_after[anchor]").await?)
+                anchor = Some(read_text(&guard, &mut field, "expires_after[anchor]").await?)
             }
             "expires_after[seconds]" => {
-                seconds = Some(read_text(&mut field, "expires_after[seconds]").await?)
+                seconds = Some(read_text(&guard, &mut field, "expires_after[seconds]").await?)
             }
-            // Unknown parts are ignored, as JSON bodies ignore unknown fields.
-            _ => while field.try_next().await.map_err(malformed)?.is_some() {},
+            // Unknown parts are ignored, as JSON bodies ignore unknown fields (their bytes
+            // count as form overhead).
+            _ => {
+                while field
+                    .try_next()
+                    .await
+                    .map_err(|e| guard.explain(malformed(e)))?
+                    .is_some()
+                {}
+            }
         }
     }
-    let received = received.ok_or_else(|| Invalid::missing("file"))?;
+    let mut received = received.ok_or_else(|| Invalid::missing("file"))?;
     let purpose = purpose.ok_or_else(|| Invalid::missing("purpose"))?;
     let expires_after = parse_expires_after(anchor, seconds)?;
-    if received.bytes == 0 {
+    let bytes = received.spool.bytes();
+    if bytes == 0 {
         return Err(Invalid::new("file", "invalid_value", "The uploaded file is empty.").into());
     }
     if purpose == Purpose::Batch && !received.utf8.is_valid() {
         return Err(not_jsonl());
     }
-    let file = received
-        .upload
-        .commit(NewFile {
-            project: &project,
-            filename: &received.filename,
-            purpose,
-            expires_after_seconds: expires_after.map(ExpiresAfter::seconds),
-        })
+    // Only now is the database involved, at disk speed.
+    let quota = Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0);
+    if let Some(quota) = quota {
+        // A cheap early answer; the commit checks again under a lock.
+        let stored = store::stored_bytes(&state.pool, &project).await?;
+        if stored as u64 + bytes > quota {
+            return Err(ApiError::storage_quota_exceeded(
+                quota,
+                stored as u64,
+                bytes,
+            ));
+        }
+    }
+    received.spool.rewind().await.map_err(spool_failed)?;
+    let mut upload = Upload::begin(&state.pool).await?;
+    loop {
+        let piece = received
+            .spool
+            .read(CHUNK_BYTES)
+            .await
+            .map_err(spool_failed)?;
+        if piece.is_empty() {
+            break;
+        }
+        upload.write_chunk(piece).await?;
+    }
+    let committed = upload
+        .commit(
+            NewFile {
+                project: &project,
+                filename: &received.filename,
+                purpose,
+                expires_after_seconds: expires_after.map(ExpiresAfter::seconds),
+            },
+            quota,
+        )
         .await?;
+    let file = match committed {
+        Committed::Stored(file) => file,
+        Committed::OverQuota { stored } => {
+            return Err(ApiError::storage_quota_exceeded(
+                quota.unwrap_or_default(),
+                stored.max(0) as u64,
+                bytes,
+            ))
+        }
+    };
     tracing::Span::current().record("file_id", file.id.as_str());
     tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
     Ok(HttpResponse::Ok().json(file_object(&file)))

@@ -16,7 +16,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::metrics::get().render(&state.pool).await)
+        .body(crate::metrics::get().render(&state.pool))
 }
 
 /// The process can serve: its database answers.

@@ -10,6 +10,7 @@ mod keyring;
 mod openapi;
 mod pagination;
 mod request_id;
+mod spool;
 
 use std::future::{ready, Ready};
 
@@ -35,12 +36,13 @@ pub struct AppState {
     /// This replica's batch worker, woken when a batch is created here so that validation
     /// starts at once (other replicas find it at their next poll).
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// One permit per upload this replica is receiving (`limits.max_concurrent_uploads`).
+    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
-        .service(health::metrics)
         .service(openapi::openapi)
         .configure(console::routes)
         .service(
@@ -49,6 +51,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(files::routes)
                 .configure(batches::routes),
         );
+}
+
+/// `/metrics`: on the public port, or alone on `server.metrics_address` when that is set.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::metrics);
 }
 
 /// The project (tenant) a request acts for, as resolved by the authentication middleware.

@@ -116,12 +116,52 @@ impl Upload {
         self.content.write_chunk(&mut self.tx, data).await
     }
 
+    /// Writes the `files` row and commits, unless the project would then store more than
+    /// `quota` bytes (then nothing is kept). The project's storage row is locked from the check
+    /// to the commit, so uploads racing on any replicas cannot overshoot the quota together;
+    /// the lock is taken last, once the content is written, so it is held only briefly.
     #[tracing::instrument(skip_all, name = "db.files.commit")]
-    pub async fn commit(mut self, file: NewFile<'_>) -> Result<FileRecord, sqlx::Error> {
+    pub async fn commit(
+        mut self,
+        file: NewFile<'_>,
+        quota: Option<u64>,
+    ) -> Result<Committed, sqlx::Error> {
+        if let Some(quota) = quota {
+            let stored: i64 = sqlx::query_scalar(
+                "INSERT INTO project_storage AS s (project_id) VALUES ($1)
+                 ON CONFLICT (project_id) DO UPDATE SET stored_bytes = s.stored_bytes
+                 RETURNING stored_bytes",
+            )
+            .bind(file.project.as_str())
+            .fetch_one(&mut *self.tx)
+            .await?;
+            if stored.saturating_add(self.content.bytes) > quota as i64 {
+                return Ok(Committed::OverQuota { stored });
+            }
+        }
         let record = self.content.finish(&mut self.tx, file).await?;
         self.tx.commit().await?;
-        Ok(record)
+        Ok(Committed::Stored(record))
     }
+}
+
+pub enum Committed {
+    Stored(FileRecord),
+    /// The upload would take the project past its quota; it stores `stored` bytes already.
+    OverQuota {
+        stored: i64,
+    },
+}
+
+/// Bytes the project's files take (neither deleted nor purged), as the quota counts them.
+#[tracing::instrument(skip_all, name = "db.files.stored_bytes")]
+pub async fn stored_bytes(pool: &PgPool, project: &ProjectId) -> Result<i64, sqlx::Error> {
+    let stored: Option<i64> =
+        sqlx::query_scalar("SELECT stored_bytes FROM project_storage WHERE project_id = $1")
+            .bind(project.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(stored.unwrap_or(0))
 }
 
 #[tracing::instrument(skip_all, name = "db.files.get")]

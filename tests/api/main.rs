@@ -2,6 +2,7 @@
 //! freshly created database.
 
 mod abuse_keys;
+mod abuse_clients;
 mod auth;
 mod batches;
 mod chunks;

@@ -29,7 +29,7 @@ import yaml
 from openai.types import Batch
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO_ROOT, OpenBatchServer, ServerPool, database_url_for, openbatch_binary
+from conftest import REPO_ROOT, OpenBatchServer, ServerPool, database_url_for, free_port, openbatch_binary
 from test_execution import FakeUpstream, custom_ids, read_lines, request_line, to_jsonl
 
 DEADLINE_SECS = 180.0  # hang guard only; a healthy run needs a few seconds
@@ -107,9 +107,20 @@ class Replica(OpenBatchServer):
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
         super().__init__(openbatch_binary(), env["OPENBATCH__DATABASE__URL"], log_path)
         self.name, self.env = name, env
+        # Each container has its own metrics port (9090); on one host each needs its own.
+        self.metrics_port = free_port() if "OPENBATCH__SERVER__METRICS_ADDRESS" in env else None
 
     def _environment(self) -> dict[str, str]:
-        return container_env({**self.env, "OPENBATCH__SERVER__PORT": str(self.port)})
+        env = {**self.env, "OPENBATCH__SERVER__PORT": str(self.port)}
+        if self.metrics_port is not None:
+            env["OPENBATCH__SERVER__METRICS_ADDRESS"] = f"127.0.0.1:{self.metrics_port}"
+        return container_env(env)
+
+    @property
+    def metrics_url(self) -> str:
+        if self.metrics_port is None:
+            return f"{self.base_url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def wait_ready(self) -> None:
         """Compose's healthcheck: GET /readyz answers 200."""
@@ -119,7 +130,7 @@ class Replica(OpenBatchServer):
             time.sleep(0.2)
 
     def metric(self, name: str, match: Callable[[dict[str, str]], bool] = lambda _: True) -> float:
-        text = httpx.get(f"{self.base_url}/metrics", timeout=30, trust_env=False).text
+        text = httpx.get(self.metrics_url, timeout=30, trust_env=False).text
         samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
         return sum(s.value for s in samples if s.name == name and match(s.labels))
 
@@ -220,6 +231,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             assert env.get("OPENBATCH__WORKER__ENABLED", "true") == "true", f"{name} runs no worker"
             assert (env["OPENBATCH__SERVER__HOST"], int(env["OPENBATCH__SERVER__PORT"])) == ("0.0.0.0", port)
             env["OPENBATCH__SERVER__HOST"] = "127.0.0.1"  # the port: a free one, set by start()
+            # Uploads spool to a volume of the service's own (never the memory-backed /tmp).
+            spool = env["OPENBATCH__LIMITS__UPLOAD_SPOOL_DIR"]
+            assert spool in services[name].get("volumes", []), f"{name}: {spool} is not a volume"
+            (local_spool := tmp / f"{name}-spool").mkdir()
+            env["OPENBATCH__LIMITS__UPLOAD_SPOOL_DIR"] = str(local_spool)
             replicas.append(replica := Replica(name, env, tmp / f"{name}.log"))
             pool.servers.append(replica)
             replica.start(pool.timeout)

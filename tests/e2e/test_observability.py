@@ -182,13 +182,25 @@ def test_metrics_are_scrapable_and_count_what_happened(fresh_server, fresh_clien
     with pytest.raises(openai.NotFoundError):
         fresh_client.batches.retrieve("batch_nope")
 
-    text = httpx.get(f"{fresh_server.base_url}/metrics", timeout=30).text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    def scrape() -> tuple[str, dict]:
+        text = httpx.get(f"{fresh_server.base_url}/metrics", timeout=30).text
+        return text, {f.name: f for f in text_string_to_metric_families(text)}
+
     def value(family: str, sample: str, **labels) -> float:
         for s in families[family].samples:
             if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
         raise AssertionError(f"no {sample} {labels} in {family}")
+
+    # The database gauges are refreshed by a background task (server.metrics_refresh_secs), not
+    # by the scrape: wait for the refresh that sees the new batch.
+    deadline = time.monotonic() + 60
+    while True:
+        text, families = scrape()
+        if value("openbatch_batches", "openbatch_batches", status="validating") == 1:
+            break
+        assert time.monotonic() < deadline, "the batches gauge never counted the new batch"
+        time.sleep(0.5)
 
     assert value("openbatch_http_requests", "openbatch_http_requests_total", route="/v1/batches", status="200") >= 2
     assert value("openbatch_http_requests", "openbatch_http_requests_total", route="/v1/batches/{batch_id}", status="404") >= 1

@@ -1,0 +1,282 @@
+//! Receiving an upload without letting its client hold anything shared. The body is read
+//! through a [`Guard`] that counts every byte of the request and gives up on a stalled client,
+//! and the file is spooled to an unnamed local file; only once the whole request is in does
+//! the upload take a database connection, and then it copies at disk speed.
+//!
+//! Why spool rather than write chunks in short transactions: the network-paced part then
+//! touches no shared resource but local disk, an abandoned upload leaves nothing in the
+//! database to sweep (the spool file is unlinked from the start, so the kernel frees it even
+//! when the process is killed), and the quota can be checked before the database sees a byte.
+//! The cost is local disk: up to `max_concurrent_uploads x max_upload_bytes` per replica.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::error::PayloadError;
+use actix_web::web;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ApiError;
+
+/// Bytes of a multipart request that are not the file's content (preamble, boundaries, part
+/// headers, the small text parts, ignored parts) that a request may carry. The parser buffers
+/// a part's headers until their end, so this also caps the memory a header can take. Far
+/// above what a real form needs, and above one network read, since the parser reads ahead:
+/// the first bytes of the file may be counted here, and the next part's as the file's.
+pub const FORM_OVERHEAD_BYTES: u64 = 1024 * 1024;
+
+/// Why the guard stopped reading the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breach {
+    Idle,
+    Deadline,
+    TooLarge,
+    OverheadTooLarge,
+}
+
+#[derive(Default)]
+struct Shared {
+    breach: Cell<Option<Breach>>,
+    in_file: Cell<bool>,
+    overhead: Cell<u64>,
+    file: Cell<u64>,
+}
+
+/// The handler's side of a guarded body: says which bytes are file content, and explains a
+/// read error that the guard caused.
+#[derive(Clone)]
+pub struct Guard {
+    shared: Rc<Shared>,
+    max_file_bytes: u64,
+    idle: Duration,
+    total: Duration,
+}
+
+pub struct GuardSettings {
+    pub max_file_bytes: u64,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl Guard {
+    /// Wraps `payload`; the returned stream is what the multipart parser reads.
+    pub fn wrap(payload: web::Payload, settings: GuardSettings) -> (Self, GuardedPayload) {
+        let shared = Rc::new(Shared::default());
+        let now = Instant::now();
+        let stream = GuardedPayload {
+            inner: payload,
+            shared: shared.clone(),
+            max_file_bytes: settings.max_file_bytes,
+            idle_for: settings.idle,
+            idle: Box::pin(tokio::time::sleep_until(now + settings.idle)),
+            deadline: Box::pin(tokio::time::sleep_until(now + settings.total)),
+        };
+        let guard = Self {
+            shared,
+            max_file_bytes: settings.max_file_bytes,
+            idle: settings.idle,
+            total: settings.total,
+        };
+        (guard, stream)
+    }
+
+    /// Bytes read from now on are the file's content (true) or form overhead (false).
+    pub fn set_in_file(&self, in_file: bool) {
+        self.shared.in_file.set(in_file);
+    }
+
+    /// The error to answer with: the guard's own reason if it cut the body short, else
+    /// `otherwise` (a malformed body).
+    pub fn explain(&self, otherwise: ApiError) -> ApiError {
+        match self.shared.breach.get() {
+            None => otherwise,
+            Some(Breach::Idle) => ApiError::request_timeout(format!(
+                "The upload stalled: nothing was received for {} seconds.",
+                self.idle.as_secs()
+            )),
+            Some(Breach::Deadline) => ApiError::request_timeout(format!(
+                "The upload took longer than the {} seconds allowed.",
+                self.total.as_secs()
+            )),
+            Some(Breach::TooLarge) => file_too_large(self.max_file_bytes),
+            Some(Breach::OverheadTooLarge) => ApiError::payload_too_large(format!(
+                "The multipart form's parts other than the file's content (preamble, part \
+                 headers, other parts) exceed {FORM_OVERHEAD_BYTES} bytes."
+            ))
+            .with_code("form_too_large"),
+        }
+    }
+}
+
+pub fn file_too_large(max: u64) -> ApiError {
+    ApiError::payload_too_large(format!(
+        "File too large: the maximum upload size is {max} bytes."
+    ))
+    .with_param("file")
+    .with_code("file_too_large")
+}
+
+/// The request body as the multipart parser sees it: it ends in an error as soon as the
+/// client stalls, runs out of time, or sends more than the limits allow.
+pub struct GuardedPayload {
+    inner: web::Payload,
+    shared: Rc<Shared>,
+    max_file_bytes: u64,
+    idle_for: Duration,
+    idle: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl GuardedPayload {
+    fn breach(&self, breach: Breach) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        self.shared.breach.set(Some(breach));
+        let kind = match breach {
+            Breach::Idle | Breach::Deadline => io::ErrorKind::TimedOut,
+            Breach::TooLarge | Breach::OverheadTooLarge => io::ErrorKind::InvalidData,
+        };
+        Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+            kind,
+            format!("{breach:?}"),
+        )))))
+    }
+}
+
+impl Stream for GuardedPayload {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(breach) = self.shared.breach.get() {
+            return self.breach(breach);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let n = chunk.len() as u64;
+                let s = &self.shared;
+                // Bytes the parser pulls while the handler reads the file part are content
+                // (a read ahead across a part's edge may be miscounted: bounded by a read).
+                let (counter, limit, breach) = if s.in_file.get() {
+                    // The handler checks the file's exact size; this is the backstop.
+                    (
+                        &s.file,
+                        self.max_file_bytes + FORM_OVERHEAD_BYTES,
+                        Breach::TooLarge,
+                    )
+                } else {
+                    (&s.overhead, FORM_OVERHEAD_BYTES, Breach::OverheadTooLarge)
+                };
+                counter.set(counter.get() + n);
+                if counter.get() > limit {
+                    return self.breach(breach);
+                }
+                let next = Instant::now() + self.idle_for;
+                self.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    return self.breach(Breach::Deadline);
+                }
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    return self.breach(Breach::Idle);
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+/// An unnamed local file holding one upload's content until it goes to the database.
+pub struct Spool {
+    file: tokio::fs::File,
+    buf: BytesMut,
+    bytes: u64,
+}
+
+/// Spooled content is written and read back in pieces of this size.
+const PIECE: usize = 1024 * 1024;
+
+impl Spool {
+    pub async fn create(dir: Option<&str>) -> io::Result<Self> {
+        let dir: PathBuf = dir.map_or_else(std::env::temp_dir, PathBuf::from);
+        let path = dir.join(format!(
+            ".openbatch-upload-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        // Unlinked at once: the kernel frees the space when the handle closes, whether the
+        // upload finished, failed, or the process was killed.
+        remove(&path).await?;
+        Ok(Self {
+            file,
+            buf: BytesMut::with_capacity(PIECE),
+            bytes: 0,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        if self.buf.len() >= PIECE {
+            self.file.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Done writing: the content is read back from the start.
+    pub async fn rewind(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.file.flush().await?;
+        self.file.seek(io::SeekFrom::Start(0)).await?;
+        Ok(())
+    }
+
+    /// The next piece of the content (up to `max` bytes); empty at the end.
+    pub async fn read(&mut self, max: usize) -> io::Result<&[u8]> {
+        self.buf.clear();
+        self.buf.resize(max, 0);
+        let mut filled = 0;
+        while filled < max {
+            let n = self.file.read(&mut self.buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        self.buf.truncate(filled);
+        Ok(&self.buf)
+    }
+}
+
+async fn remove(path: &Path) -> io::Result<()> {
+    tokio::fs::remove_file(path).await
+}
+
+/// The spool could not be written (full or unwritable disk): the replica's problem, and
+/// another replica, or this one later, may have room.
+pub fn spool_failed(e: io::Error) -> ApiError {
+    tracing::error!(error = %e, "cannot spool an upload to local disk; check limits.upload_spool_dir");
+    ApiError::unavailable("The server could not store the upload temporarily. Please retry.")
+}
