@@ -31,11 +31,13 @@ impl PageParams {
             None => default_limit,
             Some(raw) => match raw.parse::<u32>() {
                 Ok(n) if (1..=max_limit).contains(&n) => n,
-                _ => return Err(ApiError::bad_request(format!(
+                _ => {
+                    return Err(ApiError::bad_request(format!(
                     "Invalid 'limit': expected an integer between 1 and {max_limit}, got '{raw}'."
                 ))
-                .with_param("limit")
-                .with_code("invalid_value")),
+                    .with_param("limit")
+                    .with_code("invalid_value"))
+                }
             },
         };
         // An empty cursor is no cursor (some clients send `after=`).

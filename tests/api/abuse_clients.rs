@@ -89,7 +89,12 @@ impl Stack {
         let key_of = |name: &'static str| {
             let pool = pool.clone();
             async move {
-                let project = keys::ensure_project(&pool, name).await.unwrap();
+                let project = keys::ensure_project(
+                    &pool,
+                    &openbatch::domain::ProjectName::parse(name).unwrap(),
+                )
+                .await
+                .unwrap();
                 let key = ApiKey::generate();
                 keys::insert(&pool, &project, &key).await.unwrap();
                 (project.as_str().to_owned(), key.secret)

@@ -1,8 +1,8 @@
 //! Integration tests through real HTTP against a real PostgreSQL; every test gets its own
 //! freshly created database.
 
-mod abuse_keys;
 mod abuse_clients;
+mod abuse_keys;
 mod auth;
 mod batches;
 mod chunks;
