@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
 use crate::helpers::{
-    batch_body, chat_line, engine_env, expect_error, spawn_app_with, start_replicas_with, to_jsonl,
-    FakeUpstream, Replica, TestApp, TestDb,
+    assert_all_ready, batch_body, chat_line, engine_env, expect_error, spawn_app_with,
+    start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp, TestDb,
 };
 
 /// Peak RSS allowed per replica through any of these attacks (an idle replica takes ~25 MiB;
@@ -156,19 +156,7 @@ async fn with_retries(send: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Re
 /// another project's ordinary batch, uploaded through `upload_via` and created and followed
 /// through `via`, completes with each of its lines. Returns the batch, for "nothing lost".
 async fn others_still_served(stack: &Stack, upload_via: usize, via: usize) -> Value {
-    // Ready: a replica whose pooled connections were just killed may fail one readiness
-    // probe (the dead connection is dropped), as a probe's failure threshold allows.
-    for r in &stack.replicas {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = reqwest::get(format!("{}/readyz", r.address)).await.unwrap();
-            if ready.status() == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} not ready", r.address);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    assert_all_ready(&stack.replicas).await;
     const LINES: usize = 5;
     let lines: Vec<Value> = (0..LINES)
         .map(|i| chat_line(&format!("v{i}"), json!({})))

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{
-    chat_line, engine_env, expect_error, openbatch_command, start_replica_logging_to,
-    start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp, TestDb,
+    assert_all_ready, chat_line, engine_env, expect_error, openbatch_command,
+    start_replica_logging_to, start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp,
+    TestDb,
 };
 
 /// Hang guard only: nothing asserts how fast a protection acts, and each deadline is far
@@ -53,10 +54,7 @@ fn prefix_of(key: &str) -> &str {
 /// The service survived: every replica is ready, and a batch of another project (`key`)
 /// runs to completion through them.
 async fn assert_still_serving(replicas: &[Replica], database_url: &str, key: &str) {
-    for r in replicas {
-        let res = reqwest::get(format!("{}/readyz", r.address)).await.unwrap();
-        assert_eq!(res.status(), 200, "{} is not ready", r.address);
-    }
+    assert_all_ready(replicas).await;
     let app = client(&replicas[0].address, database_url, key).await;
     let id = app
         .submit(

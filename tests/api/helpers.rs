@@ -329,6 +329,23 @@ pub async fn start_replica_logging_to(
     replica
 }
 
+/// Every replica answers `/readyz` 200 within a deadline: one whose pooled connections were
+/// just killed may fail a probe or two (it drops the dead connection), as a probe's failure
+/// threshold allows.
+pub async fn assert_all_ready(replicas: &[Replica]) {
+    for r in replicas {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", r.address)).await.unwrap();
+            if ready.status() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} not ready", r.address);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// The fake OpenAI-compatible upstream (`src/bin/fake_upstream.rs`) as a real process.
 pub struct FakeUpstream {
     pub base_url: String,
