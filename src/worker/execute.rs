@@ -21,6 +21,9 @@ use crate::upstream::{traceparent_for, Outcome};
 
 /// Most results written in one statement.
 const MAX_FLUSH: usize = 256;
+/// Most result bytes gathered for one statement (one line over it is written alone): keeps a
+/// flush's memory and message size bounded whatever the responses weigh.
+const MAX_FLUSH_BYTES: usize = 16 << 20;
 
 /// A chunk this replica has claimed and is executing.
 pub(super) struct Running {
@@ -402,30 +405,23 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
     let window = Duration::from_millis(ctx.settings.flush_interval_ms);
     let mut buf: Vec<Done> = Vec::with_capacity(MAX_FLUSH);
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.file_line.len();
         buf.push(first);
         let deadline = Instant::now() + window;
-        while buf.len() < MAX_FLUSH {
-            match rx.try_recv() {
-                Ok(d) => buf.push(d),
+        while buf.len() < MAX_FLUSH && bytes < MAX_FLUSH_BYTES {
+            let next = match rx.try_recv() {
+                Ok(d) => d,
                 Err(_) if window.is_zero() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(d)) => buf.push(d),
+                    Ok(Some(d)) => d,
                     Ok(None) | Err(_) => break,
                 },
-            }
+            };
+            bytes += next.file_line.len();
+            buf.push(next);
         }
         let (groups, members) = group(&buf);
-        let mut delay = Duration::from_millis(100);
-        let flushed = loop {
-            match chunks::flush(&ctx.pool, &groups).await {
-                Ok(f) => break f,
-                Err(e) => {
-                    tracing::warn!(error = %e, lines = buf.len(), "storing results failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let flushed = store(&ctx, &groups, &members).await;
         let mut any_done = false;
         for (g, chunk) in groups.iter().zip(&members) {
             let n = (g.completed + g.failed) as usize;
@@ -459,6 +455,59 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
             ctx.wake_jobs.notify_one();
         }
     }
+}
+
+/// Writes the groups, retrying while the database is unreachable or restarting (slots stay
+/// taken meanwhile). A refusal that would recur on every retry (a limit, a constraint, a
+/// data exception) must not hold the slots forever: each group is then tried alone, and a
+/// chunk whose results cannot be stored is given up — its unstored lines go to the error file
+/// at finalization — instead of wedging the replica.
+async fn store(ctx: &Ctx, groups: &[Group], members: &[Arc<Running>]) -> Vec<chunks::Flushed> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match chunks::flush(&ctx.pool, groups).await {
+            Ok(f) => return f,
+            Err(e) if is_permanent(&e) => {
+                tracing::error!(error = %e, groups = groups.len(), "the database refused results");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, groups = groups.len(), "storing results failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let mut flushed = Vec::new();
+    for (g, chunk) in groups.iter().zip(members) {
+        if groups.len() > 1 {
+            match chunks::flush(&ctx.pool, std::slice::from_ref(g)).await {
+                Ok(f) => {
+                    flushed.extend(f);
+                    continue;
+                }
+                Err(e) if !is_permanent(&e) => {
+                    // Unreachable again: these results are lost with the claim, which lapses
+                    // and is run again elsewhere, as after a crash.
+                    tracing::warn!(error = %e, "storing results failed");
+                    continue;
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::error!(batch_id = %g.batch_id, chunk = g.idx,
+                        "giving up a chunk whose results the database refuses");
+        if let Err(e) = chunks::give_up(&ctx.pool, &chunk.held).await {
+            tracing::warn!(error = %e, "could not give the chunk up; its lease will lapse");
+        }
+    }
+    // The given-up chunks are missing from the answer: the caller stops and forgets them.
+    flushed
+}
+
+/// A refusal by PostgreSQL that the same statement would meet again.
+fn is_permanent(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(_)) && !crate::error::is_transient(e)
 }
 
 /// One group per chunk, in the order the chunks first appear.

@@ -354,11 +354,12 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
             code: "batch_cancelled",
             message: "This request was not executed: the batch was cancelled.".to_owned(),
         },
-        // Only a chunk given up after a crash loop ends with lines that have no result.
+        // Only a chunk given up (a crash loop, or results the database refused) ends with
+        // lines that have no result.
         _ => Outcome::Failure {
             code: "execution_abandoned",
             message: format!(
-                "This request was given up: the replicas running its part of the batch stopped {} times in a row without storing any result.",
+                "This request was given up without a result: the replicas running its part of the batch stopped {} times in a row, or the database refused to store its results.",
                 ctx.settings.max_idle_claims
             ),
         },

@@ -353,3 +353,73 @@ async fn a_batch_in_a_crash_loop_is_given_up() {
         assert!(e["message"].as_str().unwrap().contains("3 times"), "{e}");
     }
 }
+
+/// Results the database refuses every time (here a trigger raises "program limit exceeded",
+/// as a result past PostgreSQL's limits would) are not retried forever with their slots held:
+/// the chunk is given up (its lines go to the error file as `execution_abandoned`), the other
+/// chunks complete, and the replica goes on running other batches.
+#[tokio::test]
+async fn results_the_database_refuses_give_the_chunk_up_and_free_its_slots() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| {
+        s.worker.chunk_lines = 4;
+        s.worker.max_in_flight = 4;
+    })
+    .await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_results() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.lines LIKE '%refused-result%' THEN
+             RAISE EXCEPTION 'result too large' USING ERRCODE = '54000';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_results BEFORE INSERT ON batch_results
+           FOR EACH ROW EXECUTE FUNCTION refuse_results();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let lines: Vec<Value> = (0..12)
+        .map(|i| {
+            let id = if i == 5 {
+                "refused-result".to_owned()
+            } else {
+                format!("ok-{i}")
+            };
+            chat_line(&id, json!({}))
+        })
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    let batch = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let out = app.lines_of(&batch["output_file_id"]).await;
+    let err = app.lines_of(&batch["error_file_id"]).await;
+    assert_eq!(out.len() + err.len(), 12, "every line accounted for");
+    // Only the refused line's chunk (lines 4..8) can be lost.
+    assert!((1..=4).contains(&err.len()), "{err:?}");
+    let refused = err.iter().find(|e| e["custom_id"] == "refused-result");
+    let refused = refused.expect("the refused line is in the error file");
+    assert_eq!(refused["error"]["code"], "execution_abandoned", "{refused}");
+    for e in &err {
+        let n: usize = e["custom_id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("ok-")
+            .parse()
+            .unwrap_or(5);
+        assert!(
+            (4..8).contains(&n),
+            "a line outside the refused chunk was lost: {e}"
+        );
+    }
+    // The slots came back: an ordinary batch runs to completion on the same replica.
+    let next: Vec<Value> = (0..8)
+        .map(|i| chat_line(&format!("next-{i}"), json!({})))
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&next)).await;
+    assert_eq!(
+        app.wait_for(&id, &["completed"]).await["request_counts"]["completed"],
+        8
+    );
+}
