@@ -18,6 +18,7 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: Option<Worker>,
+    webhooks: crate::webhooks::Deliverer,
     maintenance: (watch::Sender<bool>, JoinHandle<()>),
 }
 
@@ -31,7 +32,12 @@ impl Application {
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         let (stop_maintenance, stopped) = watch::channel(false);
-        let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped));
+        let maintenance = tokio::spawn(crate::maintenance::run(
+            pool.clone(),
+            stopped,
+            settings.webhooks.log_retention_secs,
+        ));
+        let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::new(settings)?;
             Some(Worker::start(
@@ -58,6 +64,7 @@ impl Application {
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
+            webhooks: settings.webhooks.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -76,6 +83,7 @@ impl Application {
             port,
             server: server.run(),
             worker,
+            webhooks,
             maintenance: (stop_maintenance, maintenance),
         })
     }
@@ -90,6 +98,7 @@ impl Application {
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }
+        self.webhooks.shutdown().await;
         let (stop, task) = self.maintenance;
         let _ = stop.send(true);
         let _ = task.await;

@@ -8,6 +8,7 @@ mod files;
 mod health;
 mod openapi;
 mod request_id;
+mod webhooks;
 
 use std::future::{ready, Ready};
 
@@ -33,6 +34,7 @@ pub struct AppState {
     /// This replica's batch worker, woken when a batch is created here so that validation
     /// starts at once (other replicas find it at their next poll).
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
+    pub webhooks: crate::config::WebhookSettings,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -45,7 +47,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
-                .configure(batches::routes),
+                .configure(batches::routes)
+                .configure(webhooks::routes),
         );
 }
 

@@ -6,6 +6,7 @@ pub mod files;
 pub mod jobs;
 pub mod keys;
 pub mod stats;
+pub mod webhooks;
 
 use std::time::Duration;
 

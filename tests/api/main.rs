@@ -20,3 +20,4 @@ mod poison;
 mod replicas;
 mod secrets;
 mod startup;
+mod webhooks;
