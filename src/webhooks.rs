@@ -217,10 +217,15 @@ async fn attempt(
     settings: &WebhookSettings,
     due: &Due,
 ) -> (Option<i32>, Option<String>, bool) {
-    // A literal address never reaches the resolver: check it here.
+    // A literal address never reaches the resolver: check it here. Names (`localhost`
+    // included) are checked by the resolver, on the addresses actually connected to.
     if !settings.allow_private_networks {
-        if let Err(e) = crate::domain::WebhookUrl::parse(&due.url, false) {
-            return (None, Some(format!("refused: {}", e.message)), false);
+        if let Some(ip) = literal_ip(&due.url).filter(|ip| !is_public(*ip)) {
+            return (
+                None,
+                Some(format!("refused: {ip} is not a public address")),
+                false,
+            );
         }
     }
     let timestamp = SystemTime::now()
@@ -269,6 +274,14 @@ async fn attempt(
         format!("HTTP {}: {}", status.as_u16(), text.trim())
     };
     (code, Some(truncate(&error)), false)
+}
+
+fn literal_ip(url: &str) -> Option<std::net::IpAddr> {
+    match reqwest::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(ip) => Some(ip.into()),
+        url::Host::Ipv6(ip) => Some(ip.into()),
+        url::Host::Domain(_) => None,
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -555,27 +555,34 @@ async fn a_host_name_that_resolves_to_loopback_is_refused_at_delivery() {
     })
     .await;
     let receiver = Receiver::start(&[]);
-    // As if the name pointed at a public address when it was registered and was rebound since.
-    let ep = "we_rebound";
-    sqlx::query(
-        "INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
-         VALUES ($1, 'proj_default', $2, ARRAY['batch.failed'], 'whsec_c2VjcmV0')",
-    )
-    .bind(ep)
-    .bind(format!("http://localhost:{}/hook", receiver.port))
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // As if the name pointed at a public address when it was registered and was rebound since;
+    // and a literal address registered while the operator allowed private networks.
+    for (ep, host) in [("we_rebound", "localhost"), ("we_literal", "127.0.0.1")] {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
+             VALUES ($1, 'proj_default', $2, ARRAY['batch.failed'], 'whsec_c2VjcmV0')",
+        )
+        .bind(ep)
+        .bind(format!("http://{host}:{}/hook", receiver.port))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
     let failed = failing_batch(&app).await;
     app.wait_for(&failed, &["failed"]).await;
-    let d = wait_for_delivery(&app, ep, |d| d["attempts"].as_i64() >= Some(2)).await;
-    let error = d["last_error"].as_str().unwrap();
-    assert!(
-        error.contains("refused") && error.contains("localhost"),
-        "{error}"
-    );
-    assert_eq!(d["last_status_code"], Value::Null);
-    assert_eq!(d["status"], "pending");
+    for (ep, expected) in [
+        (
+            "we_rebound",
+            "refused: localhost resolves only to non-public addresses",
+        ),
+        ("we_literal", "refused: 127.0.0.1 is not a public address"),
+    ] {
+        let d = wait_for_delivery(&app, ep, |d| d["attempts"].as_i64() >= Some(2)).await;
+        let error = d["last_error"].as_str().unwrap();
+        assert!(error.contains(expected), "{error}");
+        assert_eq!(d["last_status_code"], Value::Null);
+        assert_eq!(d["status"], "pending");
+    }
     assert!(
         receiver.received().is_empty(),
         "nothing reached the receiver"
