@@ -739,3 +739,25 @@ async fn the_cli_manages_endpoints() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("webhook_endpoint_not_found"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_marks_every_webhook_route_as_an_extension() {
+    let app = spawn_app_with(|_| {}).await;
+    let spec = app.get_json("/openapi.json").await;
+    let paths = spec["paths"].as_object().unwrap();
+    let ours: Vec<_> = paths
+        .iter()
+        .filter(|(p, _)| p.starts_with("/v1/webhook_endpoints"))
+        .collect();
+    assert_eq!(ours.len(), 5, "{:?}", paths.keys());
+    let mut operations = 0;
+    for (path, item) in ours {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "post", "delete"].contains(&method.as_str()) {
+                assert_eq!(op["x-openbatch-extension"], true, "{method} {path}");
+                operations += 1;
+            }
+        }
+    }
+    assert_eq!(operations, 7);
+}
