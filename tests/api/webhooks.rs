@@ -683,59 +683,69 @@ async fn after_a_rotation_both_secrets_sign_until_the_grace_period_ends() {
     assert!(!verifies(&got[1], old));
 }
 
+/// Runs the CLI without blocking this test's runtime, which also drives the app under test.
+async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_openbatch"))
+        .args(args)
+        .env("OPENAI_BASE_URL", app.url("/v1"))
+        .env_remove("OPENAI_API_KEY")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the CLI never finished")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn the_cli_manages_endpoints() {
     let app = spawn_app_with(|s| s.webhooks.allow_private_networks = false).await;
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_openbatch"))
-            .args(args)
-            .env("OPENAI_BASE_URL", app.url("/v1"))
-            .env_remove("OPENAI_API_KEY")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, stdout, stderr) = run(&[
-        "webhooks",
-        "create",
-        "https://example.com/hook",
-        "--events",
-        "batch.completed,batch.failed",
-    ]);
+    let (code, stdout, stderr) = cli(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            "https://example.com/hook",
+            "--events",
+            "batch.completed,batch.failed",
+        ],
+    )
+    .await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.trim().starts_with("whsec_"), "{stdout}");
     let id = stderr.split_whitespace().nth(1).unwrap().to_owned();
     assert!(id.starts_with("we_"), "{stderr}");
-    let (code, stdout, _) = run(&["webhooks", "list"]);
+    let (code, stdout, _) = cli(&app, &["webhooks", "list"]).await;
     assert_eq!(code, Some(0));
     assert!(
         stdout.contains(&id) && stdout.contains("batch.completed,batch.failed"),
         "{stdout}"
     );
-    let (code, stdout, _) = run(&["webhooks", "get", &id, "--json"]);
+    let (code, stdout, _) = cli(&app, &["webhooks", "get", &id, "--json"]).await;
     assert_eq!(code, Some(0));
     let got: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(got["url"], "https://example.com/hook");
-    let (code, stdout, _) = run(&["webhooks", "rotate", &id]);
+    let (code, stdout, _) = cli(&app, &["webhooks", "rotate", &id]).await;
     assert_eq!(code, Some(0));
     assert!(stdout.trim().starts_with("whsec_"));
-    let (code, _, stderr) = run(&["webhooks", "deliveries", &id]);
+    let (code, _, stderr) = cli(&app, &["webhooks", "deliveries", &id]).await;
     assert_eq!(code, Some(0));
     assert!(stderr.contains("no deliveries"));
-    let (code, _, stderr) = run(&["webhooks", "create", "http://10.0.0.1/"]);
+    let (code, _, stderr) = cli(&app, &["webhooks", "create", "http://10.0.0.1/"]).await;
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("non-public") && stderr.contains("HTTP 400"),
         "{stderr}"
     );
-    let (code, _, _) = run(&["webhooks", "delete", &id]);
+    let (code, _, _) = cli(&app, &["webhooks", "delete", &id]).await;
     assert_eq!(code, Some(0));
-    let (code, _, stderr) = run(&["webhooks", "get", &id]);
+    let (code, _, stderr) = cli(&app, &["webhooks", "get", &id]).await;
     assert_eq!(code, Some(1));
     assert!(stderr.contains("webhook_endpoint_not_found"), "{stderr}");
 }
@@ -760,4 +770,36 @@ async fn the_openapi_document_marks_every_webhook_route_as_an_extension() {
         }
     }
     assert_eq!(operations, 7);
+}
+
+#[tokio::test]
+async fn an_event_not_delivered_within_the_retry_window_is_given_up() {
+    let upstream = FakeUpstream::start(&[]);
+    // A window of 0 s: the first failed attempt is also the last.
+    let app = webhook_engine(&upstream, |s| s.webhooks.max_retry_secs = 0).await;
+    let receiver = Receiver::start(&[]);
+    receiver.answer_from_now_on(503);
+    let ep = create_endpoint(&app, json!({ "url": receiver.url })).await;
+    let ep = ep["id"].as_str().unwrap();
+    let failed = failing_batch(&app).await;
+    app.wait_for(&failed, &["failed"]).await;
+    let d = wait_for_delivery(&app, ep, |d| d["status"] != "pending").await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(d["last_status_code"], 503);
+    assert_eq!(d["next_attempt_at"], Value::Null);
+    assert_eq!(d["delivered_at"], Value::Null);
+    // A later event still goes out: giving up on one event does not stop the endpoint.
+    receiver.answer_from_now_on(200);
+    let second = failing_batch(&app).await;
+    app.wait_for(&second, &["failed"]).await;
+    wait_for_delivery(&app, ep, |d| {
+        d["batch_id"] == second.as_str() && d["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "the given-up event was not sent again"
+    );
 }
