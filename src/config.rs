@@ -47,6 +47,8 @@ pub struct WebhookSettings {
     pub poll_interval_ms: u64,
     /// Deliveries in flight per replica.
     pub max_in_flight: usize,
+    /// Endpoints a project may register (each one multiplies every event).
+    pub max_endpoints_per_project: i64,
 }
 
 /// OpenTelemetry export. The standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
@@ -283,7 +285,8 @@ impl Settings {
             .set_default("webhooks.rotation_grace_secs", 24 * 3600)?
             .set_default("webhooks.log_retention_secs", 30 * 24 * 3600)?
             .set_default("webhooks.poll_interval_ms", 1000)?
-            .set_default("webhooks.max_in_flight", 16)?;
+            .set_default("webhooks.max_in_flight", 16)?
+            .set_default("webhooks.max_endpoints_per_project", 100)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),

@@ -51,7 +51,16 @@ async fn create(
     let url = WebhookUrl::parse(raw, state.webhooks.allow_private_networks)?;
     let events = EventTypes::from_json(&body.events)?;
     let secret = WebhookSecret::generate();
-    let endpoint = store::create(&state.pool, &project, &url, &events, &secret).await?;
+    let max = state.webhooks.max_endpoints_per_project;
+    let endpoint = store::create(&state.pool, &project, &url, &events, &secret, max)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "This project already has {max} webhook endpoints, the most it may have. \
+                 Delete one before registering another."
+            ))
+            .with_code("webhook_endpoint_limit_exceeded")
+        })?;
     tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
     Ok(HttpResponse::Ok().json(endpoint_object(&endpoint)))
 }

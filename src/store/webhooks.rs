@@ -30,16 +30,20 @@ const COLUMNS: &str = "id, url, events, status, disabled_reason, disabled_at,
     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
         AS previous_secret_until";
 
+/// None when the project already has `max` endpoints (checked in the insert itself, so
+/// simultaneous creates may overshoot by their number).
 pub async fn create(
     pool: &PgPool,
     project: &ProjectId,
     url: &WebhookUrl,
     events: &EventTypes,
     secret: &WebhookSecret,
-) -> Result<EndpointRecord, sqlx::Error> {
+    max: i64,
+) -> Result<Option<EndpointRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
-         VALUES ($1, $2, $3, $4, $5)
+         SELECT $1, $2, $3, $4, $5
+         WHERE (SELECT count(*) FROM webhook_endpoints WHERE project_id = $2) < $6
          RETURNING {COLUMNS}, secret"
     ))
     .bind(WebhookEndpointId::generate())
@@ -47,7 +51,8 @@ pub async fn create(
     .bind(url.as_str())
     .bind(events.as_strings())
     .bind(secret.expose())
-    .fetch_one(pool)
+    .bind(max)
+    .fetch_optional(pool)
     .await
 }
 

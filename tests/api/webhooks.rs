@@ -360,6 +360,24 @@ async fn endpoints_are_validated_and_private_addresses_refused() {
 }
 
 #[tokio::test]
+async fn a_project_may_register_only_so_many_endpoints() {
+    let app = spawn_app_with(|s| s.webhooks.max_endpoints_per_project = 2).await;
+    for i in 0..2 {
+        create_endpoint(&app, json!({ "url": format!("https://example.com/{i}") })).await;
+    }
+    let res = app
+        .post("/v1/webhook_endpoints")
+        .json(&json!({ "url": "https://example.com/2" }))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(res, 400).await;
+    assert_eq!(err["code"], "webhook_endpoint_limit_exceeded");
+    let page = app.get_json("/v1/webhook_endpoints").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn a_project_cannot_see_or_touch_another_projects_endpoints() {
     let app = spawn_app_with(|s| {
         s.auth.enabled = true;
@@ -802,4 +820,38 @@ async fn an_event_not_delivered_within_the_retry_window_is_given_up() {
         2,
         "the given-up event was not sent again"
     );
+}
+
+#[tokio::test]
+async fn the_maintainer_prunes_finished_deliveries_but_never_pending_ones() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = webhook_engine(&upstream, |s| {
+        s.webhooks.log_retention_secs = 0;
+        s.webhooks.retry_base_ms = 3_600_000;
+        s.webhooks.retry_max_ms = 3_600_000;
+    })
+    .await;
+    let ok = Receiver::start(&[]);
+    let failing = Receiver::start(&[]);
+    failing.answer_from_now_on(500);
+    let ok_ep = create_endpoint(&app, json!({ "url": ok.url })).await;
+    let failing_ep = create_endpoint(&app, json!({ "url": failing.url })).await;
+    let failed = failing_batch(&app).await;
+    app.wait_for(&failed, &["failed"]).await;
+    ok.wait_until("the event", |g| !g.is_empty()).await;
+    failing.wait_until("the event", |g| !g.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !deliveries(&app, ok_ep["id"].as_str().unwrap())
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered entry was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = deliveries(&app, failing_ep["id"].as_str().unwrap()).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["status"], "pending");
 }
