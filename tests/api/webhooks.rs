@@ -24,12 +24,15 @@ use openbatch::store::keys;
 #[derive(Clone, Copy, Debug)]
 enum Reply {
     Status(u16),
+    /// A 302 to another path of this receiver.
+    Redirect,
     /// Never answers (until the sender goes away).
     Hang,
 }
 
 #[derive(Clone, Debug)]
 struct Received {
+    path: String,
     id: String,
     timestamp: String,
     signature: String,
@@ -66,6 +69,7 @@ async fn receive(
     let reply = {
         let mut s = script.lock().unwrap();
         s.received.push(Received {
+            path: req.path().to_owned(),
             id: header("webhook-id"),
             timestamp: header("webhook-timestamp"),
             signature: header("webhook-signature"),
@@ -79,6 +83,9 @@ async fn receive(
             HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
                 .body(format!("receiver says {code}"))
         }
+        Reply::Redirect => HttpResponse::Found()
+            .insert_header(("location", "/followed"))
+            .finish(),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             HttpResponse::Ok().finish()
@@ -854,4 +861,23 @@ async fn the_maintainer_prunes_finished_deliveries_but_never_pending_ones() {
     let pending = deliveries(&app, failing_ep["id"].as_str().unwrap()).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0]["status"], "pending");
+}
+
+#[tokio::test]
+async fn an_attempt_times_out_and_a_redirect_is_a_failure_not_followed() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = webhook_engine(&upstream, |s| s.webhooks.timeout_secs = 1).await;
+    let receiver = Receiver::start(&[Reply::Hang, Reply::Redirect]);
+    let ep = create_endpoint(&app, json!({ "url": receiver.url })).await;
+    let ep = ep["id"].as_str().unwrap();
+    let failed = failing_batch(&app).await;
+    app.wait_for(&failed, &["failed"]).await;
+    let d = wait_for_delivery(&app, ep, |d| d["status"] == "delivered").await;
+    assert_eq!(d["attempts"], 3, "a timeout, a redirect, a success: {d}");
+    let got = receiver.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter().all(|r| r.path == "/hook"),
+        "the redirect was not followed: {got:?}"
+    );
 }
