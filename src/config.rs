@@ -23,6 +23,33 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
     pub cluster: ClusterSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhook delivery (an OpenBatch extension; see README "Webhooks").
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Let endpoints point at loopback, private, link-local... addresses (tests, trusted networks).
+    pub allow_private_networks: bool,
+    /// Per delivery attempt, connection included.
+    pub timeout_secs: u64,
+    /// Backoff before the second attempt, doubled per attempt (with jitter) up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// An event not delivered this long after it happened is given up.
+    pub max_retry_secs: u64,
+    /// Failed attempts in a row (across events) after which an endpoint is disabled.
+    pub disable_after_failures: i32,
+    /// How long the old secret still signs after a rotation.
+    pub rotation_grace_secs: u64,
+    /// Finished deliveries stay in the delivery log this long.
+    pub log_retention_secs: u64,
+    /// Due deliveries are looked for this often (NOTIFY wakes the deliverer sooner).
+    pub poll_interval_ms: u64,
+    /// Deliveries in flight per replica.
+    pub max_in_flight: usize,
+    /// Endpoints a project may register (each one multiplies every event).
+    pub max_endpoints_per_project: i64,
 }
 
 /// How replicas learn of each other (a heartbeat table in PostgreSQL).
@@ -296,7 +323,18 @@ impl Settings {
             .set_default("batches.expiry_override_secs", None::<i64>)?
             .set_default("batches.check_models", true)?
             .set_default("batches.models_cache_secs", 60)?
-            .set_default("batches.max_line_bytes", 8_u64 * 1024 * 1024)?;
+            .set_default("batches.max_line_bytes", 8_u64 * 1024 * 1024)?
+            .set_default("webhooks.allow_private_networks", false)?
+            .set_default("webhooks.timeout_secs", 10)?
+            .set_default("webhooks.retry_base_ms", 5000)?
+            .set_default("webhooks.retry_max_ms", 3_600_000)?
+            .set_default("webhooks.max_retry_secs", 72 * 3600)?
+            .set_default("webhooks.disable_after_failures", 20)?
+            .set_default("webhooks.rotation_grace_secs", 24 * 3600)?
+            .set_default("webhooks.log_retention_secs", 30 * 24 * 3600)?
+            .set_default("webhooks.poll_interval_ms", 1000)?
+            .set_default("webhooks.max_in_flight", 16)?
+            .set_default("webhooks.max_endpoints_per_project", 100)?;
         builder = match env("OPENBATCH_CONFIG") {
             Some(path) => builder.add_source(config::File::with_name(&path).required(true)),
             None => builder.add_source(config::File::with_name("config/openbatch").required(false)),
@@ -401,6 +439,17 @@ impl Settings {
                 "{name}.timeout_secs must be at least 1"
             );
         }
+        let wh = &self.webhooks;
+        anyhow::ensure!(
+            wh.timeout_secs >= 1 && wh.max_in_flight >= 1 && wh.disable_after_failures >= 1,
+            "OPENBATCH__WEBHOOKS__TIMEOUT_SECS, OPENBATCH__WEBHOOKS__MAX_IN_FLIGHT and \
+             OPENBATCH__WEBHOOKS__DISABLE_AFTER_FAILURES must be at least 1"
+        );
+        anyhow::ensure!(
+            wh.retry_base_ms >= 1 && wh.retry_base_ms <= wh.retry_max_ms,
+            "OPENBATCH__WEBHOOKS__RETRY_BASE_MS must be at least 1 and at most \
+             OPENBATCH__WEBHOOKS__RETRY_MAX_MS"
+        );
         anyhow::ensure!(
             self.cluster.heartbeat_secs >= 1,
             "OPENBATCH__CLUSTER__HEARTBEAT_SECS must be at least 1"
@@ -487,6 +536,24 @@ mod tests {
         assert_eq!(s.server.port, 8080);
         assert_eq!(s.database.url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(s.limits.max_upload_bytes, 512 * 1024 * 1024);
+        assert!(!s.webhooks.allow_private_networks);
+        assert_eq!(s.webhooks.max_retry_secs, 72 * 3600);
+    }
+
+    #[test]
+    fn webhook_settings_from_the_environment() {
+        let s = load(&[
+            ("OPENBATCH__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("OPENBATCH__WEBHOOKS__RETRY_BASE_MS", "20"),
+        ])
+        .unwrap();
+        assert!(s.webhooks.allow_private_networks);
+        assert_eq!(s.webhooks.retry_base_ms, 20);
+        let err = format!(
+            "{:#}",
+            load(&[("OPENBATCH__WEBHOOKS__RETRY_BASE_MS", "0")]).unwrap_err()
+        );
+        assert!(err.contains("OPENBATCH__WEBHOOKS__RETRY_BASE_MS"), "{err}");
     }
 
     #[test]

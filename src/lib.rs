@@ -13,4 +13,5 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 pub mod worker;

@@ -53,6 +53,8 @@ enum Command {
     Batches(openbatch::cli::BatchesArgs),
     /// Client: list, upload, download and delete files.
     Files(openbatch::cli::FilesArgs),
+    /// Client: manage webhook endpoints (create, list, get, delete, rotate, enable, deliveries).
+    Webhooks(openbatch::cli::WebhooksArgs),
 }
 
 #[derive(Subcommand)]
@@ -94,6 +96,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Submit(args) => std::process::exit(openbatch::cli::submit(args).await?),
         Command::Batches(args) => std::process::exit(openbatch::cli::batches(args).await?),
         Command::Files(args) => std::process::exit(openbatch::cli::files(args).await?),
+        Command::Webhooks(args) => std::process::exit(openbatch::cli::webhooks(args).await?),
         server => server,
     };
     let mut settings = Settings::load()?;
@@ -117,7 +120,7 @@ async fn run() -> anyhow::Result<()> {
             openbatch::store::migrate(&pool).await?;
             keys(&pool, command).await
         }
-        Command::Submit(_) | Command::Batches(_) | Command::Files(_) => {
+        Command::Submit(_) | Command::Batches(_) | Command::Files(_) | Command::Webhooks(_) => {
             unreachable!("client commands return above")
         }
     }

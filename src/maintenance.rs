@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::store::{chunks, files, leader, stats};
+use crate::store::{chunks, files, leader, stats, webhooks};
 use crate::worker::sleep_or_stop;
 
 /// Any key will do as long as it is OpenBatch's alone.
@@ -15,9 +15,9 @@ const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
 /// lapsed, analyze tables that outgrew their planner statistics, and purge the content of
-/// deleted and expired files. Each chore is short statements
+/// deleted and expired files, and prune old webhook deliveries. Each chore is short statements
 /// on the pool, never a lock a running replica's heartbeat needs.
-pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
+pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_retention_secs: u64) {
     let mut lock: Option<PgConnection> = None;
     let mut leader = false;
     while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
@@ -69,6 +69,11 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
             Err(e) => tracing::warn!(error = %e, "purging file content failed"),
+        }
+        match webhooks::prune(&pool, webhook_log_retention_secs as f64, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "pruned old webhook deliveries from the log"),
+            Err(e) => tracing::warn!(error = %e, "pruning the webhook delivery log failed"),
         }
     }
     if let Some(c) = lock {

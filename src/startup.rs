@@ -22,6 +22,7 @@ pub struct Application {
     /// `/metrics` on its own address (`server.metrics_address`), off the public port.
     metrics_server: Option<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)>,
     worker: Option<Worker>,
+    webhooks: crate::webhooks::Deliverer,
     maintenance: (watch::Sender<bool>, JoinHandle<()>),
     /// Heartbeat, key reloading and metrics refresh, stopped with maintenance.
     background: Vec<JoinHandle<()>>,
@@ -40,12 +41,17 @@ impl Application {
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         settings.check_serving()?;
         let (stop_maintenance, stopped) = watch::channel(false);
-        let maintenance = tokio::spawn(crate::maintenance::run(pool.clone(), stopped.clone()));
+        let maintenance = tokio::spawn(crate::maintenance::run(
+            pool.clone(),
+            stopped.clone(),
+            settings.webhooks.log_retention_secs,
+        ));
         let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
             pool.clone(),
             std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
             stopped.clone(),
         ));
+        let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::new(settings)?;
             Some(Worker::start(
@@ -87,6 +93,7 @@ impl Application {
             uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 settings.limits.max_concurrent_uploads,
             )),
+            webhooks: settings.webhooks.clone(),
         });
         let public_metrics = settings.server.metrics_address.is_none();
         let metrics_server = match &settings.server.metrics_address {
@@ -135,6 +142,7 @@ impl Application {
             server: server.run(),
             metrics_server,
             worker,
+            webhooks,
             maintenance: (stop_maintenance, maintenance),
             background,
         })
@@ -164,6 +172,7 @@ impl Application {
         if let Some(worker) = self.worker {
             worker.shutdown().await;
         }
+        self.webhooks.shutdown().await;
         let (stop, task) = self.maintenance;
         let _ = stop.send(true);
         let _ = task.await;

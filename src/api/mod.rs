@@ -11,6 +11,7 @@ mod openapi;
 mod pagination;
 mod request_id;
 mod spool;
+mod webhooks;
 
 use std::future::{ready, Ready};
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// One permit per upload this replica is receiving (`limits.max_concurrent_uploads`).
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
+    pub webhooks: crate::config::WebhookSettings,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -49,7 +51,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
-                .configure(batches::routes),
+                .configure(batches::routes)
+                .configure(webhooks::routes),
         );
 }
 

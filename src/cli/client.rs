@@ -162,6 +162,20 @@ impl Client {
         }
     }
 
+    /// Any JSON route of the API (the webhook endpoints use these).
+    pub async fn get_json(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.json(self.request(Method::GET, path).query(query))
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.json(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn delete_json(&self, path: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::DELETE, path)).await
+    }
+
     pub async fn get_file(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::GET, &format!("/files/{id}")))
             .await

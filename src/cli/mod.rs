@@ -6,6 +6,7 @@ mod client;
 mod output;
 mod submit;
 mod wait;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use submit::SubmitArgs;
 pub use wait::{EXIT_BATCH_FAILED, EXIT_DETACHED};
 
 use wait::{InputOrder, WaitOptions};
+pub use webhooks::WebhooksCommand;
 
 /// Where the server is and how to talk to it (shared by every client command).
 #[derive(Args, Clone)]
@@ -123,6 +125,20 @@ pub enum FilesCommand {
     },
     /// Delete a file.
     Delete { id: String },
+}
+
+#[derive(Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(subcommand)]
+    pub command: WebhooksCommand,
+}
+
+pub async fn webhooks(args: WebhooksArgs) -> anyhow::Result<i32> {
+    let client = args.client.client()?;
+    webhooks::run(&client, args.command, args.client.json).await?;
+    Ok(0)
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {

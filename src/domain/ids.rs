@@ -60,6 +60,7 @@ macro_rules! id_type {
 
 id_type!(BatchId, "batch_");
 id_type!(FileId, "file-");
+id_type!(WebhookEndpointId, "we_");
 
 /// A tenant. Not client-supplied: it comes from authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

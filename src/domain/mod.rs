@@ -8,14 +8,16 @@ mod file;
 mod idempotency;
 mod ids;
 mod metadata;
+mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
 pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
-pub use ids::{BatchId, FileId, ProjectId, ProjectName, BUILT_IN_PROJECT_NAME};
+pub use ids::{BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME};
 pub use metadata::{Metadata, MetadataLimits};
+pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};
 
 /// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod leader;
 pub mod replicas;
 pub mod stats;
+pub mod webhooks;
 
 use std::time::Duration;
 

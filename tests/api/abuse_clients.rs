@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openbatch::domain::ApiKey;
-use openbatch::store::keys;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -17,8 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::cluster::Cluster;
 use crate::helpers::{
-    assert_all_ready, batch_body, chat_line, engine_env, expect_error, spawn_app_with,
-    start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp, TestDb,
+    assert_all_ready, batch_body, chat_line, engine_env, expect_error, project_and_key,
+    spawn_app_with, start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp, TestDb,
 };
 
 /// Peak RSS allowed per replica through any of these attacks (an idle replica takes ~25 MiB;
@@ -86,22 +84,8 @@ impl Stack {
             replicas.extend(start_replicas_with(1, url, &env).await);
         }
         let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let key_of = |name: &'static str| {
-            let pool = pool.clone();
-            async move {
-                let project = keys::ensure_project(
-                    &pool,
-                    &openbatch::domain::ProjectName::parse(name).unwrap(),
-                )
-                .await
-                .unwrap();
-                let key = ApiKey::generate();
-                keys::insert(&pool, &project, &key).await.unwrap();
-                (project.as_str().to_owned(), key.secret)
-            }
-        };
-        let (attacker_project, attacker_key) = key_of("attacker").await;
-        let (victim_project, victim_key) = key_of("victim").await;
+        let (attacker_project, attacker_key) = project_and_key(&pool, "attacker").await;
+        let (victim_project, victim_key) = project_and_key(&pool, "victim").await;
         pool.close().await;
         Self {
             attacker: as_project(&replicas, url, &attacker_key).await,

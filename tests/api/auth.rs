@@ -11,15 +11,7 @@ use openbatch::domain::ApiKey;
 use openbatch::store::keys;
 
 async fn key_for(app: &TestApp, project: &str) -> String {
-    let id = keys::ensure_project(
-        &app.pool,
-        &openbatch::domain::ProjectName::parse(project).unwrap(),
-    )
-    .await
-    .unwrap();
-    let key = ApiKey::generate();
-    keys::insert(&app.pool, &id, &key).await.unwrap();
-    key.secret
+    crate::helpers::key_for(&app.pool, project).await
 }
 
 async fn secured_app() -> TestApp {

@@ -10,9 +10,8 @@ use crate::helpers::{
     batch_body, chat_line, engine_env, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
     FakeUpstream, TestApp, TestDb,
 };
-use openbatch::domain::{ApiKey, BatchId};
+use openbatch::domain::BatchId;
 use openbatch::store::chunks::{self, Group, Held, NewChunk, Position};
-use openbatch::store::keys;
 
 /// A batch put straight into `in_progress` with one chunk of `n` lines, as validation leaves it.
 async fn running_batch(app: &TestApp, n: usize) -> BatchId {
@@ -224,18 +223,6 @@ async fn three_replicas_finalize_each_batch_exactly_once_and_keep_nothing_per_li
     );
 }
 
-async fn key_for(pool: &PgPool, project: &str) -> String {
-    let id = keys::ensure_project(
-        pool,
-        &openbatch::domain::ProjectName::parse(project).unwrap(),
-    )
-    .await
-    .unwrap();
-    let key = ApiKey::generate();
-    keys::insert(pool, &id, &key).await.unwrap();
-    key.secret
-}
-
 fn as_project(app: &TestApp, key: &str) -> TestApp {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
@@ -259,8 +246,8 @@ async fn a_small_batch_of_another_project_runs_while_a_big_one_is_running() {
         s.worker.max_in_flight = 8;
     })
     .await;
-    let a = as_project(&app, &key_for(&app.pool, "big-a").await);
-    let b = as_project(&app, &key_for(&app.pool, "small-b").await);
+    let a = as_project(&app, &crate::helpers::key_for(&app.pool, "big-a").await);
+    let b = as_project(&app, &crate::helpers::key_for(&app.pool, "small-b").await);
 
     // A's lines take 300 ms each: 20,000 of them need many minutes at 8 in flight.
     let slow = json!({"fake": {"latency_ms": 300}});

@@ -346,6 +346,24 @@ pub async fn assert_all_ready(replicas: &[Replica]) {
     }
 }
 
+/// A new API key for `project` (created if missing), straight in the database.
+pub async fn key_for(pool: &PgPool, project: &str) -> String {
+    project_and_key(pool, project).await.1
+}
+
+/// The id of `project` (created if missing) and a new API key for it.
+pub async fn project_and_key(pool: &PgPool, project: &str) -> (String, String) {
+    let name = openbatch::domain::ProjectName::parse(project).unwrap();
+    let id = openbatch::store::keys::ensure_project(pool, &name)
+        .await
+        .unwrap();
+    let key = openbatch::domain::ApiKey::generate();
+    openbatch::store::keys::insert(pool, &id, &key)
+        .await
+        .unwrap();
+    (id.as_str().to_owned(), key.secret)
+}
+
 /// The fake OpenAI-compatible upstream (`src/bin/fake_upstream.rs`) as a real process.
 pub struct FakeUpstream {
     pub base_url: String,

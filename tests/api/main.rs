@@ -22,3 +22,4 @@ mod poison;
 mod replicas;
 mod secrets;
 mod startup;
+mod webhooks;
