@@ -158,19 +158,22 @@ pub async fn claim(
     .await
 }
 
-/// The result groups already written for a chunk, as stored (see `Group::lines`).
-#[tracing::instrument(skip_all, name = "db.chunks.results")]
-pub async fn results<'c, E>(conn: E, batch: &BatchId, idx: i32) -> Result<Vec<String>, sqlx::Error>
+/// The result groups already written for a chunk, as stored (see `Group::lines`), one row at a
+/// time: a chunk's results may weigh far more than a replica should hold.
+pub fn results<'c, E>(
+    conn: E,
+    batch: &'c BatchId,
+    idx: i32,
+) -> futures_util::stream::BoxStream<'c, Result<String, sqlx::Error>>
 where
-    E: sqlx::PgExecutor<'c>,
+    E: sqlx::PgExecutor<'c> + 'c,
 {
     sqlx::query_scalar(
         "SELECT lines FROM batch_results WHERE batch_id = $1 AND chunk_idx = $2 ORDER BY seq",
     )
     .bind(batch)
     .bind(idx)
-    .fetch_all(conn)
-    .await
+    .fetch(conn)
 }
 
 /// The results of one flush for one claimed chunk.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -23,7 +24,7 @@ use crate::upstream::{traceparent_for, Outcome};
 const MAX_FLUSH: usize = 256;
 /// Most result bytes gathered for one statement (one line over it is written alone): keeps a
 /// flush's memory and message size bounded whatever the responses weigh.
-const MAX_FLUSH_BYTES: usize = 16 << 20;
+const MAX_FLUSH_BYTES: usize = 8 << 20;
 
 /// A chunk this replica has claimed and is executing.
 pub(super) struct Running {
@@ -268,7 +269,8 @@ async fn read_lines(
 ) -> anyhow::Result<Vec<Line>> {
     let done: std::collections::HashSet<i32> = if c.attempt > 1 {
         let mut done = std::collections::HashSet::new();
-        for group in chunks::results(&ctx.pool, &c.batch_id, c.idx).await? {
+        let mut groups = chunks::results(&ctx.pool, &c.batch_id, c.idx);
+        while let Some(group) = groups.try_next().await? {
             for stored in output::decode(&group) {
                 done.insert(stored?.line);
             }

@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::borrow::Cow;
-
 use anyhow::Context;
+use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -22,6 +21,10 @@ use crate::upstream::Outcome;
 
 /// Chunks read per query while writing result files.
 const CHUNK_PAGE: i64 = 64;
+/// Result bytes of one chunk held at once while finalizing. A chunk with more (large
+/// responses) is written in several passes over its stored results, each keeping one range of
+/// its lines, so memory stays bounded by this (plus one line) whatever the responses weigh.
+const FINALIZE_BUDGET: usize = 8 << 20;
 
 pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
@@ -382,10 +385,12 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         after = last.idx;
         for c in &page {
             usage.merge(Usage::from_array(c.usage()));
-            let groups = chunks::results(&mut *tx, &job.id, c.idx).await?;
-            for (success, line) in chunk_lines(ctx, job, c, &groups, &unfinished).await? {
-                let file = if success { &mut out } else { &mut err };
-                file.push(&mut tx, &line).await?;
+            for range in passes(&mut tx, job, c).await? {
+                let stored = stored_lines(&mut tx, job, c.idx, &range).await?;
+                for (success, line) in chunk_lines(ctx, job, c, range, stored, &unfinished).await? {
+                    let file = if success { &mut out } else { &mut err };
+                    file.push(&mut tx, &line).await?;
+                }
             }
         }
     }
@@ -430,26 +435,78 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     Ok(())
 }
 
-/// A chunk's file lines in input order, each with whether it belongs in the output file. Lines
-/// with no stored result (the batch was cancelled or expired first) get `unfinished`'s error,
-/// which needs their `custom_id` from the input.
-async fn chunk_lines<'g>(
-    ctx: &Ctx,
+/// The ranges of line ordinals a chunk is written in: all of it at once, unless its stored
+/// results weigh more than `FINALIZE_BUDGET`; then ranges of about that many result bytes each,
+/// found by a first pass that keeps only each line's size.
+async fn passes(
+    conn: &mut sqlx::PgConnection,
     job: &BatchJob,
     c: &ChunkSummary,
-    groups: &'g [String],
-    unfinished: &Outcome,
-) -> anyhow::Result<Vec<(bool, Cow<'g, str>)>> {
-    let mut lines: Vec<(i32, bool, Cow<str>)> = Vec::with_capacity(c.lines.line_count as usize);
-    for group in groups {
-        for stored in output::decode(group) {
+) -> anyhow::Result<Vec<std::ops::Range<i32>>> {
+    let all = c.lines.first_line..c.lines.first_line + c.lines.line_count;
+    let mut sizes: Vec<(i32, usize)> = Vec::new();
+    let mut total = 0;
+    let mut groups = chunks::results(&mut *conn, &job.id, c.idx);
+    while let Some(group) = groups.try_next().await? {
+        for stored in output::decode(&group) {
             let s = stored?;
-            lines.push((s.line, s.success, Cow::Borrowed(s.file_line)));
+            sizes.push((s.line, s.file_line.len()));
+            total += s.file_line.len();
+        }
+    }
+    if total <= FINALIZE_BUDGET {
+        return Ok(vec![all]);
+    }
+    sizes.sort_unstable();
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (all.start, 0);
+    for (line, size) in sizes {
+        if bytes > 0 && bytes + size > FINALIZE_BUDGET {
+            ranges.push(start..line);
+            (start, bytes) = (line, 0);
+        }
+        bytes += size;
+    }
+    ranges.push(start..all.end);
+    Ok(ranges)
+}
+
+/// The stored results of a chunk's lines in `range`, in input order (a line stored twice, by a
+/// claim that lapsed after its flush, counts once).
+async fn stored_lines(
+    conn: &mut sqlx::PgConnection,
+    job: &BatchJob,
+    idx: i32,
+    range: &std::ops::Range<i32>,
+) -> anyhow::Result<Vec<(i32, bool, String)>> {
+    let mut lines = Vec::new();
+    let mut groups = chunks::results(conn, &job.id, idx);
+    while let Some(group) = groups.try_next().await? {
+        for stored in output::decode(&group) {
+            let s = stored?;
+            if range.contains(&s.line) {
+                lines.push((s.line, s.success, s.file_line.to_owned()));
+            }
         }
     }
     lines.sort_by_key(|l| l.0);
     lines.dedup_by_key(|l| l.0);
-    if lines.len() < c.lines.line_count as usize {
+    Ok(lines)
+}
+
+/// The file lines of `range` of a chunk in input order, each with whether it belongs in the
+/// output file: the `stored` results, and for lines with none (the batch was cancelled or
+/// expired first) `unfinished`'s error, which needs their `custom_id` from the input.
+async fn chunk_lines(
+    ctx: &Ctx,
+    job: &BatchJob,
+    c: &ChunkSummary,
+    range: std::ops::Range<i32>,
+    stored: Vec<(i32, bool, String)>,
+    unfinished: &Outcome,
+) -> anyhow::Result<Vec<(bool, String)>> {
+    let mut lines = stored;
+    if lines.len() < range.len() {
         let at = &c.lines;
         let input = files::read_range(&ctx.pool, &at.file_id, at.start(), at.end())
             .await?
@@ -463,10 +520,10 @@ async fn chunk_lines<'g>(
             if raw.iter().all(u8::is_ascii_whitespace) {
                 return;
             }
-            if !have.contains(&ordinal) {
+            if range.contains(&ordinal) && !have.contains(&ordinal) {
                 let custom_id = queued(raw).map(|v| v.custom_id).unwrap_or_default();
                 let line = output::render(job.id.as_str(), ordinal, &custom_id, unfinished);
-                missing.push((ordinal, false, Cow::Owned(line)));
+                missing.push((ordinal, false, line));
             }
             ordinal += 1;
         };
