@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -365,15 +365,17 @@ async fn execute_line(
     if let Some(tp) = &line.chunk.trace_context {
         crate::telemetry::link_to(&span, tp);
     }
-    let outcome = async {
-        // Upstream calls carry this trace when tracing is on, else one trace id per batch.
-        let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
-            .unwrap_or_else(|| traceparent_for(batch_id));
-        ctx.upstreams
-            .execute(&line.chunk.endpoint, &line.model, &line.body, &traceparent)
-            .await
-    }
-    .instrument(span)
+    let outcome = contain_panic(
+        async {
+            // Upstream calls carry this trace when tracing is on, else one trace id per batch.
+            let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
+                .unwrap_or_else(|| traceparent_for(batch_id));
+            ctx.upstreams
+                .execute(&line.chunk.endpoint, &line.model, &line.body, &traceparent)
+                .await
+        }
+        .instrument(span),
+    )
     .await;
     let success = outcome.is_success();
     crate::metrics::get()
@@ -395,6 +397,18 @@ async fn execute_line(
             _slot: slot,
         })
         .await;
+}
+
+/// A line whose execution panics (a bug) still ends with a result, a failure: otherwise its
+/// chunk would wait for it forever, kept alive by the heartbeat, until the batch expired.
+async fn contain_panic(work: impl std::future::Future<Output = Outcome>) -> Outcome {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failure {
+            code: "internal_error",
+            message: "OpenBatch failed while executing this request.".to_owned(),
+        },
+    }
 }
 
 /// Writes results in groups, group-commit style: each write takes everything that finished
@@ -546,4 +560,32 @@ fn group(buf: &[Done]) -> (Vec<Group>, Vec<Arc<Running>>) {
         g.usage = u.to_array();
     }
     (groups, members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_line_still_ends_with_a_failure() {
+        let outcome = contain_panic(async { panic!("a bug") }).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failure {
+                    code: "internal_error",
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        let ok = contain_panic(async {
+            Outcome::Failure {
+                code: "x",
+                message: String::new(),
+            }
+        })
+        .await;
+        assert!(matches!(ok, Outcome::Failure { code: "x", .. }));
+    }
 }
