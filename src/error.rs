@@ -19,6 +19,9 @@ pub struct ApiError {
     pub code: Option<String>,
     /// Sent as `x-should-retry`; the SDKs retry 409 and 5xx unless told otherwise.
     pub should_retry: Option<bool>,
+    /// Seconds sent as `Retry-After` when the caller knows better than the default. Private,
+    /// so that an `ApiError` is only ever built by the constructors below.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +46,7 @@ impl ApiError {
             param: None,
             code: None,
             should_retry: None,
+            retry_after: None,
         }
     }
 
@@ -83,7 +87,14 @@ impl ApiError {
         Self::new(StatusCode::REQUEST_TIMEOUT, message).with_code("request_timeout")
     }
 
-    /// 429 for a replica-wide capacity limit; `Retry-After` is added when rendered.
+    /// 401 in OpenAI's words; the same key fails the same way, so retrying is pointless.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+            .with_code("invalid_api_key")
+            .no_retry()
+    }
+
+    /// 429; `Retry-After` is 1 s unless `retry_after` says otherwise.
     pub fn too_many_requests(message: impl Into<String>, code: &str) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_code(code)
     }
@@ -116,6 +127,12 @@ impl ApiError {
 
     pub fn no_retry(mut self) -> Self {
         self.should_retry = Some(false);
+        self
+    }
+
+    /// How long the client should wait before retrying (a 429 or a 503), when known.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
         self
     }
 
@@ -156,13 +173,14 @@ impl ResponseError for ApiError {
         if let Some(retry) = self.should_retry {
             res.insert_header(("x-should-retry", if retry { "true" } else { "false" }));
         }
-        // The SDKs wait for `Retry-After` before retrying; a handler with a better estimate
-        // (the rate limiter) overwrites it.
-        if matches!(
+        // The SDKs wait for `Retry-After` before retrying.
+        let default_wait = matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
-            res.insert_header((header::RETRY_AFTER, "1"));
+        )
+        .then_some(1);
+        if let Some(secs) = self.retry_after.or(default_wait) {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         res.json(self.to_json())
     }
@@ -308,5 +326,46 @@ mod tests {
         assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
         let res = ApiError::bad_request("x").error_response();
         assert!(!res.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_known_wait_replaces_the_default_retry_after() {
+        let e = ApiError::too_many_requests("slow down", "rate_limit_exceeded").retry_after(42);
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code.as_deref(), Some("rate_limit_exceeded"));
+        assert_eq!(e.should_retry, None, "the SDKs may retry after the wait");
+        let res = e.error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "42");
+        assert!(!res.headers().contains_key("x-should-retry"));
+        let res = ApiError::unavailable("x").retry_after(5).error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn a_limit_no_retry_can_lift_still_says_so() {
+        let res = ApiError::too_many_requests("full", "batch_limit_exceeded")
+            .no_retry()
+            .error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn unauthorized_is_an_invalid_key_not_worth_retrying() {
+        let e = ApiError::unauthorized("Incorrect API key provided: sk-****.");
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(e.param, None);
+        let res = e.error_response();
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
+        assert!(!res.headers().contains_key(header::RETRY_AFTER));
+        let body = e.to_json();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(
+            body["error"]["message"],
+            "Incorrect API key provided: sk-****."
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use sqlx::PgPool;
@@ -35,16 +35,6 @@ pub struct Auth {
     /// works, while a flood of made-up keys costs at most this many queries a second.
     unknown_lookups: Mutex<(f64, Instant)>,
     unknown_per_sec: f64,
-}
-
-fn unauthorized(message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message,
-        param: None,
-        code: Some("invalid_api_key".to_owned()),
-        should_retry: Some(false),
-    }
 }
 
 impl Auth {
@@ -97,10 +87,9 @@ impl Auth {
             });
         }
         let Some(value) = authorization else {
-            return Err(unauthorized(
+            return Err(ApiError::unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an \
-                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-                    .to_owned(),
+                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             ));
         };
         let presented = value
@@ -109,7 +98,7 @@ impl Auth {
             .map(str::trim)
             .unwrap_or("");
         let wrong = || {
-            unauthorized(format!(
+            ApiError::unauthorized(format!(
                 "Incorrect API key provided: {}.",
                 ApiKey::mask(presented)
             ))
@@ -203,22 +192,15 @@ pub async fn middleware(
     };
     if let Some(prefix) = &identity.key_prefix {
         if let Err(wait) = state.rate.check(prefix) {
-            let e = ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
+            let e = ApiError::too_many_requests(
+                format!(
                     "Rate limit reached for this API key: {} requests per minute. Retry after {wait} s.",
                     state.limits.requests_per_minute_per_key
                 ),
-                param: None,
-                code: Some("rate_limit_exceeded".to_owned()),
-                should_retry: None,
-            };
-            let mut res = e.error_response();
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_str(&wait.to_string()).expect("digits"),
-            );
-            return Ok(req.into_response(res).map_into_right_body());
+                "rate_limit_exceeded",
+            )
+            .retry_after(wait);
+            return Ok(req.into_response(e.error_response()).map_into_right_body());
         }
     }
     req.extensions_mut().insert(identity);

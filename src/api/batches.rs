@@ -132,17 +132,15 @@ async fn create(
             .with_param("idempotency_key")
             .with_code("idempotency_key_conflict"))
         }
-        Created::LimitReached => Err(ApiError {
-            status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-            message: format!(
+        // Retrying at once cannot help; the SDKs would otherwise retry a 429.
+        Created::LimitReached => Err(ApiError::too_many_requests(
+            format!(
                 "This project already has {limit} unfinished batches, the most it may have. \
                  Wait for some to finish, or cancel some, before creating more."
             ),
-            param: None,
-            code: Some("batch_limit_exceeded".to_owned()),
-            // Retrying at once cannot help; the SDKs would otherwise retry a 429.
-            should_retry: Some(false),
-        }),
+            "batch_limit_exceeded",
+        )
+        .no_retry()),
     }
 }
 
