@@ -3,7 +3,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::pagination::{list_page, PageParams};
-use super::{body, AppState, Project};
+use super::{body, record_path_id, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
     Metadata, MetadataLimits,
@@ -153,10 +153,8 @@ fn batch_not_found(id: &str) -> ApiError {
 }
 
 fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
-    // Recorded only once valid: a raw path segment may hold a decoded newline, which would
-    // forge lines in text logs.
     let id = BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))?;
-    tracing::Span::current().record("batch_id", id.as_str());
+    record_path_id("batch_id", id.as_str());
     Ok(id)
 }
 

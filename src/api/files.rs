@@ -12,7 +12,7 @@ use super::pagination::{list_page, PageParams};
 use super::spool::{
     file_too_large, spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES,
 };
-use super::{body, no_such, AppState, Project};
+use super::{body, no_such, record_path_id, AppState, Project};
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
 use crate::store::files::{
@@ -306,10 +306,8 @@ fn parse_expires_after(
 }
 
 fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
-    // Recorded only once valid: a raw path segment may hold a decoded newline, which would
-    // forge lines in text logs.
     let id = FileId::parse("file_id", raw).map_err(|_| no_such("File", raw, "id"))?;
-    tracing::Span::current().record("file_id", id.as_str());
+    record_path_id("file_id", id.as_str());
     Ok(id)
 }
 

@@ -80,6 +80,12 @@ impl FromRequest for Project {
     }
 }
 
+/// Puts a path's id on the request's span; only an id that parsed, since a raw path segment
+/// may hold a decoded newline, which would forge lines in text logs.
+fn record_path_id(field: &'static str, id: &str) {
+    tracing::Span::current().record(field, id);
+}
+
 /// A resource that is missing, or belongs to another project (indistinguishable by design).
 fn no_such(kind: &str, id: &str, param: &str) -> ApiError {
     ApiError::not_found(format!("No such {kind} object: {id}")).with_param(param)

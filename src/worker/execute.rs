@@ -288,8 +288,7 @@ async fn read_lines(
     let mut bad = None;
     let mut splitter = LineSplitter::default();
     let mut take = |piece: Piece<'_>| {
-        // No cap here (`LineSplitter::default`): validation accepted every line, and the
-        // chunk is in memory already.
+        // Never `Err`: see `LineSplitter::default`.
         let raw = piece.unwrap_or_default();
         if raw.iter().all(u8::is_ascii_whitespace) {
             return;

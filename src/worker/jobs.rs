@@ -14,8 +14,8 @@ use super::plan::ChunkPlanner;
 use super::validate::{queued, FileCheck, LineError, LineSplitter, Piece, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
-use crate::store::chunks::{self, ChunkSummary};
-use crate::store::files::{self, NewContent, NewFile, CHUNK_BYTES};
+use crate::store::chunks::{self, ChunkSummary, NewChunk};
+use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};
 use crate::upstream::Outcome;
 
@@ -195,74 +195,14 @@ async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Resu
 /// transaction that also moves the batch to `in_progress`, so a crash leaves it `validating`.
 async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     let endpoint = Endpoint::parse(&job.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
-    let missing = || {
-        vec![LineError::file(
-            "invalid_request",
-            Some("input_file_id"),
-            format!("Cannot find file {}.", job.input_file_id),
-        )]
+    let file = match input_file(ctx, job).await? {
+        Ok(file) => file,
+        Err(error) => return fail(ctx, job, vec![error]).await,
     };
-    let Ok(file_id) = FileId::parse("input_file_id", &job.input_file_id) else {
-        return fail(ctx, job, missing()).await;
-    };
-    // Another project's file is, for this batch, a file that does not exist.
-    let Some(file) = files::get(&ctx.pool, &job.project(), &file_id).await? else {
-        return fail(ctx, job, missing()).await;
-    };
-    if file.purpose != Purpose::Batch {
-        let msg = format!(
-            "File {} has purpose '{}'; a batch's input file must have purpose 'batch'.",
-            file.id,
-            file.purpose.as_str()
-        );
-        return fail(
-            ctx,
-            job,
-            vec![LineError::file(
-                "invalid_request",
-                Some("input_file_id"),
-                msg,
-            )],
-        )
-        .await;
-    }
-    if file.bytes as u64 > MAX_INPUT_BYTES {
-        let msg =
-            format!("The input file is larger than the {MAX_INPUT_BYTES}-byte limit for a batch.");
-        return fail(
-            ctx,
-            job,
-            vec![LineError::file(
-                "file_too_large",
-                Some("input_file_id"),
-                msg,
-            )],
-        )
-        .await;
-    }
-
-    let mut check = FileCheck::new(endpoint);
-    let mut planner = ChunkPlanner::new(
-        ctx.settings.chunk_lines,
-        ctx.settings.chunk_bytes,
-        ctx.batches.max_line_bytes,
-    );
-    let mut line_no = 0_usize;
-    let mut take = |piece: Piece<'_>, check: &mut FileCheck| {
-        line_no += 1;
-        check.piece(piece, line_no);
-    };
-    for idx in 0.. {
-        let Some(part) = files::chunk(&ctx.pool, &file.id, idx).await? else {
-            break;
-        };
-        planner.feed(idx, &part, |raw| take(raw, &mut check));
-        if check.is_saturated() {
-            // The batch fails; enough problems are reported already.
-            break;
-        }
-    }
-    planner.finish(|raw| take(raw, &mut check));
+    let mut scan = InputScan::new(ctx, endpoint);
+    scan.read(ctx, &file.id).await?;
+    let InputScan { planner, lines } = scan;
+    let mut check = lines.check;
     let total = check.requests;
     if check.errors.is_empty() {
         let unknown = ctx.upstreams.unknown_models(check.models()).await;
@@ -270,17 +210,115 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
     match check.finish() {
         Err(errors) => fail(ctx, job, errors).await,
-        Ok(model) => {
-            let total = i32::try_from(total).context("request count")?;
-            let mut tx = ctx.pool.begin().await?;
-            chunks::insert(&mut tx, &job.id, file.id.as_str(), &planner.chunks).await?;
-            if jobs::start(&mut tx, &job.id, &ctx.owner, &model, total).await? {
-                tx.commit().await?;
-                tracing::info!(requests = total, chunks = planner.chunks.len(), %model, "batch validated");
-            }
-            // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
-            Ok(())
+        Ok(model) => queue(ctx, job, &file.id, &planner.chunks, &model, total).await,
+    }
+}
+
+/// Queues the chunks of a file that passed and moves the batch to `in_progress`, at once.
+async fn queue(
+    ctx: &Ctx,
+    job: &BatchJob,
+    file: &FileId,
+    planned: &[NewChunk],
+    model: &str,
+    total: usize,
+) -> anyhow::Result<()> {
+    let total = i32::try_from(total).context("request count")?;
+    let mut tx = ctx.pool.begin().await?;
+    chunks::insert(&mut tx, &job.id, file.as_str(), planned).await?;
+    if jobs::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
+        tx.commit().await?;
+        tracing::info!(requests = total, chunks = planned.len(), %model, "batch validated");
+    }
+    // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
+    Ok(())
+}
+
+/// The batch's input file, or the error that fails the batch before a line is read.
+async fn input_file(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<Result<FileRecord, LineError>> {
+    let file_error = |code, message| LineError::file(code, Some("input_file_id"), message);
+    let missing = || {
+        file_error(
+            "invalid_request",
+            format!("Cannot find file {}.", job.input_file_id),
+        )
+    };
+    let Ok(file_id) = FileId::parse("input_file_id", &job.input_file_id) else {
+        return Ok(Err(missing()));
+    };
+    // Another project's file is, for this batch, a file that does not exist.
+    let Some(file) = files::get(&ctx.pool, &job.project(), &file_id).await? else {
+        return Ok(Err(missing()));
+    };
+    if file.purpose != Purpose::Batch {
+        return Ok(Err(file_error(
+            "invalid_request",
+            format!(
+                "File {} has purpose '{}'; a batch's input file must have purpose 'batch'.",
+                file.id,
+                file.purpose.as_str()
+            ),
+        )));
+    }
+    if file.bytes as u64 > MAX_INPUT_BYTES {
+        return Ok(Err(file_error(
+            "file_too_large",
+            format!("The input file is larger than the {MAX_INPUT_BYTES}-byte limit for a batch."),
+        )));
+    }
+    Ok(Ok(file))
+}
+
+/// One pass over an input file: every line is checked and placed in a chunk.
+struct InputScan {
+    planner: ChunkPlanner,
+    lines: NumberedCheck,
+}
+
+/// The file-level checks, fed the lines in order.
+struct NumberedCheck {
+    check: FileCheck,
+    /// The number of the last line seen, blank ones included, as errors name lines.
+    line_no: usize,
+}
+
+impl NumberedCheck {
+    fn take(&mut self, piece: Piece<'_>) {
+        self.line_no += 1;
+        self.check.piece(piece, self.line_no);
+    }
+}
+
+impl InputScan {
+    fn new(ctx: &Ctx, endpoint: Endpoint) -> Self {
+        Self {
+            planner: ChunkPlanner::new(
+                ctx.settings.chunk_lines,
+                ctx.settings.chunk_bytes,
+                ctx.batches.max_line_bytes,
+            ),
+            lines: NumberedCheck {
+                check: FileCheck::new(endpoint),
+                line_no: 0,
+            },
         }
+    }
+
+    /// Reads the file's stored parts in order, stopping early once the batch is sure to fail.
+    async fn read(&mut self, ctx: &Ctx, file: &FileId) -> anyhow::Result<()> {
+        for idx in 0.. {
+            let Some(part) = files::chunk(&ctx.pool, file, idx).await? else {
+                break;
+            };
+            self.planner
+                .feed(idx, &part, |piece| self.lines.take(piece));
+            if self.lines.check.is_saturated() {
+                // The batch fails; enough problems are reported already.
+                break;
+            }
+        }
+        self.planner.finish(|piece| self.lines.take(piece));
+        Ok(())
     }
 }
 
@@ -515,7 +553,7 @@ async fn chunk_lines(
         let mut ordinal = at.first_line;
         let mut missing = Vec::new();
         let mut take = |piece: Piece<'_>| {
-            // No cap here (`LineSplitter::default`): validation accepted every line.
+            // Never `Err`: see `LineSplitter::default`.
             let raw = piece.unwrap_or_default();
             if raw.iter().all(u8::is_ascii_whitespace) {
                 return;

@@ -391,7 +391,8 @@ pub struct LineSplitter {
 }
 
 impl Default for LineSplitter {
-    /// No cap: for content already in memory that validation has accepted.
+    /// No cap, so no piece is ever `TooLong`: for reading back content that validation has
+    /// accepted (every line within the cap) and that is in memory already.
     fn default() -> Self {
         Self::new(usize::MAX - 1)
     }
