@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::helpers::{
     assert_all_ready, chat_line, engine_env, expect_error, openbatch_command,
-    start_replica_logging_to, start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp,
-    TestDb,
+    start_replica_logging_to, start_replicas_with, to_jsonl, Expect, FakeUpstream, Replica,
+    TestApp, TestDb,
 };
 
 /// Hang guard only: nothing asserts how fast a protection acts, and each deadline is far
@@ -160,7 +160,7 @@ async fn anonymous_serving_on_a_public_address_is_refused_unless_allowed() {
     .await;
     let secured = secured(1, &db, &upstream, &[("OPENBATCH__SERVER__HOST", "0.0.0.0")]).await;
     let anonymous = TestApp::connect(&secured[0].address, &db.url).await;
-    expect_error(anonymous.get("/v1/batches").send().await.unwrap(), 401).await;
+    anonymous.get("/v1/batches").expect_error(401).await;
     let key = create_key(&db.url, "other");
     assert_still_serving(&secured, &db.url, &key).await;
     assert_still_serving(&open, &db.url, "unused").await;
@@ -183,7 +183,7 @@ async fn a_revoked_key_stops_working_on_every_replica_at_once() {
     // Far sooner than the 300 s reload: each replica heard the revocation.
     wait_for_status(&[&apps[0], &apps[1]], 401, "a revoked key").await;
     for app in &apps {
-        let err = expect_error(app.get("/v1/files").send().await.unwrap(), 401).await;
+        let err = app.get("/v1/files").expect_error(401).await;
         assert_eq!(err["code"], "invalid_api_key");
     }
     assert_still_serving(&replicas, &db.url, &other).await;

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    batch_body, expect_error, openbatch_command, spawn_app_with, TestApp, TestDb,
+    batch_body, expect_error, openbatch_command, spawn_app_with, Expect, TestApp, TestDb,
 };
 use openbatch::domain::ApiKey;
 use openbatch::store::keys;
@@ -42,7 +42,7 @@ async fn requests_without_a_valid_key_are_401_with_the_openai_envelope() {
             ("GET", "/v1/files"),
             ("GET", "/v1/files/file-x/content"),
         ] {
-            let mut req = app.client.request(method.parse().unwrap(), app.url(path));
+            let mut req = app.request(method, path);
             if let Some(a) = &auth {
                 req = req.header("authorization", a);
             }
@@ -83,8 +83,10 @@ async fn a_revoked_key_stops_working() {
     );
     let prefix = ApiKey::parse(&key).unwrap().prefix;
     assert!(keys::revoke(&app.pool, &prefix).await.unwrap());
-    let res = app.get("/v1/files").bearer_auth(&key).send().await.unwrap();
-    expect_error(res, 401).await;
+    app.get("/v1/files")
+        .bearer_auth(&key)
+        .expect_error(401)
+        .await;
     assert!(
         !keys::revoke(&app.pool, &prefix).await.unwrap(),
         "revoking twice"
@@ -102,29 +104,21 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
             "file",
             reqwest::multipart::Part::bytes(b"{}\n".to_vec()).file_name("a.jsonl"),
         );
-    let file: Value = app
+    let file = app
         .post("/v1/files")
         .bearer_auth(&a)
         .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let file_id = file["id"].as_str().unwrap().to_owned();
     let mut body = batch_body(&file_id);
     body["idempotency_key"] = json!("shared-key");
-    let batch: Value = app
+    let batch = app
         .post("/v1/batches")
         .bearer_auth(&a)
         .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let batch_id = batch["id"].as_str().unwrap().to_owned();
 
     // Every way B could reach A's objects answers exactly as for objects that do not exist.
@@ -137,8 +131,7 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
     ];
     for (method, path) in &probes {
         let theirs = app
-            .client
-            .request(method.parse().unwrap(), app.url(path))
+            .request(method, path)
             .bearer_auth(&b)
             .send()
             .await
@@ -148,8 +141,7 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
             .replace(&file_id, "file-missing")
             .replace(&batch_id, "batch_missing");
         let missing = app
-            .client
-            .request(method.parse().unwrap(), app.url(&missing_path))
+            .request(method, &missing_path)
             .bearer_auth(&b)
             .send()
             .await
@@ -167,25 +159,14 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
         );
     }
     for path in ["/v1/files", "/v1/batches"] {
-        let list: Value = app
-            .get(path)
-            .bearer_auth(&b)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = app.get(path).bearer_auth(&b).expect(200).await;
         assert_eq!(list["data"], json!([]), "{path}");
     }
     // A cursor from another project is as unknown as a made-up one.
-    let res = app
-        .get(&format!("/v1/batches?after={batch_id}"))
+    app.get(&format!("/v1/batches?after={batch_id}"))
         .bearer_auth(&b)
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 400).await;
+        .expect_error(400)
+        .await;
 
     // Idempotency keys are per project: B's "shared-key" is its own.
     body["input_file_id"] = json!("file-of-beta");
@@ -202,15 +183,11 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
     assert_ne!(theirs["id"], batch["id"]);
 
     // A's objects are untouched.
-    let still: Value = app
+    let still = app
         .get(&format!("/v1/batches/{batch_id}"))
         .bearer_auth(&a)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(still, batch);
     let content = app
         .get(&format!("/v1/files/{file_id}/content"))

@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use crate::helpers::{batch_body, expect_error, spawn_app};
+use crate::helpers::{batch_body, expect_error, spawn_app, Expect};
 
 const FIELDS: [&str; 22] = [
     "id",
@@ -55,14 +55,10 @@ async fn a_created_batch_has_every_field_and_waits_in_validating() {
     );
     assert_eq!(batch["output_file_id"], Value::Null);
 
-    let fetched: Value = app
+    let fetched = app
         .get(&format!("/v1/batches/{}", batch["id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(fetched, batch);
 }
 
@@ -87,7 +83,7 @@ async fn unknown_batches_are_404_batch_not_found_naming_the_id() {
         }
     }
     // Files keep OpenAI's own wording.
-    let err = expect_error(app.get("/v1/files/file-nope").send().await.unwrap(), 404).await;
+    let err = app.get("/v1/files/file-nope").expect_error(404).await;
     assert_eq!(err["message"], "No such File object: file-nope");
     assert_eq!(err["code"], Value::Null);
 }
@@ -146,22 +142,20 @@ async fn listing_walks_every_batch_newest_first_with_cursors() {
 async fn list_rejects_bad_limits_and_unknown_cursors() {
     let app = spawn_app().await;
     for limit in ["0", "101", "ten", "-1"] {
-        let res = app
+        let err = app
             .get("/v1/batches")
             .query(&[("limit", limit)])
-            .send()
-            .await
-            .unwrap();
-        let err = expect_error(res, 400).await;
+            .expect_error(400)
+            .await;
         assert_eq!(err["param"], "limit");
     }
-    let res = app
-        .get("/v1/batches")
-        .query(&[("after", "batch_missing")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expect_error(res, 400).await["param"], "after");
+    assert_eq!(
+        app.get("/v1/batches")
+            .query(&[("after", "batch_missing")])
+            .expect_error(400)
+            .await["param"],
+        "after"
+    );
 }
 
 #[tokio::test]
@@ -175,25 +169,18 @@ async fn cancel_moves_a_validating_batch_to_cancelling_and_is_repeatable() {
         .unwrap();
     let id = b["id"].as_str().unwrap();
     // The SDKs send an empty body with a JSON content type.
-    let res = app
+    let cancelled = app
         .post(&format!("/v1/batches/{id}/cancel"))
         .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cancelled: Value = res.json().await.unwrap();
+        .expect(200)
+        .await;
     assert_eq!(cancelled["status"], "cancelling");
     assert!(cancelled["cancelling_at"].as_i64().is_some());
 
-    let again: Value = app
+    let again = app
         .post(&format!("/v1/batches/{id}/cancel"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(again, cancelled);
 }
 
@@ -215,13 +202,12 @@ async fn cancel_of_a_finished_batch_is_a_final_409() {
         );
     }
     let id = app.batch_in_status("cancelled").await;
-    let res = app
-        .post(&format!("/v1/batches/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["status"], "cancelled");
+    assert_eq!(
+        app.post(&format!("/v1/batches/{id}/cancel"))
+            .expect(200)
+            .await["status"],
+        "cancelled"
+    );
 }
 
 #[tokio::test]

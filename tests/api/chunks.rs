@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::helpers::{
     batch_body, chat_line, engine_env, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
-    FakeUpstream, TestApp, TestDb,
+    Expect, FakeUpstream, TestApp, TestDb,
 };
 use openbatch::domain::BatchId;
 use openbatch::store::chunks::{self, Group, Held, NewChunk, Position};
@@ -273,12 +273,9 @@ async fn a_small_batch_of_another_project_runs_while_a_big_one_is_running() {
         big_done < 2_000,
         "B finished while A had done only {big_done} of 20,000 lines"
     );
-    let res = a
-        .post(&format!("/v1/batches/{big_id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    a.post(&format!("/v1/batches/{big_id}/cancel"))
+        .expect_response(200)
+        .await;
     a.wait_for(&big_id, &["cancelled"]).await;
 }
 
@@ -345,13 +342,9 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
         .await
         .unwrap();
     let gone = f["id"].as_str().unwrap();
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/files/{gone}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.delete(&format!("/v1/files/{gone}"))
+        .expect_response(200)
+        .await;
     assert_eq!(chunk_count(&app.pool, gone).await, 0);
 
     // The input of a running batch, deleted mid-run: the batch still completes, then the
@@ -375,13 +368,9 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
         .unwrap();
     let id = b["id"].as_str().unwrap();
     app.wait_for_completed(id, 2).await;
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/files/{input}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.delete(&format!("/v1/files/{input}"))
+        .expect_response(200)
+        .await;
     assert!(chunk_count(&app.pool, input).await > 0, "still being read");
     let batch = app.wait_for(id, &["completed", "failed"]).await;
     assert_eq!(batch["status"], "completed", "{batch}");

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{chat_line, spawn_engine, to_jsonl, FakeUpstream};
+use crate::helpers::{chat_line, spawn_engine, to_jsonl, Expect, FakeUpstream};
 
 fn custom_ids(lines: &[Value]) -> Vec<String> {
     lines
@@ -64,17 +64,13 @@ async fn every_endpoint_runs_to_completion_with_ordered_output_and_usage() {
             assert!(l["response"]["request_id"].is_string());
             assert_eq!(l["error"], Value::Null);
         }
-        let file: Value = app
+        let file = app
             .get(&format!(
                 "/v1/files/{}",
                 batch["output_file_id"].as_str().unwrap()
             ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect(200)
+            .await;
         assert_eq!(file["purpose"], "batch_output");
 
         // Usage is the sum of what the upstream reported.
@@ -370,12 +366,9 @@ async fn cancel_mid_run_keeps_finished_lines_and_accounts_for_the_rest() {
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     // Wait until some lines are done, then cancel.
     app.wait_for_completed(&id, 4).await;
-    let res = app
-        .post(&format!("/v1/batches/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.post(&format!("/v1/batches/{id}/cancel"))
+        .expect_response(200)
+        .await;
     let batch = app.wait_for(&id, &["cancelled"]).await;
     assert!(batch["cancelled_at"].as_i64().is_some());
     let out = app.lines_of(&batch["output_file_id"]).await;
@@ -440,12 +433,9 @@ async fn a_batch_cancelled_before_it_runs_ends_cancelled() {
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     assert_eq!(app.batch(&id).await["status"], "validating");
-    let res = app
-        .post(&format!("/v1/batches/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    app.post(&format!("/v1/batches/{id}/cancel"))
+        .expect_response(200)
+        .await;
     let batch = app.wait_for(&id, &["cancelled"]).await;
     assert_eq!(
         upstream.executions().await,

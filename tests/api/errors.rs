@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{expect_error, spawn_app, spawn_app_with};
+use crate::helpers::{expect_error, spawn_app, spawn_app_with, Expect};
 
 #[tokio::test]
 async fn malformed_bodies_get_clear_4xx_envelopes() {
@@ -91,31 +91,24 @@ async fn oversized_json_bodies_are_413() {
     // Without a Content-Length the limit still holds.
     let stream =
         futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
-    let res = app
-        .post("/v1/batches")
+    app.post("/v1/batches")
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 413).await;
+        .expect_error(413)
+        .await;
     assert_eq!(app.count_batches().await, 0);
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_use_the_envelope() {
     let app = spawn_app().await;
-    expect_error(app.get("/v1/nothing-here").send().await.unwrap(), 404).await;
-    expect_error(app.get("/").send().await.unwrap(), 404).await;
-    let res = app.client.put(app.url("/v1/batches")).send().await.unwrap();
-    expect_error(res, 405).await;
-    let res = app
-        .client
-        .delete(app.url("/v1/batches/batch_x"))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 405).await;
+    app.get("/v1/nothing-here").expect_error(404).await;
+    app.get("/").expect_error(404).await;
+    app.client
+        .put(app.url("/v1/batches"))
+        .expect_error(405)
+        .await;
+    app.delete("/v1/batches/batch_x").expect_error(405).await;
 }
 
 #[tokio::test]
@@ -131,27 +124,19 @@ async fn an_unreachable_database_is_a_retryable_503_not_a_crash() {
     let address = format!("http://127.0.0.1:{}", broken.port());
     tokio::spawn(broken.run_until_stopped());
 
-    let res = app
-        .client
+    app.client
         .get(format!("{address}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = app
-        .client
+        .expect_response(200)
+        .await;
+    app.client
         .get(format!("{address}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    let res = app
+        .expect_response(503)
+        .await;
+    let err = app
         .client
         .post(format!("{address}/v1/batches"))
         .json(&crate::helpers::batch_body("f"))
-        .send()
-        .await
-        .unwrap();
-    let err = expect_error(res, 503).await;
+        .expect_error(503)
+        .await;
     assert_eq!(err["type"], "server_error");
 }

@@ -1,6 +1,6 @@
 use serde_json::Value;
 
-use crate::helpers::{expect_error, spawn_app, spawn_app_with};
+use crate::helpers::{expect_error, spawn_app, spawn_app_with, Expect};
 
 fn jsonl(lines: usize) -> Vec<u8> {
     (0..lines)
@@ -37,37 +37,24 @@ async fn upload_retrieve_download_delete_round_trip() {
     let res = app
         .get(&format!("/v1/files/{id}/content"))
         .header("accept", "application/binary")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect_response(200)
+        .await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), content.as_slice());
 
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/files/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let deleted: Value = res.json().await.unwrap();
+    let deleted = app.delete(&format!("/v1/files/{id}")).expect(200).await;
     assert_eq!(
         deleted,
         serde_json::json!({"id": id, "object": "file", "deleted": true})
     );
 
     for path in [format!("/v1/files/{id}"), format!("/v1/files/{id}/content")] {
-        let err = expect_error(app.get(&path).send().await.unwrap(), 404).await;
+        let err = app.get(&path).expect_error(404).await;
         assert!(err["message"].as_str().unwrap().contains(&id));
         assert_eq!(err["param"], "id");
     }
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/files/{id}")))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 404).await;
+    app.delete(&format!("/v1/files/{id}"))
+        .expect_error(404)
+        .await;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM file_chunks")
         .fetch_one(&app.pool)
         .await
@@ -86,15 +73,7 @@ async fn expires_after_sets_expires_at() {
         .text("purpose", "batch")
         .text("expires_after[anchor]", "created_at")
         .text("expires_after[seconds]", "7200");
-    let file: Value = app
-        .post("/v1/files")
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let file = app.post("/v1/files").multipart(form).expect(200).await;
     assert_eq!(
         file["expires_at"].as_i64().unwrap(),
         file["created_at"].as_i64().unwrap() + 7200
@@ -113,8 +92,13 @@ async fn expires_after_sets_expires_at() {
                 "file",
                 reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
             );
-        let res = app.post("/v1/files").multipart(form).send().await.unwrap();
-        assert_eq!(expect_error(res, 400).await["param"], param);
+        assert_eq!(
+            app.post("/v1/files")
+                .multipart(form)
+                .expect_error(400)
+                .await["param"],
+            param
+        );
     }
 }
 
@@ -133,11 +117,7 @@ async fn expired_files_are_gone() {
         .execute(&app.pool)
         .await
         .unwrap();
-    expect_error(
-        app.get(&format!("/v1/files/{id}")).send().await.unwrap(),
-        404,
-    )
-    .await;
+    app.get(&format!("/v1/files/{id}")).expect_error(404).await;
     let list: Value = app.get_json("/v1/files").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 }
@@ -173,17 +153,13 @@ async fn list_filters_orders_and_pages() {
     let asc: Value = app.get_json("/v1/files?order=asc&limit=2").await;
     assert_eq!(ids_of(&asc), ids[..2]);
     assert_eq!(asc["has_more"], true);
-    let next: Value = app
+    let next = app
         .get(&format!(
             "/v1/files?order=asc&limit=2&after={}",
             asc["last_id"].as_str().unwrap()
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(ids_of(&next), ids[2..4]);
 
     let batch_only: Value = app.get_json("/v1/files?purpose=batch").await;
@@ -193,11 +169,9 @@ async fn list_filters_orders_and_pages() {
     );
 
     // A cursor on a file deleted mid-way still works.
-    app.client
-        .delete(app.url(&format!("/v1/files/{}", ids[1])))
-        .send()
-        .await
-        .unwrap();
+    app.delete(&format!("/v1/files/{}", ids[1]))
+        .expect_response(200)
+        .await;
     let after_deleted: Value = app
         .get_json(&format!("/v1/files?order=asc&after={}", ids[1]))
         .await;
@@ -210,8 +184,13 @@ async fn list_filters_orders_and_pages() {
         ("purpose=nope", "purpose"),
         ("after=file-missing", "after"),
     ] {
-        let res = app.get(&format!("/v1/files?{query}")).send().await.unwrap();
-        assert_eq!(expect_error(res, 400).await["param"], param, "{query}");
+        assert_eq!(
+            app.get(&format!("/v1/files?{query}"))
+                .expect_error(400)
+                .await["param"],
+            param,
+            "{query}"
+        );
     }
 }
 
@@ -236,8 +215,11 @@ async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
     assert_eq!(expect_error(res, 400).await["param"], "file");
 
     let form = reqwest::multipart::Form::new().text("purpose", "batch");
-    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
-    let err = expect_error(res, 400).await;
+    let err = app
+        .post("/v1/files")
+        .multipart(form)
+        .expect_error(400)
+        .await;
     assert_eq!(
         (err["param"].as_str(), err["code"].as_str()),
         (Some("file"), Some("missing_required_parameter"))
@@ -247,8 +229,13 @@ async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
         "file",
         reqwest::multipart::Part::bytes(jsonl(1)).file_name("a.jsonl"),
     );
-    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
-    assert_eq!(expect_error(res, 400).await["param"], "purpose");
+    assert_eq!(
+        app.post("/v1/files")
+            .multipart(form)
+            .expect_error(400)
+            .await["param"],
+        "purpose"
+    );
 
     let form = reqwest::multipart::Form::new()
         .text("purpose", "batch")
@@ -260,8 +247,13 @@ async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
             "file",
             reqwest::multipart::Part::bytes(jsonl(1)).file_name("b.jsonl"),
         );
-    let res = app.post("/v1/files").multipart(form).send().await.unwrap();
-    assert_eq!(expect_error(res, 400).await["param"], "file");
+    assert_eq!(
+        app.post("/v1/files")
+            .multipart(form)
+            .expect_error(400)
+            .await["param"],
+        "file"
+    );
 
     // A multipart body with no parts at all, and one cut off mid-way.
     for body in [
@@ -277,21 +269,15 @@ async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
             .unwrap();
         expect_error(res, 400).await;
     }
-    let res = app
-        .post("/v1/files")
+    app.post("/v1/files")
         .header("content-type", "multipart/form-data")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 400).await;
-    let res = app
-        .post("/v1/files")
+        .expect_error(400)
+        .await;
+    app.post("/v1/files")
         .json(&serde_json::json!({"purpose": "batch"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 415).await;
+        .expect_error(415)
+        .await;
 
     let (files, chunks): (i64, i64) =
         sqlx::query_as("SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM file_chunks)")

@@ -133,6 +133,16 @@ impl TestApp {
         self.client.get(self.url(path))
     }
 
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    /// A request with a method named by the test (`"GET"`, `"DELETE"`, …).
+    pub fn request(&self, method: &str, path: &str) -> RequestBuilder {
+        self.client
+            .request(method.parse().expect("an HTTP method"), self.url(path))
+    }
+
     /// A GET whose JSON body is all the test needs.
     pub async fn get_json(&self, path: &str) -> Value {
         self.get(path).send().await.unwrap().json().await.unwrap()
@@ -160,9 +170,47 @@ impl TestApp {
     }
 }
 
+/// Sends a request and states the status it must answer, as svix's `TestClient` does: a test
+/// reads `app.post(path).json(&body).expect(200).await`, and a different status fails it with
+/// the answer's body.
+pub trait Expect {
+    /// The JSON body of an answer with `status`.
+    async fn expect(self, status: u16) -> Value;
+    /// The answer with `status` itself, for its headers or a body that is not JSON.
+    async fn expect_response(self, status: u16) -> Response;
+    /// The inner object of an OpenAI error envelope with `status` (see [`expect_error`]).
+    async fn expect_error(self, status: u16) -> Value;
+}
+
+impl Expect for RequestBuilder {
+    async fn expect(self, status: u16) -> Value {
+        let res = self.expect_response(status).await;
+        res.json().await.expect("a JSON body")
+    }
+
+    async fn expect_response(self, status: u16) -> Response {
+        assert_status(self.send().await.unwrap(), status).await
+    }
+
+    async fn expect_error(self, status: u16) -> Value {
+        expect_error(self.send().await.unwrap(), status).await
+    }
+}
+
+/// `res` if its status is `status`; otherwise fails the test, showing the body.
+pub async fn assert_status(res: Response, status: u16) -> Response {
+    let got = res.status();
+    if got.as_u16() != status {
+        let url = res.url().clone();
+        let body = res.text().await.unwrap_or_default();
+        panic!("expected HTTP {status} from {url}, got {got}: {body}");
+    }
+    res
+}
+
 /// Asserts an OpenAI error envelope with all four keys and returns the inner object.
 pub async fn expect_error(res: Response, status: u16) -> Value {
-    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    let res = assert_status(res, status).await;
     assert!(res.headers().contains_key("x-request-id"));
     let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("application/json"), "content-type {ct}");

@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use crate::helpers::{batch_body, expect_error, spawn_app};
+use crate::helpers::{batch_body, expect_error, spawn_app, Expect};
 
 #[tokio::test]
 async fn a_retry_with_the_same_key_returns_the_same_batch() {
@@ -83,14 +83,10 @@ async fn the_same_key_with_other_parameters_is_a_final_conflict() {
         assert!(msg.contains("conflicted-key"), "{msg}");
         assert_eq!(err["type"], "invalid_request_error");
     }
-    let now: Value = app
+    let now = app
         .get(&format!("/v1/batches/{}", original["id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(now, original);
     assert_eq!(app.count_batches().await, 1);
 }
@@ -100,14 +96,12 @@ async fn different_keys_in_one_request_are_rejected() {
     let app = spawn_app().await;
     let mut body = batch_body("f");
     body["idempotency_key"] = json!("a");
-    let res = app
+    let err = app
         .post("/v1/batches")
         .header("Idempotency-Key", "b")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let err = expect_error(res, 400).await;
+        .expect_error(400)
+        .await;
     assert_eq!(err["param"], "Idempotency-Key");
 
     body["idem_tok"] = json!("c");
@@ -116,14 +110,11 @@ async fn different_keys_in_one_request_are_rejected() {
 
     // The same value in every place is one key.
     body["idem_tok"] = json!("a");
-    let res = app
-        .post("/v1/batches")
+    app.post("/v1/batches")
         .header("Idempotency-Key", "a")
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect_response(200)
+        .await;
 }
 
 #[tokio::test]

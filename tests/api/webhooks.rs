@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::helpers::{
-    batch_body, chat_line, expect_error, spawn_app_with, spawn_engine, start_replicas_with,
-    to_jsonl, FakeUpstream, TestApp, TestDb,
+    batch_body, chat_line, spawn_app_with, spawn_engine, start_replicas_with, to_jsonl, Expect,
+    FakeUpstream, TestApp, TestDb,
 };
 
 /// What the receiver does with the next request.
@@ -153,14 +153,10 @@ fn verifies(r: &Received, secret: &str) -> bool {
 }
 
 async fn create_endpoint(app: &TestApp, body: Value) -> Value {
-    let res = app
-        .post("/v1/webhook_endpoints")
+    app.post("/v1/webhook_endpoints")
         .json(&body)
-        .send()
+        .expect(200)
         .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
 }
 
 async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
@@ -223,23 +219,19 @@ async fn endpoints_are_validated_and_private_addresses_refused() {
         ("ftp://example.com/", "not http(s)"),
         ("example.com/hook", "no scheme"),
     ] {
-        let res = app
+        let err = app
             .post("/v1/webhook_endpoints")
             .json(&json!({ "url": url }))
-            .send()
-            .await
-            .unwrap();
-        let err = expect_error(res, 400).await;
+            .expect_error(400)
+            .await;
         assert_eq!(err["param"], "url", "{why}: {err}");
         assert_eq!(err["code"], "invalid_value", "{why}");
     }
-    let res = app
+    let err = app
         .post("/v1/webhook_endpoints")
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let err = expect_error(res, 400).await;
+        .expect_error(400)
+        .await;
     assert_eq!(err["code"], "missing_required_parameter");
     assert_eq!(err["param"], "url");
     for (events, param) in [
@@ -248,13 +240,11 @@ async fn endpoints_are_validated_and_private_addresses_refused() {
         (json!([]), "events"),
         (json!([3]), "events[0]"),
     ] {
-        let res = app
+        let err = app
             .post("/v1/webhook_endpoints")
             .json(&json!({ "url": "https://example.com/hook", "events": events }))
-            .send()
-            .await
-            .unwrap();
-        let err = expect_error(res, 400).await;
+            .expect_error(400)
+            .await;
         assert_eq!(err["param"], param, "{err}");
     }
 
@@ -293,39 +283,32 @@ async fn endpoints_are_validated_and_private_addresses_refused() {
         .await;
     assert_eq!(next["data"][0]["id"], id);
     assert_eq!(next["has_more"], false);
-    let res = app
-        .get("/v1/webhook_endpoints?after=we_nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expect_error(res, 400).await["param"], "after");
-    let res = app
-        .get("/v1/webhook_endpoints?limit=0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(expect_error(res, 400).await["param"], "limit");
+    assert_eq!(
+        app.get("/v1/webhook_endpoints?after=we_nope")
+            .expect_error(400)
+            .await["param"],
+        "after"
+    );
+    assert_eq!(
+        app.get("/v1/webhook_endpoints?limit=0")
+            .expect_error(400)
+            .await["param"],
+        "limit"
+    );
 
     // Rotation: a new secret, shown once; a grace period out of range is refused.
-    let rotated: Value = app
+    let rotated = app
         .post(&format!("/v1/webhook_endpoints/{id}/rotate_secret"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
     assert_ne!(rotated["secret"], created["secret"]);
     assert!(rotated["previous_secret_expires_at"].as_i64().unwrap() > 0);
-    let res = app
-        .post(&format!("/v1/webhook_endpoints/{id}/rotate_secret"))
-        .json(&json!({"grace_period_seconds": -1}))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        expect_error(res, 400).await["param"],
+        app.post(&format!("/v1/webhook_endpoints/{id}/rotate_secret"))
+            .json(&json!({"grace_period_seconds": -1}))
+            .expect_error(400)
+            .await["param"],
         "grace_period_seconds"
     );
 
@@ -337,31 +320,20 @@ async fn endpoints_are_validated_and_private_addresses_refused() {
         ("POST", "/v1/webhook_endpoints/we_nope/enable"),
         ("GET", "/v1/webhook_endpoints/we_nope/deliveries"),
     ] {
-        let res = app
-            .client
-            .request(method.parse().unwrap(), app.url(path))
-            .send()
-            .await
-            .unwrap();
-        let err = expect_error(res, 404).await;
+        let err = app.request(method, path).expect_error(404).await;
         assert_eq!(err["code"], "webhook_endpoint_not_found", "{method} {path}");
     }
 
     // Delete: gone afterwards.
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/webhook_endpoints/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["deleted"], true);
-    let res = app
-        .get(&format!("/v1/webhook_endpoints/{id}"))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 404).await;
+    assert_eq!(
+        app.delete(&format!("/v1/webhook_endpoints/{id}"))
+            .expect(200)
+            .await["deleted"],
+        true
+    );
+    app.get(&format!("/v1/webhook_endpoints/{id}"))
+        .expect_error(404)
+        .await;
 }
 
 #[tokio::test]
@@ -370,13 +342,11 @@ async fn a_project_may_register_only_so_many_endpoints() {
     for i in 0..2 {
         create_endpoint(&app, json!({ "url": format!("https://example.com/{i}") })).await;
     }
-    let res = app
+    let err = app
         .post("/v1/webhook_endpoints")
         .json(&json!({ "url": "https://example.com/2" }))
-        .send()
-        .await
-        .unwrap();
-    let err = expect_error(res, 400).await;
+        .expect_error(400)
+        .await;
     assert_eq!(err["code"], "webhook_endpoint_limit_exceeded");
     let page = app.get_json("/v1/webhook_endpoints").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
@@ -394,26 +364,18 @@ async fn a_project_cannot_see_or_touch_another_projects_endpoints() {
         secrets.push(crate::helpers::key_for(&app.pool, project).await);
     }
     let (a, b) = (&secrets[0], &secrets[1]);
-    let created: Value = app
+    let created = app
         .post("/v1/webhook_endpoints")
         .bearer_auth(a)
         .json(&json!({"url": "https://example.com/a"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let id = created["id"].as_str().unwrap();
-    let listed: Value = app
+    let listed = app
         .get("/v1/webhook_endpoints")
         .bearer_auth(b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(listed["data"], json!([]), "B sees none of A's endpoints");
     for (method, path) in [
         ("GET", format!("/v1/webhook_endpoints/{id}")),
@@ -421,30 +383,20 @@ async fn a_project_cannot_see_or_touch_another_projects_endpoints() {
         ("GET", format!("/v1/webhook_endpoints/{id}/deliveries")),
         ("DELETE", format!("/v1/webhook_endpoints/{id}")),
     ] {
-        let res = app
-            .client
-            .request(method.parse().unwrap(), app.url(&path))
+        app.request(method, &path)
             .bearer_auth(b)
-            .send()
-            .await
-            .unwrap();
-        expect_error(res, 404).await;
+            .expect_error(404)
+            .await;
     }
-    let res = app
-        .get(&format!("/v1/webhook_endpoints?after={id}"))
+    app.get(&format!("/v1/webhook_endpoints?after={id}"))
         .bearer_auth(b)
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 400).await;
+        .expect_error(400)
+        .await;
     // Still there for A.
-    let res = app
-        .get(&format!("/v1/webhook_endpoints/{id}"))
+    app.get(&format!("/v1/webhook_endpoints/{id}"))
         .bearer_auth(a)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .expect_response(200)
+        .await;
 }
 
 #[tokio::test]
@@ -548,13 +500,10 @@ async fn only_subscribed_events_are_sent_and_an_endpoint_that_keeps_failing_is_d
 
     // Re-enabled (and fixed), the pending event goes out.
     receiver.answer_from_now_on(200);
-    let res = app
+    let enabled = app
         .post(&format!("/v1/webhook_endpoints/{ep}/enable"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let enabled: Value = res.json().await.unwrap();
+        .expect(200)
+        .await;
     assert_eq!(enabled["status"], "enabled");
     assert_eq!(enabled["disabled_reason"], Value::Null);
     let d = wait_for_delivery(&app, ep, |d| d["status"] == "delivered").await;
@@ -661,14 +610,10 @@ async fn after_a_rotation_both_secrets_sign_until_the_grace_period_ends() {
     let created = create_endpoint(&app, json!({ "url": receiver.url })).await;
     let ep = created["id"].as_str().unwrap();
     let old = created["secret"].as_str().unwrap();
-    let rotated: Value = app
+    let rotated = app
         .post(&format!("/v1/webhook_endpoints/{ep}/rotate_secret"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let new = rotated["secret"].as_str().unwrap();
 
     let b1 = failing_batch(&app).await;
@@ -681,15 +626,11 @@ async fn after_a_rotation_both_secrets_sign_until_the_grace_period_ends() {
     assert!(verifies(&got[0], new), "and so does the new one");
 
     // Rotate again with no grace: only the newest secret signs from now on.
-    let newest: Value = app
+    let newest = app
         .post(&format!("/v1/webhook_endpoints/{ep}/rotate_secret"))
         .json(&json!({"grace_period_seconds": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     assert_eq!(newest["previous_secret_expires_at"], Value::Null);
     let newest = newest["secret"].as_str().unwrap();
     let b2 = failing_batch(&app).await;
