@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::cluster::Cluster;
 use crate::helpers::{
     assert_all_ready, batch_body, chat_line, engine_env, expect_error, project_and_key,
-    spawn_app_with, start_replicas_with, to_jsonl, FakeUpstream, Replica, TestApp, TestDb,
+    spawn_app_with, start_replicas_with, to_jsonl, Expect, FakeUpstream, Replica, TestApp, TestDb,
 };
 
 /// Peak RSS allowed per replica through any of these attacks (an idle replica takes ~25 MiB;
@@ -316,7 +316,9 @@ async fn slow_uploads_hold_no_database_connection_and_end_in_408() {
     // ready and serves batches; the other replica takes uploads.
     let full = stack.victim[0]
         .upload("batch", "v.jsonl", to_jsonl(&[chat_line("x", json!({}))]))
-        .await;
+        .send()
+        .await
+        .unwrap();
     assert_eq!(full.headers()["retry-after"], "1");
     let err = expect_error(full, 429).await;
     assert_eq!(err["code"], "too_many_uploads");
@@ -519,10 +521,10 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
     };
     let (_, _, during) = tokio::join!(attack, endless_header, others_still_served(&stack, 0, 1));
     // An ordinary upload of the same project still works: nothing was left half-done.
-    let ok = stack.attacker[0]
+    stack.attacker[0]
         .upload("batch", "ok.jsonl", line.clone())
+        .expect_response(200)
         .await;
-    assert_eq!(ok.status(), 200);
     nothing_lost(&stack, &[during]).await;
     stack.assert_memory_bounded();
 }
@@ -566,7 +568,11 @@ async fn database_hiccups_answer_503_and_lose_nothing() {
              CREATE TRIGGER hiccup BEFORE INSERT ON batches FOR EACH ROW EXECUTE FUNCTION hiccup();"
         );
         sqlx::raw_sql(&install).execute(&mut admin).await.unwrap();
-        let res = app.create_batch(&batch_body("file-x")).await;
+        let res = app
+            .create_batch(&batch_body("file-x"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(
             res.headers()
                 .get("retry-after")
@@ -581,8 +587,9 @@ async fn database_hiccups_answer_503_and_lose_nothing() {
             .await
             .unwrap();
     }
-    let res = app.create_batch(&batch_body("file-x")).await;
-    assert_eq!(res.status(), 200);
+    app.create_batch(&batch_body("file-x"))
+        .expect_response(200)
+        .await;
 
     // Connections killed under the replicas while another project's batch runs.
     let kill = async {
@@ -736,7 +743,7 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         let uploads = (0..10).map(|i| {
             let app = &stack.attacker[i % 2];
             let body = content(i);
-            async move { app.upload("user_data", "q.txt", body).await }
+            async move { app.upload("user_data", "q.txt", body).send().await.unwrap() }
         });
         futures_util::future::join_all(uploads).await
     };
@@ -770,7 +777,9 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
     // Full: one more is refused at once; after a deletion it fits.
     let res = stack.attacker[1]
         .upload("user_data", "q.txt", content(99))
-        .await;
+        .send()
+        .await
+        .unwrap();
     expect_error(res, 403).await;
     let del = stack.attacker[0]
         .client
@@ -779,10 +788,10 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         .await
         .unwrap();
     assert_eq!(del.status(), 200);
-    let res = stack.attacker[1]
+    stack.attacker[1]
         .upload("user_data", "q.txt", content(100))
+        .expect_response(200)
         .await;
-    assert_eq!(res.status(), 200);
     nothing_lost(&stack, &[during]).await;
     // The count follows every way files come and go (uploads, batch output, deletion).
     for project in [&stack.attacker_project, &stack.victim_project] {
@@ -856,7 +865,9 @@ async fn an_upload_past_its_total_time_is_408_and_an_unwritable_spool_is_503() {
     .await;
     let res = app
         .upload("batch", "a.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
-        .await;
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["retry-after"], "1");
     expect_error(res, 503).await;
     assert_eq!(

@@ -248,22 +248,25 @@ async fn a_project_may_hold_only_so_many_unfinished_batches() {
     let app = spawn_app_with(|s| s.limits.max_active_batches_per_project = 2).await;
     let mut keyed = batch_body("f");
     keyed["idempotency_key"] = json!("first");
-    assert_eq!(app.create_batch(&keyed).await.status(), 200);
-    assert_eq!(app.create_batch(&batch_body("f")).await.status(), 200);
-    let res = app.create_batch(&batch_body("f")).await;
+    app.create_batch(&keyed).expect_response(200).await;
+    app.create_batch(&batch_body("f"))
+        .expect_response(200)
+        .await;
+    let res = app.create_batch(&batch_body("f")).send().await.unwrap();
     assert_eq!(res.headers()["x-should-retry"], "false");
     let err = expect_error(res, 429).await;
     assert_eq!(err["code"], "batch_limit_exceeded");
     // A replay is not a new batch, so it still answers.
-    let replay = app.create_batch(&keyed).await;
-    assert_eq!(replay.status(), 200);
+    let replay = app.create_batch(&keyed).expect_response(200).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     // Finished batches no longer count.
     sqlx::query("UPDATE batches SET status = 'completed'")
         .execute(&app.pool)
         .await
         .unwrap();
-    assert_eq!(app.create_batch(&batch_body("f")).await.status(), 200);
+    app.create_batch(&batch_body("f"))
+        .expect_response(200)
+        .await;
     assert_eq!(app.count_batches().await, 3);
 }
 

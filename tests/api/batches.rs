@@ -32,8 +32,7 @@ async fn a_created_batch_has_every_field_and_waits_in_validating() {
     let app = spawn_app().await;
     let mut body = batch_body("file-does-not-exist");
     body["metadata"] = json!({"team": "search"});
-    let res = app.create_batch(&body).await;
-    assert_eq!(res.status(), 200);
+    let res = app.create_batch(&body).expect_response(200).await;
     assert!(res.headers().contains_key("x-request-id"));
     assert!(!res.headers().contains_key("idempotent-replayed"));
     let batch: Value = res.json().await.unwrap();
@@ -95,10 +94,8 @@ async fn listing_walks_every_batch_newest_first_with_cursors() {
     for i in 0..7 {
         let b: Value = app
             .create_batch(&batch_body(&format!("file-{i}")))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .expect(200)
+            .await;
         created.push(b["id"].as_str().unwrap().to_owned());
     }
     created.reverse();
@@ -161,12 +158,7 @@ async fn list_rejects_bad_limits_and_unknown_cursors() {
 #[tokio::test]
 async fn cancel_moves_a_validating_batch_to_cancelling_and_is_repeatable() {
     let app = spawn_app().await;
-    let b: Value = app
-        .create_batch(&batch_body("f"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b: Value = app.create_batch(&batch_body("f")).expect(200).await;
     let id = b["id"].as_str().unwrap();
     // The SDKs send an empty body with a JSON content type.
     let cancelled = app
@@ -286,7 +278,7 @@ async fn creation_validates_each_parameter() {
         ),
     ];
     for (body, param, code) in cases {
-        let err = expect_error(app.create_batch(&body).await, 400).await;
+        let err = app.create_batch(&body).expect_error(400).await;
         assert_eq!(err["param"], param, "{body}");
         assert_eq!(err["code"], code, "{body}");
         assert_eq!(err["type"], "invalid_request_error");
@@ -295,7 +287,7 @@ async fn creation_validates_each_parameter() {
         (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
     let mut body = batch_body("f");
     body["metadata"] = Value::Object(many);
-    let err = expect_error(app.create_batch(&body).await, 400).await;
+    let err = app.create_batch(&body).expect_error(400).await;
     assert_eq!(err["param"], "metadata");
     assert_eq!(
         app.count_batches().await,
@@ -317,7 +309,7 @@ async fn every_endpoint_is_accepted() {
         let mut body = batch_body("f");
         body["endpoint"] = json!(endpoint);
         body["metadata"] = Value::Null;
-        let res = app.create_batch(&body).await;
+        let res = app.create_batch(&body).send().await.unwrap();
         assert_eq!(res.status(), 200, "{endpoint}");
         assert_eq!(res.json::<Value>().await.unwrap()["endpoint"], endpoint);
     }

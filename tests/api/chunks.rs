@@ -21,19 +21,9 @@ async fn running_batch(app: &TestApp, n: usize) -> BatchId {
             .collect::<Vec<_>>(),
     );
     let len = content.len() as i32;
-    let file: Value = app
-        .upload("batch", "in.jsonl", content)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload("batch", "in.jsonl", content).expect(200).await;
     let file_id = file["id"].as_str().unwrap();
-    let b: Value = app
-        .create_batch(&batch_body(file_id))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b: Value = app.create_batch(&batch_body(file_id)).expect(200).await;
     let id = BatchId::parse("id", b["id"].as_str().unwrap()).unwrap();
     let mut tx = app.pool.begin().await.unwrap();
     sqlx::query("UPDATE batches SET status = 'in_progress', request_total = $2 WHERE id = $1")
@@ -317,10 +307,8 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
     // An expired file: the janitor frees it.
     let f: Value = app
         .upload("batch", "old.jsonl", to_jsonl(&[chat_line("x", json!({}))]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let expired = f["id"].as_str().unwrap();
     assert_eq!(chunk_count(&app.pool, expired).await, 1);
     sqlx::query("UPDATE files SET expires_at = unix_now() - 1 WHERE id = $1")
@@ -337,10 +325,8 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
             "gone.jsonl",
             to_jsonl(&[chat_line("y", json!({}))]),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let gone = f["id"].as_str().unwrap();
     app.delete(&format!("/v1/files/{gone}"))
         .expect_response(200)
@@ -355,17 +341,10 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
         .collect();
     let f: Value = app
         .upload("batch", "in.jsonl", to_jsonl(&lines))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let input = f["id"].as_str().unwrap();
-    let b: Value = app
-        .create_batch(&batch_body(input))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b: Value = app.create_batch(&batch_body(input)).expect(200).await;
     let id = b["id"].as_str().unwrap();
     app.wait_for_completed(id, 2).await;
     app.delete(&format!("/v1/files/{input}"))

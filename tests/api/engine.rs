@@ -204,7 +204,7 @@ async fn invalid_input_files_fail_validation_with_openai_codes() {
 
     // A missing input file, and one of another project, are both "cannot find".
     let mut body = crate::helpers::batch_body("file-nowhere");
-    let b: Value = app.create_batch(&body).await.json().await.unwrap();
+    let b: Value = app.create_batch(&body).expect(200).await;
     let batch = app.wait_for(b["id"].as_str().unwrap(), &["failed"]).await;
     let e = &batch["errors"]["data"][0];
     assert_eq!(
@@ -215,10 +215,8 @@ async fn invalid_input_files_fail_validation_with_openai_codes() {
 
     let file: Value = app
         .upload("batch", "x.jsonl", to_jsonl(&[good("a")]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     sqlx::query("INSERT INTO projects (id, name) VALUES ('proj_other', 'other')")
         .execute(&app.pool)
         .await
@@ -229,19 +227,17 @@ async fn invalid_input_files_fail_validation_with_openai_codes() {
         .await
         .unwrap();
     body["input_file_id"] = file["id"].clone();
-    let b: Value = app.create_batch(&body).await.json().await.unwrap();
+    let b: Value = app.create_batch(&body).expect(200).await;
     let batch = app.wait_for(b["id"].as_str().unwrap(), &["failed"]).await;
     assert_eq!(batch["errors"]["data"][0]["code"], "invalid_request");
 
     // A file uploaded for another purpose is not batch input.
     let file: Value = app
         .upload("user_data", "x.jsonl", to_jsonl(&[good("a")]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     body["input_file_id"] = file["id"].clone();
-    let b: Value = app.create_batch(&body).await.json().await.unwrap();
+    let b: Value = app.create_batch(&body).expect(200).await;
     let batch = app.wait_for(b["id"].as_str().unwrap(), &["failed"]).await;
     assert_eq!(batch["errors"]["data"][0]["param"], "input_file_id");
 

@@ -86,7 +86,7 @@ async fn oversized_json_bodies_are_413() {
         "input_file_id": "f", "endpoint": "/v1/chat/completions", "completion_window": "24h",
         "metadata": {"k": "v".repeat(4000)},
     });
-    let err = expect_error(app.create_batch(&body).await, 413).await;
+    let err = app.create_batch(&body).expect_error(413).await;
     assert!(err["message"].as_str().unwrap().contains("2048"));
     // Without a Content-Length the limit still holds.
     let stream =

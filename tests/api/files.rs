@@ -19,8 +19,10 @@ async fn upload_retrieve_download_delete_round_trip() {
     // Larger than one storage chunk, so content spans several rows.
     let content = jsonl(20_000);
     assert!(content.len() > 2 * 1024 * 1024);
-    let res = app.upload("batch", "requests.jsonl", content.clone()).await;
-    assert_eq!(res.status(), 200);
+    let res = app
+        .upload("batch", "requests.jsonl", content.clone())
+        .expect_response(200)
+        .await;
     let file: Value = res.json().await.unwrap();
     let id = file["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("file-"));
@@ -105,12 +107,7 @@ async fn expires_after_sets_expires_at() {
 #[tokio::test]
 async fn expired_files_are_gone() {
     let app = spawn_app().await;
-    let file: Value = app
-        .upload("batch", "a.jsonl", jsonl(1))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let file: Value = app.upload("batch", "a.jsonl", jsonl(1)).expect(200).await;
     let id = file["id"].as_str().unwrap();
     sqlx::query("UPDATE files SET expires_at = unix_now() - 1 WHERE id = $1")
         .bind(id)
@@ -130,10 +127,8 @@ async fn list_filters_orders_and_pages() {
         let purpose = if i % 2 == 0 { "batch" } else { "user_data" };
         let f: Value = app
             .upload(purpose, &format!("f{i}.jsonl"), jsonl(1))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .expect(200)
+            .await;
         ids.push(f["id"].as_str().unwrap().to_owned());
     }
     let ids_of = |page: &Value| -> Vec<String> {
@@ -198,20 +193,42 @@ async fn list_filters_orders_and_pages() {
 async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
     let app = spawn_app_with(|s| s.limits.max_upload_bytes = 4096).await;
     let not_utf8 = vec![b'{', 0xff, 0xfe, b'}', b'\n'];
-    let res = app.upload("batch", "bad.jsonl", not_utf8.clone()).await;
+    let res = app
+        .upload("batch", "bad.jsonl", not_utf8.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(expect_error(res, 400).await["code"], "invalid_file_format");
     // Other purposes may hold any bytes.
-    assert_eq!(app.upload("user_data", "bin", not_utf8).await.status(), 200);
+    app.upload("user_data", "bin", not_utf8)
+        .expect_response(200)
+        .await;
 
-    let res = app.upload("batch", "big.jsonl", vec![b'a'; 5000]).await;
+    let res = app
+        .upload("batch", "big.jsonl", vec![b'a'; 5000])
+        .send()
+        .await
+        .unwrap();
     let err = expect_error(res, 413).await;
     assert!(err["message"].as_str().unwrap().contains("4096"));
 
-    let res = app.upload("nonsense", "a.jsonl", jsonl(1)).await;
+    let res = app
+        .upload("nonsense", "a.jsonl", jsonl(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(expect_error(res, 400).await["param"], "purpose");
-    let res = app.upload("batch_output", "a.jsonl", jsonl(1)).await;
+    let res = app
+        .upload("batch_output", "a.jsonl", jsonl(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(expect_error(res, 400).await["param"], "purpose");
-    let res = app.upload("batch", "empty.jsonl", Vec::new()).await;
+    let res = app
+        .upload("batch", "empty.jsonl", Vec::new())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(expect_error(res, 400).await["param"], "file");
 
     let form = reqwest::multipart::Form::new().text("purpose", "batch");

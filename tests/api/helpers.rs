@@ -148,18 +148,20 @@ impl TestApp {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
-    pub async fn create_batch(&self, body: &Value) -> Response {
-        self.post("/v1/batches").json(body).send().await.unwrap()
+    /// `POST /v1/batches`, to be sent with the expected status ([`Expect`]).
+    pub fn create_batch(&self, body: &Value) -> RequestBuilder {
+        self.post("/v1/batches").json(body)
     }
 
-    pub async fn upload(&self, purpose: &str, name: &str, content: Vec<u8>) -> Response {
+    /// `POST /v1/files`, to be sent with the expected status ([`Expect`]).
+    pub fn upload(&self, purpose: &str, name: &str, content: Vec<u8>) -> RequestBuilder {
         let form = reqwest::multipart::Form::new()
             .text("purpose", purpose.to_owned())
             .part(
                 "file",
                 reqwest::multipart::Part::bytes(content).file_name(name.to_owned()),
             );
-        self.post("/v1/files").multipart(form).send().await.unwrap()
+        self.post("/v1/files").multipart(form)
     }
 
     pub async fn count_batches(&self) -> i64 {
@@ -514,15 +516,10 @@ pub fn to_jsonl(lines: &[Value]) -> Vec<u8> {
 impl TestApp {
     /// Uploads `lines` and creates a batch on `endpoint`; returns the batch id.
     pub async fn submit(&self, endpoint: &str, content: Vec<u8>) -> String {
-        let file: Value = self
-            .upload("batch", "in.jsonl", content)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let file: Value = self.upload("batch", "in.jsonl", content).expect(200).await;
         let mut body = batch_body(file["id"].as_str().expect("uploaded"));
         body["endpoint"] = json!(endpoint);
-        let batch: Value = self.create_batch(&body).await.json().await.unwrap();
+        let batch: Value = self.create_batch(&body).expect(200).await;
         batch["id"].as_str().unwrap().to_owned()
     }
 
@@ -566,12 +563,7 @@ impl TestApp {
 
     /// A new batch put straight into `status`, as the worker would leave it.
     pub async fn batch_in_status(&self, status: &str) -> String {
-        let b: Value = self
-            .create_batch(&batch_body("f"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let b: Value = self.create_batch(&batch_body("f")).expect(200).await;
         let id = b["id"].as_str().unwrap().to_owned();
         sqlx::query("UPDATE batches SET status = $1 WHERE id = $2")
             .bind(status)

@@ -8,8 +8,7 @@ async fn a_retry_with_the_same_key_returns_the_same_batch() {
     let mut first = batch_body("file-1");
     first["metadata"] = json!({"a": "1", "b": "2"});
     first["idempotency_key"] = json!("retry-me");
-    let res = app.create_batch(&first).await;
-    assert_eq!(res.status(), 200);
+    let res = app.create_batch(&first).expect_response(200).await;
     let original: Value = res.json().await.unwrap();
 
     // Metadata in another order, key in the other body field and in the header.
@@ -41,12 +40,12 @@ async fn a_replay_shows_the_batch_as_it_is_now() {
     let app = spawn_app().await;
     let mut body = batch_body("f");
     body["idempotency_key"] = json!("k");
-    let b: Value = app.create_batch(&body).await.json().await.unwrap();
+    let b: Value = app.create_batch(&body).expect(200).await;
     app.post(&format!("/v1/batches/{}/cancel", b["id"].as_str().unwrap()))
         .send()
         .await
         .unwrap();
-    let replay: Value = app.create_batch(&body).await.json().await.unwrap();
+    let replay: Value = app.create_batch(&body).expect(200).await;
     assert_eq!(replay["id"], b["id"]);
     assert_eq!(replay["status"], "cancelling");
 }
@@ -57,7 +56,7 @@ async fn the_same_key_with_other_parameters_is_a_final_conflict() {
     let mut body = batch_body("file-1");
     body["metadata"] = json!({"t": "1"});
     body["idempotency_key"] = json!("conflicted-key");
-    let original: Value = app.create_batch(&body).await.json().await.unwrap();
+    let original: Value = app.create_batch(&body).expect(200).await;
 
     let mut variants = Vec::new();
     for (field, value) in [
@@ -75,7 +74,7 @@ async fn the_same_key_with_other_parameters_is_a_final_conflict() {
         variants.push(v);
     }
     for v in variants {
-        let res = app.create_batch(&v).await;
+        let res = app.create_batch(&v).send().await.unwrap();
         assert_eq!(res.headers()["x-should-retry"], "false");
         let err = expect_error(res, 409).await;
         let msg = err["message"].as_str().unwrap();
@@ -105,7 +104,7 @@ async fn different_keys_in_one_request_are_rejected() {
     assert_eq!(err["param"], "Idempotency-Key");
 
     body["idem_tok"] = json!("c");
-    expect_error(app.create_batch(&body).await, 400).await;
+    app.create_batch(&body).expect_error(400).await;
     assert_eq!(app.count_batches().await, 0);
 
     // The same value in every place is one key.
@@ -120,24 +119,14 @@ async fn different_keys_in_one_request_are_rejected() {
 #[tokio::test]
 async fn without_a_key_identical_requests_make_distinct_batches() {
     let app = spawn_app().await;
-    let a: Value = app
-        .create_batch(&batch_body("f"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: Value = app
-        .create_batch(&batch_body("f"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = app.create_batch(&batch_body("f")).expect(200).await;
+    let b: Value = app.create_batch(&batch_body("f")).expect(200).await;
     assert_ne!(a["id"], b["id"]);
     let mut keyed = batch_body("f");
     keyed["idempotency_key"] = json!("k1");
-    let c: Value = app.create_batch(&keyed).await.json().await.unwrap();
+    let c: Value = app.create_batch(&keyed).expect(200).await;
     keyed["idempotency_key"] = json!("k2");
-    let d: Value = app.create_batch(&keyed).await.json().await.unwrap();
+    let d: Value = app.create_batch(&keyed).expect(200).await;
     assert_ne!(c["id"], d["id"]);
     assert_eq!(app.count_batches().await, 4);
 }

@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    batch_body, chat_line, engine_env, expect_error, spawn_app, spawn_engine, start_replicas_with,
-    to_jsonl, FakeUpstream, TestApp, TestDb,
+    batch_body, chat_line, engine_env, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
+    Expect, FakeUpstream, TestApp, TestDb,
 };
 
 /// A chat line padded to `bytes` bytes by an extra body field.
@@ -116,15 +116,13 @@ async fn nul_in_metadata_is_a_400_not_a_500() {
     let app = spawn_app().await;
     let file: Value = app
         .upload("batch", "in.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let id = file["id"].as_str().unwrap();
     for metadata in [json!({"team": "a\u{0}"}), json!({"te\u{0}am": "a"})] {
         let mut body = batch_body(id);
         body["metadata"] = metadata.clone();
-        let err = expect_error(app.create_batch(&body).await, 400).await;
+        let err = app.create_batch(&body).expect_error(400).await;
         assert_eq!(err["code"], "invalid_value", "{metadata}: {err}");
         assert!(
             err["param"].as_str().unwrap().starts_with("metadata."),
@@ -312,18 +310,14 @@ async fn a_batch_in_a_crash_loop_is_given_up() {
     let api = spawn_app().await;
     let file: Value = api
         .upload("batch", "in.jsonl", to_jsonl(&[chat_line("a", json!({}))]))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     let mut ids = Vec::new();
     for status in ["validating", "finalizing"] {
         let batch: Value = api
             .create_batch(&batch_body(file["id"].as_str().unwrap()))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .expect(200)
+            .await;
         let id = batch["id"].as_str().unwrap().to_owned();
         // Two holders vanished already; the next claim is the third in a row.
         sqlx::query(

@@ -197,10 +197,8 @@ async fn webhook_engine(
 async fn failing_batch(app: &TestApp) -> String {
     let b: Value = app
         .create_batch(&batch_body("file-missing"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .expect(200)
+        .await;
     b["id"].as_str().unwrap().to_owned()
 }
 
