@@ -781,13 +781,11 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         .await
         .unwrap();
     expect_error(res, 403).await;
-    let del = stack.attacker[0]
+    stack.attacker[0]
         .client
         .delete(stack.attacker[0].url(&format!("/v1/files/{}", stored[0])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 200);
+        .expect_response(200)
+        .await;
     stack.attacker[1]
         .upload("user_data", "q.txt", content(100))
         .expect_response(200)

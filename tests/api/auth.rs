@@ -58,29 +58,21 @@ async fn requests_without_a_valid_key_are_401_with_the_openai_envelope() {
         }
     }
     // Health checks stay open for load balancers.
-    assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
-    let ok = app
-        .get("/v1/batches")
+    app.get("/healthz").expect_response(200).await;
+    app.get("/v1/batches")
         .bearer_auth(&good)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+        .expect_response(200)
+        .await;
 }
 
 #[tokio::test]
 async fn a_revoked_key_stops_working() {
     let app = secured_app().await;
     let key = key_for(&app, "alpha").await;
-    assert_eq!(
-        app.get("/v1/files")
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    app.get("/v1/files")
+        .bearer_auth(&key)
+        .expect_response(200)
+        .await;
     let prefix = ApiKey::parse(&key).unwrap().prefix;
     assert!(keys::revoke(&app.pool, &prefix).await.unwrap());
     app.get("/v1/files")
@@ -174,10 +166,8 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
         .post("/v1/batches")
         .bearer_auth(&b)
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(theirs.status(), 200);
+        .expect_response(200)
+        .await;
     assert!(!theirs.headers().contains_key("idempotent-replayed"));
     let theirs: Value = theirs.json().await.unwrap();
     assert_ne!(theirs["id"], batch["id"]);
@@ -208,15 +198,10 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     let key = key_for(&app, "alpha").await;
     let other = key_for(&app, "beta").await;
     for _ in 0..3 {
-        assert_eq!(
-            app.get("/v1/batches")
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        app.get("/v1/batches")
+            .bearer_auth(&key)
+            .expect_response(200)
+            .await;
     }
     let res = app
         .get("/v1/batches")
@@ -232,15 +217,10 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     assert!((1..=60).contains(&wait));
     let err = expect_error(res, 429).await;
     assert_eq!(err["code"], "rate_limit_exceeded");
-    assert_eq!(
-        app.get("/v1/batches")
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    app.get("/v1/batches")
+        .bearer_auth(&other)
+        .expect_response(200)
+        .await;
 }
 
 #[tokio::test]

@@ -1,14 +1,13 @@
 //! The web console's assets: served by every replica from the binary, outside `/v1` (so they
 //! load before the user has given a key), with a policy that allows no inline script.
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app_with, Expect};
 
 #[tokio::test]
 async fn the_console_is_served_with_a_strict_content_security_policy() {
     // Auth on: the console itself must still load (it asks for the key).
     let app = spawn_app_with(|s| s.auth.enabled = true).await;
-    let page = app.get("/console").send().await.unwrap();
-    assert_eq!(page.status(), 200);
+    let page = app.get("/console").expect_response(200).await;
     let h = page.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap();
     for directive in [
@@ -72,20 +71,8 @@ async fn the_console_is_served_with_a_strict_content_security_policy() {
             assert!(line.contains("from './"), "{s}.js: {line}");
         }
     }
-    assert_eq!(
-        app.get("/console/secret.txt")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        app.get("/console/..%2FCargo.toml")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    app.get("/console/secret.txt").expect_response(404).await;
+    app.get("/console/..%2FCargo.toml")
+        .expect_response(404)
+        .await;
 }

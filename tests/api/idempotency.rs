@@ -26,8 +26,7 @@ async fn a_retry_with_the_same_key_returns_the_same_batch() {
                 b
             }),
     ] {
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status(), 200);
+        let res = req.expect_response(200).await;
         assert_eq!(res.headers()["idempotent-replayed"], "true");
         let replay: Value = res.json().await.unwrap();
         assert_eq!(replay, original);

@@ -82,8 +82,7 @@ async fn a_giant_line_costs_a_replica_no_memory() {
     assert_eq!(errors[0]["code"], "line_too_long", "{errors:?}");
     assert_eq!(errors[0]["line"], 2);
 
-    let ready = app.get("/readyz").send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    app.get("/readyz").expect_response(200).await;
     let peak_mib = replicas[0].peak_rss_mib();
     assert!(
         peak_mib < LIMIT_MIB,

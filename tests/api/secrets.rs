@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{chat_line, openbatch_command, to_jsonl, FakeUpstream, TestApp, TestDb};
+use crate::helpers::{
+    chat_line, openbatch_command, to_jsonl, Expect, FakeUpstream, TestApp, TestDb,
+};
 
 #[tokio::test]
 async fn no_secret_appears_in_the_logs() {
@@ -88,10 +90,8 @@ async fn no_secret_appears_in_the_logs() {
         let res = reqwest::Client::new()
             .get(app.url("/v1/batches"))
             .bearer_auth(wrong)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 401);
+            .expect_response(401)
+            .await;
         assert!(!res.text().await.unwrap().contains(wrong));
     }
 
