@@ -775,12 +775,10 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
     assert_eq!(counted as usize, fits * FILE);
 
     // Full: one more is refused at once; after a deletion it fits.
-    let res = stack.attacker[1]
+    stack.attacker[1]
         .upload("user_data", "q.txt", content(99))
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 403).await;
+        .expect_error(403)
+        .await;
     stack.attacker[0]
         .client
         .delete(stack.attacker[0].url(&format!("/v1/files/{}", stored[0])))

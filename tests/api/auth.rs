@@ -46,8 +46,7 @@ async fn requests_without_a_valid_key_are_401_with_the_openai_envelope() {
             if let Some(a) = &auth {
                 req = req.header("authorization", a);
             }
-            let res = req.send().await.unwrap();
-            let err = expect_error(res, 401).await;
+            let err = req.expect_error(401).await;
             assert_eq!(err["code"], "invalid_api_key", "{auth:?} {path}");
             assert_eq!(err["type"], "invalid_request_error");
             let msg = err["message"].as_str().unwrap();
@@ -125,20 +124,16 @@ async fn projects_cannot_see_or_touch_each_others_files_and_batches() {
         let theirs = app
             .request(method, path)
             .bearer_auth(&b)
-            .send()
-            .await
-            .unwrap();
-        let theirs = expect_error(theirs, 404).await;
+            .expect_error(404)
+            .await;
         let missing_path = path
             .replace(&file_id, "file-missing")
             .replace(&batch_id, "batch_missing");
         let missing = app
             .request(method, &missing_path)
             .bearer_auth(&b)
-            .send()
-            .await
-            .unwrap();
-        let missing = expect_error(missing, 404).await;
+            .expect_error(404)
+            .await;
         let shape =
             |e: &Value, id: &str, other: &str| e["message"].as_str().unwrap().replace(id, other);
         assert_eq!(

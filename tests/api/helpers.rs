@@ -143,9 +143,9 @@ impl TestApp {
             .request(method.parse().expect("an HTTP method"), self.url(path))
     }
 
-    /// A GET whose JSON body is all the test needs.
+    /// The JSON body of a GET that must answer 200.
     pub async fn get_json(&self, path: &str) -> Value {
-        self.get(path).send().await.unwrap().json().await.unwrap()
+        self.get(path).expect(200).await
     }
 
     /// `POST /v1/batches`, to be sent with the expected status ([`Expect`]).
@@ -581,9 +581,8 @@ impl TestApp {
         };
         let text = self
             .get(&format!("/v1/files/{id}/content"))
-            .send()
+            .expect_response(200)
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();
