@@ -269,7 +269,9 @@ async fn input_file(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<Result<FileReco
     Ok(Ok(file))
 }
 
-/// One pass over an input file: every line is checked and placed in a chunk.
+/// One pass over an input file: every line is checked and placed in a chunk. The checks are
+/// a field apart from the planner so that the planner's callback can borrow them while the
+/// planner itself is borrowed.
 struct InputScan {
     planner: ChunkPlanner,
     lines: NumberedCheck,
