@@ -150,6 +150,8 @@ pub struct LimitSettings {
     pub max_active_batches_per_project: i64,
     /// Requests per minute per API key, per replica; 0 = no limit.
     pub requests_per_minute_per_key: u32,
+    /// Open `GET /v1/batches/{id}/events` streams per replica; more are refused with a 429.
+    pub max_event_streams: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +217,7 @@ impl Settings {
             .set_default("limits.metadata.max_value_chars", 512)?
             .set_default("limits.max_active_batches_per_project", 1000)?
             .set_default("limits.requests_per_minute_per_key", 6000)?
+            .set_default("limits.max_event_streams", 256)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
             .set_default("telemetry.otlp_endpoint", None::<String>)?

@@ -58,6 +58,7 @@ impl Application {
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
+            event_streams: Default::default(),
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -92,8 +92,9 @@ async fn create(
         .unwrap_or(spec.completion_window.seconds());
     let limit = state.limits.max_active_batches_per_project;
     let trace = crate::telemetry::traceparent(&tracing::Span::current());
+    let mut conn = state.pool.acquire().await?;
     let created = store::create(
-        &state.pool,
+        &mut conn,
         &project,
         &spec,
         store::Options {
@@ -101,6 +102,8 @@ async fn create(
             expires_in_secs: expires_in,
             max_active: limit,
             trace_context: trace.as_deref(),
+            retry_of: None,
+            params_hash: None,
         },
     )
     .await?;
@@ -131,29 +134,33 @@ async fn create(
             .with_param("idempotency_key")
             .with_code("idempotency_key_conflict"))
         }
-        Created::LimitReached => Err(ApiError {
-            status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-            message: format!(
-                "This project already has {limit} unfinished batches, the most it may have. \
-                 Wait for some to finish, or cancel some, before creating more."
-            ),
-            param: None,
-            code: Some("batch_limit_exceeded".to_owned()),
-            // Retrying at once cannot help; the SDKs would otherwise retry a 429.
-            should_retry: Some(false),
-        }),
+        Created::LimitReached => Err(limit_reached(limit)),
+    }
+}
+
+pub(super) fn limit_reached(limit: i64) -> ApiError {
+    ApiError {
+        status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        message: format!(
+            "This project already has {limit} unfinished batches, the most it may have. \
+             Wait for some to finish, or cancel some, before creating more."
+        ),
+        param: None,
+        code: Some("batch_limit_exceeded".to_owned()),
+        // Retrying at once cannot help; the SDKs would otherwise retry a 429.
+        should_retry: Some(false),
     }
 }
 
 /// OpenAI's answer for a batch it does not know (files keep OpenAI's `No such File object`).
 /// Another project's batch gets the same answer: it does not exist for the caller.
-fn batch_not_found(id: &str) -> ApiError {
+pub(super) fn batch_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("No batch found with id '{id}'."))
         .with_param("batch_id")
         .with_code("batch_not_found")
 }
 
-fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
+pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
     tracing::Span::current().record("batch_id", raw);
     BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))
 }
@@ -235,7 +242,7 @@ async fn list(
 }
 
 /// The OpenAI Batch object; every field present, `null` where unknown.
-fn batch_object(b: &BatchRecord) -> Value {
+pub(super) fn batch_object(b: &BatchRecord) -> Value {
     json!({
         "id": b.id.as_str(),
         "object": "batch",
@@ -263,5 +270,8 @@ fn batch_object(b: &BatchRecord) -> Value {
         },
         "usage": b.usage,
         "metadata": b.metadata,
+        // OpenBatch extensions (the SDKs keep unknown fields): retry links.
+        "retry_of": b.retry_of,
+        "retries": b.retries,
     })
 }

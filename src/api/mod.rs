@@ -1,6 +1,9 @@
 //! Thin HTTP handlers, one module per resource.
 
 mod auth;
+mod batch_events;
+mod batch_results;
+mod batch_retry;
 mod batches;
 mod body;
 mod console;
@@ -33,6 +36,9 @@ pub struct AppState {
     /// This replica's batch worker, woken when a batch is created here so that validation
     /// starts at once (other replicas find it at their next poll).
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// `GET /v1/batches/{id}/events` streams open on this replica (capped by
+    /// `limits.max_event_streams`).
+    pub event_streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -45,7 +51,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
-                .configure(batches::routes),
+                .configure(batches::routes)
+                .configure(batch_results::routes)
+                .configure(batch_events::routes)
+                .configure(batch_retry::routes),
         );
 }
 

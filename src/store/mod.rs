@@ -5,6 +5,7 @@ pub mod chunks;
 pub mod files;
 pub mod jobs;
 pub mod keys;
+pub mod results;
 pub mod stats;
 
 use std::time::Duration;
