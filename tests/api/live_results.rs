@@ -32,6 +32,7 @@ fn input() -> Vec<u8> {
 }
 
 /// The records of one call, and the headers that matter.
+#[derive(Debug)]
 struct Page {
     status: String,
     complete: bool,
