@@ -86,7 +86,7 @@ async fn results(
             let output = result_file(&state, &project, batch.output_file_id.as_deref()).await?;
             let errors = result_file(&state, &project, batch.error_file_id.as_deref()).await?;
             Source::Final {
-                lines: FinishedLines::new(id.clone(), output, errors),
+                lines: Box::new(FinishedLines::new(id.clone(), output, errors)),
                 next,
             }
         }

@@ -22,7 +22,10 @@ pub enum Source {
     /// The batch runs: its stored result groups, in commit order, from this position.
     Live { seq: i64, taken: u32 },
     /// The batch ended: its files in input order, from request `next`.
-    Final { lines: FinishedLines, next: u32 },
+    Final {
+        lines: Box<FinishedLines>,
+        next: u32,
+    },
 }
 
 /// Appends one record: the file line with `line` (1-based request number), `cursor` (where to

@@ -384,3 +384,76 @@ async fn events_push_progress_and_end_after_the_final_status() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0]["status"], "completed");
 }
+
+/// Reads a results stream to its end without keeping it; returns (records, last cursor).
+async fn drain(
+    app: &TestApp,
+    id: &str,
+    after: Option<&str>,
+) -> Result<(usize, Option<String>), Value> {
+    let mut req = app.get(&format!("/v1/batches/{id}/results"));
+    if let Some(after) = after {
+        req = req.query(&[("after", after)]);
+    }
+    let res = req.send().await.unwrap();
+    if res.status() != 200 {
+        return Err(expect_error(res, 400).await);
+    }
+    let mut body = res.bytes_stream();
+    let (mut n, mut pending, mut last) = (0, Vec::new(), None);
+    while let Some(chunk) = body.next().await {
+        pending.extend_from_slice(&chunk.unwrap());
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let record: Value = serde_json::from_slice(&pending[..end]).unwrap();
+            last = Some(record["cursor"].as_str().unwrap().to_owned());
+            n += 1;
+            pending.drain(..=end);
+        }
+    }
+    Ok((n, last))
+}
+
+#[tokio::test]
+async fn reading_100_mb_of_results_keeps_a_replica_small() {
+    const LINES: usize = 2_000;
+    const PAD: usize = 50_000;
+    const LIMIT_MIB: u64 = 100;
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    let replicas = start_replicas_with(1, &db.url, &engine_env(&upstream, &[])).await;
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
+    let lines: Vec<Value> = (0..LINES)
+        .map(|i| chat_line(&format!("m{i}"), json!({"fake": {"pad_bytes": PAD}})))
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+
+    // Follow it live, then read the whole of it from the files.
+    let mut cursor: Option<String> = None;
+    let mut live = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if app.batch(&id).await["status"] == "completed" {
+            break;
+        }
+        match drain(&app, &id, cursor.as_deref()).await {
+            Ok((n, last)) => {
+                live += n;
+                cursor = last.or(cursor);
+            }
+            Err(e) => assert_eq!(e["code"], "cursor_expired", "{e}"),
+        }
+        assert!(Instant::now() < deadline, "batch stuck");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (all, _) = drain(&app, &id, None).await.unwrap();
+    assert_eq!(all, LINES);
+    assert!(live <= LINES, "{live} live records");
+
+    let peak_mib = replicas[0].peak_rss_mib();
+    assert!(
+        peak_mib < LIMIT_MIB,
+        "peak RSS {peak_mib} MiB serving {} MB of results (limit {LIMIT_MIB} MiB)",
+        LINES * PAD / 1_000_000
+    );
+    eprintln!("peak RSS {peak_mib} MiB; {live} records read live, {all} from the files");
+}
