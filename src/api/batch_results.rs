@@ -91,7 +91,7 @@ async fn results(
             }
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let pool = state.pool.clone();
     let batch_id = id.clone();
     actix_web::rt::spawn(async move {

@@ -13,7 +13,7 @@ use crate::store::results;
 use crate::worker::output;
 
 /// Result groups read per query (about; at least one group).
-const PAGE_BYTES: i64 = 1 << 20;
+const PAGE_BYTES: i64 = 512 << 10;
 /// Records sent to the client per write once this many bytes are ready.
 const SEND_BYTES: usize = 256 << 10;
 
@@ -40,6 +40,12 @@ fn record(buf: &mut Vec<u8>, ordinal: i64, cursor: &str, output: bool, file_line
     );
     buf.extend_from_slice(members);
     buf.push(b'\n');
+}
+
+/// Hands what `buf` holds to the response; false when the client has gone.
+async fn send(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, buf: &mut Vec<u8>) -> bool {
+    let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SEND_BYTES)));
+    tx.send(Ok(chunk)).await.is_ok()
 }
 
 /// Sends every record available now to `tx`, a page at a time: for a running batch, until it
@@ -74,14 +80,13 @@ pub async fn produce(
                         s.success,
                         s.file_line.as_bytes(),
                     );
+                    if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
+                        return Ok(());
+                    }
                 }
             }
             (seq, taken) = (last + 1, 0);
-            if tx
-                .send(Ok(Bytes::from(std::mem::take(&mut buf))))
-                .await
-                .is_err()
-            {
+            if !buf.is_empty() && !send(tx, &mut buf).await {
                 return Ok(());
             }
         },
@@ -95,12 +100,7 @@ pub async fn produce(
                 }
                 .encode(&batch);
                 record(&mut buf, i64::from(f.ordinal), &cursor, f.output, &f.line);
-                if buf.len() >= SEND_BYTES
-                    && tx
-                        .send(Ok(Bytes::from(std::mem::take(&mut buf))))
-                        .await
-                        .is_err()
-                {
+                if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
                     return Ok(());
                 }
             }

@@ -417,11 +417,15 @@ async fn drain(
 async fn reading_100_mb_of_results_keeps_a_replica_small() {
     const LINES: usize = 2_000;
     const PAD: usize = 50_000;
-    const LIMIT_MIB: u64 = 100;
+    // Well under the 100 MB served: a reader that held them could not pass.
+    const LIMIT_MIB: u64 = 90;
     let upstream = FakeUpstream::start(&[]);
     let db = TestDb::new();
-    let replicas = start_replicas_with(1, &db.url, &engine_env(&upstream, &[])).await;
-    let app = TestApp::connect(&replicas[0].address, &db.url).await;
+    // One replica runs the batch; the results are read through another, API-only one, whose
+    // memory is then what serving them cost (idle: ~25 MiB).
+    let _worker = start_replicas_with(1, &db.url, &engine_env(&upstream, &[])).await;
+    let reader = start_replicas_with(1, &db.url, &[("OPENBATCH__WORKER__ENABLED", "false")]).await;
+    let app = TestApp::connect(&reader[0].address, &db.url).await;
     let lines: Vec<Value> = (0..LINES)
         .map(|i| chat_line(&format!("m{i}"), json!({"fake": {"pad_bytes": PAD}})))
         .collect();
@@ -445,15 +449,15 @@ async fn reading_100_mb_of_results_keeps_a_replica_small() {
         assert!(Instant::now() < deadline, "batch stuck");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(live > 0, "nothing read while it ran");
     let (all, _) = drain(&app, &id, None).await.unwrap();
     assert_eq!(all, LINES);
-    assert!(live <= LINES, "{live} live records");
 
-    let peak_mib = replicas[0].peak_rss_mib();
+    let peak_mib = reader[0].peak_rss_mib();
+    eprintln!("reader peak RSS {peak_mib} MiB; {live} records read live, {all} from the files");
     assert!(
         peak_mib < LIMIT_MIB,
         "peak RSS {peak_mib} MiB serving {} MB of results (limit {LIMIT_MIB} MiB)",
         LINES * PAD / 1_000_000
     );
-    eprintln!("peak RSS {peak_mib} MiB; {live} records read live, {all} from the files");
 }
