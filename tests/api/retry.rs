@@ -262,3 +262,54 @@ async fn a_batch_still_running_or_failed_in_validation_cannot_be_retried() {
         assert_eq!(err["code"], code, "{status}: {err}");
     }
 }
+
+#[tokio::test]
+async fn another_projects_batch_is_not_found_on_the_extensions() {
+    use openbatch::domain::ApiKey;
+    use openbatch::store::keys;
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.auth.enabled = true;
+        s.auth.cache_secs = 0;
+    })
+    .await;
+    let mut secrets = Vec::new();
+    for project in ["team-a", "team-b"] {
+        let id = keys::ensure_project(&app.pool, project).await.unwrap();
+        let key = ApiKey::generate();
+        keys::insert(&app.pool, &id, &key).await.unwrap();
+        secrets.push(key.secret);
+    }
+    let (a, b) = (&secrets[0], &secrets[1]);
+    let batch: Value = app
+        .post("/v1/batches")
+        .bearer_auth(a)
+        .json(&crate::helpers::batch_body("file-abc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().unwrap();
+    let requests = |key: &str| {
+        [
+            app.get(&format!("/v1/batches/{id}/results"))
+                .bearer_auth(key),
+            app.get(&format!("/v1/batches/{id}/events"))
+                .bearer_auth(key),
+            app.post(&format!("/v1/batches/{id}/retry"))
+                .bearer_auth(key),
+        ]
+    };
+    for req in requests(b) {
+        let err = expect_error(req.send().await.unwrap(), 404).await;
+        assert_eq!(err["code"], "batch_not_found");
+    }
+    // Its own project sees it: no results yet, and not retryable before it ends.
+    let [results, _, retry] = requests(a);
+    let res = results.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "");
+    let err = expect_error(retry.send().await.unwrap(), 400).await;
+    assert_eq!(err["code"], "batch_not_finished");
+}
