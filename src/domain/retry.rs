@@ -35,7 +35,7 @@ impl RetryFilter {
         let mut codes = Vec::new();
         for (i, v) in list("error_codes", error_codes)?.into_iter().enumerate() {
             match v.as_str() {
-                Some(s) if !s.is_empty() && s.len() <= 128 => codes.push(s.to_owned()),
+                Some(s) if !s.is_empty() && s.chars().count() <= 128 => codes.push(s.to_owned()),
                 _ => {
                     return Err(Invalid::new(
                         format!("error_codes[{i}]"),
