@@ -217,6 +217,8 @@ pub struct LimitSettings {
     pub upload_spool_dir: Option<String>,
     /// Bytes of files (not deleted, not purged) a project may store; 0 = no limit.
     pub max_stored_bytes_per_project: u64,
+    /// Open `GET /v1/batches/{id}/events` streams per replica; more are refused with a 429.
+    pub max_event_streams: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +289,7 @@ impl Settings {
             .set_default("limits.upload_timeout_secs", 3600)?
             // OpenAI's own per-project file storage quota: 2.5 TB.
             .set_default("limits.max_stored_bytes_per_project", 2_500_000_000_000_u64)?
+            .set_default("limits.max_event_streams", 256)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
             .set_default("auth.allow_anonymous", false)?

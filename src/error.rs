@@ -71,6 +71,32 @@ impl ApiError {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).with_code("unsupported_media_type")
     }
 
+    /// A replica's cap on open event streams is reached; polling the batch still works.
+    pub fn too_many_streams(limit: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "This server already has {limit} open event streams. Retry later, or poll \
+                 GET /v1/batches/{{batch_id}} instead."
+            ),
+        )
+        .with_code("too_many_event_streams")
+    }
+
+    /// A results cursor that is malformed, belongs to another batch, or was taken while the
+    /// batch ran and can no longer be honoured exactly (`cursor_expired`).
+    pub fn bad_cursor(code: &str, message: impl Into<String>) -> Self {
+        Self::bad_request(message)
+            .with_param("after")
+            .with_code(code)
+    }
+
+    /// A request the batch cannot take in its present state (retrying one that has not ended,
+    /// or with nothing to retry); the same request fails the same way until the state changes.
+    pub fn batch_state(code: &str, message: impl Into<String>) -> Self {
+        Self::bad_request(message).with_code(code).no_retry()
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod local_pg;
 pub mod maintenance;
 pub mod metrics;
+pub mod results;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -94,6 +94,7 @@ impl Application {
                 settings.limits.max_concurrent_uploads,
             )),
             webhooks: settings.webhooks.clone(),
+            event_streams: Default::default(),
         });
         let public_metrics = settings.server.metrics_address.is_none();
         let metrics_server = match &settings.server.metrics_address {

@@ -93,8 +93,9 @@ async fn create(
         .unwrap_or(spec.completion_window.seconds());
     let limit = state.limits.max_active_batches_per_project;
     let trace = crate::telemetry::traceparent(&tracing::Span::current());
+    let mut conn = state.pool.acquire().await?;
     let created = store::create(
-        &state.pool,
+        &mut conn,
         &project,
         &spec,
         store::Options {
@@ -102,6 +103,8 @@ async fn create(
             expires_in_secs: expires_in,
             max_active: limit,
             trace_context: trace.as_deref(),
+            retry_of: None,
+            params_hash: None,
         },
     )
     .await?;
@@ -132,27 +135,31 @@ async fn create(
             .with_param("idempotency_key")
             .with_code("idempotency_key_conflict"))
         }
-        // Retrying at once cannot help; the SDKs would otherwise retry a 429.
-        Created::LimitReached => Err(ApiError::too_many_requests(
-            format!(
-                "This project already has {limit} unfinished batches, the most it may have. \
-                 Wait for some to finish, or cancel some, before creating more."
-            ),
-            "batch_limit_exceeded",
-        )
-        .no_retry()),
+        Created::LimitReached => Err(limit_reached(limit)),
     }
+}
+
+pub(super) fn limit_reached(limit: i64) -> ApiError {
+    // Retrying at once cannot help; the SDKs would otherwise retry a 429.
+    ApiError::too_many_requests(
+        format!(
+            "This project already has {limit} unfinished batches, the most it may have. \
+             Wait for some to finish, or cancel some, before creating more."
+        ),
+        "batch_limit_exceeded",
+    )
+    .no_retry()
 }
 
 /// OpenAI's answer for a batch it does not know (files keep OpenAI's `No such File object`).
 /// Another project's batch gets the same answer: it does not exist for the caller.
-fn batch_not_found(id: &str) -> ApiError {
+pub(super) fn batch_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("No batch found with id '{id}'."))
         .with_param("batch_id")
         .with_code("batch_not_found")
 }
 
-fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
+pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
     let id = BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))?;
     record_path_id("batch_id", id.as_str());
     Ok(id)
@@ -204,7 +211,7 @@ async fn list(
 }
 
 /// The OpenAI Batch object; every field present, `null` where unknown.
-fn batch_object(b: &BatchRecord) -> Value {
+pub(super) fn batch_object(b: &BatchRecord) -> Value {
     json!({
         "id": b.id.as_str(),
         "object": "batch",
@@ -232,5 +239,8 @@ fn batch_object(b: &BatchRecord) -> Value {
         },
         "usage": b.usage,
         "metadata": b.metadata,
+        // OpenBatch extensions (the SDKs keep unknown fields): retry links.
+        "retry_of": b.retry_of,
+        "retries": b.retries,
     })
 }

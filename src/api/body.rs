@@ -68,6 +68,26 @@ pub async fn json<T: DeserializeOwned>(
     parse(&body)
 }
 
+/// Like `json`, for a body that may be left out: none at all (any content type) is
+/// `T::default()`.
+pub async fn optional_json<T: DeserializeOwned + Default>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = read_limited(req, payload, limit).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    if !is_json(req) {
+        return Err(ApiError::unsupported_media_type(format!(
+            "Unsupported Content-Type {}: this endpoint expects 'application/json'.",
+            content_type(req).map_or("(none)".to_owned(), |c| format!("'{c}'"))
+        )));
+    }
+    parse(&body)
+}
+
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(

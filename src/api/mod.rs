@@ -1,6 +1,9 @@
 //! Thin HTTP handlers, one module per resource.
 
 mod auth;
+mod batch_events;
+mod batch_results;
+mod batch_retry;
 mod batches;
 mod body;
 mod console;
@@ -40,6 +43,9 @@ pub struct AppState {
     /// One permit per upload this replica is receiving (`limits.max_concurrent_uploads`).
     pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
     pub webhooks: crate::config::WebhookSettings,
+    /// `GET /v1/batches/{id}/events` streams open on this replica (capped by
+    /// `limits.max_event_streams`).
+    pub event_streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -52,7 +58,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
                 .configure(batches::routes)
-                .configure(webhooks::routes),
+                .configure(webhooks::routes)
+                .configure(batch_results::routes)
+                .configure(batch_events::routes)
+                .configure(batch_retry::routes),
         );
 }
 

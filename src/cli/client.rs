@@ -113,6 +113,41 @@ impl Client {
             .await
     }
 
+    /// `POST /batches/{id}/retry` (an OpenBatch extension), under an idempotency key.
+    pub async fn retry_batch(&self, id: &str, body: &Value, key: &str) -> anyhow::Result<Created> {
+        let rb = self
+            .request(Method::POST, &format!("/batches/{id}/retry"))
+            .header("Idempotency-Key", key)
+            .json(body);
+        let res = self.send(rb).await?;
+        let replayed = res
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let batch = res
+            .json()
+            .await
+            .context("the server sent a body that is not JSON")?;
+        Ok(Created { batch, replayed })
+    }
+
+    /// The batch's Server-Sent Events (an OpenBatch extension), or `None` when the server does
+    /// not offer them for it (another server, or its cap on open streams is reached).
+    pub async fn batch_events(&self, id: &str) -> Option<Response> {
+        let res = self
+            .request(Method::GET, &format!("/batches/{id}/events"))
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .ok()?;
+        let is_sse = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        (res.status().is_success() && is_sse).then_some(res)
+    }
+
     pub async fn create_batch(&self, body: &Value) -> anyhow::Result<Created> {
         let res = self
             .send(self.request(Method::POST, "/batches").json(body))

@@ -82,6 +82,26 @@ pub enum BatchesCommand {
     },
     /// Cancel a batch (lines already done keep their results).
     Cancel { id: String },
+    /// Run the failed lines of an ended batch again, as a new batch (an OpenBatch extension).
+    /// Running the same command again re-attaches to the same retry.
+    Retry {
+        id: String,
+        /// Only lines whose error code is this (e.g. `batch_expired`, `upstream_timeout`);
+        /// repeatable.
+        #[arg(long = "error-code")]
+        error_codes: Vec<String>,
+        /// Only lines whose upstream answered this HTTP status; repeatable.
+        #[arg(long = "status-code")]
+        status_codes: Vec<u16>,
+        /// Watch the retry until it ends, like `batches wait`.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: also write its results here.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value_t = 1.0, hide = true)]
+        poll_interval: f64,
+    },
     /// Write a finished batch's results (output and error lines) in input order.
     Results {
         id: String,
@@ -198,6 +218,7 @@ pub async fn batches(args: BatchesArgs) -> anyhow::Result<i32> {
             let opts = WaitOptions {
                 cancel_on_interrupt,
                 poll: Duration::from_secs_f64(poll_interval.max(0.05)),
+                events: true,
             };
             return wait::wait_and_report(
                 &client,
@@ -219,6 +240,53 @@ pub async fn batches(args: BatchesArgs) -> anyhow::Result<i32> {
                     output::status(b["status"].as_str().unwrap_or("?"))
                 );
             }
+        }
+        BatchesCommand::Retry {
+            id,
+            mut error_codes,
+            mut status_codes,
+            wait: follow,
+            output: out,
+            poll_interval,
+        } => {
+            error_codes.sort();
+            status_codes.sort_unstable();
+            let body =
+                serde_json::json!({"error_codes": error_codes, "status_codes": status_codes});
+            let created = client
+                .retry_batch(&id, &body, &retry_key(&id, &body))
+                .await?;
+            let b = &created.batch;
+            let new_id = output::text(&b["id"]);
+            if !follow {
+                if json {
+                    output::print_json(b);
+                } else {
+                    let how = if created.replayed {
+                        "already retried as"
+                    } else {
+                        "retrying as"
+                    };
+                    eprintln!("{id}: {how} {new_id}");
+                    println!("{new_id}");
+                }
+                return Ok(0);
+            }
+            eprintln!("{id}: retrying as {new_id}");
+            let opts = WaitOptions {
+                cancel_on_interrupt: false,
+                poll: Duration::from_secs_f64(poll_interval.max(0.05)),
+                events: true,
+            };
+            return wait::wait_and_report(
+                &client,
+                &new_id,
+                &opts,
+                out.as_deref(),
+                InputOrder::Server,
+                json,
+            )
+            .await;
         }
         BatchesCommand::Results { id, output: out } => {
             let b = client.get_batch(&id).await?;
@@ -327,6 +395,14 @@ pub async fn files(args: FilesArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The same retry command (batch and filters) sends the same key, so running it again after a
+/// dropped connection re-attaches instead of retrying twice.
+fn retry_key(id: &str, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{id}\n{body}").as_bytes());
+    format!("openbatch-cli-retry-{}", hex::encode(&digest[..16]))
 }
 
 fn data(page: &Value) -> Vec<Value> {

@@ -239,6 +239,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
     let opts = WaitOptions {
         cancel_on_interrupt: args.cancel_on_interrupt,
         poll: Duration::from_secs_f64(args.poll_interval.max(0.05)),
+        events: true,
     };
     wait::wait_and_report(
         &client,

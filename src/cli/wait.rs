@@ -33,12 +33,68 @@ pub enum Waited {
 pub struct WaitOptions {
     pub cancel_on_interrupt: bool,
     pub poll: Duration,
+    /// Follow the server's event stream when it has one (else only poll).
+    pub events: bool,
 }
 
-/// Polls the batch until it reaches a final status. Network hiccups and 5xx answers are
-/// retried (the batch runs on the server regardless); Ctrl-C detaches or, with
-/// `cancel_on_interrupt`, cancels and keeps watching until the cancel lands (a second Ctrl-C
-/// detaches).
+/// The batch objects a server pushes on `GET /batches/{id}/events`.
+struct Events {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Events {
+    async fn open(client: &Client, id: &str) -> Option<Self> {
+        let res = client.batch_events(id).await?;
+        Some(Self {
+            body: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        })
+    }
+
+    /// The next batch object; `None` when the stream ended. Cancel-safe: what was read stays
+    /// in the buffer.
+    async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        use futures_util::StreamExt;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = "message";
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = if name.trim() == "batch" {
+                            "batch"
+                        } else {
+                            "other"
+                        };
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if event == "batch" && !data.is_empty() {
+                    return Ok(Some(
+                        serde_json::from_str(&data).context("an event that is not a batch")?,
+                    ));
+                }
+            }
+            match self.body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.context("the event stream broke")?;
+                    self.buf.push_str(&String::from_utf8_lossy(&chunk));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Follows the batch until it reaches a final status: from its event stream when the server
+/// offers one (progress arrives as it happens, one connection instead of a request a second),
+/// else by polling — also when the stream breaks, until it can be opened again. Network
+/// hiccups and 5xx answers are retried (the batch runs on the server regardless); Ctrl-C
+/// detaches or, with `cancel_on_interrupt`, cancels and keeps watching until the cancel lands
+/// (a second Ctrl-C detaches).
 pub async fn wait(client: &Client, id: &str, opts: &WaitOptions) -> anyhow::Result<Waited> {
     let mut view = Progress::new(id);
     let mut cancel_pending = opts.cancel_on_interrupt;
@@ -47,33 +103,60 @@ pub async fn wait(client: &Client, id: &str, opts: &WaitOptions) -> anyhow::Resu
     // Registered before the first request, so a Ctrl-C at any point of the wait is ours.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot listen for Ctrl-C")?;
+    let mut events = if opts.events {
+        Events::open(client, id).await
+    } else {
+        None
+    };
+    let mut reopen_at = Instant::now() + REOPEN_EVENTS;
+    let mut first_poll = true;
     loop {
-        match client.get_batch(id).await {
-            Ok(batch) => {
-                failures = 0;
-                view.update(&batch);
-                if is_terminal(&batch) {
-                    view.finish();
-                    return Ok(Waited::Finished(batch));
-                }
-                last = Some(batch);
-            }
-            Err(e) if is_transient(&e) && failures < 60 => {
-                failures += 1;
-                view.note(&format!("{e:#}; retrying"));
-            }
-            Err(e) => {
-                view.finish();
-                return Err(e);
-            }
-        }
+        let streaming = events.is_some();
         let pause = if failures > 0 {
             Duration::from_millis(500 * u64::from(failures.min(10)))
+        } else if first_poll {
+            Duration::ZERO
         } else {
             opts.poll
         };
+        let next = async {
+            match events.as_mut() {
+                Some(stream) => stream.next().await,
+                None => {
+                    tokio::time::sleep(pause).await;
+                    client.get_batch(id).await.map(Some)
+                }
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            got = next => match got {
+                Ok(Some(batch)) => {
+                    failures = 0;
+                    first_poll = streaming;
+                    view.update(&batch);
+                    if is_terminal(&batch) {
+                        view.finish();
+                        return Ok(Waited::Finished(batch));
+                    }
+                    last = Some(batch);
+                }
+                // The stream ended or broke before a final status: poll (at once), and try
+                // the stream again in a while.
+                Ok(None) | Err(_) if streaming => {
+                    events = None;
+                    first_poll = true;
+                    reopen_at = Instant::now() + REOPEN_EVENTS;
+                }
+                Ok(None) => {}
+                Err(e) if is_transient(&e) && failures < 60 => {
+                    failures += 1;
+                    view.note(&format!("{e:#}; retrying"));
+                }
+                Err(e) => {
+                    view.finish();
+                    return Err(e);
+                }
+            },
             _ = sigint.recv() => {
                 if cancel_pending {
                     cancel_pending = false;
@@ -87,8 +170,15 @@ pub async fn wait(client: &Client, id: &str, opts: &WaitOptions) -> anyhow::Resu
                 return Ok(Waited::Detached(batch));
             }
         }
+        if events.is_none() && opts.events && failures == 0 && Instant::now() >= reopen_at {
+            events = Events::open(client, id).await;
+            reopen_at = Instant::now() + REOPEN_EVENTS;
+        }
     }
 }
+
+/// How long after an event stream broke (or was refused) the next one is tried.
+const REOPEN_EVENTS: Duration = Duration::from_secs(10);
 
 fn text(v: &Value) -> String {
     output::text(v)

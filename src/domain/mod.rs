@@ -3,20 +3,24 @@
 
 mod api_key;
 mod batch;
+mod cursor;
 mod expiry;
 mod file;
 mod idempotency;
 mod ids;
 mod metadata;
+mod retry;
 mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
 pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
+pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
 pub use ids::{BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME};
 pub use metadata::{Metadata, MetadataLimits};
+pub use retry::RetryFilter;
 pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};
 
 /// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.

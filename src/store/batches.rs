@@ -1,5 +1,5 @@
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{BatchId, BatchSpec, BatchStatus, CancelDecision, IdempotencyKey, ProjectId};
 
@@ -30,12 +30,17 @@ pub struct BatchRecord {
     pub usage: Option<Value>,
     pub metadata: Option<Value>,
     pub params_hash: String,
+    /// The batch whose failed lines this one runs again (`POST /v1/batches/{id}/retry`).
+    pub retry_of: Option<String>,
+    /// The batches retrying this one, oldest first (read with `READ_COLUMNS` only).
+    #[sqlx(default)]
+    pub retries: Vec<String>,
 }
 
 const COLUMNS: &str = "id, endpoint, input_file_id, completion_window, status, model, errors, \
     output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
     completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
-    request_completed, request_failed, usage, metadata, params_hash";
+    request_completed, request_failed, usage, metadata, params_hash, retry_of";
 
 /// `COLUMNS` for reads: while a batch runs, its counts are summed from its chunks, which every
 /// flush keeps exact; once it ends they are the ones finalization stored.
@@ -44,7 +49,9 @@ const READ_COLUMNS: &str =
     output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
     completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
     coalesce(live.completed, request_completed) AS request_completed, \
-    coalesce(live.failed, request_failed) AS request_failed, usage, metadata, params_hash";
+    coalesce(live.failed, request_failed) AS request_failed, usage, metadata, params_hash, \
+    retry_of, ARRAY(SELECT r.id FROM batches r WHERE r.retry_of = batches.id ORDER BY r.seq) \
+    AS retries";
 
 /// Joined to `batches` to give `READ_COLUMNS` the live counts.
 const LIVE_COUNTS: &str = "LEFT JOIN LATERAL (
@@ -72,6 +79,11 @@ pub struct Options<'a> {
     pub max_active: i64,
     /// The creating request's `traceparent`, for the worker's spans to link to.
     pub trace_context: Option<&'a str>,
+    /// A retry: the batch it retries.
+    pub retry_of: Option<&'a BatchId>,
+    /// What idempotency compares instead of the spec's fingerprint (a retry's input file is
+    /// new every time; its parameters are the origin and the filters).
+    pub params_hash: Option<&'a str>,
 }
 
 /// Inserts a batch, or finds the one created earlier under the same idempotency key.
@@ -81,7 +93,7 @@ pub struct Options<'a> {
 /// this statement's snapshot was taken, the read sees nothing; a second, fresh read then does.
 #[tracing::instrument(skip_all, name = "db.batches.create")]
 pub async fn create(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     project: &ProjectId,
     spec: &BatchSpec,
     opts: Options<'_>,
@@ -91,8 +103,10 @@ pub async fn create(
         expires_in_secs,
         max_active,
         trace_context,
+        retry_of,
+        params_hash,
     } = opts;
-    let hash = spec.fingerprint();
+    let hash = params_hash.map_or_else(|| spec.fingerprint(), str::to_owned);
     // The limit is written into the SQL rather than bound: it is fixed for the process, so the
     // statement text is too, and PostgreSQL can keep one generic plan for it. Bound, the
     // LIMIT made every execution re-plan (measured: ~0.5 ms of planning per create).
@@ -116,8 +130,8 @@ pub async fn create(
         "WITH ins AS (
             INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
                                  expires_at, metadata, output_expires_after_seconds,
-                                 idempotency_key, params_hash, trace_context)
-            SELECT $1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11, $12
+                                 idempotency_key, params_hash, trace_context, retry_of)
+            SELECT $1, $2, $3, $4, $5, $6, unix_now() + $7, $8, $9, $10, $11, $12, $13
             -- Admission control; counting stops at the limit, so it costs at most that much.
             {admission}
             ON CONFLICT (project_id, idempotency_key) DO NOTHING
@@ -141,7 +155,8 @@ pub async fn create(
         .bind(key.map(IdempotencyKey::as_str))
         .bind(&hash)
         .bind(trace_context)
-        .fetch_optional(pool)
+        .bind(retry_of)
+        .fetch_optional(&mut *conn)
         .await?
         .map(|r| (r.inserted, r.batch));
     let (inserted, batch) = match row {
@@ -157,7 +172,7 @@ pub async fn create(
             ))
             .bind(project.as_str())
             .bind(key.as_str())
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             match existing {
                 Some(batch) => (false, batch),
@@ -172,6 +187,22 @@ pub async fn create(
     } else {
         Created::Conflict(batch)
     })
+}
+
+/// The batch created under an idempotency key, if any (a retry looks before it builds a file).
+#[tracing::instrument(skip_all, name = "db.batches.by_key")]
+pub async fn by_key(
+    pool: &PgPool,
+    project: &ProjectId,
+    key: &IdempotencyKey,
+) -> Result<Option<BatchRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(project.as_str())
+    .bind(key.as_str())
+    .fetch_optional(pool)
+    .await
 }
 
 #[derive(sqlx::FromRow)]

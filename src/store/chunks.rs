@@ -225,9 +225,11 @@ pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx
     let [it, ct, ot, rt, tt] = usage;
     sqlx::query_as(
         "WITH g AS (
-            SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
-                                 $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
-                AS g(batch_id, idx, attempt, completed, failed, lines, it, ct, ot, rt, tt)
+            SELECT g.* FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
+                                   $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
+                AS g(batch_id, idx, attempt, completed, failed, lines, it, ct, ot, rt, tt),
+                -- Held to commit, taken before the group's `seq` is drawn: see `results::live_page`.
+                LATERAL (SELECT pg_advisory_xact_lock_shared($12, hashtext(g.batch_id))) lk
         ), upd AS (
             UPDATE batch_chunks c
             SET completed = c.completed + g.completed, failed = c.failed + g.failed,
@@ -260,6 +262,7 @@ pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx
     .bind(ot)
     .bind(rt)
     .bind(tt)
+    .bind(super::results::LIVE_LOCK)
     .fetch_all(pool)
     .await
 }

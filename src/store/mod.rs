@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod keys;
 pub mod leader;
 pub mod replicas;
+pub mod results;
 pub mod stats;
 pub mod webhooks;
 

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::upstream::Outcome;
 
 /// A stable id per line, so a finalization that is redone after a crash writes the same file.
-fn line_id(batch_id: &str, line: i32) -> String {
+pub fn line_id(batch_id: &str, line: i32) -> String {
     let digest = Sha256::digest(format!("{batch_id}/{line}").as_bytes());
     format!("batch_req_{}", hex::encode(&digest[..16]))
 }

@@ -418,3 +418,114 @@ async fn an_unreachable_server_is_a_one_line_error() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn batches_retry_runs_the_failed_lines_again_and_reattaches() {
+    let test_db = TestDb::new();
+    let upstream = FakeUpstream::start(&[]);
+    let mut env = WORKER_ON.to_vec();
+    env.push(("OPENBATCH__UPSTREAM__BASE_URL", &upstream.base_url));
+    let replicas = start_replicas_with(1, &test_db.url, &env).await;
+    let address = &replicas[0].address;
+    let dir = Scratch::new();
+    // Lines 1 and 4 get a 400 the first time, line 2 a 422; the fake upstream answers a body's
+    // second execution normally.
+    let input: Vec<Value> = (0..6)
+        .map(|i| {
+            let extra = match i {
+                1 | 4 => json!({"fake": {"fail": [400]}}),
+                2 => json!({"fake": {"fail": [422]}}),
+                _ => json!({}),
+            };
+            chat_line(&format!("line-{i}"), extra)
+        })
+        .collect();
+    let file = dir.write("mixed.jsonl", &to_jsonl(&input));
+    let out = run(cli(address)
+        .arg("submit")
+        .arg(&file)
+        .args(["--wait", "--json"]));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let origin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = origin["id"].as_str().unwrap();
+
+    let first = run(cli(address).args(["batches", "retry", id, "--status-code", "400"]));
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let retry_id = String::from_utf8(first.stdout).unwrap().trim().to_owned();
+    assert!(retry_id.starts_with("batch_"), "{retry_id}");
+
+    // The same command again re-attaches to the same retry, and follows it to the end.
+    let again = run(cli(address).args([
+        "batches",
+        "retry",
+        id,
+        "--status-code",
+        "400",
+        "--wait",
+        "--json",
+    ]));
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let done: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(done["id"], retry_id.as_str());
+    assert_eq!(done["retry_of"], id);
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 2, "completed": 2, "failed": 0})
+    );
+    let input_file = done["input_file_id"].as_str().unwrap();
+    let content = reqwest::get(format!("{address}/v1/files/{input_file}/content"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        content.to_vec(),
+        to_jsonl(&[input[1].clone(), input[4].clone()])
+    );
+    let origin_now = get(address, &format!("/v1/batches/{id}")).await;
+    assert_eq!(origin_now["retries"], json!([retry_id]));
+
+    // Nothing matches: the server's reason and code, exit 1.
+    let none = run(cli(address).args(["batches", "retry", id, "--error-code", "batch_expired"]));
+    let err = stderr(&none);
+    assert_eq!(none.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing_to_retry"), "{err}");
+}
+
+#[tokio::test]
+async fn wait_follows_the_event_stream_and_falls_back_to_polling() {
+    let test_db = TestDb::new();
+    let upstream = FakeUpstream::start(&[]);
+    let mut env = WORKER_ON.to_vec();
+    env.push(("OPENBATCH__UPSTREAM__BASE_URL", &upstream.base_url));
+    let with_events = start_replicas_with(1, &test_db.url, &env).await;
+    env.push(("OPENBATCH__LIMITS__MAX_EVENT_STREAMS", "0"));
+    let without = start_replicas_with(1, &test_db.url, &env).await;
+    let dir = Scratch::new();
+    // Still running at the first look, whatever the machine's speed.
+    let slow = |name: &str| {
+        dir.write(
+            name,
+            &to_jsonl(&[chat_line(name, json!({"fake": {"latency_ms": 1500}}))]),
+        )
+    };
+
+    // Polling once an hour: only pushed events can end this wait in time.
+    let out = run(cli(&with_events[0].address)
+        .arg("submit")
+        .arg(slow("a.jsonl"))
+        .args(["--wait", "--json", "--poll-interval", "3600"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["status"], "completed");
+
+    // A server that refuses the stream (its cap is 0) is polled instead.
+    let out = run(cli(&without[0].address)
+        .arg("submit")
+        .arg(slow("b.jsonl"))
+        .args(["--wait", "--json", "--poll-interval", "0.1"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["status"], "completed");
+}

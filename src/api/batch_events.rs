@@ -1,0 +1,112 @@
+//! `GET /v1/batches/{id}/events` (OpenBatch extension): Server-Sent Events carrying the batch
+//! object whenever its status or `request_counts` change, ending after a final status.
+//!
+//! Each stream polls its batch (one indexed read of the row and its chunks' counters, ~0.1 ms)
+//! rather than waiting on LISTEN: progress is written by flushes, which do not NOTIFY (a NOTIFY
+//! per flush would serialise every replica's commits), so there is no event to listen for.
+//! The cost is bounded per replica by `limits.max_event_streams`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpResponse};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::batches::{batch_not_found, batch_object, parse_batch_id};
+use super::{AppState, Project};
+use crate::error::ApiError;
+use crate::store::batches as store;
+
+const POLL: Duration = Duration::from_millis(500);
+/// A comment line this often keeps proxies from closing a quiet stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/batches/{batch_id}/events").route(web::get().to(events)));
+}
+
+/// One of the replica's open streams; given back when the stream ends or its client leaves.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn event(batch: &Value) -> Bytes {
+    Bytes::from(format!("event: batch\ndata: {batch}\n\n"))
+}
+
+async fn events(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_batch_id(&path)?;
+    let mut batch = store::get(&state.pool, &project, &id)
+        .await?
+        .ok_or_else(|| batch_not_found(id.as_str()))?;
+    let limit = state.limits.max_event_streams;
+    let slot =
+        Slot::take(&state.event_streams, limit).ok_or_else(|| ApiError::too_many_streams(limit))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let pool = state.pool.clone();
+    actix_web::rt::spawn(async move {
+        let _slot = slot;
+        let mut sent: Option<Value> = None;
+        let mut wrote = Instant::now();
+        loop {
+            let object = batch_object(&batch);
+            if sent.as_ref() != Some(&object) {
+                if tx.send(Ok(event(&object))).await.is_err() {
+                    return;
+                }
+                sent = Some(object);
+                wrote = Instant::now();
+            }
+            if batch.status.is_terminal() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = tx.closed() => return,
+            }
+            if wrote.elapsed() >= KEEPALIVE {
+                if tx
+                    .send(Ok(Bytes::from_static(b": keepalive\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                wrote = Instant::now();
+            }
+            match store::get(&pool, &project, &id).await {
+                Ok(Some(b)) => batch = b,
+                Ok(None) => return,
+                // The database may come back; the client keeps its stream meanwhile.
+                Err(e) => {
+                    tracing::warn!(batch_id = %id, error = %e, "event stream: reading the batch failed")
+                }
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+}

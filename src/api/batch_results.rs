@@ -1,0 +1,116 @@
+//! `GET /v1/batches/{id}/results` (OpenBatch extension): the lines a batch has finished so
+//! far, as JSONL, resumable from a cursor; see README "Results while a batch runs".
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::batches::{batch_not_found, parse_batch_id};
+use super::{AppState, Project};
+use crate::domain::{FileId, ProjectId, ResultsCursor};
+use crate::error::ApiError;
+use crate::results::live::{self, Source};
+use crate::results::{FileLines, FinishedLines};
+use crate::store::batches as store;
+use crate::store::files;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));
+}
+
+#[derive(Deserialize)]
+struct Params {
+    after: Option<String>,
+}
+
+/// A result file of an ended batch, ready to be read; `None` when the batch has none.
+async fn result_file(
+    state: &AppState,
+    project: &ProjectId,
+    id: Option<&str>,
+) -> Result<Option<FileLines>, ApiError> {
+    let Some(id) = id else { return Ok(None) };
+    let missing = || {
+        ApiError::batch_state(
+            "results_unavailable",
+            format!("The batch's result file {id} was deleted or has expired; its results can no longer be served."),
+        )
+    };
+    let file_id = FileId::parse("file_id", id).map_err(|_| missing())?;
+    let file = files::get(&state.pool, project, &file_id)
+        .await?
+        .ok_or_else(missing)?;
+    Ok(Some(FileLines::new(file.id, file.bytes)))
+}
+
+async fn results(
+    path: web::Path<String>,
+    query: web::Query<Params>,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_batch_id(&path)?;
+    let batch = store::get(&state.pool, &project, &id)
+        .await?
+        .ok_or_else(|| batch_not_found(id.as_str()))?;
+    let cursor = match query.after.as_deref().filter(|a| !a.is_empty()) {
+        Some(raw) => Some(ResultsCursor::parse(&id, raw)?),
+        None => None,
+    };
+    // A batch's status and its stored groups change in one transaction (finalization writes
+    // the files and deletes the groups), so the status read here says where its results are.
+    let ended = batch.status.is_terminal();
+    let source = match (ended, cursor) {
+        (false, None) => Source::Live { seq: 0, taken: 0 },
+        (false, Some(ResultsCursor::Live { seq, taken })) => Source::Live { seq, taken },
+        (false, Some(ResultsCursor::Final { .. })) => {
+            return Err(ApiError::bad_cursor(
+                "invalid_cursor",
+                "Invalid 'after': this cursor was not issued for this batch's present state.",
+            ))
+        }
+        (true, Some(ResultsCursor::Live { .. })) => {
+            return Err(ApiError::bad_cursor(
+                "cursor_expired",
+                format!(
+                    "Batch {id} ended after this cursor was issued, and its results moved to its output and \
+                     error files, in input order. Read them again without 'after' and skip the records \
+                     whose 'line' you already have."
+                ),
+            ))
+        }
+        (true, cursor) => {
+            let next = match cursor {
+                Some(ResultsCursor::Final { next }) => next,
+                _ => 0,
+            };
+            let output = result_file(&state, &project, batch.output_file_id.as_deref()).await?;
+            let errors = result_file(&state, &project, batch.error_file_id.as_deref()).await?;
+            Source::Final {
+                lines: Box::new(FinishedLines::new(id.clone(), output, errors)),
+                next,
+            }
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let pool = state.pool.clone();
+    let batch_id = id.clone();
+    actix_web::rt::spawn(async move {
+        if let Err(e) = live::produce(pool, batch_id.clone(), source, &tx).await {
+            tracing::error!(batch_id = %batch_id, error = format!("{e:#}"), "serving results failed");
+            // Aborts the response instead of ending it cleanly, so a client never takes a
+            // cut-off stream for the whole.
+            let _ = tx
+                .send(Err(std::io::Error::other("serving results failed")))
+                .await;
+        }
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("OpenBatch-Batch-Status", batch.status.as_str()))
+        .insert_header((
+            "OpenBatch-Results-Complete",
+            if ended { "true" } else { "false" },
+        ))
+        .streaming(body))
+}

@@ -1,0 +1,210 @@
+//! `POST /v1/batches/{id}/retry` (OpenBatch extension): a new batch made of the requests of an
+//! ended batch that failed, expired or were cancelled, optionally filtered; idempotent like
+//! batch creation.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::batches::{batch_not_found, batch_object, parse_batch_id};
+use super::{body, AppState, Project};
+use crate::domain::{
+    BatchSpec, BatchStatus, CompletionWindow, Endpoint, FileId, IdempotencyKey, Invalid, Metadata,
+    Purpose, RetryFilter,
+};
+use crate::error::ApiError;
+use crate::results::{retry, FileLines};
+use crate::store::batches::{self as store, BatchRecord, Created};
+use crate::store::files::{self, NewContent, NewFile};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/batches/{batch_id}/retry").route(web::post().to(retry_batch)));
+}
+
+#[derive(Deserialize, Default)]
+struct RetryBody {
+    #[serde(default)]
+    error_codes: Value,
+    #[serde(default)]
+    status_codes: Value,
+    idempotency_key: Option<String>,
+    idem_tok: Option<String>,
+}
+
+impl RetryBody {
+    fn idempotency_key(&self, req: &HttpRequest) -> Result<Option<IdempotencyKey>, Invalid> {
+        let header = match req.headers().get("idempotency-key") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Invalid::new(
+                    "Idempotency-Key",
+                    "invalid_value",
+                    "The Idempotency-Key header must be printable ASCII.",
+                )
+            })?),
+        };
+        IdempotencyKey::from_sources(&[
+            ("idempotency_key", self.idempotency_key.as_deref()),
+            ("idem_tok", self.idem_tok.as_deref()),
+            ("Idempotency-Key", header),
+        ])
+    }
+}
+
+fn conflict(key: &IdempotencyKey, existing: &BatchRecord) -> ApiError {
+    ApiError::conflict(format!(
+        "Idempotency key conflict: the key '{}' was already used to create batch {} with \
+         different parameters. Retry with the identical parameters, or use a new key.",
+        key.as_str(),
+        existing.id
+    ))
+    .with_param("idempotency_key")
+    .with_code("idempotency_key_conflict")
+}
+
+fn replayed(batch: &BatchRecord) -> HttpResponse {
+    crate::metrics::get().idempotent_replays.inc();
+    HttpResponse::Ok()
+        .insert_header(("Idempotent-Replayed", "true"))
+        .json(batch_object(batch))
+}
+
+async fn retry_batch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    Project(project): Project,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_batch_id(&path)?;
+    let body: RetryBody =
+        body::optional_json(&req, payload, state.limits.max_json_body_bytes).await?;
+    let filter = RetryFilter::from_json(&body.error_codes, &body.status_codes)?;
+    let key = body.idempotency_key(&req)?;
+    let origin = store::get(&state.pool, &project, &id)
+        .await?
+        .ok_or_else(|| batch_not_found(id.as_str()))?;
+    let hash = filter.fingerprint(&id);
+    // A replay answers before any file is built.
+    if let Some(key) = &key {
+        if let Some(existing) = store::by_key(&state.pool, &project, key).await? {
+            if existing.params_hash != hash {
+                return Err(conflict(key, &existing));
+            }
+            return Ok(replayed(&existing));
+        }
+    }
+    if !origin.status.is_terminal() {
+        return Err(ApiError::batch_state(
+            "batch_not_finished",
+            format!(
+                "Batch {id} is still {}; only an ended batch (completed, failed, expired or \
+                 cancelled) can be retried.",
+                origin.status.as_str()
+            ),
+        ));
+    }
+    let nothing = |why: &str| {
+        ApiError::batch_state(
+            "nothing_to_retry",
+            format!("Batch {id} has no lines to retry: {why}."),
+        )
+    };
+    let Some(error_file) = origin.error_file_id.as_deref() else {
+        return Err(nothing(if origin.status == BatchStatus::Failed {
+            "it failed validation, so none of its lines ran (fix the input file and create a new batch)"
+        } else {
+            "every line succeeded"
+        }));
+    };
+    let unavailable = |what: &str, file: &str| {
+        ApiError::batch_state(
+            "retry_input_unavailable",
+            format!("Batch {id} cannot be retried: its {what} {file} was deleted or has expired."),
+        )
+    };
+    let stored = |what: &'static str, file: String| {
+        let state = state.clone();
+        let project = project.clone();
+        async move {
+            let fid = FileId::parse("file_id", &file).map_err(|_| unavailable(what, &file))?;
+            let rec = files::get(&state.pool, &project, &fid)
+                .await?
+                .ok_or_else(|| unavailable(what, &file))?;
+            Ok::<_, ApiError>(FileLines::new(rec.id, rec.bytes))
+        }
+    };
+    let errors = stored("error file", error_file.to_owned()).await?;
+    let input = stored("input file", origin.input_file_id.clone()).await?;
+
+    let mut tx = state.pool.begin().await?;
+    let mut content = NewContent::new();
+    let lines = retry::write_input(
+        &state.pool,
+        &mut tx,
+        &id,
+        input,
+        errors,
+        &filter,
+        &mut content,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(batch_id = %id, error = format!("{e:#}"), "building a retry failed");
+        ApiError::internal()
+    })?;
+    if lines == 0 {
+        return Err(nothing("no failed line matches the filter"));
+    }
+    let file = content
+        .finish(
+            &mut tx,
+            NewFile {
+                project: &project,
+                filename: &format!("{id}_retry.jsonl"),
+                purpose: Purpose::Batch,
+                expires_after_seconds: None,
+            },
+        )
+        .await?;
+    let spec = BatchSpec {
+        input_file_id: file.id,
+        endpoint: Endpoint::parse(&origin.endpoint)?,
+        completion_window: CompletionWindow::parse(&origin.completion_window)?,
+        metadata: Metadata::from_json(origin.metadata.as_ref().unwrap_or(&Value::Null))?,
+        output_expires_after: None,
+    };
+    let trace = crate::telemetry::traceparent(&tracing::Span::current());
+    let created = store::create(
+        &mut tx,
+        &project,
+        &spec,
+        store::Options {
+            key: key.as_ref(),
+            expires_in_secs: state
+                .expiry_override_secs
+                .unwrap_or(spec.completion_window.seconds()),
+            max_active: state.limits.max_active_batches_per_project,
+            trace_context: trace.as_deref(),
+            retry_of: Some(&id),
+            params_hash: Some(&hash),
+        },
+    )
+    .await?;
+    match created {
+        Created::New(batch) => {
+            tx.commit().await?;
+            tracing::info!(batch_id = %batch.id, retry_of = %id, lines, "retry batch created");
+            if let Some(worker) = &state.wake_worker {
+                worker.notify_one();
+            }
+            Ok(HttpResponse::Ok().json(batch_object(&batch)))
+        }
+        // A concurrent retry with the same key won; its file is the one kept.
+        Created::Replayed(batch) => Ok(replayed(&batch)),
+        Created::Conflict(batch) => Err(conflict(key.as_ref().expect("keyed"), &batch)),
+        Created::LimitReached => Err(super::batches::limit_reached(
+            state.limits.max_active_batches_per_project,
+        )),
+    }
+}

@@ -1,0 +1,138 @@
+//! The records of `GET /v1/batches/{id}/results`: each a result-file line exactly as its file
+//! holds (or will hold) it, with `line`, `cursor` and `file` added in front.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::FinishedLines;
+use crate::domain::{BatchId, ResultsCursor};
+use crate::store::results;
+use crate::worker::output;
+
+/// Result groups read per query (about; at least one group).
+const PAGE_BYTES: i64 = 512 << 10;
+/// Records sent to the client per write once this many bytes are ready.
+const SEND_BYTES: usize = 256 << 10;
+
+/// Where the records come from.
+pub enum Source {
+    /// The batch runs: its stored result groups, in commit order, from this position.
+    Live { seq: i64, taken: u32 },
+    /// The batch ended: its files in input order, from request `next`.
+    Final {
+        lines: Box<FinishedLines>,
+        next: u32,
+    },
+}
+
+/// Appends one record: the file line with `line` (1-based request number), `cursor` (where to
+/// resume after this record) and `file` (`output` or `error`) added as its first members.
+fn record(buf: &mut Vec<u8>, ordinal: i64, cursor: &str, output: bool, file_line: &[u8]) {
+    let members = file_line.strip_prefix(b"{").unwrap_or(file_line);
+    let file = if output { "output" } else { "error" };
+    let _ = write!(
+        buf,
+        "{{\"line\":{},\"cursor\":\"{cursor}\",\"file\":\"{file}\",",
+        ordinal + 1
+    );
+    buf.extend_from_slice(members);
+    buf.push(b'\n');
+}
+
+/// Hands what `buf` holds to the response; false when the client has gone.
+async fn send(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, buf: &mut Vec<u8>) -> bool {
+    let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SEND_BYTES)));
+    tx.send(Ok(chunk)).await.is_ok()
+}
+
+/// Sends every record available now to `tx`, a page at a time: for a running batch, until it
+/// has caught up with what is stored; for an ended one, to the end of its files. Returns early
+/// when the client has gone.
+pub async fn produce(
+    pool: PgPool,
+    batch: BatchId,
+    source: Source,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(SEND_BYTES);
+    match source {
+        Source::Live { mut seq, mut taken } => loop {
+            let groups = results::live_page(&pool, &batch, seq, PAGE_BYTES).await?;
+            let Some(last) = groups.last().map(|g| g.seq) else {
+                break;
+            };
+            for g in &groups {
+                let skip = if g.seq == seq { taken as usize } else { 0 };
+                for (k, stored) in output::decode(&g.lines).enumerate().skip(skip) {
+                    let s = stored?;
+                    let cursor = ResultsCursor::Live {
+                        seq: g.seq,
+                        taken: k as u32 + 1,
+                    }
+                    .encode(&batch);
+                    record(
+                        &mut buf,
+                        i64::from(s.line),
+                        &cursor,
+                        s.success,
+                        s.file_line.as_bytes(),
+                    );
+                    if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
+                        return Ok(());
+                    }
+                }
+            }
+            (seq, taken) = (last + 1, 0);
+            if !buf.is_empty() && !send(tx, &mut buf).await {
+                return Ok(());
+            }
+        },
+        Source::Final { mut lines, next } => {
+            while let Some(f) = lines.next(&pool).await? {
+                if f.ordinal < next {
+                    continue;
+                }
+                let cursor = ResultsCursor::Final {
+                    next: f.ordinal + 1,
+                }
+                .encode(&batch);
+                record(&mut buf, i64::from(f.ordinal), &cursor, f.output, &f.line);
+                if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
+                    return Ok(());
+                }
+            }
+            if !buf.is_empty() {
+                let _ = tx.send(Ok(Bytes::from(buf))).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_the_file_line_with_three_members_in_front() {
+        let mut buf = Vec::new();
+        let line = r#"{"id":"batch_req_1","custom_id":"a","response":null,"error":{"code":"x","message":"m"}}"#;
+        record(&mut buf, 4, "f5_abcd", false, line.as_bytes());
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["line"], 5);
+        assert_eq!(v["cursor"], "f5_abcd");
+        assert_eq!(v["file"], "error");
+        let mut file_line = v.as_object().unwrap().clone();
+        for k in ["line", "cursor", "file"] {
+            file_line.remove(k);
+        }
+        assert_eq!(
+            serde_json::Value::Object(file_line),
+            serde_json::from_str::<serde_json::Value>(line).unwrap()
+        );
+        assert!(buf.ends_with(b"}\n"));
+    }
+}
