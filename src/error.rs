@@ -92,9 +92,10 @@ impl ApiError {
     }
 
     /// A request the batch cannot take in its present state (retrying one that has not ended,
-    /// or with nothing to retry); the same request fails the same way until the state changes.
+    /// or with nothing to retry): 409, as OpenAI answers a cancel of an ended batch; the same
+    /// request fails the same way until the state changes, so the SDKs are told not to retry.
     pub fn batch_state(code: &str, message: impl Into<String>) -> Self {
-        Self::bad_request(message).with_code(code).no_retry()
+        Self::conflict(message).with_code(code).no_retry()
     }
 
     pub fn internal() -> Self {

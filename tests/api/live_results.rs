@@ -39,15 +39,18 @@ struct Page {
     records: Vec<Value>,
 }
 
-/// One call; `Err` with the error object when the server refuses it.
-async fn try_results(app: &TestApp, id: &str, after: Option<&str>) -> Result<Page, Value> {
+/// One call; `Err` with the status and error object when the server refuses it (400 for a
+/// cursor, 409 for results that can no longer be served).
+async fn try_results(app: &TestApp, id: &str, after: Option<&str>) -> Result<Page, (u16, Value)> {
     let mut req = app.get(&format!("/v1/batches/{id}/results"));
     if let Some(after) = after {
         req = req.query(&[("after", after)]);
     }
     let res = req.send().await.unwrap();
-    if res.status() != 200 {
-        return Err(expect_error(res, 400).await);
+    let status = res.status().as_u16();
+    if status != 200 {
+        assert!(status == 400 || status == 409, "{status}");
+        return Err((status, expect_error(res, status).await));
     }
     assert_eq!(res.headers()["content-type"], "application/x-ndjson");
     let status = res.headers()["openbatch-batch-status"]
@@ -70,7 +73,7 @@ async fn try_results(app: &TestApp, id: &str, after: Option<&str>) -> Result<Pag
 async fn results(app: &TestApp, id: &str, after: Option<&str>) -> Page {
     try_results(app, id, after)
         .await
-        .unwrap_or_else(|e| panic!("results refused: {e}"))
+        .unwrap_or_else(|e| panic!("results refused: {e:?}"))
 }
 
 /// A record without the three members the endpoint adds: the file line itself.
@@ -164,7 +167,9 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
                 }
                 seen.extend(page.records);
             }
-            Err(e) => assert_eq!(e["code"], "cursor_expired", "{e}"),
+            Err((status, e)) => {
+                assert_eq!((status, &e["code"]), (400, &json!("cursor_expired")), "{e}")
+            }
         }
         assert!(Instant::now() < deadline, "batch stuck: {b}");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -281,8 +286,12 @@ async fn results_refuse_unknown_batches_and_bad_cursors() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let err = try_results(&app, &id, None).await.unwrap_err();
-    assert_eq!(err["code"], "results_unavailable");
+    let (status, err) = try_results(&app, &id, None).await.unwrap_err();
+    assert_eq!(
+        (status, &err["code"]),
+        (409, &json!("results_unavailable")),
+        "{err}"
+    );
 }
 
 /// Reads Server-Sent Events until the stream ends; returns the batch objects they carried.

@@ -66,7 +66,7 @@ async fn retry_runs_exactly_the_failed_lines_again_and_links_both_batches() {
     }
     let res = retry(&app, &origin, json!({"error_codes": ["batch_expired"]})).await;
     assert_eq!(res.headers()["x-should-retry"], "false");
-    let err = expect_error(res, 400).await;
+    let err = expect_error(res, 409).await;
     assert_eq!(err["code"], "nothing_to_retry");
 
     // Every failed line, byte for byte, in input order.
@@ -129,7 +129,7 @@ async fn retry_runs_exactly_the_failed_lines_again_and_links_both_batches() {
     assert_eq!(entry["retries"], o["retries"]);
 
     // A batch whose every line succeeded has nothing to retry.
-    let err = expect_error(retry(&app, id, json!({})).await, 400).await;
+    let err = expect_error(retry(&app, id, json!({})).await, 409).await;
     assert_eq!(err["code"], "nothing_to_retry");
 }
 
@@ -258,7 +258,7 @@ async fn a_batch_still_running_or_failed_in_validation_cannot_be_retried() {
     ] {
         let id = app.batch_in_status(status).await;
         let res = retry(&app, &id, json!({})).await;
-        let err = expect_error(res, 400).await;
+        let err = expect_error(res, 409).await;
         assert_eq!(err["code"], code, "{status}: {err}");
     }
 }
@@ -305,6 +305,6 @@ async fn another_projects_batch_is_not_found_on_the_extensions() {
     let res = results.send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "");
-    let err = expect_error(retry.send().await.unwrap(), 400).await;
+    let err = expect_error(retry.send().await.unwrap(), 409).await;
     assert_eq!(err["code"], "batch_not_finished");
 }

@@ -147,7 +147,7 @@ def test_events_then_retry_of_the_failed_lines(setup: tuple[openai.OpenAI, httpx
     assert finished.status == "completed"
     assert finished.request_counts.completed == 2
 
-    # A retry of a batch whose every line succeeded: a clear 400.
+    # A retry of a batch whose every line succeeded: a clear 409 (the batch's state).
     nothing = http.post(f"/batches/{retry_id}/retry")
-    assert nothing.status_code == 400
+    assert nothing.status_code == 409
     assert nothing.json()["error"]["code"] == "nothing_to_retry"
