@@ -33,21 +33,11 @@ struct RetryBody {
 
 impl RetryBody {
     fn idempotency_key(&self, req: &HttpRequest) -> Result<Option<IdempotencyKey>, Invalid> {
-        let header = match req.headers().get("idempotency-key") {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                Invalid::new(
-                    "Idempotency-Key",
-                    "invalid_value",
-                    "The Idempotency-Key header must be printable ASCII.",
-                )
-            })?),
-        };
-        IdempotencyKey::from_sources(&[
-            ("idempotency_key", self.idempotency_key.as_deref()),
-            ("idem_tok", self.idem_tok.as_deref()),
-            ("Idempotency-Key", header),
-        ])
+        super::batches::idempotency_key(
+            req,
+            self.idempotency_key.as_deref(),
+            self.idem_tok.as_deref(),
+        )
     }
 }
 

@@ -61,22 +61,36 @@ impl CreateBatch {
     }
 
     fn idempotency_key(&self, req: &HttpRequest) -> Result<Option<IdempotencyKey>, Invalid> {
-        let header = match req.headers().get("idempotency-key") {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                Invalid::new(
-                    "Idempotency-Key",
-                    "invalid_value",
-                    "The Idempotency-Key header must be printable ASCII.",
-                )
-            })?),
-        };
-        IdempotencyKey::from_sources(&[
-            ("idempotency_key", self.idempotency_key.as_deref()),
-            ("idem_tok", self.idem_tok.as_deref()),
-            ("Idempotency-Key", header),
-        ])
+        idempotency_key(
+            req,
+            self.idempotency_key.as_deref(),
+            self.idem_tok.as_deref(),
+        )
     }
+}
+
+/// The request's idempotency key, from the body's `idempotency_key` or `idem_tok` or the
+/// `Idempotency-Key` header (at most one of them), as batch creation and retry take it.
+pub(super) fn idempotency_key(
+    req: &HttpRequest,
+    idempotency_key: Option<&str>,
+    idem_tok: Option<&str>,
+) -> Result<Option<IdempotencyKey>, Invalid> {
+    let header = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            Invalid::new(
+                "Idempotency-Key",
+                "invalid_value",
+                "The Idempotency-Key header must be printable ASCII.",
+            )
+        })?),
+    };
+    IdempotencyKey::from_sources(&[
+        ("idempotency_key", idempotency_key),
+        ("idem_tok", idem_tok),
+        ("Idempotency-Key", header),
+    ])
 }
 
 async fn create(
