@@ -119,16 +119,7 @@ impl Client {
             .request(Method::POST, &format!("/batches/{id}/retry"))
             .header("Idempotency-Key", key)
             .json(body);
-        let res = self.send(rb).await?;
-        let replayed = res
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
-        let batch = res
-            .json()
-            .await
-            .context("the server sent a body that is not JSON")?;
-        Ok(Created { batch, replayed })
+        created(self.send(rb).await?).await
     }
 
     /// The batch's Server-Sent Events (an OpenBatch extension), or `None` when the server does
@@ -149,18 +140,11 @@ impl Client {
     }
 
     pub async fn create_batch(&self, body: &Value) -> anyhow::Result<Created> {
-        let res = self
-            .send(self.request(Method::POST, "/batches").json(body))
-            .await?;
-        let replayed = res
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
-        let batch = res
-            .json()
-            .await
-            .context("the server sent a body that is not JSON")?;
-        Ok(Created { batch, replayed })
+        created(
+            self.send(self.request(Method::POST, "/batches").json(body))
+                .await?,
+        )
+        .await
     }
 
     pub async fn list_files(
@@ -320,4 +304,17 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
         Some(s) => s.status == 429 || s.status >= 500,
         None => e.to_string().starts_with("cannot reach the server"),
     }
+}
+
+/// A created batch, and whether the server replayed it from an earlier request with its key.
+async fn created(res: Response) -> anyhow::Result<Created> {
+    let replayed = res
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let batch = res
+        .json()
+        .await
+        .context("the server sent a body that is not JSON")?;
+    Ok(Created { batch, replayed })
 }
