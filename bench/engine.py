@@ -103,13 +103,18 @@ def psql(a, sql):
     return out.stdout.strip()
 
 
-def db_size(a):
+def db_size(a, settle=0):
     """The database's size after a plain VACUUM (what an operator's autovacuum would leave),
     and the size of each relation. VACUUM gives the space at a table's end back to the file
     system only if it can lock the table for a moment (autovacuum may be busy with it right after
-    a large delete): it is run until the size stops falling, at most five times."""
+    a large delete): it is run until the size stops falling, at most five times. With `settle`,
+    it goes on until the size has not fallen for that many seconds (at most 120 s): the
+    replicas' maintainer rebuilds bloated TOAST indexes once the statistics show the purge."""
     size = None
-    for _ in range(5):
+    start, fell = time.monotonic(), time.monotonic()
+    for _ in range(5 if not settle else 10**6):
+        if settle and (time.monotonic() - fell > settle or time.monotonic() - start > 120):
+            break
         for _ in range(300):  # let a running autovacuum finish first (at most 30 s)
             if psql(a, "SELECT count(*) FROM pg_stat_progress_vacuum "
                        "WHERE datname = current_database()") == "0":
@@ -117,9 +122,11 @@ def db_size(a):
             time.sleep(0.1)
         psql(a, "VACUUM")
         now = int(psql(a, "SELECT pg_database_size(current_database())"))
-        if size is not None and now >= size:
+        if size is not None and now >= size and not settle:
             break
-        size = now
+        if size is None or now < size:
+            fell = time.monotonic()
+        size = now if size is None else min(size, now)
         time.sleep(1)
     rels = psql(a, "SELECT c.relname || ':' || pg_relation_size(c.oid) FROM pg_class c "
                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -268,6 +275,37 @@ class Sampler(threading.Thread):
 
 # --- one batch ----------------------------------------------------------------------------------
 
+def warm_up(a, api, ports):
+    """Runs the input's first `a.warmup` lines as a batch through every replica, unmeasured: a
+    deployment's replicas are long-running, while freshly started ones would charge the
+    measured batch with opening their database and upstream connections."""
+    path = a.out + ".warmup.jsonl"
+    with open(a.input, "rb") as src, open(path, "wb") as dst:
+        for i, line in enumerate(src):
+            if i >= a.warmup:
+                break
+            dst.write(line)
+    code, _ = curl(["-o", path + ".json", "-F", "purpose=batch",
+                    "-F", f"file=@{path};type=application/jsonl", f"{api}/files"])
+    if code != 200:
+        die(f"warm-up upload answered HTTP {code}")
+    file_id = json.load(open(path + ".json"))["id"]
+    code, batch = http_json("POST", f"{api}/batches", {
+        "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})
+    if code != 200:
+        die(f"warm-up create answered HTTP {code}: {str(batch)[:300]}")
+    deadline = time.monotonic() + 300
+    while batch.get("status") != "completed":
+        if batch.get("status") in ("failed", "expired", "cancelled") or time.monotonic() > deadline:
+            die(f"warm-up batch ended {batch.get('status')}")
+        time.sleep(0.1)
+        batch = http_json("GET", f"http://127.0.0.1:{ports[-1]}/v1/batches/{batch['id']}")[1]
+    os.unlink(path)
+    os.unlink(path + ".json")
+    log(f"{a.label}: warm-up batch of {a.warmup} lines completed (not measured)")
+
+
 def cmd_run(a):
     ports = [int(p) for p in a.ports.split(",")]
     pids = [int(p) for p in a.pids.split(",")]
@@ -276,6 +314,8 @@ def cmd_run(a):
     with open(a.input, "rb") as f:
         res["lines"] = sum(1 for _ in f)
 
+    if a.warmup:
+        warm_up(a, api, ports)
     code, _ = http_json("POST", f"{a.fake}/stats/reset")
     if code != 200:
         die(f"fake-upstream /stats/reset answered {code}")
@@ -409,7 +449,7 @@ def cmd_run(a):
                 code, body = http_json("DELETE", f"{api}/files/{fid}")
                 if code != 200:
                     die(f"DELETE file answered {code}: {str(body)[:300]}")
-        res["db_bytes_after_delete"], res["rel_bytes_after_delete"] = db_size(a)
+        res["db_bytes_after_delete"], res["rel_bytes_after_delete"] = db_size(a, settle=20)
         left = psql(a, "SELECT (SELECT count(*) FROM batch_chunks) + (SELECT count(*) FROM batch_results)")
         res["work_rows_left"] = int(left)
     json.dump(res, open(a.out, "w"), indent=1)
@@ -619,6 +659,7 @@ def main():
     r.add_argument("--out", required=True)
     r.add_argument("--poll", type=float, default=0.5)
     r.add_argument("--timeout", type=float, default=900)
+    r.add_argument("--warmup", type=int, default=0, help="lines of an unmeasured batch run first")
     rep = sub.add_parser("report")
     rep.add_argument("--latency-ms", type=int, required=True)
     rep.add_argument("--in-flight", type=int, required=True)

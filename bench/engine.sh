@@ -12,6 +12,8 @@
 #   run 3 "latency": one-line batches against a 5 ms upstream, create -> completed
 #   run 4 "ceiling": a CPU-bound upstream (fake-upstream --cpu-us) measured alone with wrk at
 #                    64 connections, then a 20,000-line batch through the replicas against it
+#                    (after an unmeasured 1,000-line batch, so that the replicas have their
+#                    connections open as long-running ones would)
 # Each run gets freshly started replicas, so their VmHWM (peak RSS) belongs to that run alone.
 #
 # Environment (defaults):
@@ -25,7 +27,7 @@
 #   BENCH_POLL=0.5          seconds between GET /v1/batches/{id} polls
 #   BENCH_CEIL_CPU_US=250   fake-upstream --cpu-us for the ceiling run (0 skips the run)
 #   BENCH_CEIL_LINES=20000  lines of the ceiling run
-#   BENCH_CEIL_FLUSH_MS=10  worker.flush_interval_ms of the ceiling run's replicas (bigger result groups)
+#   BENCH_FLUSH_MS          worker.flush_interval_ms of every run's replicas (default: the server's)
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
@@ -48,7 +50,9 @@ BENCH_BIG_BYTES=${BENCH_BIG_BYTES:-$((200 * 1024 * 1024 - 64 * 1024))}
 BENCH_POLL=${BENCH_POLL:-0.5}
 BENCH_CEIL_CPU_US=${BENCH_CEIL_CPU_US:-250}
 BENCH_CEIL_LINES=${BENCH_CEIL_LINES:-20000}
-BENCH_CEIL_FLUSH_MS=${BENCH_CEIL_FLUSH_MS:-10}
+BENCH_FLUSH_MS=${BENCH_FLUSH_MS:-}
+FLUSH_ENV=()
+if [ -n "$BENCH_FLUSH_MS" ]; then FLUSH_ENV=(OPENBATCH__WORKER__FLUSH_INTERVAL_MS="$BENCH_FLUSH_MS"); fi
 
 log() { printf '[engine %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -194,7 +198,7 @@ start_replicas() {
             OPENBATCH__UPSTREAM__BASE_URL="$upstream/v1" \
             OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
             OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
-            OPENBATCH__WORKER__FLUSH_INTERVAL_MS="${FLUSH_MS:-0}" \
+            "${FLUSH_ENV[@]}" \
             RUST_LOG=warn \
             "$BIN" serve >"$WORK/replica-$run-$i.log" 2>&1 &
         REPLICA_PIDS+=($!)
@@ -262,7 +266,7 @@ if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
     wrk -t2 -c64 -d10s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$WORK/wrk-ceil.txt" ||
         die "wrk against the upstream failed"
     python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_CEIL_LINES" --out "$WORK/ceil.jsonl" >/dev/null
-    FLUSH_MS=$BENCH_CEIL_FLUSH_MS run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID" --poll 0.05
+    run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID" --poll 0.05 --warmup 1000
     CEIL_ARGS=(--ceiling "$WORK/ceiling.json" --wrk "$WORK/wrk-ceil.txt")
 fi
 ELAPSED=$(($(date +%s) - START))

@@ -28,9 +28,9 @@ stop_processes() {
 apt_install() {
     [ "$(id -u)" -eq 0 ] || die "'$1' is missing; install it (apt-get install -y $1)"
     log "installing $1 with apt-get"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >"$WORK/apt-$1.log" 2>&1; then
+    if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q "$1" >"$WORK/apt-$1.log" 2>&1; then
         DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$WORK/apt-$1.log" 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >>"$WORK/apt-$1.log" 2>&1 ||
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q "$1" >>"$WORK/apt-$1.log" 2>&1 ||
             {
                 tail -n 20 "$WORK/apt-$1.log" >&2
                 die "could not install $1"

@@ -139,7 +139,7 @@ fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     echo "installing chromium and chromium-driver (console browser tests)"
     command -v apt-get >/dev/null || die "chromium and chromedriver are missing and apt-get is not available"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium chromium-driver >/dev/null; } ||
         die "apt-get install chromium chromium-driver failed"
 fi
 # Screenshots of every console page, kept with the test output.

@@ -81,9 +81,9 @@ apt_install() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian's $2 (for $1)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends "$2" >"$TMP/apt.log" 2>&1 ||
+        apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$2" >"$TMP/apt.log" 2>&1 ||
             { apt-get update -q >>"$TMP/apt.log" 2>&1 &&
-                apt-get install -y -q --no-install-recommends "$2" >>"$TMP/apt.log" 2>&1; } ||
+                apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$2" >>"$TMP/apt.log" 2>&1; } ||
             tail -n 20 "$TMP/apt.log" >&2
     fi
     command -v "$1" >/dev/null 2>&1 || echo "$1 missing: apt-get install $2 (as root)" >&2

@@ -193,6 +193,9 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
     /// Create the database named in `url` when it does not exist.
     pub create_if_missing: bool,
+    /// A TOAST index holding this many bytes more than its live content needs is rebuilt to
+    /// give the space of purged content back (0: never).
+    pub reindex_slack_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,13 +313,14 @@ impl Settings {
                 "upstream.max_response_bytes",
                 default_max_response_bytes() as u64,
             )?
+            .set_default("database.reindex_slack_bytes", 1024 * 1024)?
             .set_default("worker.enabled", true)?
             .set_default("worker.max_in_flight", 64)?
             .set_default("worker.chunk_lines", 256)?
             .set_default("worker.chunk_bytes", 1024 * 1024)?
             .set_default("worker.lease_secs", 30)?
             .set_default("worker.poll_interval_ms", 250)?
-            .set_default("worker.flush_interval_ms", 0)?
+            .set_default("worker.flush_interval_ms", 10)?
             .set_default("worker.max_attempts", 5)?
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?

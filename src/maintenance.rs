@@ -1,12 +1,14 @@
 //! Cluster-wide chores, independent of HTTP and of the batch worker: whichever replica holds
 //! a PostgreSQL advisory lock runs them, so they happen once, not once per replica.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::store::{chunks, files, leader, stats, webhooks};
+use crate::store::{chunks, compact, files, leader, stats, webhooks};
 use crate::worker::sleep_or_stop;
 
 /// Any key will do as long as it is OpenBatch's alone.
@@ -15,11 +17,17 @@ const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
 /// lapsed, analyze tables that outgrew their planner statistics, and purge the content of
-/// deleted and expired files, and prune old webhook deliveries. Each chore is short statements
-/// on the pool, never a lock a running replica's heartbeat needs.
-pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_retention_secs: u64) {
+/// deleted and expired files (and give their space back), and prune old webhook deliveries.
+/// Each chore is short statements on the pool, never a lock a running replica's heartbeat needs.
+pub async fn run(
+    pool: PgPool,
+    mut stop: watch::Receiver<bool>,
+    webhook_log_retention_secs: u64,
+    reindex_slack_bytes: u64,
+) {
     let mut lock: Option<PgConnection> = None;
     let mut leader = false;
+    let mut compactor = Compactor::new(reindex_slack_bytes);
     while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
         let conn = match &mut lock {
             Some(c) => c,
@@ -70,6 +78,7 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_rete
             Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
             Err(e) => tracing::warn!(error = %e, "purging file content failed"),
         }
+        compactor.tick(&pool);
         match webhooks::prune(&pool, webhook_log_retention_secs as f64, 1000).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deliveries = n, "pruned old webhook deliveries from the log"),
@@ -78,5 +87,70 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_rete
     }
     if let Some(c) = lock {
         let _ = c.close().await;
+    }
+}
+
+/// Rebuilds the indexes of tables whose purged content left their TOAST index mostly empty
+/// (see `store::compact`). A rebuild waits for older transactions to end, so it runs beside the
+/// other chores, one at a time, never blocking a lease requeue.
+struct Compactor {
+    slack: i64,
+    running: Option<tokio::task::JoinHandle<()>>,
+    /// Each table's TOAST index size right after this replica rebuilt it: no rebuild again
+    /// until the index has grown past it, so stale statistics can never cause a rebuild loop.
+    rebuilt: Arc<Mutex<HashMap<&'static str, i64>>>,
+    ticks: u32,
+}
+
+/// Seconds between checks (the check reads only catalog sizes and statistics counters).
+const COMPACT_EVERY: u32 = 5;
+
+impl Compactor {
+    fn new(slack_bytes: u64) -> Self {
+        Self {
+            slack: i64::try_from(slack_bytes).unwrap_or(i64::MAX),
+            running: Default::default(),
+            rebuilt: Default::default(),
+            ticks: 0,
+        }
+    }
+
+    fn tick(&mut self, pool: &PgPool) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.slack == 0 || !self.ticks.is_multiple_of(COMPACT_EVERY) {
+            return;
+        }
+        if self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (pool, slack, rebuilt) = (pool.clone(), self.slack, self.rebuilt.clone());
+        self.running = Some(tokio::spawn(async move {
+            let bloated = match compact::bloated(&pool, slack).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "checking index bloat failed");
+                    return;
+                }
+            };
+            for b in bloated {
+                let floor = rebuilt.lock().expect("not poisoned").get(b.table).copied();
+                if floor.is_some_and(|f| b.index_bytes <= f) {
+                    continue;
+                }
+                match compact::reindex(&pool, b.table).await {
+                    Ok(after) => {
+                        tracing::info!(
+                            table = b.table,
+                            before = b.index_bytes,
+                            after,
+                            "rebuilt the indexes of a table whose content was purged"
+                        );
+                        rebuilt.lock().expect("not poisoned").insert(b.table, after);
+                    }
+                    Err(e) => tracing::warn!(table = b.table, error = %e,
+                                             "rebuilding the indexes of a table failed"),
+                }
+            }
+        }));
     }
 }

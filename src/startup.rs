@@ -45,6 +45,7 @@ impl Application {
             pool.clone(),
             stopped.clone(),
             settings.webhooks.log_retention_secs,
+            settings.database.reindex_slack_bytes,
         ));
         let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
             pool.clone(),

@@ -11,6 +11,7 @@ macro_rules! unfinished_statuses {
 
 pub mod batches;
 pub mod chunks;
+pub mod compact;
 pub mod files;
 pub mod jobs;
 pub mod keys;

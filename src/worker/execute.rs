@@ -68,15 +68,42 @@ struct Done {
     success: bool,
     file_line: String,
     usage: Usage,
-    /// The line's slot; freed only once the result is stored, which bounds the work a killed
-    /// replica can lose to `max_in_flight`.
-    _slot: OwnedSemaphorePermit,
+    /// Freed only once the result is stored, which bounds the work a killed replica can lose
+    /// to `2 × max_in_flight` lines (its upstream slot is freed as soon as the answer is in).
+    _unstored: OwnedSemaphorePermit,
+}
+
+/// Two limits per replica: `slots`, lines at the upstream (`max_in_flight`), and `unstored`,
+/// lines started and not yet stored (twice that). A finished line gives its slot back at once,
+/// so a flush that waits for stragglers (`flush_interval_ms`) costs the upstream nothing;
+/// `unstored` keeps what a crash can lose bounded, and stops claims while the database cannot
+/// take results.
+struct Limits {
+    slots: Arc<Semaphore>,
+    unstored: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl Limits {
+    fn new(max_in_flight: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            unstored: Arc::new(Semaphore::new(2 * max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// No line is at the upstream: nothing more can finish until another starts.
+    fn idle(&self) -> bool {
+        self.slots.available_permits() == self.max_in_flight
+    }
 }
 
 pub(super) async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
-    let (tx, rx) = mpsc::channel::<Done>(ctx.settings.max_in_flight);
-    let flusher = tokio::spawn(flush(ctx.clone(), rx));
-    dispatch(ctx, stop, tx).await;
+    let limits = Arc::new(Limits::new(ctx.settings.max_in_flight));
+    let (tx, rx) = mpsc::channel::<Done>(2 * ctx.settings.max_in_flight);
+    let flusher = tokio::spawn(flush(ctx.clone(), rx, limits.clone()));
+    dispatch(ctx, stop, tx, limits).await;
     // The flusher ends when the last in-flight line has sent its result.
     let _ = flusher.await;
 }
@@ -134,15 +161,19 @@ impl Queue {
     }
 }
 
-async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc::Sender<Done>) {
-    let slots = Arc::new(Semaphore::new(ctx.settings.max_in_flight));
+async fn dispatch(
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    results: mpsc::Sender<Done>,
+    limits: Arc<Limits>,
+) {
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
     let mut queue = Queue::default();
     let mut last_claim = Instant::now();
     let mut failures = 0_u32;
     loop {
         let slot = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            p = take(&limits) => p,
             _ = stop.changed() => return,
         };
         if *stop.borrow() {
@@ -189,12 +220,26 @@ async fn dispatch(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, results: mpsc:
         }
         match queue.next() {
             Some(line) => {
-                tokio::spawn(execute_line(ctx.clone(), line, slot, results.clone()));
+                let (slot, unstored) = slot;
+                tokio::spawn(execute_line(
+                    ctx.clone(),
+                    line,
+                    slot,
+                    unstored,
+                    results.clone(),
+                ));
             }
             // A claimed chunk whose lines all had results already.
             None => drop(slot),
         }
     }
+}
+
+/// A permit to start a line: room among the unstored lines, then an upstream slot.
+async fn take(limits: &Limits) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    let unstored = limits.unstored.clone().acquire_owned().await;
+    let slot = limits.slots.clone().acquire_owned().await;
+    (slot.expect("never closed"), unstored.expect("never closed"))
 }
 
 /// Claims a chunk and reads its lines, skipping those that already have a result (a chunk
@@ -350,6 +395,7 @@ async fn execute_line(
     ctx: Arc<Ctx>,
     line: Line,
     slot: OwnedSemaphorePermit,
+    unstored: OwnedSemaphorePermit,
     results: mpsc::Sender<Done>,
 ) {
     let batch_id = line.chunk.held.batch_id.as_str();
@@ -376,6 +422,7 @@ async fn execute_line(
         .instrument(span),
     )
     .await;
+    drop(slot);
     let success = outcome.is_success();
     crate::metrics::get()
         .lines
@@ -393,7 +440,7 @@ async fn execute_line(
             success,
             file_line,
             usage,
-            _slot: slot,
+            _unstored: unstored,
         })
         .await;
 }
@@ -412,11 +459,13 @@ async fn contain_panic(work: impl std::future::Future<Output = Outcome>) -> Outc
 
 /// Writes results in groups, group-commit style: each write takes everything that finished
 /// while the previous one ran (up to `MAX_FLUSH`), one group per chunk, so groups grow with
-/// load and a result never waits for a timer. `flush_interval_ms` > 0 adds a wait for
-/// stragglers; since a line's slot is held until its result is stored, any wait there is paid
-/// in throughput. A failed write (database restarting) is retried with the results kept; their
-/// slots stay taken meanwhile, so the replica stops claiming instead of piling up work.
-async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
+/// load. `flush_interval_ms` adds a wait of up to that long for stragglers while lines are at
+/// the upstream (none are: nothing can arrive, so a lone line is written at once), which makes
+/// groups several times larger — a fraction of the database's CPU per line — at no cost to the
+/// upstream, since a finished line's slot is already free. A failed write (database restarting)
+/// is retried with the results kept; the unstored lines' permits stay taken meanwhile, so the
+/// replica stops claiming instead of piling up work.
+async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>, limits: Arc<Limits>) {
     let window = Duration::from_millis(ctx.settings.flush_interval_ms);
     let mut buf: Vec<Done> = Vec::with_capacity(MAX_FLUSH);
     while let Some(first) = rx.recv().await {
@@ -426,7 +475,7 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
         while buf.len() < MAX_FLUSH && bytes < MAX_FLUSH_BYTES {
             let next = match rx.try_recv() {
                 Ok(d) => d,
-                Err(_) if window.is_zero() => break,
+                Err(_) if window.is_zero() || limits.idle() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(d)) => d,
                     Ok(None) | Err(_) => break,
@@ -472,9 +521,9 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>) {
     }
 }
 
-/// Writes the groups, retrying while the database is unreachable or restarting (slots stay
-/// taken meanwhile). A refusal that would recur on every retry (a limit, a constraint, a
-/// data exception) must not hold the slots forever: each group is then tried alone, and a
+/// Writes the groups, retrying while the database is unreachable or restarting (the lines'
+/// permits stay taken meanwhile). A refusal that would recur on every retry (a limit, a constraint, a
+/// data exception) must not hold the permits forever: each group is then tried alone, and a
 /// chunk whose results cannot be stored is given up — its unstored lines go to the error file
 /// at finalization — instead of wedging the replica.
 async fn store(ctx: &Ctx, groups: &[Group], members: &[Arc<Running>]) -> Vec<chunks::Flushed> {

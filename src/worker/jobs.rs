@@ -425,8 +425,15 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         after = last.idx;
         for c in &page {
             usage.merge(Usage::from_array(c.usage()));
-            for range in passes(&mut tx, job, c).await? {
-                let stored = stored_lines(&mut tx, job, c.idx, &range).await?;
+            let passes = match passes(&mut tx, job, c).await? {
+                Passes::Whole(range, stored) => vec![(range, Some(stored))],
+                Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
+            };
+            for (range, stored) in passes {
+                let stored = match stored {
+                    Some(stored) => stored,
+                    None => stored_lines(&mut tx, job, c.idx, &range).await?,
+                };
                 for (success, line) in chunk_lines(ctx, job, c, range, stored, &unfinished).await? {
                     let file = if success { &mut out } else { &mut err };
                     file.push(&mut tx, &line).await?;
@@ -475,16 +482,22 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     Ok(())
 }
 
-/// The ranges of line ordinals a chunk is written in: all of it at once, unless its stored
-/// results weigh more than `FINALIZE_BUDGET`; then ranges of about that many result bytes each,
-/// found by a first pass that keeps only each line's size.
+/// How a chunk is written: whole, with its stored results read by this first pass (one read of
+/// them), unless they weigh more than `FINALIZE_BUDGET`; then in ranges of about that many
+/// result bytes each, each read again, the first pass having kept only each line's size.
+enum Passes {
+    Whole(std::ops::Range<i32>, Vec<(i32, bool, String)>),
+    Split(Vec<std::ops::Range<i32>>),
+}
+
 async fn passes(
     conn: &mut sqlx::PgConnection,
     job: &BatchJob,
     c: &ChunkSummary,
-) -> anyhow::Result<Vec<std::ops::Range<i32>>> {
+) -> anyhow::Result<Passes> {
     let all = c.lines.first_line..c.lines.first_line + c.lines.line_count;
     let mut sizes: Vec<(i32, usize)> = Vec::new();
+    let mut lines = Vec::new();
     let mut total = 0;
     let mut groups = chunks::results(&mut *conn, &job.id, c.idx);
     while let Some(group) = groups.try_next().await? {
@@ -492,11 +505,15 @@ async fn passes(
             let s = stored?;
             sizes.push((s.line, s.file_line.len()));
             total += s.file_line.len();
+            if total <= FINALIZE_BUDGET {
+                lines.push((s.line, s.success, s.file_line.to_owned()));
+            }
         }
     }
     if total <= FINALIZE_BUDGET {
-        return Ok(vec![all]);
+        return Ok(Passes::Whole(all, in_order(lines)));
     }
+    drop(lines);
     sizes.sort_unstable();
     let mut ranges = Vec::new();
     let (mut start, mut bytes) = (all.start, 0);
@@ -508,11 +525,18 @@ async fn passes(
         bytes += size;
     }
     ranges.push(start..all.end);
-    Ok(ranges)
+    Ok(Passes::Split(ranges))
 }
 
-/// The stored results of a chunk's lines in `range`, in input order (a line stored twice, by a
-/// claim that lapsed after its flush, counts once).
+/// Stored results by line, a line stored twice (by a claim that lapsed after its flush)
+/// counting once.
+fn in_order(mut lines: Vec<(i32, bool, String)>) -> Vec<(i32, bool, String)> {
+    lines.sort_by_key(|l| l.0);
+    lines.dedup_by_key(|l| l.0);
+    lines
+}
+
+/// The stored results of a chunk's lines in `range`, in input order (see `in_order`).
 async fn stored_lines(
     conn: &mut sqlx::PgConnection,
     job: &BatchJob,
@@ -529,9 +553,7 @@ async fn stored_lines(
             }
         }
     }
-    lines.sort_by_key(|l| l.0);
-    lines.dedup_by_key(|l| l.0);
-    Ok(lines)
+    Ok(in_order(lines))
 }
 
 /// The file lines of `range` of a chunk in input order, each with whether it belongs in the

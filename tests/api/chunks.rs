@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    batch_body, chat_line, engine_env, spawn_app, spawn_engine, start_replicas_with, to_jsonl,
-    Expect, FakeUpstream, TestApp, TestDb,
+    batch_body, chat_line, engine_env, spawn_app, spawn_app_with, spawn_engine,
+    start_replicas_with, to_jsonl, Expect, FakeUpstream, TestApp, TestDb,
 };
 use openbatch::domain::BatchId;
 use openbatch::store::chunks::{self, Group, Held, NewChunk, Position};
@@ -477,4 +477,77 @@ async fn a_batch_running_on_the_old_engine_completes_after_the_upgrade() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Size of the index of `file_chunks`' TOAST table, where purged content leaves empty pages.
+async fn toast_index_bytes(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT pg_relation_size(i.indexrelid) FROM pg_class c
+         JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
+         WHERE c.relname = 'file_chunks' AND c.relnamespace = current_schema()::regnamespace",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deleted_files_space_goes_back_to_the_file_system() {
+    let app = spawn_app_with(|s| s.database.reindex_slack_bytes = 32 * 1024).await;
+    let empty = toast_index_bytes(&app.pool).await;
+    // ~6 MiB in ~3,000 TOAST slices: an index of ~70 KiB, all of it empty once purged.
+    let pad = "x".repeat(4000);
+    let lines: Vec<Value> = (0..1500)
+        .map(|i| chat_line(&format!("r{i}"), json!({ "pad": pad })))
+        .collect();
+    let f: Value = app
+        .upload("batch", "big.jsonl", to_jsonl(&lines))
+        .expect(200)
+        .await;
+    let id = f["id"].as_str().unwrap();
+    let grown = toast_index_bytes(&app.pool).await;
+    assert!(grown > empty + 32 * 1024, "{empty} -> {grown} bytes");
+    app.delete(&format!("/v1/files/{id}"))
+        .expect_response(200)
+        .await;
+    assert_eq!(chunk_count(&app.pool, id).await, 0);
+    // The maintainer's next check (every 5 s) finds the index mostly empty and rebuilds it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = toast_index_bytes(&app.pool).await;
+        if now <= empty + 16 * 1024 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let live: (i64, i64) = sqlx::query_as(
+                "SELECT n_live_tup, n_dead_tup FROM pg_stat_all_tables WHERE relid =
+                 (SELECT reltoastrelid FROM pg_class WHERE relname = 'file_chunks'
+                  AND relnamespace = current_schema()::regnamespace)",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            panic!(
+                "the TOAST index kept {now} bytes (empty: {empty}, with the file: {grown}; \
+                 live and dead slices: {live:?})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Content stored afterwards is still read back whole.
+    let again: Value = app
+        .upload("batch", "again.jsonl", to_jsonl(&lines[..10]))
+        .expect(200)
+        .await;
+    let content = app
+        .get(&format!(
+            "/v1/files/{}/content",
+            again["id"].as_str().unwrap()
+        ))
+        .expect_response(200)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&content[..], &to_jsonl(&lines[..10])[..]);
 }

@@ -71,7 +71,9 @@ async fn a_replica_killed_mid_batch_loses_at_most_its_in_flight_lines() {
     assert_each_line_once(&app, &batch, LINES).await;
     let executions = upstream.executions().await as usize;
     assert!(
-        (LINES..=LINES + IN_FLIGHT).contains(&executions),
+        // What a replica can lose: its lines at the upstream and those finished but not yet
+        // stored, at most twice `max_in_flight` in all.
+        (LINES..=LINES + 2 * IN_FLIGHT).contains(&executions),
         "{executions} upstream executions for {LINES} lines"
     );
 }
