@@ -1,8 +1,9 @@
 //! The abuse suite's harness: every attack of issue 9 runs against real replicas (`openbatch
 //! serve` processes) inside a [`Stack`], which checks the same things around any attack:
 //!
-//! * every replica answers `/readyz` 200 throughout (probed every [`PROBE_EVERY`] by a thread
-//!   of its own, so a busy test cannot hide a dip) and is still running at the end;
+//! * every replica stays ready throughout as the deployment's own readiness probe sees it
+//!   (`/readyz` probed every [`PROBE_EVERY`] by a thread of its own, so a busy test cannot hide
+//!   a dip; never unready for [`UNREADY_TOLERANCE`] in a row) and is still running at the end;
 //! * each replica's memory stays under [`RSS_BOUND_MIB`] (`VmRSS` sampled throughout, and the
 //!   kernel's own peak, `VmHWM`, at the end);
 //! * another project's ordinary batch completes while the attack runs, every line exactly once
@@ -38,11 +39,17 @@ pub const RSS_BOUND_MIB: u64 = 100;
 pub const ATTACK_BOUND: Duration = Duration::from_secs(150);
 /// How often each replica's readiness and memory are sampled.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Longest a replica may answer `/readyz` other than 200 in a row: the readiness probe of
+/// `deploy/kubernetes/deployment.yaml` (every 5 s, failure threshold 2) takes a replica out of
+/// service only after failures 5 s apart. Shorter dips do happen without any attack: `/readyz`
+/// gives PostgreSQL 2 s to answer `SELECT 1`, which a database loaded by the whole suite on two
+/// shared cores sometimes misses. A replica whose pool an attack took stays unready far longer.
+pub const UNREADY_TOLERANCE: Duration = Duration::from_secs(5);
 
 /// What the replicas' readiness may do during an attack.
 #[derive(Clone, Copy)]
 pub enum Readiness {
-    /// `/readyz` answers 200 to every probe.
+    /// `/readyz` answers 200, but for dips shorter than [`UNREADY_TOLERANCE`].
     Always,
     /// `/readyz` may answer 503 (never fail to answer, which would be a dead replica), for the
     /// stated reason, and is 200 again at the end.
@@ -341,11 +348,20 @@ impl Stack {
         }
         assert!(report.probes > 0, "readiness was never probed");
         match self.readiness {
-            Readiness::Always => assert!(
-                report.not_ready.is_empty(),
-                "readiness dipped during the attack: {:?}",
-                report.not_ready
-            ),
+            Readiness::Always => {
+                eprintln!(
+                    "{} of {} probes not ready, longest run {:?}",
+                    report.not_ready.len(),
+                    report.probes,
+                    report.longest_unready
+                );
+                assert!(
+                    report.longest_unready < UNREADY_TOLERANCE,
+                    "a replica was unready for {:?} in a row (tolerance {UNREADY_TOLERANCE:?}): {:?}",
+                    report.longest_unready,
+                    report.not_ready
+                );
+            }
             Readiness::MayDip(reason) => {
                 eprintln!(
                     "{} of {} probes not ready ({reason})",
@@ -392,6 +408,9 @@ struct WatchReport {
     not_ready: Vec<String>,
     /// Largest `VmRSS` sampled per replica, in MiB.
     sampled_peak_mib: Vec<u64>,
+    /// Longest time any replica was unready in a row: from its first failed probe to the
+    /// start of its next successful one (or the end of the watch).
+    longest_unready: Duration,
 }
 
 impl Watch {
@@ -418,15 +437,30 @@ impl Watch {
                     probes: 0,
                     not_ready: Vec::new(),
                     sampled_peak_mib: vec![0; targets.len()],
+                    longest_unready: Duration::ZERO,
                 };
+                let mut unready_since: Vec<Option<Instant>> = vec![None; targets.len()];
                 loop {
                     let last = stopped.load(Ordering::SeqCst);
                     for (i, (address, pid)) in targets.iter().enumerate() {
+                        let probed_at = Instant::now();
                         let res = client.get(format!("{address}/readyz")).send().await;
-                        match res {
-                            Ok(r) if r.status() == 200 => {}
-                            Ok(r) => report.not_ready.push(format!("{address} {}", r.status())),
-                            Err(e) => report.not_ready.push(format!("{address} error {e}")),
+                        let failure = match res {
+                            Ok(r) if r.status() == 200 => None,
+                            Ok(r) => Some(format!("{address} {}", r.status())),
+                            Err(e) => Some(format!("{address} error {e}")),
+                        };
+                        match failure {
+                            Some(f) => {
+                                report.not_ready.push(f);
+                                unready_since[i].get_or_insert(probed_at);
+                            }
+                            None => {
+                                if let Some(since) = unready_since[i].take() {
+                                    report.longest_unready =
+                                        report.longest_unready.max(probed_at - since);
+                                }
+                            }
                         }
                         if let Some(rss) = proc_status_mib(*pid, "VmRSS") {
                             report.sampled_peak_mib[i] = report.sampled_peak_mib[i].max(rss);
@@ -434,6 +468,9 @@ impl Watch {
                     }
                     report.probes += 1;
                     if last {
+                        for since in unready_since.into_iter().flatten() {
+                            report.longest_unready = report.longest_unready.max(since.elapsed());
+                        }
                         return report;
                     }
                     tokio::time::sleep(PROBE_EVERY).await;
