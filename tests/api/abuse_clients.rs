@@ -1,207 +1,26 @@
-//! Exhaustion by slow or oversized clients, each attack run against real replicas. Every test
-//! asserts the same four things: the service stays ready, another project's ordinary batch
-//! still completes meanwhile, replica memory stays bounded, and the attack ends with its
-//! documented error within a bounded time, with nothing lost.
+//! Exhaustion by slow or oversized clients, each attack run against real replicas in the abuse
+//! harness ([`Stack`]): the service stays ready, another project's ordinary batch still
+//! completes meanwhile, replica memory stays bounded, and the attack ends with its documented
+//! error within a bounded time, with nothing lost.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::abuse::{Readiness, Stack};
 use crate::cluster::Cluster;
 use crate::helpers::{
-    assert_all_ready, batch_body, chat_line, engine_env, expect_error, project_and_key,
-    spawn_app_with, start_replicas_with, to_jsonl, Expect, FakeUpstream, Replica, TestApp, TestDb,
+    batch_body, chat_line, expect_error, spawn_app_with, to_jsonl, Expect, TestDb,
 };
 
-/// Peak RSS allowed per replica through any of these attacks (an idle replica takes ~25 MiB;
-/// a replica that buffered what the attacks send would take hundreds).
-const RSS_LIMIT_MIB: u64 = 100;
 /// Longest an attack may take to be answered once it has done its worst: a guard against
 /// hangs on a loaded machine, far above the few seconds the settings below give.
 const ANSWER_BOUND: Duration = Duration::from_secs(60);
-
-/// Two replicas with auth on, a fake upstream, an attacker's and a victim's key.
-struct Stack {
-    replicas: Vec<Replica>,
-    attacker: Vec<TestApp>,
-    victim: Vec<TestApp>,
-    attacker_key: String,
-    attacker_project: String,
-    victim_project: String,
-    _upstream: FakeUpstream,
-    // Last: the database is dropped after the replicas stop (none: a throwaway cluster's).
-    _db: Option<TestDb>,
-}
-
-fn client_with_key(key: &str) -> reqwest::Client {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-async fn as_project(replicas: &[Replica], url: &str, key: &str) -> Vec<TestApp> {
-    let mut apps = Vec::new();
-    for r in replicas {
-        let mut app = TestApp::connect(&r.address, url).await;
-        app.client = client_with_key(key);
-        apps.push(app);
-    }
-    apps
-}
-
-impl Stack {
-    async fn start(db: TestDb, extra: &[(&str, &str)]) -> Self {
-        let url = db.url.clone();
-        Self::start_each(Some(db), &url, extra, &[&[], &[]]).await
-    }
-
-    /// Replica `i` gets `extra` and `each[i]`.
-    async fn start_each(
-        db: Option<TestDb>,
-        url: &str,
-        extra: &[(&str, &str)],
-        each: &[&[(&str, &str)]],
-    ) -> Self {
-        let upstream = FakeUpstream::start(&[]);
-        let mut replicas = Vec::new();
-        for own in each {
-            let mut settings = vec![("OPENBATCH__AUTH__ENABLED", "true")];
-            settings.extend_from_slice(extra);
-            settings.extend_from_slice(own);
-            let env = engine_env(&upstream, &settings);
-            replicas.extend(start_replicas_with(1, url, &env).await);
-        }
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let (attacker_project, attacker_key) = project_and_key(&pool, "attacker").await;
-        let (victim_project, victim_key) = project_and_key(&pool, "victim").await;
-        pool.close().await;
-        Self {
-            attacker: as_project(&replicas, url, &attacker_key).await,
-            victim: as_project(&replicas, url, &victim_key).await,
-            replicas,
-            attacker_key,
-            attacker_project,
-            victim_project,
-            _upstream: upstream,
-            _db: db,
-        }
-    }
-
-    /// `host:port` of replica `i`, for raw connections.
-    fn addr(&self, i: usize) -> String {
-        self.replicas[i]
-            .address
-            .trim_start_matches("http://")
-            .to_owned()
-    }
-
-    fn assert_memory_bounded(&self) {
-        for r in &self.replicas {
-            let peak = r.peak_rss_mib();
-            eprintln!("replica {} peak RSS {peak} MiB", r.address);
-            assert!(
-                peak < RSS_LIMIT_MIB,
-                "replica {} peaked at {peak} MiB (bound {RSS_LIMIT_MIB} MiB)",
-                r.address
-            );
-        }
-    }
-}
-
-/// Retries what an SDK retries (429, 503, 408) until the deadline.
-async fn with_retries(send: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let res = send().send().await;
-        match res {
-            Ok(r) if ![408, 429, 503].contains(&r.status().as_u16()) => return r,
-            other => assert!(
-                Instant::now() < deadline,
-                "still refused at the deadline: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The one check every attack runs while it is going on: every replica is ready, and
-/// another project's ordinary batch, uploaded through `upload_via` and created and followed
-/// through `via`, completes with each of its lines. Returns the batch, for "nothing lost".
-async fn others_still_served(stack: &Stack, upload_via: usize, via: usize) -> Value {
-    assert_all_ready(&stack.replicas).await;
-    const LINES: usize = 5;
-    let lines: Vec<Value> = (0..LINES)
-        .map(|i| chat_line(&format!("v{i}"), json!({})))
-        .collect();
-    let content = to_jsonl(&lines);
-    let up = &stack.victim[upload_via];
-    let file: Value = with_retries(|| {
-        let form = reqwest::multipart::Form::new()
-            .text("purpose", "batch")
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(content.clone()).file_name("victim.jsonl"),
-            );
-        up.post("/v1/files").multipart(form)
-    })
-    .await
-    .json()
-    .await
-    .unwrap();
-    let file_id = file["id"]
-        .as_str()
-        .expect("victim's upload stored")
-        .to_owned();
-    let app = &stack.victim[via];
-    let batch: Value = with_retries(|| app.post("/v1/batches").json(&batch_body(&file_id)))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = batch["id"].as_str().expect("victim's batch created");
-    let done = app.wait_for(id, &["completed", "failed", "expired"]).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(
-        done["request_counts"],
-        json!({"total": LINES, "completed": LINES, "failed": 0})
-    );
-    let out = done["output_file_id"].as_str().unwrap();
-    let text = with_retries(|| app.get(&format!("/v1/files/{out}/content")))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(text.lines().count(), LINES, "{text}");
-    done
-}
-
-/// Everything the victim made is still there, through either replica.
-async fn nothing_lost(stack: &Stack, batches: &[Value]) {
-    for app in &stack.victim {
-        for b in batches {
-            let id = b["id"].as_str().unwrap();
-            let now = app.batch(id).await;
-            assert_eq!(now["status"], "completed", "{now}");
-            for f in ["input_file_id", "output_file_id"] {
-                let fid = b[f].as_str().unwrap();
-                let res = app.get(&format!("/v1/files/{fid}")).send().await.unwrap();
-                assert_eq!(res.status(), 200, "{f} {fid} lost");
-            }
-        }
-    }
-}
 
 /// A raw HTTP/1.1 response: status, lower-cased head and JSON body (read by Content-Length,
 /// not to EOF, since the connection may stay open).
@@ -322,7 +141,7 @@ async fn slow_uploads_hold_no_database_connection_and_end_in_408() {
     assert_eq!(full.headers()["retry-after"], "1");
     let err = expect_error(full, 429).await;
     assert_eq!(err["code"], "too_many_uploads");
-    let during = others_still_served(&stack, 1, 0).await;
+    stack.others_still_served(1, 0).await;
 
     stop_dripping.store(true, Ordering::SeqCst);
     let stalled_at = Instant::now();
@@ -351,15 +170,14 @@ async fn slow_uploads_hold_no_database_connection_and_end_in_408() {
     assert_eq!((timed_out, refused), (HELD, CLIENTS - HELD));
 
     // The slots are free again, and nothing the attack sent was stored.
-    let after = others_still_served(&stack, 0, 0).await;
-    nothing_lost(&stack, &[during, after]).await;
+    stack.others_still_served(0, 0).await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM files WHERE project_id = $1")
         .bind(&stack.attacker_project)
         .fetch_one(&stack.victim[0].pool)
         .await
         .unwrap();
     assert_eq!(stored, 0);
-    stack.assert_memory_bounded();
+    stack.finish().await;
 }
 
 fn free_port() -> u16 {
@@ -519,14 +337,13 @@ async fn oversized_multipart_requests_are_refused_with_bounded_reads() {
         assert_eq!(err["error"]["code"], "form_too_large", "{err}");
         assert!(started.elapsed() < ANSWER_BOUND);
     };
-    let (_, _, during) = tokio::join!(attack, endless_header, others_still_served(&stack, 0, 1));
+    tokio::join!(attack, endless_header, stack.others_still_served(0, 1));
     // An ordinary upload of the same project still works: nothing was left half-done.
     stack.attacker[0]
         .upload("batch", "ok.jsonl", line.clone())
         .expect_response(200)
         .await;
-    nothing_lost(&stack, &[during]).await;
-    stack.assert_memory_bounded();
+    stack.finish().await;
 }
 
 /// What is sent, the head, the body, and the status and code it must get.
@@ -556,7 +373,13 @@ fn chunked(body: &[u8]) -> Vec<u8> {
 async fn database_hiccups_answer_503_and_lose_nothing() {
     let db = TestDb::new();
     let url = db.url.clone();
-    let stack = Stack::start(db, &[("OPENBATCH__DATABASE__ACQUIRE_TIMEOUT_SECS", "5")]).await;
+    let stack = Stack::start(db, &[("OPENBATCH__DATABASE__ACQUIRE_TIMEOUT_SECS", "5")])
+        .await
+        // Every connection of the replicas is terminated again and again: a probe that meets
+        // a dead pooled connection answers 503 once, as a probe's failure threshold allows.
+        .readiness(Readiness::MayDip(
+            "connections terminated under the replicas",
+        ));
     let mut admin = PgConnection::connect(&url).await.unwrap();
     let app = &stack.attacker[0];
     for code in [
@@ -617,7 +440,7 @@ async fn database_hiccups_answer_503_and_lose_nothing() {
         }
         statuses
     };
-    let (statuses, during) = tokio::join!(kill, others_still_served(&stack, 0, 1));
+    let (statuses, _) = tokio::join!(kill, stack.others_still_served(0, 1));
     assert!(
         statuses.iter().all(|s| [200, 503].contains(s)),
         "only 200 or 503: {statuses:?}"
@@ -626,9 +449,8 @@ async fn database_hiccups_answer_503_and_lose_nothing() {
         statuses.contains(&503),
         "no request met a killed connection: {statuses:?}"
     );
-    let after = others_still_served(&stack, 1, 0).await;
-    nothing_lost(&stack, &[during, after]).await;
-    stack.assert_memory_bounded();
+    stack.others_still_served(1, 0).await;
+    stack.finish().await;
 }
 
 /// `/metrics` on its own address, not on the API port; a flood of scrapes runs no database
@@ -707,7 +529,7 @@ async fn metrics_scrapes_cost_no_query_and_stay_off_the_api_port() {
         let statuses = futures_util::future::join_all(scrapes).await;
         assert!(statuses.iter().all(|s| s.is_success()));
     };
-    let (_, during) = tokio::join!(flood, others_still_served(&stack, 0, 1));
+    tokio::join!(flood, stack.others_still_served(0, 1));
     let ran = counting_queries().await - before;
     // Only the refresh task's own queries: one per replica per second (plus one each).
     let allowed = 2 * (started.elapsed().as_secs() as i64 + 2);
@@ -715,8 +537,7 @@ async fn metrics_scrapes_cost_no_query_and_stay_off_the_api_port() {
         ran <= allowed,
         "{ran} counting queries for {SCRAPES} scrapes (refresh task alone: <= {allowed})"
     );
-    nothing_lost(&stack, &[during]).await;
-    stack.assert_memory_bounded();
+    stack.finish().await;
 }
 
 /// The storage quota holds across replicas: ten uploads racing on two replicas store no more
@@ -747,7 +568,7 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         });
         futures_util::future::join_all(uploads).await
     };
-    let (answers, during) = tokio::join!(race, others_still_served(&stack, 0, 1));
+    let (answers, _) = tokio::join!(race, stack.others_still_served(0, 1));
     let mut stored = Vec::new();
     for res in answers {
         if res.status() == 200 {
@@ -788,7 +609,6 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         .upload("user_data", "q.txt", content(100))
         .expect_response(200)
         .await;
-    nothing_lost(&stack, &[during]).await;
     // The count follows every way files come and go (uploads, batch output, deletion).
     for project in [&stack.attacker_project, &stack.victim_project] {
         let (counted, actual): (i64, i64) = sqlx::query_as(
@@ -802,7 +622,7 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
         .unwrap();
         assert_eq!(counted, actual, "{project}");
     }
-    stack.assert_memory_bounded();
+    stack.finish().await;
 }
 
 /// A metrics address that cannot be bound stops the process at start, naming the setting.

@@ -245,15 +245,16 @@ impl Replica {
 
     /// Peak resident set (VmHWM) of the process so far, in MiB.
     pub fn peak_rss_mib(&self) -> u64 {
-        let pid = self.child.id();
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib / 1024
+        proc_status_mib(self.child.id(), "VmHWM").expect("a live process")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (not exited, crashed or OOM-killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll replica").is_none()
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -261,6 +262,16 @@ impl Replica {
         self.child.kill().expect("kill replica");
         self.child.wait().expect("reap replica");
     }
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`, …) of process `pid` in MiB; `None` once it has exited.
+pub fn proc_status_mib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib / 1024)
 }
 
 impl Drop for Replica {

@@ -1,6 +1,7 @@
 //! Integration tests through real HTTP against a real PostgreSQL; every test gets its own
 //! freshly created database.
 
+mod abuse;
 mod abuse_clients;
 mod abuse_keys;
 mod auth;
