@@ -13,7 +13,7 @@ ARG RUST_VERSION=1.95
 # --- builder -----------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /build
-# No query! macros need a live database; keep it that way.
+# The query macros read the committed .sqlx/ instead of a live database.
 # Symbols stripped through cargo's env config (same value for both builds, so the dependency
 # layer stays valid).
 ENV SQLX_OFFLINE=true \
@@ -30,10 +30,11 @@ RUN mkdir -p src/bin \
     && cargo build --release --locked --bins \
     && rm -rf src
 
-# 2. The project itself. migrations/ is embedded at compile time by sqlx::migrate!, and the
-#    web console's files by include_str!.
+# 2. The project itself. migrations/ is embedded at compile time by sqlx::migrate!, the
+#    web console's files by include_str!, and .sqlx/ checks the statements.
 COPY migrations ./migrations
 COPY console ./console
+COPY .sqlx ./.sqlx
 COPY src ./src
 # Make sure cargo rebuilds our crate (the stubs above may look newer than the real files).
 RUN touch src/main.rs src/lib.rs src/bin/fake_upstream.rs \

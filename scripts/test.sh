@@ -15,6 +15,8 @@ ROOT=$PWD
 
 # shellcheck source=scripts/lib/pg.sh
 . "$ROOT/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib/sqlx.sh
+. "$ROOT/scripts/lib/sqlx.sh"
 
 SECONDS=0
 section() {
@@ -31,6 +33,7 @@ PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-test-pg.XXXXXX")
 LOG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-test-logs.XXXXXX")
 cleanup() {
     local rc=$?
+    sqlx_cleanup || true
     rm -rf -- "$LOG_TMP"
     if [ -n "${PG_THROWAWAY_DIR:-}" ]; then
         echo "stopping throwaway PostgreSQL" >&2
@@ -61,16 +64,26 @@ echo "DATABASE_URL=$(printf '%s' "$DATABASE_URL" | sed -E 's#(://[^:/@]*):[^@]*@
 
 # --- Rust -------------------------------------------------------------------
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
-# Builds never need a live database (sqlx offline mode / runtime queries).
+# Builds never need a live database: the query macros read .sqlx/ (but see clippy below).
 export SQLX_OFFLINE=${SQLX_OFFLINE:-true}
 
 section "cargo fmt --check"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
 
-section "cargo clippy --all-targets -- -D warnings"
+section "cargo clippy --all-targets -- -D warnings, and .sqlx/ up to date"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
-cargo clippy --all-targets -- -D warnings || die "clippy found problems"
+# The one compile that also checks .sqlx/: the query macros run online against a scratch
+# database migrated from migrations/ and write their offline data to a temp dir, which must
+# equal the committed one (scripts/lib/sqlx.sh).
+mkdir "$LOG_TMP/sqlx"
+sqlx_online "$LOG_TMP/sqlx" cargo clippy --all-targets -- -D warnings ||
+    die "clippy found problems (or a statement does not match the migrated schema)"
+sqlx_diff "$LOG_TMP/sqlx" >"$LOG_TMP/sqlx.diff" || {
+    head -n 60 "$LOG_TMP/sqlx.diff"
+    die ".sqlx/ does not match the statements in src/: run scripts/sqlx-prepare.sh and commit .sqlx/"
+}
+echo ".sqlx/ up to date"
 
 # --- Supply chain (deny.toml) -------------------------------------------------
 section "cargo deny (licenses, bans, sources; advisories when reachable)"

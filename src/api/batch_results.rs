@@ -26,7 +26,7 @@ struct Params {
 async fn result_file(
     state: &AppState,
     project: &ProjectId,
-    id: Option<&str>,
+    id: Option<&FileId>,
 ) -> Result<Option<FileLines>, ApiError> {
     let Some(id) = id else { return Ok(None) };
     let missing = || {
@@ -35,8 +35,7 @@ async fn result_file(
             format!("The batch's result file {id} was deleted or has expired; its results can no longer be served."),
         )
     };
-    let file_id = FileId::parse("file_id", id).map_err(|_| missing())?;
-    let file = files::get(&state.pool, project, &file_id)
+    let file = files::get(&state.pool, project, id)
         .await?
         .ok_or_else(missing)?;
     Ok(Some(FileLines::new(file.id, file.bytes)))
@@ -83,8 +82,8 @@ async fn results(
                 Some(ResultsCursor::Final { next }) => next,
                 _ => 0,
             };
-            let output = result_file(&state, &project, batch.output_file_id.as_deref()).await?;
-            let errors = result_file(&state, &project, batch.error_file_id.as_deref()).await?;
+            let output = result_file(&state, &project, batch.output_file_id.as_ref()).await?;
+            let errors = result_file(&state, &project, batch.error_file_id.as_ref()).await?;
             Source::Final {
                 lines: Box::new(FinishedLines::new(id.clone(), output, errors)),
                 next,

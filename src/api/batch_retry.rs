@@ -9,8 +9,7 @@ use serde_json::Value;
 use super::batches::{batch_not_found, batch_object, parse_batch_id};
 use super::{body, AppState, Project};
 use crate::domain::{
-    BatchSpec, BatchStatus, CompletionWindow, Endpoint, FileId, IdempotencyKey, Invalid, Metadata,
-    Purpose, RetryFilter,
+    BatchSpec, BatchStatus, FileId, IdempotencyKey, Invalid, Metadata, Purpose, RetryFilter,
 };
 use crate::error::ApiError;
 use crate::results::{retry, FileLines};
@@ -100,31 +99,30 @@ async fn retry_batch(
             format!("Batch {id} has no lines to retry: {why}."),
         )
     };
-    let Some(error_file) = origin.error_file_id.as_deref() else {
+    let Some(error_file) = origin.error_file_id.clone() else {
         return Err(nothing(if origin.status == BatchStatus::Failed {
             "it failed validation, so none of its lines ran (fix the input file and create a new batch)"
         } else {
             "every line succeeded"
         }));
     };
-    let unavailable = |what: &str, file: &str| {
+    let unavailable = |what: &str, file: &FileId| {
         ApiError::batch_state(
             "retry_input_unavailable",
             format!("Batch {id} cannot be retried: its {what} {file} was deleted or has expired."),
         )
     };
-    let stored = |what: &'static str, file: String| {
+    let stored = |what: &'static str, file: FileId| {
         let state = state.clone();
         let project = project.clone();
         async move {
-            let fid = FileId::parse("file_id", &file).map_err(|_| unavailable(what, &file))?;
-            let rec = files::get(&state.pool, &project, &fid)
+            let rec = files::get(&state.pool, &project, &file)
                 .await?
                 .ok_or_else(|| unavailable(what, &file))?;
             Ok::<_, ApiError>(FileLines::new(rec.id, rec.bytes))
         }
     };
-    let errors = stored("error file", error_file.to_owned()).await?;
+    let errors = stored("error file", error_file).await?;
     let input = stored("input file", origin.input_file_id.clone()).await?;
 
     let mut tx = state.pool.begin().await?;
@@ -159,8 +157,8 @@ async fn retry_batch(
         .await?;
     let spec = BatchSpec {
         input_file_id: file.id,
-        endpoint: Endpoint::parse(&origin.endpoint)?,
-        completion_window: CompletionWindow::parse(&origin.completion_window)?,
+        endpoint: origin.endpoint,
+        completion_window: origin.completion_window,
         metadata: Metadata::from_json(origin.metadata.as_ref().unwrap_or(&Value::Null))?,
         output_expires_after: None,
     };

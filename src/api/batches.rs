@@ -229,14 +229,14 @@ pub(super) fn batch_object(b: &BatchRecord) -> Value {
     json!({
         "id": b.id.as_str(),
         "object": "batch",
-        "endpoint": b.endpoint,
+        "endpoint": b.endpoint.as_str(),
         "model": b.model,
         "errors": b.errors,
-        "input_file_id": b.input_file_id,
-        "completion_window": b.completion_window,
+        "input_file_id": b.input_file_id.as_str(),
+        "completion_window": b.completion_window.as_str(),
         "status": b.status.as_str(),
-        "output_file_id": b.output_file_id,
-        "error_file_id": b.error_file_id,
+        "output_file_id": b.output_file_id.as_ref().map(FileId::as_str),
+        "error_file_id": b.error_file_id.as_ref().map(FileId::as_str),
         "created_at": b.created_at,
         "in_progress_at": b.in_progress_at,
         "expires_at": b.expires_at,
@@ -254,7 +254,7 @@ pub(super) fn batch_object(b: &BatchRecord) -> Value {
         "usage": b.usage,
         "metadata": b.metadata,
         // OpenBatch extensions (the SDKs keep unknown fields): retry links.
-        "retry_of": b.retry_of,
-        "retries": b.retries,
+        "retry_of": b.retry_of.as_ref().map(BatchId::as_str),
+        "retries": b.retries.iter().map(BatchId::as_str).collect::<Vec<_>>(),
     })
 }

@@ -37,6 +37,8 @@ impl Endpoint {
     }
 }
 
+stored_as_text!(Endpoint, |raw| Endpoint::parse(raw).map_err(|e| e.message));
+
 impl TryFrom<String> for Endpoint {
     type Error = Invalid;
     fn try_from(s: String) -> Result<Self, Invalid> {
@@ -66,6 +68,9 @@ impl CompletionWindow {
         24 * 3600
     }
 }
+
+stored_as_text!(CompletionWindow, |raw| CompletionWindow::parse(raw)
+    .map_err(|e| e.message));
 
 impl TryFrom<String> for CompletionWindow {
     type Error = Invalid;
@@ -162,6 +167,8 @@ impl BatchStatus {
         BatchStatus::Cancelled,
     ];
 }
+
+stored_as_text!(BatchStatus, |raw| BatchStatus::try_from(raw.to_owned()));
 
 impl TryFrom<String> for BatchStatus {
     type Error = String;

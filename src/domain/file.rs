@@ -51,6 +51,9 @@ impl Purpose {
     }
 }
 
+stored_as_text!(Purpose, |raw| Purpose::parse_filter(raw)
+    .map_err(|e| e.message));
+
 impl TryFrom<String> for Purpose {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {

@@ -32,9 +32,10 @@ fn mint(prefix: &str) -> String {
 
 macro_rules! id_type {
     ($name:ident, $prefix:literal) => {
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::Type)]
-        #[sqlx(transparent)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub struct $name(String);
+
+        stored_as_text!($name, |raw| $name::parse("id", raw).map_err(|e| e.message));
 
         impl $name {
             pub fn generate() -> Self {
@@ -81,6 +82,9 @@ impl ProjectId {
         &self.0
     }
 }
+
+// Project ids are never client-supplied: any id the database holds is one.
+stored_as_text!(ProjectId, |raw| Ok(ProjectId(raw.to_owned())));
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,54 @@
 //! Values that can only exist in a valid state: each is built by a `parse` that
 //! returns `Invalid` (rendered as a 400 by `crate::error`) for anything else.
 
+/// Stores a domain type as PostgreSQL `text`: written as its `as_str`, read back through its
+/// parser, so a row holding something the type cannot hold is a decode error (`sqlx::Error`),
+/// never an invalid value. One mapping, the type's own, rather than a second one in
+/// `#[sqlx(rename)]` attributes that could drift from it.
+macro_rules! stored_as_text {
+    ($ty:ty, |$raw:ident| $parse:expr) => {
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+
+            fn array_compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::postgres::PgHasArrayType>::array_compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let $raw = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                let parsed: Result<Self, String> = $parse;
+                parsed
+                    .map_err(|e| format!("invalid {} in the database: {e}", stringify!($ty)).into())
+            }
+        }
+    };
+}
+
 mod api_key;
 mod batch;
 mod cursor;

@@ -45,6 +45,9 @@ impl EventType {
     }
 }
 
+stored_as_text!(EventType, |raw| EventType::parse("event_type", raw)
+    .map_err(|e| e.message));
+
 /// A non-empty set of event types, in a stable order without duplicates. Absent means all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTypes(Vec<EventType>);

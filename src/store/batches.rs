@@ -1,20 +1,24 @@
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{BatchId, BatchSpec, BatchStatus, CancelDecision, IdempotencyKey, ProjectId};
+use crate::domain::{
+    BatchId, BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, FileId,
+    IdempotencyKey, ProjectId,
+};
 
+/// A batch row. `FromRow` serves the one statement built at run time (`create`); the others
+/// fill it with `query_as!` through `batch_query!`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRecord {
     pub id: BatchId,
-    pub endpoint: String,
-    pub input_file_id: String,
-    pub completion_window: String,
-    #[sqlx(try_from = "String")]
+    pub endpoint: Endpoint,
+    pub input_file_id: FileId,
+    pub completion_window: CompletionWindow,
     pub status: BatchStatus,
     pub model: Option<String>,
     pub errors: Option<Value>,
-    pub output_file_id: Option<String>,
-    pub error_file_id: Option<String>,
+    pub output_file_id: Option<FileId>,
+    pub error_file_id: Option<FileId>,
     pub created_at: i64,
     pub in_progress_at: Option<i64>,
     pub expires_at: i64,
@@ -31,35 +35,84 @@ pub struct BatchRecord {
     pub metadata: Option<Value>,
     pub params_hash: String,
     /// The batch whose failed lines this one runs again (`POST /v1/batches/{id}/retry`).
-    pub retry_of: Option<String>,
-    /// The batches retrying this one, oldest first (read with `READ_COLUMNS` only).
+    pub retry_of: Option<BatchId>,
+    /// The batches retrying this one, oldest first (read by `batch_query!(live ...)` only).
     #[sqlx(default)]
-    pub retries: Vec<String>,
+    pub retries: Vec<BatchId>,
 }
 
+/// `sqlx::query_as!(BatchRecord, ...)` with the record's columns spliced in (the query macros
+/// take literals only, joined with `+`). Every column carries its nullability: one read from a
+/// CTE has none the macros could infer.
+///
+/// `stored: $head, $tail`: `$head SELECT <the row as stored> $tail`.
+/// `live: $tail`: `SELECT <the row> FROM batches <live counts> $tail`, for reads. While a batch
+/// runs, its counts are summed from its chunks, which every flush keeps exact; once it ends they
+/// are the ones finalization stored.
+macro_rules! batch_query {
+    (stored: $head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            BatchRecord,
+            $head
+                + r#"SELECT id AS "id!: BatchId", endpoint AS "endpoint!: Endpoint",
+                       input_file_id AS "input_file_id!: FileId",
+                       completion_window AS "completion_window!: CompletionWindow",
+                       status AS "status!: BatchStatus", model AS "model?", errors AS "errors?",
+                       output_file_id AS "output_file_id?: FileId",
+                       error_file_id AS "error_file_id?: FileId", created_at AS "created_at!",
+                       in_progress_at AS "in_progress_at?", expires_at AS "expires_at!",
+                       finalizing_at AS "finalizing_at?", completed_at AS "completed_at?",
+                       failed_at AS "failed_at?", expired_at AS "expired_at?",
+                       cancelling_at AS "cancelling_at?", cancelled_at AS "cancelled_at?",
+                       request_total AS "request_total!",
+                       request_completed AS "request_completed!",
+                       request_failed AS "request_failed!", usage AS "usage?",
+                       metadata AS "metadata?", params_hash AS "params_hash!",
+                       retry_of AS "retry_of?: BatchId",
+                       ARRAY[]::text[] AS "retries!: Vec<BatchId>" "#
+                + $tail
+            $(, $arg)*
+        )
+    };
+    (live: $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            BatchRecord,
+            r#"SELECT id AS "id!: BatchId", endpoint AS "endpoint!: Endpoint",
+                       input_file_id AS "input_file_id!: FileId",
+                       completion_window AS "completion_window!: CompletionWindow",
+                       status AS "status!: BatchStatus", model AS "model?", errors AS "errors?",
+                       output_file_id AS "output_file_id?: FileId",
+                       error_file_id AS "error_file_id?: FileId", created_at AS "created_at!",
+                       in_progress_at AS "in_progress_at?", expires_at AS "expires_at!",
+                       finalizing_at AS "finalizing_at?", completed_at AS "completed_at?",
+                       failed_at AS "failed_at?", expired_at AS "expired_at?",
+                       cancelling_at AS "cancelling_at?", cancelled_at AS "cancelled_at?",
+                       request_total AS "request_total!",
+                       coalesce(live.completed, request_completed) AS "request_completed!",
+                       coalesce(live.failed, request_failed) AS "request_failed!",
+                       usage AS "usage?", metadata AS "metadata?", params_hash AS "params_hash!",
+                       retry_of AS "retry_of?: BatchId",
+                       ARRAY(SELECT r.id FROM batches r WHERE r.retry_of = batches.id
+                             ORDER BY r.seq) AS "retries!: Vec<BatchId>"
+               FROM batches
+               LEFT JOIN LATERAL (
+                   SELECT sum(c.completed)::int AS completed, sum(c.failed)::int AS failed
+                   FROM batch_chunks c
+                   WHERE c.batch_id = batches.id
+                     AND batches.status IN ('in_progress', 'finalizing', 'cancelling')
+                   HAVING count(*) > 0
+               ) live ON true "#
+                + $tail
+            $(, $arg)*
+        )
+    };
+}
+
+/// The columns of `batch_query!(stored ...)`, for `create`, the one statement built at run time.
 const COLUMNS: &str = "id, endpoint, input_file_id, completion_window, status, model, errors, \
     output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
     completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
     request_completed, request_failed, usage, metadata, params_hash, retry_of";
-
-/// `COLUMNS` for reads: while a batch runs, its counts are summed from its chunks, which every
-/// flush keeps exact; once it ends they are the ones finalization stored.
-const READ_COLUMNS: &str =
-    "id, endpoint, input_file_id, completion_window, status, model, errors, \
-    output_file_id, error_file_id, created_at, in_progress_at, expires_at, finalizing_at, \
-    completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
-    coalesce(live.completed, request_completed) AS request_completed, \
-    coalesce(live.failed, request_failed) AS request_failed, usage, metadata, params_hash, \
-    retry_of, ARRAY(SELECT r.id FROM batches r WHERE r.retry_of = batches.id ORDER BY r.seq) \
-    AS retries";
-
-/// Joined to `batches` to give `READ_COLUMNS` the live counts.
-const LIVE_COUNTS: &str = "LEFT JOIN LATERAL (
-        SELECT sum(c.completed)::int AS completed, sum(c.failed)::int AS failed
-        FROM batch_chunks c
-        WHERE c.batch_id = batches.id AND batches.status IN ('in_progress', 'finalizing', 'cancelling')
-        HAVING count(*) > 0
-    ) live ON true";
 
 pub enum Created {
     New(BatchRecord),
@@ -126,6 +179,7 @@ pub async fn create(
     } else {
         String::new()
     };
+    // Built at run time: the admission limit is part of the text (above).
     let sql = format!(
         "WITH ins AS (
             INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
@@ -144,11 +198,11 @@ pub async fn create(
     );
     let row: Option<(bool, BatchRecord)> = sqlx::query_as::<_, WithInserted>(&sql)
         .bind(BatchId::generate())
-        .bind(project.as_str())
-        .bind(spec.endpoint.as_str())
-        .bind(spec.input_file_id.as_str())
-        .bind(spec.completion_window.as_str())
-        .bind(BatchStatus::Validating.as_str())
+        .bind(project)
+        .bind(spec.endpoint)
+        .bind(&spec.input_file_id)
+        .bind(spec.completion_window)
+        .bind(BatchStatus::Validating)
         .bind(expires_in_secs)
         .bind(spec.metadata.as_ref().map(|m| m.to_json()))
         .bind(spec.output_expires_after.map(|e| e.seconds()))
@@ -167,13 +221,7 @@ pub async fn create(
             let Some(key) = key else {
                 return Ok(Created::LimitReached);
             };
-            let existing = sqlx::query_as::<_, BatchRecord>(&format!(
-                "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND idempotency_key = $2"
-            ))
-            .bind(project.as_str())
-            .bind(key.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+            let existing = find_by_key(&mut *conn, project, key).await?;
             match existing {
                 Some(batch) => (false, batch),
                 None => return Ok(Created::LimitReached),
@@ -196,12 +244,21 @@ pub async fn by_key(
     project: &ProjectId,
     key: &IdempotencyKey,
 ) -> Result<Option<BatchRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM batches WHERE project_id = $1 AND idempotency_key = $2"
-    ))
-    .bind(project.as_str())
-    .bind(key.as_str())
-    .fetch_optional(pool)
+    find_by_key(pool, project, key).await
+}
+
+async fn find_by_key<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    project: &ProjectId,
+    key: &IdempotencyKey,
+) -> Result<Option<BatchRecord>, sqlx::Error> {
+    batch_query!(
+        stored: "",
+        "FROM batches WHERE project_id = $1 AND idempotency_key = $2",
+        project.as_str(),
+        key.as_str(),
+    )
+    .fetch_optional(conn)
     .await
 }
 
@@ -218,11 +275,11 @@ pub async fn get(
     project: &ProjectId,
     id: &BatchId,
 ) -> Result<Option<BatchRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {READ_COLUMNS} FROM batches {LIVE_COUNTS} WHERE project_id = $1 AND id = $2"
-    ))
-    .bind(project.as_str())
-    .bind(id)
+    batch_query!(
+        live: "WHERE project_id = $1 AND id = $2",
+        project.as_str(),
+        id.as_str(),
+    )
     .fetch_optional(pool)
     .await
 }
@@ -244,25 +301,25 @@ pub async fn list(
     let before_seq: i64 = match after {
         None => i64::MAX,
         Some(id) => {
-            let seq: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM batches WHERE project_id = $1 AND id = $2")
-                    .bind(project.as_str())
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?;
+            let seq: Option<i64> = sqlx::query_scalar!(
+                "SELECT seq FROM batches WHERE project_id = $1 AND id = $2",
+                project.as_str(),
+                id.as_str(),
+            )
+            .fetch_optional(pool)
+            .await?;
             match seq {
                 Some(seq) => seq,
                 None => return Ok(None),
             }
         }
     };
-    let mut batches: Vec<BatchRecord> = sqlx::query_as(&format!(
-        "SELECT {READ_COLUMNS} FROM batches {LIVE_COUNTS}
-         WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-    ))
-    .bind(project.as_str())
-    .bind(before_seq)
-    .bind(i64::from(limit) + 1)
+    let mut batches: Vec<BatchRecord> = batch_query!(
+        live: "WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+        project.as_str(),
+        before_seq,
+        i64::from(limit) + 1,
+    )
     .fetch_all(pool)
     .await?;
     let has_more = batches.len() > limit as usize;
@@ -285,23 +342,24 @@ pub async fn cancel(
     project: &ProjectId,
     id: &BatchId,
 ) -> Result<Cancelled, sqlx::Error> {
+    let cancellable = BatchStatus::cancellable();
     // A status change between the UPDATE and the read is retried; it can happen only a few
     // times, since every status moves forward.
     loop {
         // Replicas running its lines hear of it at once and start no more of them.
-        let updated: Option<BatchRecord> = sqlx::query_as(&format!(
-            "WITH c AS (
+        let updated: Option<BatchRecord> = batch_query!(
+            stored: "WITH c AS (
                 UPDATE batches SET status = $3, cancelling_at = unix_now()
                 WHERE project_id = $1 AND id = $2 AND status = ANY($4)
-                RETURNING {COLUMNS}
-             )
-             SELECT c.* FROM c, LATERAL (SELECT pg_notify($5, c.id)) n"
-        ))
-        .bind(project.as_str())
-        .bind(id)
-        .bind(BatchStatus::Cancelling.as_str())
-        .bind(BatchStatus::cancellable())
-        .bind(crate::store::jobs::CANCEL_CHANNEL)
+                RETURNING *
+             ) ",
+            "FROM c, LATERAL (SELECT pg_notify($5, c.id)) n",
+            project.as_str(),
+            id.as_str(),
+            BatchStatus::Cancelling.as_str(),
+            &cancellable as &[&str],
+            crate::store::jobs::CANCEL_CHANNEL,
+        )
         .fetch_optional(pool)
         .await?;
         if let Some(batch) = updated {
@@ -321,11 +379,12 @@ pub async fn cancel(
 /// Unfinished batches by status, for the metrics gauges (a partial index covers them).
 #[tracing::instrument(level = "debug", skip_all, name = "db.batches.count_unfinished")]
 pub async fn count_unfinished_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT status, count(*) FROM batches
-         WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-         GROUP BY status",
+    let rows = sqlx::query!(
+        r#"SELECT status, count(*) AS "count!" FROM batches
+           WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+           GROUP BY status"#
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }

@@ -4,7 +4,7 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::BatchId;
+use crate::domain::{BatchId, Endpoint, FileId, ProjectId};
 
 /// Lines are addressed by byte position in a file's content: (part index, offset in that part).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,7 +45,7 @@ pub async fn insert(
         }
     }
     let [sp, so, ep, eo, first, count] = cols;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO batch_chunks (batch_id, idx, project_id, batch_seq, file_id, start_part,
                                    start_offset, end_part, end_offset, first_line, line_count)
          SELECT b.id, c.ord - 1, b.project_id, b.seq, $2, c.sp, c.so, c.ep, c.eo, c.first, c.n
@@ -53,24 +53,24 @@ pub async fn insert(
               UNNEST($3::int[], $4::int[], $5::int[], $6::int[], $7::int[], $8::int[])
                   WITH ORDINALITY AS c(sp, so, ep, eo, first, n, ord)
          WHERE b.id = $1",
+        batch.as_str(),
+        file_id,
+        &sp,
+        &so,
+        &ep,
+        &eo,
+        &first,
+        &count,
     )
-    .bind(batch)
-    .bind(file_id)
-    .bind(sp)
-    .bind(so)
-    .bind(ep)
-    .bind(eo)
-    .bind(first)
-    .bind(count)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Where a chunk's lines are, and which lines of the batch they are.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Lines {
-    pub file_id: String,
+    pub file_id: FileId,
     pub start_part: i32,
     pub start_offset: i32,
     pub end_part: i32,
@@ -80,18 +80,17 @@ pub struct Lines {
     pub line_count: i32,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ClaimedChunk {
     pub batch_id: BatchId,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub idx: i32,
     /// The fencing token every write of this claim must carry.
     pub attempt: i32,
     /// Claims in a row, this one included, that stored no result of the chunk.
     pub idle_claims: i32,
-    #[sqlx(flatten)]
     pub lines: Lines,
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     /// The `traceparent` of the request that created the batch.
     pub trace_context: Option<String>,
 }
@@ -124,8 +123,8 @@ pub async fn claim(
     lease_secs: u64,
     except: &[String],
 ) -> Result<Option<ClaimedChunk>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH pick AS (
+    let claimed = sqlx::query!(
+        r#"WITH pick AS (
             SELECT c.batch_id, c.idx, c.project_id
             FROM batch_chunks c
             JOIN projects p ON p.id = c.project_id
@@ -147,15 +146,34 @@ pub async fn claim(
             progress_mark = c.completed + c.failed
         FROM pick, batches b
         WHERE c.batch_id = pick.batch_id AND c.idx = pick.idx AND b.id = c.batch_id
-        RETURNING c.batch_id, c.project_id, c.idx, c.attempt, c.idle_claims, c.file_id, c.start_part, c.start_offset,
-                  c.end_part, c.end_offset, c.first_line, c.line_count, b.endpoint,
-                  b.trace_context",
+        RETURNING c.batch_id AS "batch_id: BatchId", c.project_id AS "project_id: ProjectId",
+                  c.idx, c.attempt, c.idle_claims, c.file_id AS "file_id: FileId", c.start_part,
+                  c.start_offset, c.end_part, c.end_offset, c.first_line, c.line_count,
+                  b.endpoint AS "endpoint: Endpoint", b.trace_context"#,
+        owner,
+        lease_secs as f64,
+        except,
     )
-    .bind(owner)
-    .bind(lease_secs as f64)
-    .bind(except)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(claimed.map(|r| ClaimedChunk {
+        batch_id: r.batch_id,
+        project_id: r.project_id,
+        idx: r.idx,
+        attempt: r.attempt,
+        idle_claims: r.idle_claims,
+        lines: Lines {
+            file_id: r.file_id,
+            start_part: r.start_part,
+            start_offset: r.start_offset,
+            end_part: r.end_part,
+            end_offset: r.end_offset,
+            first_line: r.first_line,
+            line_count: r.line_count,
+        },
+        endpoint: r.endpoint,
+        trace_context: r.trace_context,
+    }))
 }
 
 /// The result groups already written for a chunk, as stored (see `Group::lines`), one row at a
@@ -168,11 +186,11 @@ pub fn results<'c, E>(
 where
     E: sqlx::PgExecutor<'c> + 'c,
 {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT lines FROM batch_results WHERE batch_id = $1 AND chunk_idx = $2 ORDER BY seq",
+        batch.as_str(),
+        idx,
     )
-    .bind(batch)
-    .bind(idx)
     .fetch(conn)
 }
 
@@ -191,9 +209,9 @@ pub struct Group {
 }
 
 /// What became of a group.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Flushed {
-    pub batch_id: String,
+    pub batch_id: BatchId,
     pub idx: i32,
     /// The chunk has a result for every line now.
     pub done: bool,
@@ -223,8 +241,9 @@ pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx
     }
     let [idx, attempt, completed, failed] = ints;
     let [it, ct, ot, rt, tt] = usage;
-    sqlx::query_as(
-        "WITH g AS (
+    sqlx::query_as!(
+        Flushed,
+        r#"WITH g AS (
             SELECT g.* FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
                                    $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])
                 AS g(batch_id, idx, attempt, completed, failed, lines, it, ct, ot, rt, tt),
@@ -249,20 +268,20 @@ pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx
             INSERT INTO batch_results (batch_id, chunk_idx, lines)
             SELECT batch_id, idx, lines FROM upd WHERE lines <> ''
         )
-        SELECT batch_id, idx, done FROM upd",
+        SELECT batch_id AS "batch_id!: BatchId", idx AS "idx!", done AS "done!" FROM upd"#,
+        &ids as &[&str],
+        &idx,
+        &attempt,
+        &completed,
+        &failed,
+        &lines as &[&str],
+        &it,
+        &ct,
+        &ot,
+        &rt,
+        &tt,
+        super::results::LIVE_LOCK,
     )
-    .bind(ids)
-    .bind(idx)
-    .bind(attempt)
-    .bind(completed)
-    .bind(failed)
-    .bind(lines)
-    .bind(it)
-    .bind(ct)
-    .bind(ot)
-    .bind(rt)
-    .bind(tt)
-    .bind(super::results::LIVE_LOCK)
     .fetch_all(pool)
     .await
 }
@@ -275,9 +294,9 @@ pub struct Held {
     pub attempt: i32,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Renewed {
-    pub batch_id: String,
+    pub batch_id: BatchId,
     pub idx: i32,
     /// The batch still runs; false once it is being cancelled (finish what is in flight, start
     /// nothing new).
@@ -299,17 +318,19 @@ pub async fn renew(
     let ids: Vec<&str> = held.iter().map(|h| h.batch_id.as_str()).collect();
     let idx: Vec<i32> = held.iter().map(|h| h.idx).collect();
     let attempt: Vec<i32> = held.iter().map(|h| h.attempt).collect();
-    sqlx::query_as(
-        "UPDATE batch_chunks c SET lease_until = now() + make_interval(secs => $4)
-         FROM UNNEST($1::text[], $2::int[], $3::int[]) AS h(batch_id, idx, attempt), batches b
-         WHERE c.batch_id = h.batch_id AND c.idx = h.idx AND c.attempt = h.attempt
-           AND c.state = 'running' AND b.id = c.batch_id
-         RETURNING c.batch_id, c.idx, b.status = 'in_progress' AS live",
+    sqlx::query_as!(
+        Renewed,
+        r#"UPDATE batch_chunks c SET lease_until = now() + make_interval(secs => $4)
+           FROM UNNEST($1::text[], $2::int[], $3::int[]) AS h(batch_id, idx, attempt), batches b
+           WHERE c.batch_id = h.batch_id AND c.idx = h.idx AND c.attempt = h.attempt
+             AND c.state = 'running' AND b.id = c.batch_id
+           RETURNING c.batch_id AS "batch_id: BatchId", c.idx,
+                     b.status = 'in_progress' AS "live!""#,
+        &ids as &[&str],
+        &idx,
+        &attempt,
+        lease_secs as f64,
     )
-    .bind(ids)
-    .bind(idx)
-    .bind(attempt)
-    .bind(lease_secs as f64)
     .fetch_all(pool)
     .await
 }
@@ -318,12 +339,12 @@ pub async fn renew(
 /// An orderly hand-back is not a claim that failed: it does not count towards a crash loop.
 #[tracing::instrument(skip_all, name = "db.chunks.release")]
 pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL,
                                  idle_claims = greatest(idle_claims - 1, 0)
          WHERE lease_owner = $1 AND state = 'running'",
+        owner,
     )
-    .bind(owner)
     .execute(pool)
     .await?
     .rows_affected())
@@ -332,13 +353,13 @@ pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 /// Hands one chunk back (nothing more of it will run here), if the claim is still ours.
 #[tracing::instrument(skip_all, name = "db.chunks.release_one")]
 pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
          WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
+        held.batch_id,
+        held.idx,
+        held.attempt,
     )
-    .bind(&held.batch_id)
-    .bind(held.idx)
-    .bind(held.attempt)
     .execute(pool)
     .await?;
     Ok(())
@@ -348,14 +369,14 @@ pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> 
 /// — finalization writes them to the error file. Only under the claim's token.
 #[tracing::instrument(skip_all, name = "db.chunks.give_up")]
 pub async fn give_up(pool: &PgPool, held: &Held) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batch_chunks SET state = 'done', lease_owner = NULL, lease_until = NULL,
                                  failed = line_count - completed
          WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
+        held.batch_id,
+        held.idx,
+        held.attempt,
     )
-    .bind(&held.batch_id)
-    .bind(held.idx)
-    .bind(held.attempt)
     .execute(pool)
     .await?
     .rows_affected()
@@ -365,9 +386,9 @@ pub async fn give_up(pool: &PgPool, held: &Held) -> Result<bool, sqlx::Error> {
 /// Puts chunks whose claim lapsed (their replica died or hung) back in the queue.
 #[tracing::instrument(level = "debug", skip_all, name = "db.chunks.requeue_lapsed")]
 pub async fn requeue_lapsed(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
-         WHERE state = 'running' AND lease_until < now()",
+         WHERE state = 'running' AND lease_until < now()"
     )
     .execute(pool)
     .await?
@@ -377,11 +398,11 @@ pub async fn requeue_lapsed(pool: &PgPool) -> Result<u64, sqlx::Error> {
 /// Chunks of a batch being executed under a live claim.
 #[tracing::instrument(skip_all, name = "db.chunks.running")]
 pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM batch_chunks
-         WHERE batch_id = $1 AND state = 'running' AND lease_until >= now()",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM batch_chunks
+           WHERE batch_id = $1 AND state = 'running' AND lease_until >= now()"#,
+        batch.as_str(),
     )
-    .bind(batch)
     .fetch_one(pool)
     .await
 }
@@ -391,22 +412,21 @@ pub async fn running(pool: &PgPool, batch: &BatchId) -> Result<i64, sqlx::Error>
 /// no lock is held while the files are written.
 #[tracing::instrument(skip_all, name = "db.chunks.close_open")]
 pub async fn close_open(pool: &PgPool, batch: &BatchId) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batch_chunks SET state = 'done', attempt = attempt + 1, lease_owner = NULL,
                                  lease_until = NULL
          WHERE batch_id = $1 AND state <> 'done'",
+        batch.as_str(),
     )
-    .bind(batch)
     .execute(pool)
     .await?
     .rows_affected())
 }
 
 /// A chunk as finalization sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ChunkSummary {
     pub idx: i32,
-    #[sqlx(flatten)]
     pub lines: Lines,
     pub completed: i32,
     pub failed: i32,
@@ -438,39 +458,66 @@ pub async fn page(
     after_idx: i32,
     limit: i64,
 ) -> Result<Vec<ChunkSummary>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT idx, file_id, start_part, start_offset, end_part, end_offset, first_line,
-                line_count, completed, failed, input_tokens, cached_tokens, output_tokens,
-                reasoning_tokens, total_tokens
-         FROM batch_chunks WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3",
+    let rows = sqlx::query!(
+        r#"SELECT idx, file_id AS "file_id: FileId", start_part, start_offset, end_part,
+                  end_offset, first_line, line_count, completed, failed, input_tokens,
+                  cached_tokens, output_tokens, reasoning_tokens, total_tokens
+           FROM batch_chunks WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3"#,
+        batch.as_str(),
+        after_idx,
+        limit,
     )
-    .bind(batch)
-    .bind(after_idx)
-    .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ChunkSummary {
+            idx: r.idx,
+            lines: Lines {
+                file_id: r.file_id,
+                start_part: r.start_part,
+                start_offset: r.start_offset,
+                end_part: r.end_part,
+                end_offset: r.end_offset,
+                first_line: r.first_line,
+                line_count: r.line_count,
+            },
+            completed: r.completed,
+            failed: r.failed,
+            input_tokens: r.input_tokens,
+            cached_tokens: r.cached_tokens,
+            output_tokens: r.output_tokens,
+            reasoning_tokens: r.reasoning_tokens,
+            total_tokens: r.total_tokens,
+        })
+        .collect())
 }
 
 /// Drops a batch's work rows, in the transaction that writes its files.
 #[tracing::instrument(skip_all, name = "db.chunks.delete_work")]
 pub async fn delete_work(conn: &mut PgConnection, batch: &BatchId) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM batch_results WHERE batch_id = $1")
-        .bind(batch)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM batch_chunks WHERE batch_id = $1")
-        .bind(batch)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM batch_results WHERE batch_id = $1",
+        batch.as_str()
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM batch_chunks WHERE batch_id = $1",
+        batch.as_str()
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
 /// Lines not yet finished, by chunk state (`pending`, `running`), for the metrics.
 pub async fn queue_depth(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT state, sum(line_count - completed - failed)::int8 FROM batch_chunks
-         WHERE state <> 'done' GROUP BY state",
+    let rows = sqlx::query!(
+        r#"SELECT state, sum(line_count - completed - failed)::int8 AS "lines!" FROM batch_chunks
+           WHERE state <> 'done' GROUP BY state"#
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.lines)).collect())
 }

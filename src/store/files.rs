@@ -3,21 +3,19 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use crate::domain::{FileId, ProjectId, Purpose};
 use crate::store::chunks::Position;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct FileRecord {
     pub id: FileId,
     pub filename: String,
-    #[sqlx(try_from = "String")]
     pub purpose: Purpose,
     pub bytes: i64,
     pub created_at: i64,
     pub expires_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, filename, purpose, bytes, created_at, expires_at";
-
-/// Visible files: neither deleted nor past their expiry.
-const LIVE: &str = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())";
+// The statements below write out the columns of `FileRecord`, and which files are visible
+// (neither deleted nor past their expiry: `deleted_at IS NULL AND (expires_at IS NULL OR
+// expires_at > unix_now())`), in full: the query macros take literals only.
 
 /// Content is stored in chunks of about this size.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -62,12 +60,14 @@ impl NewContent {
         conn: &mut PgConnection,
         data: &[u8],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)")
-            .bind(&self.id)
-            .bind(self.next_idx)
-            .bind(data)
-            .execute(conn)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)",
+            self.id.as_str(),
+            self.next_idx,
+            data,
+        )
+        .execute(conn)
+        .await?;
         self.next_idx += 1;
         self.bytes += data.len() as i64;
         Ok(())
@@ -80,17 +80,19 @@ impl NewContent {
         conn: &mut PgConnection,
         file: NewFile<'_>,
     ) -> Result<FileRecord, sqlx::Error> {
-        sqlx::query_as(&format!(
-            "INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
-             VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
-             RETURNING {COLUMNS}"
-        ))
-        .bind(&self.id)
-        .bind(file.project.as_str())
-        .bind(file.filename)
-        .bind(file.purpose.as_str())
-        .bind(self.bytes)
-        .bind(file.expires_after_seconds)
+        sqlx::query_as!(
+            FileRecord,
+            r#"INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
+               VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
+               RETURNING id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
+                         created_at, expires_at"#,
+            self.id.as_str(),
+            file.project.as_str(),
+            file.filename,
+            file.purpose.as_str(),
+            self.bytes,
+            file.expires_after_seconds,
+        )
         .fetch_one(conn)
         .await
     }
@@ -127,12 +129,12 @@ impl Upload {
         quota: Option<u64>,
     ) -> Result<Committed, sqlx::Error> {
         if let Some(quota) = quota {
-            let stored: i64 = sqlx::query_scalar(
+            let stored: i64 = sqlx::query_scalar!(
                 "INSERT INTO project_storage AS s (project_id) VALUES ($1)
                  ON CONFLICT (project_id) DO UPDATE SET stored_bytes = s.stored_bytes
                  RETURNING stored_bytes",
+                file.project.as_str(),
             )
-            .bind(file.project.as_str())
             .fetch_one(&mut *self.tx)
             .await?;
             if stored.saturating_add(self.content.bytes) > quota as i64 {
@@ -156,11 +158,12 @@ pub enum Committed {
 /// Bytes the project's files take (neither deleted nor purged), as the quota counts them.
 #[tracing::instrument(skip_all, name = "db.files.stored_bytes")]
 pub async fn stored_bytes(pool: &PgPool, project: &ProjectId) -> Result<i64, sqlx::Error> {
-    let stored: Option<i64> =
-        sqlx::query_scalar("SELECT stored_bytes FROM project_storage WHERE project_id = $1")
-            .bind(project.as_str())
-            .fetch_optional(pool)
-            .await?;
+    let stored: Option<i64> = sqlx::query_scalar!(
+        "SELECT stored_bytes FROM project_storage WHERE project_id = $1",
+        project.as_str(),
+    )
+    .fetch_optional(pool)
+    .await?;
     Ok(stored.unwrap_or(0))
 }
 
@@ -170,11 +173,16 @@ pub async fn get(
     project: &ProjectId,
     id: &FileId,
 ) -> Result<Option<FileRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM files WHERE project_id = $1 AND id = $2 AND {LIVE}"
-    ))
-    .bind(project.as_str())
-    .bind(id)
+    sqlx::query_as!(
+        FileRecord,
+        r#"SELECT id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes, created_at,
+                  expires_at
+           FROM files
+           WHERE project_id = $1 AND id = $2
+             AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())"#,
+        project.as_str(),
+        id.as_str(),
+    )
     .fetch_optional(pool)
     .await
 }
@@ -208,63 +216,92 @@ pub async fn list(
     let cursor: Option<i64> = match q.after {
         None => None,
         Some(id) => {
-            let seq: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM files WHERE project_id = $1 AND id = $2")
-                    .bind(project.as_str())
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?;
+            let seq: Option<i64> = sqlx::query_scalar!(
+                "SELECT seq FROM files WHERE project_id = $1 AND id = $2",
+                project.as_str(),
+                id.as_str(),
+            )
+            .fetch_optional(pool)
+            .await?;
             match seq {
                 Some(seq) => Some(seq),
                 None => return Ok(None),
             }
         }
     };
-    let (cmp, dir, start) = match q.order {
-        Order::Asc => (">", "ASC", i64::MIN),
-        Order::Desc => ("<", "DESC", i64::MAX),
+    let purpose = q.purpose.map(Purpose::as_str);
+    let fetch = i64::from(q.limit) + 1;
+    // One statement per direction, so that both are checked at compile time.
+    let mut files: Vec<FileRecord> = match q.order {
+        Order::Asc => {
+            sqlx::query_as!(
+                FileRecord,
+                r#"SELECT id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
+                          created_at, expires_at
+                   FROM files
+                   WHERE project_id = $1
+                     AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())
+                     AND seq > $2 AND ($3::text IS NULL OR purpose = $3)
+                   ORDER BY seq ASC LIMIT $4"#,
+                project.as_str(),
+                cursor.unwrap_or(i64::MIN),
+                purpose,
+                fetch,
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        Order::Desc => {
+            sqlx::query_as!(
+                FileRecord,
+                r#"SELECT id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
+                          created_at, expires_at
+                   FROM files
+                   WHERE project_id = $1
+                     AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())
+                     AND seq < $2 AND ($3::text IS NULL OR purpose = $3)
+                   ORDER BY seq DESC LIMIT $4"#,
+                project.as_str(),
+                cursor.unwrap_or(i64::MAX),
+                purpose,
+                fetch,
+            )
+            .fetch_all(pool)
+            .await?
+        }
     };
-    let mut files: Vec<FileRecord> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM files
-         WHERE project_id = $1 AND {LIVE} AND seq {cmp} $2 AND ($3::text IS NULL OR purpose = $3)
-         ORDER BY seq {dir} LIMIT $4"
-    ))
-    .bind(project.as_str())
-    .bind(cursor.unwrap_or(start))
-    .bind(q.purpose.map(Purpose::as_str))
-    .bind(i64::from(q.limit) + 1)
-    .fetch_all(pool)
-    .await?;
     let has_more = files.len() > q.limit as usize;
     files.truncate(q.limit as usize);
     Ok(Some(Page { files, has_more }))
 }
 
-/// A file's content is kept, after the file is deleted or expires, while a batch still reads
-/// it: one being validated, or one whose chunks point into it.
-const IN_USE: &str = "(EXISTS (SELECT 1 FROM batch_chunks c WHERE c.file_id = files.id)
-     OR EXISTS (SELECT 1 FROM batches b WHERE b.input_file_id = files.id AND b.status = 'validating'))";
+// A file's content is kept, after the file is deleted or expires, while a batch still reads
+// it (`in_use` below, in `delete` and `purge`): one being validated, or one whose chunks point
+// into it.
 
 /// Marks the file deleted and frees its content at once, unless a running batch still reads it
 /// (then the janitor frees it when that batch ends). False when there was no such live file.
 #[tracing::instrument(skip_all, name = "db.files.delete")]
 pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let in_use: Option<bool> = sqlx::query_scalar(&format!(
-        "UPDATE files SET deleted_at = unix_now() WHERE project_id = $1 AND id = $2 AND {LIVE}
-         RETURNING {IN_USE}"
-    ))
-    .bind(project.as_str())
-    .bind(id)
+    let in_use: Option<bool> = sqlx::query_scalar!(
+        r#"UPDATE files SET deleted_at = unix_now()
+           WHERE project_id = $1 AND id = $2
+             AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > unix_now())
+           RETURNING (EXISTS (SELECT 1 FROM batch_chunks c WHERE c.file_id = files.id)
+                      OR EXISTS (SELECT 1 FROM batches b
+                                 WHERE b.input_file_id = files.id AND b.status = 'validating'))
+                     AS "in_use!""#,
+        project.as_str(),
+        id.as_str(),
+    )
     .fetch_optional(&mut *tx)
     .await?;
     if in_use == Some(false) {
-        sqlx::query("DELETE FROM file_chunks WHERE file_id = $1")
-            .bind(id)
+        sqlx::query!("DELETE FROM file_chunks WHERE file_id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE files SET purged = true WHERE id = $1")
-            .bind(id)
+        sqlx::query!("UPDATE files SET purged = true WHERE id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
     }
@@ -280,22 +317,25 @@ const PURGE_PARTS: i64 = 16;
 /// transactions; returns how many files were finished.
 #[tracing::instrument(level = "debug", skip_all, name = "db.files.purge")]
 pub async fn purge(pool: &PgPool, max_files: i64) -> Result<u64, sqlx::Error> {
-    let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT id FROM files
-         WHERE NOT purged AND coalesce(deleted_at, expires_at) <= unix_now() AND NOT {IN_USE}
-         ORDER BY coalesce(deleted_at, expires_at) LIMIT $1"
-    ))
-    .bind(max_files)
+    let ids: Vec<FileId> = sqlx::query_scalar!(
+        r#"SELECT id AS "id: FileId" FROM files
+           WHERE NOT purged AND coalesce(deleted_at, expires_at) <= unix_now()
+             AND NOT (EXISTS (SELECT 1 FROM batch_chunks c WHERE c.file_id = files.id)
+                      OR EXISTS (SELECT 1 FROM batches b
+                                 WHERE b.input_file_id = files.id AND b.status = 'validating'))
+           ORDER BY coalesce(deleted_at, expires_at) LIMIT $1"#,
+        max_files,
+    )
     .fetch_all(pool)
     .await?;
     for id in &ids {
         loop {
-            let n = sqlx::query(
+            let n = sqlx::query!(
                 "DELETE FROM file_chunks WHERE file_id = $1 AND idx IN (
                     SELECT idx FROM file_chunks WHERE file_id = $1 ORDER BY idx LIMIT $2)",
+                id.as_str(),
+                PURGE_PARTS,
             )
-            .bind(id)
-            .bind(PURGE_PARTS)
             .execute(pool)
             .await?
             .rows_affected();
@@ -303,8 +343,7 @@ pub async fn purge(pool: &PgPool, max_files: i64) -> Result<u64, sqlx::Error> {
                 break;
             }
         }
-        sqlx::query("UPDATE files SET purged = true WHERE id = $1")
-            .bind(id)
+        sqlx::query!("UPDATE files SET purged = true WHERE id = $1", id.as_str())
             .execute(pool)
             .await?;
     }
@@ -316,23 +355,23 @@ pub async fn purge(pool: &PgPool, max_files: i64) -> Result<u64, sqlx::Error> {
 #[tracing::instrument(skip_all, name = "db.files.read_range")]
 pub async fn read_range(
     pool: &PgPool,
-    id: &str,
+    id: &FileId,
     start: Position,
     end: Position,
 ) -> Result<Option<Vec<u8>>, sqlx::Error> {
     // substring() of uncompressed (EXTERNAL) content reads only the slices it needs.
-    let parts: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT CASE WHEN idx = $2 AND idx = $4 THEN substring(data FROM $3 + 1 FOR $5 - $3)
-                     WHEN idx = $2 THEN substring(data FROM $3 + 1)
-                     WHEN idx = $4 THEN substring(data FROM 1 FOR $5)
-                     ELSE data END
-         FROM file_chunks WHERE file_id = $1 AND idx BETWEEN $2 AND $4 ORDER BY idx",
+    let parts: Vec<Vec<u8>> = sqlx::query_scalar!(
+        r#"SELECT CASE WHEN idx = $2 AND idx = $4 THEN substring(data FROM $3 + 1 FOR $5 - $3)
+                       WHEN idx = $2 THEN substring(data FROM $3 + 1)
+                       WHEN idx = $4 THEN substring(data FROM 1 FOR $5)
+                       ELSE data END AS "data!"
+           FROM file_chunks WHERE file_id = $1 AND idx BETWEEN $2 AND $4 ORDER BY idx"#,
+        id.as_str(),
+        start.part,
+        start.offset,
+        end.part,
+        end.offset,
     )
-    .bind(id)
-    .bind(start.part)
-    .bind(start.offset)
-    .bind(end.part)
-    .bind(end.offset)
     .fetch_all(pool)
     .await?;
     if parts.len() != (end.part - start.part + 1) as usize {
@@ -344,9 +383,11 @@ pub async fn read_range(
 /// One chunk of a file's content, by position; `None` past the end (or if it was deleted).
 #[tracing::instrument(skip_all, name = "db.files.chunk")]
 pub async fn chunk(pool: &PgPool, id: &FileId, idx: i32) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2")
-        .bind(id)
-        .bind(idx)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2",
+        id.as_str(),
+        idx,
+    )
+    .fetch_optional(pool)
+    .await
 }

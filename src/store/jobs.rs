@@ -4,21 +4,20 @@
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{BatchId, BatchStatus, FileId, ProjectId};
+use crate::domain::{BatchId, BatchStatus, Endpoint, FileId, ProjectId};
 
 /// LISTEN/NOTIFY channel: a batch has chunks to claim (payload: its id).
 pub const WORK_CHANNEL: &str = "openbatch_work";
 /// LISTEN/NOTIFY channel: a batch is being cancelled (payload: its id).
 pub const CANCEL_CHANNEL: &str = "openbatch_cancel";
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct BatchJob {
     pub id: BatchId,
-    pub project_id: String,
-    #[sqlx(try_from = "String")]
+    pub project_id: ProjectId,
     pub status: BatchStatus,
-    pub endpoint: String,
-    pub input_file_id: String,
+    pub endpoint: Endpoint,
+    pub input_file_id: FileId,
     pub cancelling_at: Option<i64>,
     pub output_expires_after_seconds: Option<i64>,
     /// Past `expires_at`, by the database's clock.
@@ -31,7 +30,7 @@ pub struct BatchJob {
 
 impl BatchJob {
     pub fn project(&self) -> ProjectId {
-        ProjectId::from_db(self.project_id.clone())
+        self.project_id.clone()
     }
 }
 
@@ -45,15 +44,16 @@ pub async fn claim(
     owner: &str,
     lease_secs: u64,
 ) -> Result<Option<BatchJob>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+    // `unfinished_statuses!()` written out (the query macros take literals only); a unit test
+    // in `store` holds the two together.
+    sqlx::query_as!(
+        BatchJob,
+        r#"UPDATE batches SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                             lapsed_claims = CASE WHEN lease_owner IS NOT NULL
                                                  THEN lapsed_claims + 1 ELSE 0 END
          WHERE id = (
             SELECT b.id FROM batches b
-            WHERE b.status IN ",
-        unfinished_statuses!(),
-        "
+            WHERE b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
               AND (b.lease_until IS NULL OR b.lease_until < now())
               AND (b.status <> 'in_progress'
                    OR b.expires_at <= unix_now()
@@ -63,12 +63,14 @@ pub async fn claim(
             LIMIT 1
             FOR UPDATE SKIP LOCKED
          )
-         RETURNING id, project_id, status, endpoint, input_file_id, cancelling_at,
-                   output_expires_after_seconds, expires_at <= unix_now() AS expired,
-                   unix_now() - cancelling_at AS cancelling_for, lapsed_claims",
-    ))
-    .bind(owner)
-    .bind(lease_secs as f64)
+         RETURNING id AS "id: BatchId", project_id AS "project_id: ProjectId",
+                   status AS "status: BatchStatus", endpoint AS "endpoint: Endpoint",
+                   input_file_id AS "input_file_id: FileId", cancelling_at,
+                   output_expires_after_seconds, expires_at <= unix_now() AS "expired!",
+                   unix_now() - cancelling_at AS cancelling_for, lapsed_claims"#,
+        owner,
+        lease_secs as f64,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -78,13 +80,13 @@ pub async fn claim(
 // Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
 #[tracing::instrument(level = "debug", skip_all, name = "db.jobs.defer")]
 pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3)
          WHERE id = $1 AND lease_owner = $2",
+        id.as_str(),
+        owner,
+        secs,
     )
-    .bind(id)
-    .bind(owner)
-    .bind(secs)
     .execute(pool)
     .await?;
     Ok(())
@@ -100,7 +102,7 @@ pub async fn start(
     model: &str,
     total: i32,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "WITH started AS (
             UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
                                request_total = $4, lease_owner = NULL, lease_until = NULL
@@ -108,12 +110,12 @@ pub async fn start(
             RETURNING id
          )
          SELECT pg_notify($5, id) FROM started",
+        id.as_str(),
+        owner,
+        model,
+        total,
+        WORK_CHANNEL,
     )
-    .bind(id)
-    .bind(owner)
-    .bind(model)
-    .bind(total)
-    .bind(WORK_CHANNEL)
     .execute(conn)
     .await?
     .rows_affected()
@@ -131,15 +133,15 @@ pub async fn fail<'c>(
     from: &[BatchStatus],
 ) -> Result<bool, sqlx::Error> {
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
                             lease_owner = NULL, lease_until = NULL
          WHERE id = $1 AND lease_owner = $2 AND status = ANY($4)",
+        id.as_str(),
+        owner,
+        errors,
+        &from as &[&str],
     )
-    .bind(id)
-    .bind(owner)
-    .bind(errors)
-    .bind(from)
     .execute(conn)
     .await?
     .rows_affected()
@@ -153,12 +155,12 @@ pub async fn begin_finalizing(
     id: &BatchId,
     owner: &str,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "UPDATE batches SET status = 'finalizing', finalizing_at = unix_now()
          WHERE id = $1 AND lease_owner = $2 AND status = 'in_progress'",
+        id.as_str(),
+        owner,
     )
-    .bind(id)
-    .bind(owner)
     .execute(pool)
     .await?
     .rows_affected()
@@ -197,6 +199,7 @@ pub async fn end(
         .filter(|s| s.can_become(e.to))
         .map(|s| s.as_str())
         .collect();
+    // Built at run time: the column stamped depends on the final status.
     Ok(sqlx::query(&format!(
         "UPDATE batches SET status = $3, {stamp} = unix_now(), output_file_id = $5, error_file_id = $6,
                             request_completed = $7, request_failed = $8, usage = $9,
@@ -227,13 +230,13 @@ pub async fn renew(
     owner: &str,
     lease_secs: u64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE batches SET lease_until = now() + make_interval(secs => $3)
          WHERE id = $1 AND lease_owner = $2",
+        id.as_str(),
+        owner,
+        lease_secs as f64,
     )
-    .bind(id)
-    .bind(owner)
-    .bind(lease_secs as f64)
     .execute(pool)
     .await?;
     Ok(())
@@ -242,12 +245,12 @@ pub async fn renew(
 /// Hands back this replica's batch-level work at shutdown.
 #[tracing::instrument(skip_all, name = "db.jobs.release")]
 pub async fn release(pool: &PgPool, id: &BatchId, owner: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE batches SET lease_owner = NULL, lease_until = NULL
          WHERE id = $1 AND lease_owner = $2",
+        id.as_str(),
+        owner,
     )
-    .bind(id)
-    .bind(owner)
     .execute(pool)
     .await?;
     Ok(())

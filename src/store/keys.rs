@@ -9,36 +9,35 @@ pub const KEYS_CHANNEL: &str = "openbatch_keys";
 /// The project named `name`, created if it does not exist yet.
 #[tracing::instrument(skip_all, name = "db.keys.ensure_project")]
 pub async fn ensure_project(pool: &PgPool, name: &ProjectName) -> Result<ProjectId, sqlx::Error> {
-    let id: String = sqlx::query_scalar(
-        "WITH ins AS (
+    sqlx::query_scalar!(
+        r#"WITH ins AS (
             INSERT INTO projects (id, name) VALUES ($1, $2)
             ON CONFLICT (name) DO NOTHING
             RETURNING id
         )
-        SELECT id FROM ins UNION ALL SELECT id FROM projects WHERE name = $2
-        LIMIT 1",
+        SELECT id AS "id!: ProjectId" FROM ins UNION ALL SELECT id FROM projects WHERE name = $2
+        LIMIT 1"#,
+        format!("proj_{}", uuid::Uuid::new_v4().simple()),
+        name.as_str(),
     )
-    .bind(format!("proj_{}", uuid::Uuid::new_v4().simple()))
-    .bind(name.as_str())
     .fetch_one(pool)
-    .await?;
-    Ok(ProjectId::from_db(id))
+    .await
 }
 
 #[tracing::instrument(skip_all, name = "db.keys.insert")]
 pub async fn insert(pool: &PgPool, project: &ProjectId, key: &NewKey) -> Result<(), sqlx::Error> {
     // The notification is sent on commit, so no replica can reload before the key exists.
-    sqlx::query(
+    sqlx::query!(
         "WITH ins AS (
             INSERT INTO api_keys (prefix, project_id, key_hash) VALUES ($1, $2, $3)
             RETURNING prefix
         )
         SELECT pg_notify($4, prefix) FROM ins",
+        key.prefix,
+        project.as_str(),
+        &key.hash[..],
+        KEYS_CHANNEL,
     )
-    .bind(&key.prefix)
-    .bind(project.as_str())
-    .bind(&key.hash[..])
-    .bind(KEYS_CHANNEL)
     .execute(pool)
     .await?;
     Ok(())
@@ -53,19 +52,20 @@ pub struct StoredKey {
 /// Every live (unrevoked) key, by prefix: what a replica holds in memory.
 #[tracing::instrument(skip_all, name = "db.keys.load_live")]
 pub async fn load_live(pool: &PgPool) -> Result<Vec<(String, StoredKey)>, sqlx::Error> {
-    let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT prefix, project_id, key_hash FROM api_keys WHERE revoked_at IS NULL",
+    let rows = sqlx::query!(
+        r#"SELECT prefix, project_id AS "project_id: ProjectId", key_hash FROM api_keys
+           WHERE revoked_at IS NULL"#
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(prefix, project, hash)| {
+        .map(|r| {
             let key = StoredKey {
-                project: ProjectId::from_db(project),
-                hash,
+                project: r.project_id,
+                hash: r.key_hash,
             };
-            (prefix, key)
+            (r.prefix, key)
         })
         .collect())
 }
@@ -73,19 +73,20 @@ pub async fn load_live(pool: &PgPool) -> Result<Vec<(String, StoredKey)>, sqlx::
 /// A live (unrevoked) key by its prefix.
 #[tracing::instrument(skip_all, name = "db.keys.find")]
 pub async fn find(pool: &PgPool, prefix: &str) -> Result<Option<StoredKey>, sqlx::Error> {
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT project_id, key_hash FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+    let row = sqlx::query!(
+        r#"SELECT project_id AS "project_id: ProjectId", key_hash FROM api_keys
+           WHERE prefix = $1 AND revoked_at IS NULL"#,
+        prefix,
     )
-    .bind(prefix)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(project, hash)| StoredKey {
-        project: ProjectId::from_db(project),
-        hash,
+    Ok(row.map(|r| StoredKey {
+        project: r.project_id,
+        hash: r.key_hash,
     }))
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct KeyListing {
     pub prefix: String,
     pub project: String,
@@ -95,10 +96,11 @@ pub struct KeyListing {
 
 #[tracing::instrument(skip_all, name = "db.keys.list")]
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyListing,
         "SELECT k.prefix, p.name AS project, k.created_at, k.revoked_at
          FROM api_keys k JOIN projects p ON p.id = k.project_id
-         ORDER BY k.created_at, k.prefix",
+         ORDER BY k.created_at, k.prefix"
     )
     .fetch_all(pool)
     .await
@@ -108,16 +110,16 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyListing>, sqlx::Error> {
 #[tracing::instrument(skip_all, name = "db.keys.revoke")]
 pub async fn revoke(pool: &PgPool, prefix: &str) -> Result<bool, sqlx::Error> {
     // Every replica hears of it on commit and drops the key from memory at once.
-    let notified: Option<String> = sqlx::query_scalar(
-        "WITH r AS (
+    let notified: Option<String> = sqlx::query_scalar!(
+        r#"WITH r AS (
             UPDATE api_keys SET revoked_at = unix_now()
             WHERE prefix = $1 AND revoked_at IS NULL
             RETURNING prefix
         )
-        SELECT prefix FROM r, LATERAL (SELECT pg_notify($2, r.prefix)) n",
+        SELECT prefix AS "prefix!" FROM r, LATERAL (SELECT pg_notify($2, r.prefix)) n"#,
+        prefix,
+        KEYS_CHANNEL,
     )
-    .bind(prefix)
-    .bind(KEYS_CHANNEL)
     .fetch_optional(pool)
     .await?;
     Ok(notified.is_some())

@@ -7,19 +7,19 @@ use sqlx::PgPool;
 #[tracing::instrument(skip_all, name = "db.replicas.beat")]
 pub async fn beat(pool: &PgPool, id: &str, stale_after_secs: f64) -> Result<i64, sqlx::Error> {
     // One statement: the CTEs see the table as it was, hence `1 +` for this replica.
-    sqlx::query_scalar(
-        "WITH up AS (
+    sqlx::query_scalar!(
+        r#"WITH up AS (
             INSERT INTO replicas (id, seen_at) VALUES ($1, clock_timestamp())
             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at
         ), gone AS (
             DELETE FROM replicas
             WHERE id <> $1 AND seen_at < clock_timestamp() - make_interval(secs => $2)
         )
-        SELECT 1 + count(*) FROM replicas
-        WHERE id <> $1 AND seen_at >= clock_timestamp() - make_interval(secs => $2)",
+        SELECT 1 + count(*) AS "alive!" FROM replicas
+        WHERE id <> $1 AND seen_at >= clock_timestamp() - make_interval(secs => $2)"#,
+        id,
+        stale_after_secs,
     )
-    .bind(id)
-    .bind(stale_after_secs)
     .fetch_one(pool)
     .await
 }
@@ -27,8 +27,7 @@ pub async fn beat(pool: &PgPool, id: &str, stale_after_secs: f64) -> Result<i64,
 /// An orderly exit: the others take up its share at their next heartbeat.
 #[tracing::instrument(skip_all, name = "db.replicas.leave")]
 pub async fn leave(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM replicas WHERE id = $1")
-        .bind(id)
+    sqlx::query!("DELETE FROM replicas WHERE id = $1", id)
         .execute(pool)
         .await?;
     Ok(())

@@ -13,16 +13,18 @@ const TABLES: [&str; 4] = ["batches", "files", "batch_chunks", "api_keys"];
 /// say; returns the tables analyzed.
 #[tracing::instrument(level = "debug", skip_all, name = "db.stats.refresh")]
 pub async fn refresh_grown(pool: &PgPool) -> Result<Vec<&'static str>, sqlx::Error> {
-    let grown: Vec<String> = sqlx::query_scalar(
-        "SELECT s.relname::text FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-         WHERE s.schemaname = current_schema() AND s.relname = ANY($1)
-           AND s.n_live_tup > 2 * greatest(c.reltuples, 0) + 1000",
+    let grown: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT s.relname::text AS "relname!"
+           FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+           WHERE s.schemaname = current_schema() AND s.relname = ANY($1)
+             AND s.n_live_tup > 2 * greatest(c.reltuples, 0) + 1000"#,
+        &TABLES[..] as &[&str],
     )
-    .bind(&TABLES[..])
     .fetch_all(pool)
     .await?;
     let mut analyzed = Vec::new();
     for table in TABLES.into_iter().filter(|t| grown.iter().any(|g| g == t)) {
+        // Built at run time: a table name cannot be a bound parameter.
         sqlx::query(&format!("ANALYZE {table}"))
             .execute(pool)
             .await?;

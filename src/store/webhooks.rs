@@ -3,16 +3,18 @@
 
 use sqlx::PgPool;
 
-use crate::domain::{EventTypes, ProjectId, WebhookEndpointId, WebhookSecret, WebhookUrl};
+use crate::domain::{
+    BatchId, EventType, EventTypes, ProjectId, WebhookEndpointId, WebhookSecret, WebhookUrl,
+};
 
 /// LISTEN/NOTIFY channel: deliveries were enqueued (sent by the trigger at commit).
 pub const CHANNEL: &str = "openbatch_webhooks";
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct EndpointRecord {
     pub id: WebhookEndpointId,
     pub url: String,
-    pub events: Vec<String>,
+    pub events: Vec<EventType>,
     pub status: String,
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<i64>,
@@ -21,14 +23,8 @@ pub struct EndpointRecord {
     /// Until when the previous secret still signs, if a rotation's grace period is running.
     pub previous_secret_until: Option<i64>,
     /// Filled only by the statements whose answer shows it (create, rotate).
-    #[sqlx(default)]
     pub secret: Option<String>,
 }
-
-const COLUMNS: &str = "id, url, events, status, disabled_reason, disabled_at,
-    consecutive_failures, created_at,
-    CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
-        AS previous_secret_until";
 
 /// None when the project already has `max` endpoints (checked in the insert itself, so
 /// simultaneous creates may overshoot by their number).
@@ -40,18 +36,24 @@ pub async fn create(
     secret: &WebhookSecret,
     max: i64,
 ) -> Result<Option<EndpointRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
-         SELECT $1, $2, $3, $4, $5
-         WHERE (SELECT count(*) FROM webhook_endpoints WHERE project_id = $2) < $6
-         RETURNING {COLUMNS}, secret"
-    ))
-    .bind(WebhookEndpointId::generate())
-    .bind(project.as_str())
-    .bind(url.as_str())
-    .bind(events.as_strings())
-    .bind(secret.expose())
-    .bind(max)
+    let id = WebhookEndpointId::generate();
+    sqlx::query_as!(
+        EndpointRecord,
+        r#"INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
+           SELECT $1, $2, $3, $4, $5
+           WHERE (SELECT count(*) FROM webhook_endpoints WHERE project_id = $2) < $6
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+                     disabled_reason, disabled_at, consecutive_failures, created_at,
+                     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
+                         AS previous_secret_until,
+                     secret AS "secret?""#,
+        id.as_str(),
+        project.as_str(),
+        url.as_str(),
+        &events.as_strings(),
+        secret.expose(),
+        max,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -61,11 +63,17 @@ pub async fn get(
     project: &ProjectId,
     id: &WebhookEndpointId,
 ) -> Result<Option<EndpointRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE project_id = $1 AND id = $2"
-    ))
-    .bind(project.as_str())
-    .bind(id)
+    sqlx::query_as!(
+        EndpointRecord,
+        r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+                     disabled_reason, disabled_at, consecutive_failures, created_at,
+                     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
+                         AS previous_secret_until,
+                  NULL::text AS secret
+           FROM webhook_endpoints WHERE project_id = $1 AND id = $2"#,
+        project.as_str(),
+        id.as_str(),
+    )
     .fetch_optional(pool)
     .await
 }
@@ -85,11 +93,11 @@ pub async fn list(
     let before_seq = match after {
         None => i64::MAX,
         Some(id) => {
-            let seq: Option<i64> = sqlx::query_scalar(
+            let seq: Option<i64> = sqlx::query_scalar!(
                 "SELECT seq FROM webhook_endpoints WHERE project_id = $1 AND id = $2",
+                project.as_str(),
+                id.as_str(),
             )
-            .bind(project.as_str())
-            .bind(id)
             .fetch_optional(pool)
             .await?;
             match seq {
@@ -98,13 +106,19 @@ pub async fn list(
             }
         }
     };
-    let mut items: Vec<EndpointRecord> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints
-         WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-    ))
-    .bind(project.as_str())
-    .bind(before_seq)
-    .bind(i64::from(limit) + 1)
+    let mut items: Vec<EndpointRecord> = sqlx::query_as!(
+        EndpointRecord,
+        r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+                     disabled_reason, disabled_at, consecutive_failures, created_at,
+                     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
+                         AS previous_secret_until,
+                  NULL::text AS secret
+           FROM webhook_endpoints
+           WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"#,
+        project.as_str(),
+        before_seq,
+        i64::from(limit) + 1,
+    )
     .fetch_all(pool)
     .await?;
     let has_more = items.len() > limit as usize;
@@ -118,15 +132,15 @@ pub async fn delete(
     project: &ProjectId,
     id: &WebhookEndpointId,
 ) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM webhook_endpoints WHERE project_id = $1 AND id = $2")
-            .bind(project.as_str())
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            == 1,
+    Ok(sqlx::query!(
+        "DELETE FROM webhook_endpoints WHERE project_id = $1 AND id = $2",
+        project.as_str(),
+        id.as_str(),
     )
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Installs a new secret; the current one keeps signing for `grace_secs` more.
@@ -137,16 +151,21 @@ pub async fn rotate(
     secret: &WebhookSecret,
     grace_secs: i64,
 ) -> Result<Option<EndpointRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE webhook_endpoints
-         SET previous_secret = secret, previous_secret_until = unix_now() + $4, secret = $3
-         WHERE project_id = $1 AND id = $2
-         RETURNING {COLUMNS}, secret"
-    ))
-    .bind(project.as_str())
-    .bind(id)
-    .bind(secret.expose())
-    .bind(grace_secs)
+    sqlx::query_as!(
+        EndpointRecord,
+        r#"UPDATE webhook_endpoints
+           SET previous_secret = secret, previous_secret_until = unix_now() + $4, secret = $3
+           WHERE project_id = $1 AND id = $2
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+                     disabled_reason, disabled_at, consecutive_failures, created_at,
+                     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
+                         AS previous_secret_until,
+                     secret AS "secret?""#,
+        project.as_str(),
+        id.as_str(),
+        secret.expose(),
+        grace_secs,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -157,24 +176,29 @@ pub async fn enable(
     project: &ProjectId,
     id: &WebhookEndpointId,
 ) -> Result<Option<EndpointRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE webhook_endpoints
-         SET status = 'enabled', disabled_reason = NULL, disabled_at = NULL,
-             consecutive_failures = 0
-         WHERE project_id = $1 AND id = $2
-         RETURNING {COLUMNS}"
-    ))
-    .bind(project.as_str())
-    .bind(id)
+    sqlx::query_as!(
+        EndpointRecord,
+        r#"UPDATE webhook_endpoints
+           SET status = 'enabled', disabled_reason = NULL, disabled_at = NULL,
+               consecutive_failures = 0
+           WHERE project_id = $1 AND id = $2
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+                     disabled_reason, disabled_at, consecutive_failures, created_at,
+                     CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
+                         AS previous_secret_until,
+                     NULL::text AS secret"#,
+        project.as_str(),
+        id.as_str(),
+    )
     .fetch_optional(pool)
     .await
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DeliveryRecord {
     pub event_id: String,
-    pub event_type: String,
-    pub batch_id: String,
+    pub event_type: EventType,
+    pub batch_id: BatchId,
     pub created_at: i64,
     pub state: String,
     pub attempts: i32,
@@ -196,11 +220,11 @@ pub async fn deliveries(
     let before_seq = match after {
         None => i64::MAX,
         Some(event) => {
-            let seq: Option<i64> = sqlx::query_scalar(
+            let seq: Option<i64> = sqlx::query_scalar!(
                 "SELECT seq FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+                endpoint.as_str(),
+                event,
             )
-            .bind(endpoint)
-            .bind(event)
             .fetch_optional(pool)
             .await?;
             match seq {
@@ -209,17 +233,20 @@ pub async fn deliveries(
             }
         }
     };
-    let mut items: Vec<DeliveryRecord> = sqlx::query_as(
-        "SELECT event_id, event_type, batch_id, created_at, state, attempts, last_attempt_at,
-                last_status_code, last_error, delivered_at,
-                CASE WHEN state = 'pending'
-                     THEN ceil(extract(epoch FROM next_attempt_at))::bigint END AS next_attempt_at
-         FROM webhook_deliveries
-         WHERE endpoint_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+    let mut items: Vec<DeliveryRecord> = sqlx::query_as!(
+        DeliveryRecord,
+        r#"SELECT event_id, event_type AS "event_type: EventType", batch_id AS "batch_id: BatchId",
+                  created_at, state, attempts, last_attempt_at, last_status_code, last_error,
+                  delivered_at,
+                  CASE WHEN state = 'pending'
+                       THEN ceil(extract(epoch FROM next_attempt_at))::bigint END
+                      AS next_attempt_at
+           FROM webhook_deliveries
+           WHERE endpoint_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"#,
+        endpoint.as_str(),
+        before_seq,
+        i64::from(limit) + 1,
     )
-    .bind(endpoint)
-    .bind(before_seq)
-    .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await?;
     let has_more = items.len() > limit as usize;
@@ -228,9 +255,9 @@ pub async fn deliveries(
 }
 
 /// A delivery claimed for one attempt.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Due {
-    pub endpoint_id: String,
+    pub endpoint_id: WebhookEndpointId,
     pub event_id: String,
     pub payload: String,
     /// This attempt's number; it also fences the result write.
@@ -249,8 +276,9 @@ pub async fn claim_due(
     limit: i64,
     lease_secs: f64,
 ) -> Result<Vec<Due>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE webhook_deliveries d
+    sqlx::query_as!(
+        Due,
+        r#"UPDATE webhook_deliveries d
          SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
          FROM (SELECT q.endpoint_id, q.event_id, e.url, e.secret,
                       CASE WHEN e.previous_secret_until > unix_now() THEN e.previous_secret END
@@ -261,11 +289,12 @@ pub async fn claim_due(
                LIMIT $1
                FOR UPDATE OF q SKIP LOCKED) c
          WHERE d.endpoint_id = c.endpoint_id AND d.event_id = c.event_id
-         RETURNING d.endpoint_id, d.event_id, d.payload, d.attempts, c.url, c.secret,
-                   c.previous_secret",
+         RETURNING d.endpoint_id AS "endpoint_id!: WebhookEndpointId", d.event_id AS "event_id!",
+                   d.payload AS "payload!", d.attempts AS "attempts!", c.url AS "url!",
+                   c.secret AS "secret!", c.previous_secret AS "previous_secret?""#,
+        limit,
+        lease_secs,
     )
-    .bind(limit)
-    .bind(lease_secs)
     .fetch_all(pool)
     .await
 }
@@ -295,7 +324,7 @@ pub async fn record(
     o: &Outcome<'_>,
     policy: &Policy,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "WITH d AS (
             UPDATE webhook_deliveries SET
                 state = CASE WHEN $4 THEN 'delivered'
@@ -323,16 +352,16 @@ pub async fn record(
                                                coalesce('HTTP ' || $5::text, $6, 'error'))
                                    ELSE e.disabled_reason END
          FROM d WHERE e.id = d.endpoint_id",
+        due.endpoint_id.as_str(),
+        due.event_id,
+        due.attempts,
+        o.delivered,
+        o.status_code,
+        o.error,
+        o.retry_in_secs,
+        policy.max_retry_secs,
+        policy.disable_after,
     )
-    .bind(&due.endpoint_id)
-    .bind(&due.event_id)
-    .bind(due.attempts)
-    .bind(o.delivered)
-    .bind(o.status_code)
-    .bind(o.error)
-    .bind(o.retry_in_secs)
-    .bind(policy.max_retry_secs)
-    .bind(policy.disable_after)
     .execute(pool)
     .await?;
     Ok(())
@@ -340,14 +369,14 @@ pub async fn record(
 
 /// Deletes up to `limit` finished deliveries older than `retention_secs` from the log.
 pub async fn prune(pool: &PgPool, retention_secs: f64, limit: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_id) IN (
             SELECT endpoint_id, event_id FROM webhook_deliveries
             WHERE state <> 'pending' AND finished_at < now() - make_interval(secs => $1)
             LIMIT $2)",
+        retention_secs,
+        limit,
     )
-    .bind(retention_secs)
-    .bind(limit)
     .execute(pool)
     .await?
     .rows_affected())

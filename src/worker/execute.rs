@@ -16,6 +16,7 @@ use tracing::Instrument;
 use super::output::{self, Usage};
 use super::validate::{queued, LineSplitter, Piece};
 use super::{sleep_or_stop, Ctx};
+use crate::domain::{Endpoint, ProjectId};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
 use crate::upstream::{traceparent_for, Outcome};
@@ -29,8 +30,8 @@ const MAX_FLUSH_BYTES: usize = 8 << 20;
 /// A chunk this replica has claimed and is executing.
 pub(super) struct Running {
     pub held: Held,
-    project_id: String,
-    endpoint: String,
+    project_id: ProjectId,
+    endpoint: Endpoint,
     trace_context: Option<String>,
     /// False once nothing more of it may start: its batch is being cancelled, or the claim was
     /// lost. Lines already in flight still finish (and are written only if the claim holds).
@@ -140,7 +141,7 @@ impl Queue {
         let mut p: Vec<String> = self
             .chunks
             .iter()
-            .filter_map(|q| q.front().map(|l| l.chunk.project_id.clone()))
+            .filter_map(|q| q.front().map(|l| l.chunk.project_id.as_str().to_owned()))
             .collect();
         p.sort_unstable();
         p.dedup();
@@ -274,7 +275,7 @@ async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<Option<Vec<L
             attempt: c.attempt,
         },
         project_id: c.project_id.clone(),
-        endpoint: c.endpoint.clone(),
+        endpoint: c.endpoint,
         trace_context: c.trace_context.clone(),
         live: AtomicBool::new(true),
         outstanding: AtomicUsize::new(0),
@@ -416,7 +417,12 @@ async fn execute_line(
             let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
                 .unwrap_or_else(|| traceparent_for(batch_id));
             ctx.upstreams
-                .execute(&line.chunk.endpoint, &line.model, &line.body, &traceparent)
+                .execute(
+                    line.chunk.endpoint.as_str(),
+                    &line.model,
+                    &line.body,
+                    &traceparent,
+                )
                 .await
         }
         .instrument(span),
@@ -491,7 +497,7 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>, limits: Arc<Limits>)
             let n = (g.completed + g.failed) as usize;
             match flushed
                 .iter()
-                .find(|f| f.batch_id == g.batch_id && f.idx == g.idx)
+                .find(|f| f.batch_id.as_str() == g.batch_id && f.idx == g.idx)
             {
                 Some(f) if f.done => {
                     forget(&ctx, chunk);

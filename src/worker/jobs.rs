@@ -194,7 +194,7 @@ async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Resu
 /// Streams the input file once: checks every line and queues the valid ones, all in one
 /// transaction that also moves the batch to `in_progress`, so a crash leaves it `validating`.
 async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
-    let endpoint = Endpoint::parse(&job.endpoint).map_err(|e| anyhow::anyhow!(e.message))?;
+    let endpoint = job.endpoint;
     let file = match input_file(ctx, job).await? {
         Ok(file) => file,
         Err(error) => return fail(ctx, job, vec![error]).await,
@@ -243,11 +243,8 @@ async fn input_file(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<Result<FileReco
             format!("Cannot find file {}.", job.input_file_id),
         )
     };
-    let Ok(file_id) = FileId::parse("input_file_id", &job.input_file_id) else {
-        return Ok(Err(missing()));
-    };
     // Another project's file is, for this batch, a file that does not exist.
-    let Some(file) = files::get(&ctx.pool, &job.project(), &file_id).await? else {
+    let Some(file) = files::get(&ctx.pool, &job.project(), &job.input_file_id).await? else {
         return Ok(Err(missing()));
     };
     if file.purpose != Purpose::Batch {

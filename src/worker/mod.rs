@@ -141,7 +141,7 @@ async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                     let h = &r.held;
                     match renewed
                         .iter()
-                        .find(|x| x.batch_id == h.batch_id && x.idx == h.idx)
+                        .find(|x| x.batch_id.as_str() == h.batch_id && x.idx == h.idx)
                     {
                         Some(x) if x.live => {}
                         // Cancelled: start nothing more of it.

@@ -25,4 +25,5 @@ mod replicas;
 mod retry;
 mod secrets;
 mod startup;
+mod stored_values;
 mod webhooks;
