@@ -34,30 +34,33 @@ pub struct Bloated {
 /// interval.
 #[tracing::instrument(level = "debug", skip_all, name = "db.compact.bloated")]
 pub async fn bloated(pool: &PgPool, slack: i64) -> Result<Vec<Bloated>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "WITH live (name, stored) AS (
-            SELECT 'file_chunks', (SELECT coalesce(sum(pg_column_size(data)), 0) FROM file_chunks)
-            UNION ALL
-            SELECT 'batch_results',
-                   (SELECT coalesce(sum(pg_column_size(lines)), 0) FROM batch_results)
-         )
-         SELECT live.name, pg_relation_size(i.indexrelid)
-         FROM live
-         JOIN pg_class c ON c.relname = live.name
-                        AND c.relnamespace = current_schema()::regnamespace
-         JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
-         WHERE pg_relation_size(i.indexrelid) > $1 + $2 * (live.stored / $3)",
+    let rows = sqlx::query!(
+        r#"WITH live (name, stored) AS (
+              SELECT 'file_chunks', (SELECT coalesce(sum(pg_column_size(data)), 0) FROM file_chunks)
+              UNION ALL
+              SELECT 'batch_results',
+                     (SELECT coalesce(sum(pg_column_size(lines)), 0) FROM batch_results)
+           )
+           SELECT live.name AS "name!", pg_relation_size(i.indexrelid) AS "index_bytes!"
+           FROM live
+           JOIN pg_class c ON c.relname = live.name
+                          AND c.relnamespace = current_schema()::regnamespace
+           JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
+           WHERE pg_relation_size(i.indexrelid) > $1 + $2 * (live.stored / $3)"#,
+        slack,
+        NEEDED_PER_SLICE,
+        SLICE_BYTES,
     )
-    .bind(slack)
-    .bind(NEEDED_PER_SLICE)
-    .bind(SLICE_BYTES)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(name, index_bytes)| {
-            let table = TABLES.into_iter().find(|t| *t == name)?;
-            Some(Bloated { table, index_bytes })
+        .filter_map(|r| {
+            let table = TABLES.into_iter().find(|t| *t == r.name)?;
+            Some(Bloated {
+                table,
+                index_bytes: r.index_bytes,
+            })
         })
         .collect())
 }
@@ -69,31 +72,33 @@ pub async fn bloated(pool: &PgPool, slack: i64) -> Result<Vec<Bloated>, sqlx::Er
 #[tracing::instrument(skip_all, name = "db.compact.reindex", fields(table = table))]
 pub async fn reindex(pool: &PgPool, table: &'static str) -> Result<i64, sqlx::Error> {
     debug_assert!(TABLES.contains(&table));
-    let leftovers: Vec<String> = sqlx::query_scalar(
-        "SELECT i.indexrelid::regclass::text
-         FROM pg_class c JOIN pg_index i ON i.indrelid IN (c.oid, c.reltoastrelid)
-         WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1
-           AND NOT i.indisvalid",
+    let leftovers = sqlx::query_scalar!(
+        r#"SELECT i.indexrelid::regclass::text AS "index!"
+           FROM pg_class c JOIN pg_index i ON i.indrelid IN (c.oid, c.reltoastrelid)
+           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1
+             AND NOT i.indisvalid"#,
+        table,
     )
-    .bind(table)
     .fetch_all(pool)
     .await?;
     for index in leftovers {
-        // A name from `regclass::text`, quoted by PostgreSQL itself.
+        // Built at run time: an index name cannot be a bound parameter; this one comes from
+        // `regclass::text`, quoted by PostgreSQL itself.
         sqlx::raw_sql(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
             .execute(pool)
             .await?;
     }
-    // The simple protocol: nothing to prepare, and never inside a transaction block.
+    // Built at run time (a table name cannot be bound); the simple protocol, as REINDEX
+    // CONCURRENTLY must not run inside a transaction block.
     sqlx::raw_sql(&format!("REINDEX TABLE CONCURRENTLY {table}"))
         .execute(pool)
         .await?;
-    sqlx::query_scalar(
-        "SELECT pg_relation_size(i.indexrelid)
-         FROM pg_class c JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
-         WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1",
+    sqlx::query_scalar!(
+        r#"SELECT pg_relation_size(i.indexrelid) AS "bytes!"
+           FROM pg_class c JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
+           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1"#,
+        table,
     )
-    .bind(table)
     .fetch_one(pool)
     .await
 }
