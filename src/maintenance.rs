@@ -17,10 +17,10 @@ const LIVE_ORDER_ROUNDS: u32 = 10;
 
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
-/// lapsed, analyze tables that outgrew their planner statistics, and purge the content of
-/// deleted and expired files (and the live orders of batches whose results they were), and prune
-/// old webhook deliveries. Each chore is short statements
-/// on the pool, never a lock a running replica's heartbeat needs.
+/// lapsed, analyze tables that outgrew their planner statistics, purge the content of deleted
+/// and expired files (and the live orders of batches whose results they were), and prune old
+/// webhook deliveries. Each chore is short statements on the pool, never a lock a running
+/// replica's heartbeat needs.
 pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_retention_secs: u64) {
     let mut lock: Option<PgConnection> = None;
     let mut leader = false;
