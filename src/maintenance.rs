@@ -76,7 +76,7 @@ pub async fn run(pool: PgPool, mut stop: watch::Receiver<bool>, webhook_log_rete
             Err(e) => tracing::warn!(error = %e, "purging file content failed"),
         }
         round = round.wrapping_add(1);
-        if round % LIVE_ORDER_ROUNDS == 0 {
+        if round.is_multiple_of(LIVE_ORDER_ROUNDS) {
             match results::prune_live_orders(&pool, 1000).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(batches = n, "pruned the live orders of results gone"),
