@@ -19,9 +19,13 @@ function route() {
   return { parts: path.split('/').filter(Boolean), params: new URLSearchParams(query || '') };
 }
 
+// Stops whatever keeps the current view fresh: a poll timer, an event stream.
 function stopTimer() {
   if (state.timer) clearTimeout(state.timer);
   state.timer = null;
+  if (state.stream) state.stream.abort();
+  state.stream = null;
+  delete document.getElementById('view').dataset.source;
 }
 
 async function render() {

@@ -1,7 +1,7 @@
 // The batches list and a batch's page.
 
-import { api, download, state } from './api.js';
-import { FINAL, confirmDialog, elapsed, errorBox, fmtDuration, fmtTime, h, link, metadataChips, progressBar, show, statusBadge } from './dom.js';
+import { api, download, state, streamEvents } from './api.js';
+import { FINAL, confirmDialog, elapsed, errorBox, fmtDuration, fmtTime, h, link, metadataChips, progressBar, show, statusBadge, view } from './dom.js';
 
 const PAGE = 20;
 
@@ -76,8 +76,53 @@ export async function renderBatches(params) {
 // Batch detail
 // ---------------------------------------------------------------------------------------
 
+/** How long a batch's view polls after its event stream failed before trying one again. */
+const POLL_AFTER_STREAM_FAILED_MS = 30000;
+
 export async function renderBatch(id) {
+  const here = location.hash;
   const b = await api('GET', `/batches/${encodeURIComponent(id)}`);
+  if (location.hash !== here) return;
+  drawBatch(b, 'poll');
+  if (FINAL.includes(b.status)) return;
+  const p = state.polling;
+  if (p && p.hash === here && Date.now() < p.until) {
+    pollLater(here);
+  } else {
+    followEvents(id, here);
+  }
+}
+
+// About once a second while the batch runs; stops when it ends or the view changes.
+function pollLater(here) {
+  state.timer = setTimeout(() => { if (location.hash === here) state.rerender(); }, 1000);
+}
+
+// Draws each batch object the server pushes on the batch's event stream, which ends after a
+// final status. A stream that cannot be opened, breaks or ends early hands over to polling.
+function followEvents(id, here) {
+  const ctl = new AbortController();
+  state.stream = ctl;
+  let final = false;
+  const current = () => !ctl.signal.aborted && location.hash === here;
+  const fallBack = () => {
+    if (!current() || final) return;
+    state.stream = null;
+    state.polling = { hash: here, until: Date.now() + POLL_AFTER_STREAM_FAILED_MS };
+    pollLater(here);
+  };
+  streamEvents(`/batches/${encodeURIComponent(id)}/events`, (name, data) => {
+    if (name !== 'batch' || !current()) return;
+    const b = JSON.parse(data);
+    final = FINAL.includes(b.status);
+    drawBatch(b, 'stream');
+  }, ctl.signal).then(fallBack, fallBack);
+}
+
+// `source`: where `b` came from ('poll': a GET, 'stream': an event), shown on the view as
+// data-source for the tests.
+function drawBatch(b, source) {
+  view().dataset.source = source;
   const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
   const running = !FINAL.includes(b.status);
   const status = h('div', { id: 'action-status' });
@@ -151,9 +196,4 @@ export async function renderBatch(id) {
           h('td', { class: 'mono' }, e.param || '—'),
           h('td', {}, e.message || '')))))) : null,
   );
-  if (running) {
-    // About once a second while the batch runs; stops when it ends or the view changes.
-    const here = location.hash;
-    state.timer = setTimeout(() => { if (location.hash === here) state.rerender(); }, 1000);
-  }
 }

@@ -84,7 +84,8 @@ impl ApiError {
     }
 
     /// A results cursor that is malformed, belongs to another batch, or was taken while the
-    /// batch ran and can no longer be honoured exactly (`cursor_expired`).
+    /// batch ran and can no longer be honoured exactly (`cursor_expired`: the batch ended
+    /// without the order its results were served in being kept).
     pub fn bad_cursor(code: &str, message: impl Into<String>) -> Self {
         Self::bad_request(message)
             .with_param("after")

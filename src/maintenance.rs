@@ -8,17 +8,21 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::store::{chunks, compact, files, leader, stats, webhooks};
+use crate::store::{chunks, compact, files, leader, results, stats, webhooks};
 use crate::worker::sleep_or_stop;
 
 /// Any key will do as long as it is OpenBatch's alone.
 const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
+/// Rounds (seconds) between prunings of kept live orders: each scans all of them, and one
+/// lingering a few seconds after its files costs nothing.
+const LIVE_ORDER_ROUNDS: u32 = 10;
 
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
-/// lapsed, analyze tables that outgrew their planner statistics, and purge the content of
-/// deleted and expired files (and give their space back), and prune old webhook deliveries.
-/// Each chore is short statements on the pool, never a lock a running replica's heartbeat needs.
+/// lapsed, analyze tables that outgrew their planner statistics, purge the content of deleted
+/// and expired files (and the live orders of batches whose results they were, and give their
+/// space back), and prune old webhook deliveries. Each chore is short statements on the pool,
+/// never a lock a running replica's heartbeat needs.
 pub async fn run(
     pool: PgPool,
     mut stop: watch::Receiver<bool>,
@@ -27,6 +31,7 @@ pub async fn run(
 ) {
     let mut lock: Option<PgConnection> = None;
     let mut leader = false;
+    let mut round: u32 = 0;
     let mut compactor = Compactor::new(reindex_slack_bytes);
     while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
         let conn = match &mut lock {
@@ -77,6 +82,14 @@ pub async fn run(
             Ok(0) => {}
             Ok(n) => tracing::info!(files = n, "purged the content of deleted or expired files"),
             Err(e) => tracing::warn!(error = %e, "purging file content failed"),
+        }
+        round = round.wrapping_add(1);
+        if round.is_multiple_of(LIVE_ORDER_ROUNDS) {
+            match results::prune_live_orders(&pool, 1000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(batches = n, "pruned the live orders of results gone"),
+                Err(e) => tracing::warn!(error = %e, "pruning live orders failed"),
+            }
         }
         compactor.tick(&pool);
         match webhooks::prune(&pool, webhook_log_retention_secs as f64, 1000).await {

@@ -6,12 +6,14 @@ use serde::Deserialize;
 
 use super::batches::{batch_not_found, parse_batch_id};
 use super::{AppState, Project};
-use crate::domain::{FileId, ProjectId, ResultsCursor};
+use crate::domain::{BatchId, FileId, ProjectId, ResultsCursor};
 use crate::error::ApiError;
-use crate::results::live::{self, Source};
+use crate::results::live::{self, ReadLive, Source};
+use crate::results::order::LiveOrder;
 use crate::results::{FileLines, FinishedLines};
 use crate::store::batches as store;
 use crate::store::files;
+use crate::store::results as results_store;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));
@@ -41,6 +43,27 @@ async fn result_file(
     Ok(Some(FileLines::new(file.id, file.bytes)))
 }
 
+/// The order an ended batch's lines were served in while it ran, which a cursor taken then
+/// needs; refused when it was not kept (the batch ended before this version kept it).
+async fn live_order(state: &AppState, id: &BatchId) -> Result<LiveOrder, ApiError> {
+    let stored = results_store::live_order(&state.pool, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_cursor(
+                "cursor_expired",
+                format!(
+                    "Batch {id} ended without a record of the order its results were served in while \
+                     it ran, so this cursor can no longer be followed. Read its results again without \
+                     'after' and skip the records whose 'line' you already have."
+                ),
+            )
+        })?;
+    LiveOrder::from_stored(stored).map_err(|e| {
+        tracing::error!(batch_id = %id, error = format!("{e:#}"), "unreadable live order");
+        ApiError::internal()
+    })
+}
+
 async fn results(
     path: web::Path<String>,
     query: web::Query<Params>,
@@ -61,32 +84,39 @@ async fn results(
     let source = match (ended, cursor) {
         (false, None) => Source::Live { seq: 0, taken: 0 },
         (false, Some(ResultsCursor::Live { seq, taken })) => Source::Live { seq, taken },
-        (false, Some(ResultsCursor::Final { .. })) => {
+        (false, Some(ResultsCursor::Final { .. } | ResultsCursor::Resumed { .. })) => {
             return Err(ApiError::bad_cursor(
                 "invalid_cursor",
                 "Invalid 'after': this cursor was not issued for this batch's present state.",
             ))
         }
-        (true, Some(ResultsCursor::Live { .. })) => {
-            return Err(ApiError::bad_cursor(
-                "cursor_expired",
-                format!(
-                    "Batch {id} ended after this cursor was issued, and its results moved to its output and \
-                     error files, in input order. Read them again without 'after' and skip the records \
-                     whose 'line' you already have."
-                ),
-            ))
-        }
         (true, cursor) => {
-            let next = match cursor {
-                Some(ResultsCursor::Final { next }) => next,
-                _ => 0,
-            };
+            // Both files first: results that are gone are said so whatever the cursor.
             let output = result_file(&state, &project, batch.output_file_id.as_ref()).await?;
             let errors = result_file(&state, &project, batch.error_file_id.as_ref()).await?;
+            let (next, read_live) = match cursor {
+                // No result file (a batch that failed): nothing to serve, whatever was read.
+                _ if output.is_none() && errors.is_none() => (0, None),
+                None => (0, None),
+                Some(ResultsCursor::Final { next }) => (next, None),
+                Some(ResultsCursor::Live { seq, taken }) => {
+                    let order = live_order(&state, &id).await?;
+                    let position = order.position(seq, taken);
+                    (0, Some(ReadLive { order, position }))
+                }
+                Some(ResultsCursor::Resumed { seen, next }) => {
+                    let order = live_order(&state, &id).await?;
+                    let read = ReadLive {
+                        order,
+                        position: seen,
+                    };
+                    (next, Some(read))
+                }
+            };
             Source::Final {
                 lines: Box::new(FinishedLines::new(id.clone(), output, errors)),
                 next,
+                read_live,
             }
         }
     };

@@ -13,6 +13,10 @@ pub enum ResultsCursor {
     /// Taken from the result files once the batch ended: every request before `next` (0-based
     /// position among the input's requests) read.
     Final { next: u32 },
+    /// Taken from the result files by a reader that began while the batch ran: the lines the
+    /// live stream had served before position `seen` read, and of the others every request
+    /// before `next`.
+    Resumed { seen: u32, next: u32 },
 }
 
 impl ResultsCursor {
@@ -20,6 +24,7 @@ impl ResultsCursor {
         let body = match self {
             Self::Live { seq, taken } => format!("l{seq}_{taken}"),
             Self::Final { next } => format!("f{next}"),
+            Self::Resumed { seen, next } => format!("r{seen}_{next}"),
         };
         format!("{body}_{}", check(batch, &body))
     }
@@ -46,6 +51,12 @@ impl ResultsCursor {
             Self::Final {
                 next: next.parse().map_err(|_| bad())?,
             }
+        } else if let Some(rest) = body.strip_prefix('r') {
+            let (seen, next) = rest.split_once('_').ok_or_else(bad)?;
+            Self::Resumed {
+                seen: seen.parse().map_err(|_| bad())?,
+                next: next.parse().map_err(|_| bad())?,
+            }
         } else {
             return Err(bad());
         };
@@ -69,6 +80,7 @@ mod tests {
         for c in [
             ResultsCursor::Live { seq: 42, taken: 3 },
             ResultsCursor::Final { next: 7 },
+            ResultsCursor::Resumed { seen: 33, next: 12 },
         ] {
             let raw = c.encode(&a);
             assert_eq!(ResultsCursor::parse(&a, &raw), Ok(c));
@@ -77,7 +89,15 @@ mod tests {
                 "{raw} on another batch"
             );
         }
-        for raw in ["", "x", "l1_2", "f3_00000000", "lx_1_abcd", "l1_2_3_4"] {
+        for raw in [
+            "",
+            "x",
+            "l1_2",
+            "f3_00000000",
+            "lx_1_abcd",
+            "l1_2_3_4",
+            "r1_00000000",
+        ] {
             assert!(ResultsCursor::parse(&a, raw).is_err(), "{raw}");
         }
         let tampered = ResultsCursor::Final { next: 1 }

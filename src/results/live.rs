@@ -7,6 +7,7 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use super::order::LiveOrder;
 use super::FinishedLines;
 use crate::domain::{BatchId, ResultsCursor};
 use crate::store::results;
@@ -21,11 +22,20 @@ const SEND_BYTES: usize = 256 << 10;
 pub enum Source {
     /// The batch runs: its stored result groups, in commit order, from this position.
     Live { seq: i64, taken: u32 },
-    /// The batch ended: its files in input order, from request `next`.
+    /// The batch ended: its files in input order, from request `next`, without the lines its
+    /// reader had from the live stream when it followed that.
     Final {
         lines: Box<FinishedLines>,
         next: u32,
+        read_live: Option<ReadLive>,
     },
+}
+
+/// What a reader who began while the batch ran has read of it: the lines the live stream
+/// served before `position`.
+pub struct ReadLive {
+    pub order: LiveOrder,
+    pub position: u32,
 }
 
 /// Appends one record: the file line with `line` (1-based request number), `cursor` (where to
@@ -90,13 +100,24 @@ pub async fn produce(
                 return Ok(());
             }
         },
-        Source::Final { mut lines, next } => {
+        Source::Final {
+            mut lines,
+            next,
+            read_live,
+        } => {
             while let Some(f) = lines.next(&pool).await? {
                 if f.ordinal < next {
                     continue;
                 }
-                let cursor = ResultsCursor::Final {
-                    next: f.ordinal + 1,
+                let cursor = match &read_live {
+                    Some(r) if r.order.read_before(f.ordinal, r.position) => continue,
+                    Some(r) => ResultsCursor::Resumed {
+                        seen: r.position,
+                        next: f.ordinal + 1,
+                    },
+                    None => ResultsCursor::Final {
+                        next: f.ordinal + 1,
+                    },
                 }
                 .encode(&batch);
                 record(&mut buf, i64::from(f.ordinal), &cursor, f.output, &f.line);

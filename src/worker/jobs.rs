@@ -441,6 +441,8 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     let (completed, failed) = (out.lines as i32, err.lines as i32);
     let output_file_id = out.finish(&mut tx, job, "output").await?;
     let error_file_id = err.finish(&mut tx, job, "error").await?;
+    // Before the groups go: a cursor its readers took from them must still be honoured.
+    crate::results::order::record(&mut tx, &job.id).await?;
     chunks::delete_work(&mut tx, &job.id).await?;
     let ended = jobs::end(
         &mut tx,

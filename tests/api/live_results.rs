@@ -148,32 +148,23 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
     seen.extend(rest.records.iter().cloned());
     let mut live_cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
 
-    // Keep reading from the last cursor while it runs: no line twice.
+    // Keep reading from the last cursor until the stream says it is complete, across the
+    // batch's end wherever it falls: each line exactly once.
     let deadline = Instant::now() + Duration::from_secs(180);
-    let ended = loop {
-        let b = app.batch(&id).await;
-        if b["status"] == "completed" {
-            break b;
+    loop {
+        let page = results(&app, &id, Some(&live_cursor)).await;
+        if let Some(last) = page.records.last() {
+            live_cursor = last["cursor"].as_str().unwrap().to_owned();
         }
-        // It may end between the two calls: then the cursor is refused (checked below).
-        match try_results(&app, &id, Some(&live_cursor)).await {
-            Ok(page) => {
-                assert!(
-                    !page.complete,
-                    "a live cursor is never served from the files"
-                );
-                if let Some(last) = page.records.last() {
-                    live_cursor = last["cursor"].as_str().unwrap().to_owned();
-                }
-                seen.extend(page.records);
-            }
-            Err((status, e)) => {
-                assert_eq!((status, &e["code"]), (400, &json!("cursor_expired")), "{e}")
-            }
+        seen.extend(page.records);
+        if page.complete {
+            assert_eq!(page.status, "completed");
+            break;
         }
-        assert!(Instant::now() < deadline, "batch stuck: {b}");
+        assert!(Instant::now() < deadline, "batch stuck");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let ended = app.batch(&id).await;
     let mut by_line = BTreeMap::new();
     for r in &seen {
         check_record(r);
@@ -185,19 +176,13 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
             r["line"]
         );
     }
-
-    // Once the batch has ended, a cursor taken while it ran is refused, never half-honoured.
-    let err = expect_error(
-        app.get(&format!("/v1/batches/{id}/results"))
-            .query(&[("after", live_cursor.as_str())])
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(err["code"], "cursor_expired");
-    assert_eq!(err["param"], "after");
+    assert_eq!(
+        by_line.keys().copied().collect::<Vec<_>>(),
+        (1..=LINES as u64).collect::<Vec<_>>(),
+        "every line, none lost"
+    );
+    let end = results(&app, &id, Some(&live_cursor)).await;
+    assert!(end.complete && end.records.is_empty(), "{end:?}");
 
     // From the start: every line, in input order, each exactly as its file holds it, and the
     // records served while it ran were those same file lines.
@@ -239,6 +224,180 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
     drop(replicas);
 }
 
+fn lines_of(records: &[Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect()
+}
+
+fn cursor_of(record: &Value) -> String {
+    record["cursor"].as_str().unwrap().to_owned()
+}
+
+/// A cursor of `id` the server never issued in this state, built as it builds them.
+fn forged(id: &str, cursor: openbatch::domain::ResultsCursor) -> String {
+    cursor.encode(&openbatch::domain::BatchId::parse("batch_id", id).unwrap())
+}
+
+async fn live_orders(app: &TestApp, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM batch_live_order WHERE batch_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// The lines of `1..=total` not in `read`, in input order.
+fn unread(total: u64, read: &[Value]) -> Vec<u64> {
+    let read: HashSet<u64> = lines_of(read).into_iter().collect();
+    (1..=total).filter(|l| !read.contains(l)).collect()
+}
+
+#[tokio::test]
+async fn a_live_cursor_gets_exactly_the_unread_lines_once_the_batch_has_ended() {
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    let mut env = engine_env(&upstream, &[]);
+    env.extend([
+        ("OPENBATCH__UPSTREAM__TIMEOUT_SECS", "12"),
+        ("OPENBATCH__WORKER__RETRY_BASE_MS", "50"),
+        ("OPENBATCH__WORKER__CHUNK_LINES", "8"),
+    ]);
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
+    let id = app.submit("/v1/chat/completions", input()).await;
+    app.wait_until(&id, |b| {
+        let c = &b["request_counts"];
+        c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 33
+    })
+    .await;
+    let live = results(&app, &id, None).await;
+    assert!(!live.complete);
+    assert!(live.records.len() > 11, "{live:?}");
+    app.wait_for(&id, &["completed"]).await;
+    assert_eq!(live_orders(&app, &id).await, 1, "the served order is kept");
+
+    // Part of the live stream read: the rest, in input order, with the lines the files wrote
+    // after it.
+    let cut = &live.records[..11];
+    let rest = results(&app, &id, Some(&cursor_of(&cut[10]))).await;
+    assert!(rest.complete);
+    assert_eq!(rest.status, "completed");
+    assert_eq!(lines_of(&rest.records), unread(LINES as u64, cut));
+    rest.records.iter().for_each(check_record);
+
+    // Resuming mid-way through those pages: exactly what follows.
+    for k in [0, rest.records.len() / 2, rest.records.len() - 1] {
+        let tail = results(&app, &id, Some(&cursor_of(&rest.records[k]))).await;
+        assert!(tail.complete);
+        assert_eq!(lines_of(&tail.records), lines_of(&rest.records[k + 1..]));
+        for (a, b) in tail.records.iter().zip(&rest.records[k + 1..]) {
+            assert_eq!(a, b, "the same record and cursor on every reading");
+        }
+    }
+
+    // All of the live stream read: only the lines finished after it.
+    let rest = results(&app, &id, Some(&cursor_of(live.records.last().unwrap()))).await;
+    assert!(rest.complete);
+    assert_eq!(lines_of(&rest.records), unread(LINES as u64, &live.records));
+
+    // A batch that ended without its served order kept (by an earlier version): its live
+    // cursors are refused, never half-honoured; a cursor from the files still works.
+    let from_files = results(&app, &id, None).await;
+    sqlx::query("DELETE FROM batch_live_order WHERE batch_id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for cursor in [cursor_of(&cut[10]), cursor_of(&rest.records[0])] {
+        let (status, err) = try_results(&app, &id, Some(&cursor)).await.unwrap_err();
+        assert_eq!(
+            (status, &err["code"]),
+            (400, &json!("cursor_expired")),
+            "{err}"
+        );
+        assert_eq!(err["param"], "after");
+    }
+    let tail = results(&app, &id, Some(&cursor_of(&from_files.records[29]))).await;
+    assert_eq!(
+        lines_of(&tail.records),
+        (31..=LINES as u64).collect::<Vec<_>>()
+    );
+    drop(replicas);
+}
+
+#[tokio::test]
+async fn a_live_cursor_gets_the_unread_and_the_cancelled_lines_after_a_cancel() {
+    const QUICK: usize = 30;
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    let mut env = engine_env(&upstream, &[]);
+    env.extend([
+        // The hanging lines stay in flight until the cancel gives them up.
+        ("OPENBATCH__UPSTREAM__TIMEOUT_SECS", "600"),
+        ("OPENBATCH__WORKER__CANCEL_GRACE_SECS", "1"),
+        ("OPENBATCH__WORKER__CHUNK_LINES", "8"),
+    ]);
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let app = TestApp::connect(&replicas[0].address, &db.url).await;
+    let lines: Vec<Value> = (0..LINES)
+        .map(|i| {
+            let fake = if i < QUICK {
+                json!({})
+            } else {
+                json!({"fake": {"fail": ["hang"]}})
+            };
+            chat_line(&format!("r{i}"), fake)
+        })
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    app.wait_until(&id, |b| {
+        b["request_counts"]["completed"].as_i64().unwrap_or(0) >= QUICK as i64
+    })
+    .await;
+    let live = results(&app, &id, None).await;
+    assert_eq!(live.records.len(), QUICK, "{live:?}");
+
+    // A cursor of the files is refused while the batch runs.
+    for cursor in [
+        openbatch::domain::ResultsCursor::Resumed { seen: 3, next: 4 },
+        openbatch::domain::ResultsCursor::Final { next: 4 },
+    ] {
+        let (status, err) = try_results(&app, &id, Some(&forged(&id, cursor)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status, &err["code"]),
+            (400, &json!("invalid_cursor")),
+            "{err}"
+        );
+    }
+
+    let res = app
+        .post(&format!("/v1/batches/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.wait_for(&id, &["cancelled"]).await;
+
+    let cut = &live.records[..20];
+    let rest = results(&app, &id, Some(&cursor_of(&cut[19]))).await;
+    assert!(rest.complete);
+    assert_eq!(rest.status, "cancelled");
+    assert_eq!(lines_of(&rest.records), unread(LINES as u64, cut));
+    for r in &rest.records {
+        check_record(r);
+        if r["line"].as_u64().unwrap() > QUICK as u64 {
+            assert_eq!(r["error"]["code"], "batch_cancelled", "{r}");
+        }
+    }
+    let mid = results(&app, &id, Some(&cursor_of(&rest.records[12]))).await;
+    assert_eq!(lines_of(&mid.records), lines_of(&rest.records[13..]));
+    drop(replicas);
+}
+
 #[tokio::test]
 async fn results_refuse_unknown_batches_and_bad_cursors() {
     let upstream = FakeUpstream::start(&[]);
@@ -276,7 +435,9 @@ async fn results_refuse_unknown_batches_and_bad_cursors() {
         assert_eq!(err["param"], "after");
     }
 
-    // A result file deleted by its owner: said so, not served short.
+    // A result file deleted by its owner: said so, not served short, whatever the cursor;
+    // the order its lines were served in goes with it.
+    assert_eq!(live_orders(&app, &id).await, 1);
     let b = app.batch(&id).await;
     let out = b["output_file_id"].as_str().unwrap();
     let res = app
@@ -286,12 +447,26 @@ async fn results_refuse_unknown_batches_and_bad_cursors() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let (status, err) = try_results(&app, &id, None).await.unwrap_err();
-    assert_eq!(
-        (status, &err["code"]),
-        (409, &json!("results_unavailable")),
-        "{err}"
+    let live_cursor = forged(
+        &id,
+        openbatch::domain::ResultsCursor::Live { seq: 1, taken: 1 },
     );
+    for after in [None, Some(live_cursor.as_str())] {
+        let (status, err) = try_results(&app, &id, after).await.unwrap_err();
+        assert_eq!(
+            (status, &err["code"]),
+            (409, &json!("results_unavailable")),
+            "{err}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while live_orders(&app, &id).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the live order outlived its files"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads Server-Sent Events until the stream ends; returns the batch objects they carried.
@@ -440,25 +615,26 @@ async fn reading_100_mb_of_results_keeps_a_replica_small() {
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
 
-    // Follow it live, then read the whole of it from the files.
+    // Follow it live and across its end, then read the whole of it from the files.
     let mut cursor: Option<String> = None;
-    let mut live = 0;
+    let (mut live, mut followed) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if app.batch(&id).await["status"] == "completed" {
-            break;
+        let running = app.batch(&id).await["status"] != "completed";
+        let (n, last) = drain(&app, &id, cursor.as_deref()).await.unwrap();
+        followed += n;
+        if running {
+            live += n;
         }
-        match drain(&app, &id, cursor.as_deref()).await {
-            Ok((n, last)) => {
-                live += n;
-                cursor = last.or(cursor);
-            }
-            Err(e) => assert_eq!(e["code"], "cursor_expired", "{e}"),
+        cursor = last.or(cursor);
+        if !running {
+            break;
         }
         assert!(Instant::now() < deadline, "batch stuck");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(live > 0, "nothing read while it ran");
+    assert_eq!(followed, LINES, "each line once, following it");
     let (all, _) = drain(&app, &id, None).await.unwrap();
     assert_eq!(all, LINES);
 

@@ -1,6 +1,7 @@
 """The web console at /console, driven in real headless Chromium (Debian's
 `chromium` + `chromium-driver`) through Selenium: upload, create, watch the
-progress bar reach 100 %, download results, cancel, sign in and out, and
+progress bar reach 100 % (driven by the batch's event stream, or by polling
+when the stream is refused), download results, cancel, sign in and out, and
 markup in user-controlled strings shown as text, never run.
 
 Screenshots of each page go to $OPENBATCH_E2E_SCREENSHOTS (default:
@@ -20,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -140,7 +142,8 @@ def new_driver(profile: Path, downloads: Path) -> WebDriver:
         "download.prompt_for_download": False,
         "safebrowsing.enabled": False,
     })
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # "performance" logs the page's network requests (see batch_requests).
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     return driver
@@ -166,6 +169,23 @@ def find(driver: WebDriver, css: str):
 
 def text_of(driver: WebDriver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def batch_requests(driver: WebDriver, batch_id: str) -> tuple[int, int]:
+    """(GETs of the batch, opened event streams of it) the page sent since the last call:
+    Chromium's network log, read and emptied."""
+    gets = streams = 0
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") != "Network.requestWillBeSent":
+            continue
+        request = message["params"]["request"]
+        path = urlsplit(request["url"]).path
+        if request["method"] == "GET" and path == f"/v1/batches/{batch_id}":
+            gets += 1
+        elif request["method"] == "GET" and path == f"/v1/batches/{batch_id}/events":
+            streams += 1
+    return gets, streams
 
 
 def severe_console_messages(driver: WebDriver) -> list[str]:
@@ -202,8 +222,9 @@ def test_empty_state_then_upload_create_watch_and_download(
     shot(driver, "01-batches-empty")
 
     # Upload through the picker: a preview and the server's line checks come first.
+    # 300 ms a line, two at a time: the batch runs for seconds with the page open.
     path = tmp_path / "greetings.jsonl"
-    path.write_bytes(chat_lines(40, "greet"))
+    path.write_bytes(chat_lines(40, "greet", {"fake": {"latency_ms": 300}}))
     driver.find_element(By.CSS_SELECTOR, "[data-nav=files]").click()
     find(driver, "#file-input").send_keys(str(path))
     summary = find(driver, "#check-summary")
@@ -225,7 +246,8 @@ def test_empty_state_then_upload_create_watch_and_download(
     # makes any second request a replay).
     ActionChains(driver).double_click(driver.find_element(By.ID, "create")).perform()
 
-    # The detail view refreshes by itself until the bar reads 100 %.
+    # The detail view follows the batch's event stream until the bar reads 100 %.
+    driver.get_log("performance")
     wait_until("the batch page", lambda: "/batches/batch_" in driver.current_url)
     batch_id = driver.current_url.rsplit("/", 1)[1]
     seen: set[int] = set()
@@ -237,6 +259,12 @@ def test_empty_state_then_upload_create_watch_and_download(
         return badge == "completed" and bar.get_attribute("aria-valuenow") == "100"
 
     wait_until("the progress bar to reach 100 %", finished)
+    # The batch was read once, when the page opened on it running (else it would not have
+    # opened a stream); every later state, the final one too, came from the stream. A page
+    # that polled would have read the batch again each second it ran.
+    gets, streams = batch_requests(driver, batch_id)
+    assert (gets, streams) == (1, 1), f"{gets} reads of the batch, {streams} event streams"
+    assert find(driver, "#view").get_attribute("data-source") == "stream"
     assert text_of(driver, "#count-completed") == "40"
     assert text_of(driver, "#count-failed") == "0"
     shot(driver, "04-batch-completed")
@@ -303,6 +331,41 @@ def cancel_through_the_console(driver: WebDriver, server: OpenBatchServer, sdk: 
     assert sdk.batches.retrieve(b.id).status == "cancelled"
     assert not driver.find_elements(By.ID, "cancel")
     shot(driver, "06-batch-cancelled")
+
+
+def test_the_detail_view_polls_when_the_event_stream_is_refused(
+    driver: WebDriver, server_pool: ServerPool, tmp_path: Path
+) -> None:
+    # A server that allows no event stream: every one is refused with a 429.
+    upstream = FakeUpstream(tmp_path / "upstream.log")
+    upstream.start()
+    try:
+        server = start_executing_server(
+            server_pool, upstream, WORKER__MAX_IN_FLIGHT=2, LIMITS__MAX_EVENT_STREAMS=0
+        )
+        with make_client(server) as sdk:
+            f = sdk.files.create(
+                file=("slow.jsonl", chat_lines(40, "slow", {"fake": {"latency_ms": 500}})), purpose="batch"
+            )
+            b = sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            driver.get_log("performance")
+            open_console(driver, server, f"#/batches/{b.id}")
+
+            def finished() -> bool:
+                bar = driver.find_element(By.CSS_SELECTOR, ".big-progress [role=progressbar]")
+                badge = driver.find_element(By.CSS_SELECTOR, "h1 + .badge").get_attribute("data-status")
+                return badge == "completed" and bar.get_attribute("aria-valuenow") == "100"
+
+            wait_until("the progress bar to reach 100 % by polling", finished)
+            gets, streams = batch_requests(driver, b.id)
+            assert streams >= 1, "the page never tried the event stream"
+            assert gets >= 2, f"{gets} reads of the batch: it did not poll"
+            assert find(driver, "#view").get_attribute("data-source") == "poll"
+            assert text_of(driver, "#count-completed") == "40"
+    finally:
+        upstream.stop()
+        # The refused streams are logged as failed loads: not this module's later tests' concern.
+        driver.get_log("browser")
 
 
 def test_markup_in_names_metadata_and_errors_is_shown_as_text(
