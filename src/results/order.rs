@@ -4,7 +4,6 @@
 //! a position in that stream, and the lines first served before that position are read.
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
 use sqlx::PgConnection;
 
 use crate::domain::BatchId;
@@ -35,7 +34,13 @@ struct Builder {
 
 impl Builder {
     /// Adds the next group, as `worker::output::encode` stored it.
+    #[cfg(test)]
     fn push_group(&mut self, seq: i64, lines: &str) -> anyhow::Result<()> {
+        self.push_ordinals(seq, &ordinals(lines)?)
+    }
+
+    /// Adds the next group, by the ordinals of its lines.
+    fn push_ordinals(&mut self, seq: i64, ordinals: &[u32]) -> anyhow::Result<()> {
         let o = &mut self.order;
         anyhow::ensure!(
             o.group_seqs.last().is_none_or(|&last| last < seq),
@@ -43,11 +48,8 @@ impl Builder {
         );
         o.group_seqs.push(seq);
         o.group_starts.push(self.served);
-        for stored in output::decode(lines) {
-            let ordinal = usize::try_from(stored?.line)
-                .ok()
-                .filter(|&n| n < MAX_REQUESTS)
-                .context("a result line numbered out of range")?;
+        for &ordinal in ordinals {
+            let ordinal = ordinal as usize;
             if o.ranks.len() <= ordinal {
                 o.ranks.resize(ordinal + 1, NEVER);
             }
@@ -122,21 +124,48 @@ impl LiveOrder {
     }
 }
 
-/// Keeps the order a batch's stored results were served in, in the transaction that writes its
-/// files and deletes those results. Nothing is kept for a batch that stored none: no live
-/// cursor of it can exist.
-pub async fn record(conn: &mut PgConnection, batch: &BatchId) -> anyhow::Result<()> {
-    let mut order = Builder::default();
-    let mut groups = results::groups(&mut *conn, batch);
-    while let Some((seq, lines)) = groups.try_next().await? {
-        order.push_group(seq, &lines)?;
+/// The ordinals of a stored group's lines.
+fn ordinals(lines: &str) -> anyhow::Result<Vec<u32>> {
+    output::decode(lines)
+        .map(|stored| {
+            let line = stored?.line;
+            u32::try_from(line)
+                .ok()
+                .filter(|&n| (n as usize) < MAX_REQUESTS)
+                .context("a result line numbered out of range")
+        })
+        .collect()
+}
+
+/// A batch's result groups as finalization reads them — a chunk at a time, not in `seq`
+/// order — kept as each group's `seq` and its lines' ordinals (4 bytes a line), so that the
+/// order is built without reading the results a second time.
+#[derive(Default)]
+pub struct Served {
+    groups: Vec<(i64, Vec<u32>)>,
+}
+
+impl Served {
+    pub fn add(&mut self, seq: i64, lines: &str) -> anyhow::Result<()> {
+        self.groups.push((seq, ordinals(lines)?));
+        Ok(())
     }
-    drop(groups);
-    if order.order.group_seqs.is_empty() {
-        return Ok(());
+
+    /// Keeps the order the batch's stored results were served in, in the transaction that
+    /// writes its files and deletes those results. Nothing is kept for a batch that stored
+    /// none: no live cursor of it can exist.
+    pub async fn save(mut self, conn: &mut PgConnection, batch: &BatchId) -> anyhow::Result<()> {
+        if self.groups.is_empty() {
+            return Ok(());
+        }
+        self.groups.sort_unstable_by_key(|g| g.0);
+        let mut order = Builder::default();
+        for (seq, ordinals) in &self.groups {
+            order.push_ordinals(*seq, ordinals)?;
+        }
+        results::save_live_order(conn, batch, &order.finish().to_stored()).await?;
+        Ok(())
     }
-    results::save_live_order(conn, batch, &order.finish().to_stored()).await?;
-    Ok(())
 }
 
 #[cfg(test)]

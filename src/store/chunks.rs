@@ -176,22 +176,26 @@ pub async fn claim(
     }))
 }
 
-/// The result groups already written for a chunk, as stored (see `Group::lines`), one row at a
-/// time: a chunk's results may weigh far more than a replica should hold.
+/// The result groups already written for a chunk, as (`seq`, lines as stored: see
+/// `Group::lines`), one row at a time: a chunk's results may weigh far more than a replica
+/// should hold.
 pub fn results<'c, E>(
     conn: E,
     batch: &'c BatchId,
     idx: i32,
-) -> futures_util::stream::BoxStream<'c, Result<String, sqlx::Error>>
+) -> futures_util::stream::BoxStream<'c, Result<(i64, String), sqlx::Error>>
 where
     E: sqlx::PgExecutor<'c> + 'c,
 {
-    sqlx::query_scalar!(
-        "SELECT lines FROM batch_results WHERE batch_id = $1 AND chunk_idx = $2 ORDER BY seq",
+    use futures_util::{StreamExt, TryStreamExt};
+    sqlx::query!(
+        "SELECT seq, lines FROM batch_results WHERE batch_id = $1 AND chunk_idx = $2 ORDER BY seq",
         batch.as_str(),
         idx,
     )
     .fetch(conn)
+    .map_ok(|r| (r.seq, r.lines))
+    .boxed()
 }
 
 /// The results of one flush for one claimed chunk.

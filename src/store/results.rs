@@ -2,7 +2,6 @@
 //! `GET /v1/batches/{id}/results`, and the order they were served in, kept once it has ended
 //! (`batch_live_order`).
 
-use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::BatchId;
@@ -67,24 +66,6 @@ pub async fn live_page(
     .await?;
     tx.commit().await?;
     Ok(groups)
-}
-
-/// A batch's result groups as (`seq`, lines), in `seq` order, one row at a time.
-pub fn groups<'c, E>(
-    conn: E,
-    batch: &'c BatchId,
-) -> BoxStream<'c, Result<(i64, String), sqlx::Error>>
-where
-    E: sqlx::PgExecutor<'c> + 'c,
-{
-    use futures_util::TryStreamExt;
-    sqlx::query!(
-        "SELECT seq, lines FROM batch_results WHERE batch_id = $1 ORDER BY seq",
-        batch.as_str(),
-    )
-    .fetch(conn)
-    .map_ok(|r| (r.seq, r.lines))
-    .boxed()
 }
 
 /// An ended batch's `batch_live_order` row, as stored (see the migration that creates it).

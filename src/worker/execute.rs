@@ -316,7 +316,7 @@ async fn read_lines(
     let done: std::collections::HashSet<i32> = if c.attempt > 1 {
         let mut done = std::collections::HashSet::new();
         let mut groups = chunks::results(&ctx.pool, &c.batch_id, c.idx);
-        while let Some(group) = groups.try_next().await? {
+        while let Some((_, group)) = groups.try_next().await? {
             for stored in output::decode(&group) {
                 done.insert(stored?.line);
             }

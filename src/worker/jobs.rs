@@ -14,6 +14,7 @@ use super::plan::ChunkPlanner;
 use super::validate::{queued, FileCheck, LineError, LineSplitter, Piece, MAX_INPUT_BYTES};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
+use crate::results::order::Served;
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};
@@ -415,6 +416,7 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     let mut tx = ctx.pool.begin().await?;
     let (mut out, mut err) = (ResultFile::new(), ResultFile::new());
     let mut usage = Usage::default();
+    let mut served = Served::default();
     let mut after = -1;
     loop {
         let page = chunks::page(&mut tx, &job.id, after, CHUNK_PAGE).await?;
@@ -422,7 +424,7 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         after = last.idx;
         for c in &page {
             usage.merge(Usage::from_array(c.usage()));
-            let passes = match passes(&mut tx, job, c).await? {
+            let passes = match passes(&mut tx, job, c, &mut served).await? {
                 Passes::Whole(range, stored) => vec![(range, Some(stored))],
                 Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
             };
@@ -442,7 +444,7 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     let output_file_id = out.finish(&mut tx, job, "output").await?;
     let error_file_id = err.finish(&mut tx, job, "error").await?;
     // Before the groups go: a cursor its readers took from them must still be honoured.
-    crate::results::order::record(&mut tx, &job.id).await?;
+    served.save(&mut tx, &job.id).await?;
     chunks::delete_work(&mut tx, &job.id).await?;
     let ended = jobs::end(
         &mut tx,
@@ -493,13 +495,15 @@ async fn passes(
     conn: &mut sqlx::PgConnection,
     job: &BatchJob,
     c: &ChunkSummary,
+    served: &mut Served,
 ) -> anyhow::Result<Passes> {
     let all = c.lines.first_line..c.lines.first_line + c.lines.line_count;
     let mut sizes: Vec<(i32, usize)> = Vec::new();
     let mut lines = Vec::new();
     let mut total = 0;
     let mut groups = chunks::results(&mut *conn, &job.id, c.idx);
-    while let Some(group) = groups.try_next().await? {
+    while let Some((seq, group)) = groups.try_next().await? {
+        served.add(seq, &group)?;
         for stored in output::decode(&group) {
             let s = stored?;
             sizes.push((s.line, s.file_line.len()));
@@ -544,7 +548,7 @@ async fn stored_lines(
 ) -> anyhow::Result<Vec<(i32, bool, String)>> {
     let mut lines = Vec::new();
     let mut groups = chunks::results(conn, &job.id, idx);
-    while let Some(group) = groups.try_next().await? {
+    while let Some((_, group)) = groups.try_next().await? {
         for stored in output::decode(&group) {
             let s = stored?;
             if range.contains(&s.line) {

@@ -100,12 +100,12 @@ async fn a_stale_claim_cannot_write_after_a_takeover() {
         .expect("the lapsed chunk");
     assert_eq!((b.idx, b.attempt), (a.idx, 2));
     // B sees what A stored before it stalled, and skips it.
-    let stored: Vec<String> =
+    let stored: Vec<(i64, String)> =
         futures_util::TryStreamExt::try_collect(chunks::results(&app.pool, &batch, 0))
             .await
             .unwrap();
     assert_eq!(stored.len(), 1);
-    assert!(stored[0].starts_with("0\t"));
+    assert!(stored[0].1.starts_with("0\t"));
 
     // A wakes up: it can neither renew nor write.
     let stale = Held {
