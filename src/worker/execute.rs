@@ -26,6 +26,9 @@ const MAX_FLUSH: usize = 256;
 /// Most result bytes gathered for one statement (one line over it is written alone): keeps a
 /// flush's memory and message size bounded whatever the responses weigh.
 const MAX_FLUSH_BYTES: usize = 8 << 20;
+/// Result bytes past which a flush no longer waits for stragglers: a statement that large
+/// costs the database little per line already, and waiting would only hold more in memory.
+const WAIT_FLUSH_BYTES: usize = 1 << 20;
 
 /// A chunk this replica has claimed and is executing.
 pub(super) struct Running {
@@ -72,17 +75,22 @@ struct Done {
     /// Freed only once the result is stored, which bounds the work a killed replica can lose
     /// to `2 × max_in_flight` lines (its upstream slot is freed as soon as the answer is in).
     _unstored: OwnedSemaphorePermit,
+    _backlog: Backlog,
 }
 
-/// Two limits per replica: `slots`, lines at the upstream (`max_in_flight`), and `unstored`,
-/// lines started and not yet stored (twice that). A finished line gives its slot back at once,
-/// so a flush that waits for stragglers (`flush_interval_ms`) costs the upstream nothing;
-/// `unstored` keeps what a crash can lose bounded, and stops claims while the database cannot
-/// take results.
+/// The limits of one replica's pipeline: `slots`, lines at the upstream (`max_in_flight`), and
+/// `unstored`, lines started and not yet stored (twice that). A finished line gives its slot
+/// back at once, so a flush that waits for stragglers (`flush_interval_ms`) costs the upstream
+/// nothing; `unstored` keeps what a crash can lose bounded, and stops claims while the database
+/// cannot take results. No line starts while `WAIT_FLUSH_BYTES` of results wait to be stored,
+/// so large responses are held no more than when a slot was held until its result was stored.
 struct Limits {
     slots: Arc<Semaphore>,
     unstored: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Bytes of finished lines' results not yet stored.
+    backlog: AtomicUsize,
+    stored: tokio::sync::Notify,
 }
 
 impl Limits {
@@ -91,12 +99,45 @@ impl Limits {
             slots: Arc::new(Semaphore::new(max_in_flight)),
             unstored: Arc::new(Semaphore::new(2 * max_in_flight)),
             max_in_flight,
+            backlog: AtomicUsize::new(0),
+            stored: tokio::sync::Notify::new(),
         }
     }
 
     /// No line is at the upstream: nothing more can finish until another starts.
     fn idle(&self) -> bool {
         self.slots.available_permits() == self.max_in_flight
+    }
+
+    /// Waits until less than `WAIT_FLUSH_BYTES` of results wait to be stored.
+    async fn backlog_below_limit(&self) {
+        // `notify_one` keeps a permit when nobody waits yet: no wake-up is lost between the
+        // check and the wait.
+        while self.backlog.load(Ordering::Relaxed) >= WAIT_FLUSH_BYTES {
+            self.stored.notified().await;
+        }
+    }
+
+    fn backlog(self: &Arc<Self>, bytes: usize) -> Backlog {
+        self.backlog.fetch_add(bytes, Ordering::Relaxed);
+        Backlog {
+            limits: self.clone(),
+            bytes,
+        }
+    }
+}
+
+/// A finished line's share of `Limits::backlog`, given back when its result is stored (or
+/// dropped).
+struct Backlog {
+    limits: Arc<Limits>,
+    bytes: usize,
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.limits.backlog.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.limits.stored.notify_one();
     }
 }
 
@@ -222,13 +263,12 @@ async fn dispatch(
         match queue.next() {
             Some(line) => {
                 let (slot, unstored) = slot;
-                tokio::spawn(execute_line(
-                    ctx.clone(),
-                    line,
-                    slot,
-                    unstored,
-                    results.clone(),
-                ));
+                tokio::select! {
+                    _ = limits.backlog_below_limit() => {}
+                    _ = stop.changed() => return,
+                }
+                let permits = (slot, unstored, limits.clone());
+                tokio::spawn(execute_line(ctx.clone(), line, permits, results.clone()));
             }
             // A claimed chunk whose lines all had results already.
             None => drop(slot),
@@ -395,8 +435,7 @@ async fn let_go(ctx: &Ctx, running: &Arc<Running>, n: usize) {
 async fn execute_line(
     ctx: Arc<Ctx>,
     line: Line,
-    slot: OwnedSemaphorePermit,
-    unstored: OwnedSemaphorePermit,
+    (slot, unstored, limits): (OwnedSemaphorePermit, OwnedSemaphorePermit, Arc<Limits>),
     results: mpsc::Sender<Done>,
 ) {
     let batch_id = line.chunk.held.batch_id.as_str();
@@ -439,6 +478,7 @@ async fn execute_line(
         usage.add(body);
     }
     let file_line = output::render(batch_id, line.line, &line.custom_id, &outcome);
+    let backlog = limits.backlog(file_line.len());
     let _ = results
         .send(Done {
             chunk: line.chunk,
@@ -447,6 +487,7 @@ async fn execute_line(
             file_line,
             usage,
             _unstored: unstored,
+            _backlog: backlog,
         })
         .await;
 }
@@ -481,7 +522,7 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>, limits: Arc<Limits>)
         while buf.len() < MAX_FLUSH && bytes < MAX_FLUSH_BYTES {
             let next = match rx.try_recv() {
                 Ok(d) => d,
-                Err(_) if window.is_zero() || limits.idle() => break,
+                Err(_) if window.is_zero() || bytes >= WAIT_FLUSH_BYTES || limits.idle() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(d)) => d,
                     Ok(None) | Err(_) => break,
