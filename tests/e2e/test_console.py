@@ -167,6 +167,12 @@ def find(driver: WebDriver, css: str):
     return wait_until(css, lambda: driver.find_element(By.CSS_SELECTOR, css))
 
 
+def click(driver: WebDriver, css: str) -> None:
+    """Clicks the element `css` names, finding it again if the page re-rendered it in between
+    (the detail view redraws on every event of the batch's stream)."""
+    wait_until(f"a click on {css}", lambda: driver.find_element(By.CSS_SELECTOR, css).click() or True)
+
+
 def text_of(driver: WebDriver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
@@ -282,7 +288,7 @@ def test_empty_state_then_upload_create_watch_and_download(
     # Download the output file through the browser.
     for old in downloads.iterdir():
         old.unlink()
-    driver.find_element(By.ID, "download-output").click()
+    click(driver, "#download-output")
     target = downloads / f"{batch_id}.output.jsonl"
     wait_until("the download", lambda: target.exists() and not list(downloads.glob("*.crdownload")))
     assert target.read_bytes() == sdk.files.content(batch.output_file_id).read()
@@ -313,15 +319,14 @@ def cancel_through_the_console(driver: WebDriver, server: OpenBatchServer, sdk: 
     b = sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
                            metadata={"purpose": "cancel demo"})
     open_console(driver, server, f"#/batches/{b.id}")
-    cancel = find(driver, "#cancel")
-    cancel.click()
+    click(driver, "#cancel")
     dialog = find(driver, "dialog#confirm[open]")
     assert "Cancel this batch?" in dialog.text
     shot(driver, "05-cancel-confirm")
     # "Keep it" leaves the batch alone.
     driver.find_element(By.ID, "confirm-no").click()
     assert sdk.batches.retrieve(b.id).status in ("validating", "in_progress")
-    find(driver, "#cancel").click()
+    click(driver, "#cancel")
     find(driver, "dialog#confirm[open]")
     driver.find_element(By.ID, "confirm-yes").click()
     wait_until(
