@@ -551,3 +551,39 @@ async fn a_deleted_files_space_goes_back_to_the_file_system() {
         .unwrap();
     assert_eq!(&content[..], &to_jsonl(&lines[..10])[..]);
 }
+
+#[tokio::test]
+async fn a_rebuild_drops_an_invalid_index_an_interrupted_one_left_behind() {
+    let app = spawn_app_with(|s| s.database.reindex_slack_bytes = 0).await;
+    // Two parts of one file: a unique index on `file_id` fails part-way through its concurrent
+    // build, leaving an invalid index behind, as an interrupted REINDEX CONCURRENTLY leaves its
+    // `_ccnew` copy.
+    let pad = "x".repeat(4000);
+    let lines: Vec<Value> = (0..400)
+        .map(|i| chat_line(&format!("r{i}"), json!({ "pad": pad })))
+        .collect();
+    app.upload("batch", "two-parts.jsonl", to_jsonl(&lines))
+        .expect(200)
+        .await;
+    let failed = sqlx::raw_sql(
+        "CREATE UNIQUE INDEX CONCURRENTLY file_chunks_ccnew ON file_chunks (file_id)",
+    )
+    .execute(&app.pool)
+    .await;
+    assert!(failed.is_err(), "two parts of one file share a file_id");
+    let invalid = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+             WHERE c.relname = 'file_chunks' AND NOT i.indisvalid",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(invalid().await, 1);
+    let bytes = openbatch::store::compact::reindex(&app.pool, "file_chunks")
+        .await
+        .unwrap();
+    assert_eq!(invalid().await, 0, "the leftover is dropped");
+    assert!(bytes > 0, "the TOAST index is rebuilt, not gone");
+}
