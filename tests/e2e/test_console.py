@@ -250,10 +250,12 @@ def test_empty_state_then_upload_create_watch_and_download(
     shot(driver, "03-new-batch")
     # A double click creates one batch (the button is disabled at once, and the form's key
     # makes any second request a replay).
+    # The network log is emptied first: the page may read the new batch before this test runs
+    # another line.
+    driver.get_log("performance")
     ActionChains(driver).double_click(driver.find_element(By.ID, "create")).perform()
 
     # The detail view follows the batch's event stream until the bar reads 100 %.
-    driver.get_log("performance")
     wait_until("the batch page", lambda: "/batches/batch_" in driver.current_url)
     batch_id = driver.current_url.rsplit("/", 1)[1]
     seen: set[int] = set()
