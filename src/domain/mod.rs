@@ -49,6 +49,42 @@ macro_rules! stored_as_text {
     };
 }
 
+/// A closed set of values written as their `as_str`, as the API sends and documents them:
+/// serialised with `as_str` and described in the OpenAPI document as a string enum of `$all`
+/// mapped through `as_str`. One mapping, the type's own, so the document cannot list a value
+/// the server does not send (or miss one it does).
+macro_rules! text_enum {
+    ($ty:ty, $name:literal, $all:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::domain::string_enum($all.into_iter().map(<$ty>::as_str)).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
+/// The schema of a string that is one of `values`.
+pub fn string_enum<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
 mod api_key;
 mod batch;
 mod cursor;
@@ -66,7 +102,9 @@ pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
-pub use ids::{BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME};
+pub use ids::{
+    id_schema, BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
+};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
 pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};
