@@ -105,6 +105,7 @@ async fn delete(
 
 #[derive(Deserialize)]
 struct Rotate {
+    #[serde(default, deserialize_with = "crate::domain::deserialize_whole_number")]
     grace_period_seconds: Option<i64>,
 }
 

@@ -66,8 +66,7 @@ impl ExpiresAfter {
             Some(_) => return Err(Invalid::wrong_type(&format!("{param}.anchor"), "a string")),
         };
         let seconds = match obj.get("seconds") {
-            Some(v) => v
-                .as_i64()
+            Some(v) => super::whole_number(v)
                 .ok_or_else(|| Invalid::wrong_type(&format!("{param}.seconds"), "an integer"))?,
             None => return Err(Invalid::missing(&format!("{param}.seconds"))),
         };
@@ -122,6 +121,13 @@ mod tests {
         assert_eq!(ExpiresAfter::from_json("x", &Value::Null), Ok(None));
         let ok = ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200}));
         assert_eq!(ok.unwrap().unwrap().seconds(), 7200);
+        // The same number, however it is spelt; a fraction is not a number of seconds.
+        let whole =
+            ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200.0}));
+        assert_eq!(whole.unwrap().unwrap().seconds(), 7200);
+        let part =
+            ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200.5}));
+        assert_eq!(part.unwrap_err().code, "invalid_type");
         assert_eq!(
             ExpiresAfter::from_json("x", &json!("soon"))
                 .unwrap_err()

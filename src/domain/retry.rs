@@ -52,7 +52,8 @@ impl RetryFilter {
         }
         let mut statuses = Vec::new();
         for (i, v) in list("status_codes", status_codes)?.into_iter().enumerate() {
-            match v.as_u64().filter(|n| STATUS_CODES.contains(n)) {
+            let n = super::whole_number(&v).and_then(|n| u64::try_from(n).ok());
+            match n.filter(|n| STATUS_CODES.contains(n)) {
                 Some(n) => statuses.push(n as u16),
                 None => {
                     return Err(Invalid::new(
@@ -141,6 +142,12 @@ mod tests {
         assert!(f.matches(None, Some(429)));
         assert!(!f.matches(Some("c"), Some(400)));
         assert!(RetryFilter::default().matches(None, None));
+        // 500.0 is the number 500 (JSON Schema's integer admits it).
+        let whole = RetryFilter::from_json(&Value::Null, &json!([500.0, 429])).unwrap();
+        assert_eq!(
+            whole,
+            RetryFilter::from_json(&Value::Null, &json!([429, 500])).unwrap()
+        );
         let none = RetryFilter::from_json(&Value::Null, &Value::Null).unwrap();
         assert!(none.is_empty());
     }
@@ -152,6 +159,7 @@ mod tests {
             (json!([1]), Value::Null, "error_codes[0]"),
             (json!([""]), Value::Null, "error_codes[0]"),
             (Value::Null, json!([200, 99]), "status_codes[1]"),
+            (Value::Null, json!([500.5]), "status_codes[0]"),
             (Value::Null, json!(["500"]), "status_codes[0]"),
             (Value::Null, json!(500), "status_codes"),
             (
