@@ -58,41 +58,10 @@ pub struct ApiDoc;
 
 /// The document, built once.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
-    camel_case_links(&mut doc);
-    doc.to_string()
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the OpenAPI document serialises")
 });
-
-/// utoipa 5.5 writes a Link object's members in snake case (`operation_id`), which no client
-/// reads (schemathesis refuses such a link): renamed to the specification's `operationId`,
-/// `operationRef` and `requestBody`.
-fn camel_case_links(doc: &mut serde_json::Value) {
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return;
-    };
-    let responses = paths
-        .values_mut()
-        .filter_map(|item| item.as_object_mut())
-        .flat_map(|item| item.values_mut())
-        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
-        .flat_map(|responses| responses.values_mut());
-    for response in responses {
-        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
-            continue;
-        };
-        for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
-            for (snake, camel) in [
-                ("operation_id", "operationId"),
-                ("operation_ref", "operationRef"),
-                ("request_body", "requestBody"),
-            ] {
-                if let Some(value) = link.remove(snake) {
-                    link.insert(camel.to_owned(), value);
-                }
-            }
-        }
-    }
-}
 
 /// This document.
 #[utoipa::path(
@@ -193,6 +162,11 @@ impl Modify for Conventions {
                 if let Some(body) = op.request_body.as_mut() {
                     left_out_not_null(body);
                 }
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        camel_case_links(response);
+                    }
+                }
                 if path.starts_with("/v1/") {
                     for status in V1_ERRORS {
                         op.responses
@@ -211,6 +185,36 @@ impl Modify for Conventions {
             }
         }
     }
+}
+
+/// utoipa 5.5 writes a Link object's members in snake case (`operation_id`), which no client
+/// reads (schemathesis refuses such a link). The links are written instead as the
+/// specification spells them (`operationId`, `operationRef`, `requestBody`), through the
+/// response's extension map, which is serialised into the response object as it is.
+fn camel_case_links(response: &mut Response) {
+    if response.links.is_empty() {
+        return;
+    }
+    let mut links = serde_json::Map::new();
+    for (name, link) in std::mem::take(&mut response.links) {
+        let mut link = serde_json::to_value(link).expect("a link serialises");
+        if let Some(members) = link.as_object_mut() {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = members.remove(snake) {
+                    members.insert(camel.to_owned(), value);
+                }
+            }
+        }
+        links.insert(name, link);
+    }
+    response
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert("links".to_owned(), links.into());
 }
 
 /// An optional body (`request_body = Option<T>`) is one that may be left out, not a JSON
