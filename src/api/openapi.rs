@@ -9,7 +9,7 @@ use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
 use super::{batch_events, batch_results, batch_retry, batches, files, health, webhooks};
 use crate::error::Envelope;
@@ -172,7 +172,9 @@ impl Modify for Conventions {
                         op.responses
                             .responses
                             .entry(status.to_owned())
-                            .or_insert_with(|| Ref::from_response_name("Error").into());
+                            .or_insert_with(|| {
+                                Ref::from_response_name(ErrorResponse::response().0).into()
+                            });
                     }
                 } else {
                     // Health, metrics and this document: no key needed.
@@ -463,6 +465,8 @@ mod tests {
             doc["components"]["securitySchemes"]["bearerAuth"],
             serde_json::json!({"type": "http", "scheme": "bearer"})
         );
+        let error = &doc["components"]["responses"]["Error"]["content"]["application/json"];
+        assert_eq!(error["schema"]["$ref"], "#/components/schemas/Error");
         for (method, path, _, _) in OPERATIONS {
             let op = &doc["paths"][path][method.to_lowercase()];
             let responses = op["responses"].as_object().unwrap();
@@ -478,6 +482,36 @@ mod tests {
             } else {
                 assert_eq!(op["security"], serde_json::json!([]), "{method} {path}");
             }
+        }
+    }
+
+    #[test]
+    fn extension_schemas_and_members_are_marked() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for name in EXTENSION_SCHEMAS {
+            assert_eq!(schemas[name][EXTENSION], true, "{name}");
+        }
+        for field in BATCH_EXTENSION_FIELDS {
+            assert_eq!(
+                schemas["Batch"]["properties"][field][EXTENSION], true,
+                "{field}"
+            );
+        }
+        let marked = schemas
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|s| s[EXTENSION] == true)
+            .count();
+        assert_eq!(marked, EXTENSION_SCHEMAS.len());
+        // A path is marked when all its operations are OpenBatch's own.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let all = OPERATIONS
+                .iter()
+                .filter(|(_, p, _, _)| p == path)
+                .all(|(_, _, _, extension)| *extension);
+            assert_eq!(item[EXTENSION] == true, all, "{path}");
         }
     }
 
