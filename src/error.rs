@@ -24,17 +24,26 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// An OpenAI error envelope: every error the server answers is one.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope<'a> {
+    #[schema(inline)]
     error: Body<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct Body<'a> {
+    #[schema(min_length = 1)]
     message: &'a str,
+    /// `invalid_request_error`, or `server_error` for a 5xx.
     #[serde(rename = "type")]
     kind: &'a str,
+    #[schema(required = true)]
     param: Option<&'a str>,
+    #[schema(required = true)]
     code: Option<&'a str>,
 }
 

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
-use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, batch_object, parse_batch_id};
+use super::batches::{batch_not_found, parse_batch_id, BatchObject};
+use super::openapi::ErrorResponse;
 use super::{AppState, Project};
 use crate::error::ApiError;
 use crate::store::batches as store;
@@ -46,10 +47,50 @@ impl Drop for Slot {
     }
 }
 
-fn event(batch: &Value) -> Bytes {
-    Bytes::from(format!("event: batch\ndata: {batch}\n\n"))
+fn event(batch: &BatchObject) -> Bytes {
+    let data = serde_json::to_string(batch).expect("the batch object is plain data");
+    Bytes::from(format!("event: batch\ndata: {data}\n\n"))
 }
 
+// The name of every event of the stream; this type only documents it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum EventName {
+    #[schema(rename = "batch")]
+    Batch,
+}
+
+// Sent as `event:` and `data:` lines; this type only documents it.
+/// One event of the stream.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BatchEvent {
+    #[schema(inline)]
+    event: EventName,
+    /// The batch object (JSON).
+    data: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{batch_id}/events",
+    operation_id = "batchEvents",
+    tag = "batches",
+    summary = "Server-Sent Events: the batch whenever its status or request_counts change \
+               (OpenBatch extension)",
+    description = "Each event is `event: batch` with the batch object as `data`; the first \
+                   carries the batch as it is, and the stream ends after an event with a final \
+                   status (`completed`, `failed`, `expired`, `cancelled`). Comment lines keep a \
+                   quiet stream alive. At most `limits.max_event_streams` streams per replica \
+                   (429 `too_many_event_streams` beyond).",
+    params(("batch_id" = String, Path)),
+    responses(
+        (status = 200, description = "An event stream", body = inline(BatchEvent),
+            content_type = "text/event-stream"),
+        (status = 404, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -66,10 +107,10 @@ async fn events(
     let pool = state.pool.clone();
     actix_web::rt::spawn(async move {
         let _slot = slot;
-        let mut sent: Option<Value> = None;
+        let mut sent: Option<BatchObject> = None;
         let mut wrote = Instant::now();
         loop {
-            let object = batch_object(&batch);
+            let object = BatchObject::new(&batch);
             if sent.as_ref() != Some(&object) {
                 if tx.send(Ok(event(&object))).await.is_err() {
                     return;

@@ -3,10 +3,12 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::batches::{batch_not_found, parse_batch_id};
+use super::openapi::ErrorResponse;
 use super::{AppState, Project};
-use crate::domain::{BatchId, FileId, ProjectId, ResultsCursor};
+use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
 use crate::error::ApiError;
 use crate::results::live::{self, ReadLive, Source};
 use crate::results::order::LiveOrder;
@@ -64,6 +66,77 @@ async fn live_order(state: &AppState, id: &BatchId) -> Result<LiveOrder, ApiErro
     })
 }
 
+/// Which result file a record comes from.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum ResultFile {
+    #[schema(rename = "output")]
+    Output,
+    #[schema(rename = "error")]
+    Error,
+}
+
+// The lines are the result files' own, with `line`, `cursor` and `file` put first; this type
+// only documents them.
+/// One line of `GET /v1/batches/{batch_id}/results`: a result-file line with `line`, `cursor`
+/// and `file` added.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ResultRecord {
+    /// 1-based number of the request among the input file's requests.
+    line: i64,
+    /// Pass it as `after` to resume after this record.
+    cursor: String,
+    #[schema(inline)]
+    file: ResultFile,
+    id: String,
+    custom_id: String,
+    #[schema(required = true, value_type = Option<Object>)]
+    response: Option<()>,
+    #[schema(required = true, value_type = Option<Object>)]
+    error: Option<()>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{batch_id}/results",
+    operation_id = "batchResults",
+    tag = "batches",
+    summary = "The lines a batch has finished so far, as JSONL (OpenBatch extension)",
+    description = "While the batch runs: the lines finished since `after`, in the order they were \
+                   stored. Once it has ended: its output and error files merged in input order, \
+                   from `after`. Each line is a result-file line exactly as its file holds it, \
+                   with `line` (1-based request number), `cursor` (pass it as `after` to resume \
+                   after this record) and `file` (`output` or `error`) added as its first members \
+                   (a `ResultRecord`). A cursor taken while the batch ran stays valid after it \
+                   has ended: it then gets, from the files in input order, exactly the lines its \
+                   reader has not had (none twice, none lost), with cursors that continue from \
+                   there. 400 `cursor_expired` only for a live cursor of a batch that ended \
+                   without its served order recorded (it ended under a version that did not \
+                   keep it).",
+    params(
+        ("batch_id" = String, Path),
+        ("after" = Option<String>, Query, description = "A record's `cursor`: resume after that \
+            record. Any cursor the endpoint issued stays valid while the batch's result files \
+            exist, across the batch's end: one taken while it ran then means the lines not yet \
+            read, served in input order."),
+    ),
+    responses(
+        (status = 200, description = "Records, one JSON object per line (each a ResultRecord)",
+            content(("application/x-ndjson")),
+            headers(
+                ("OpenBatch-Batch-Status" = BatchStatus,
+                    description = "The batch's status when the response started."),
+                ("OpenBatch-Results-Complete" = bool,
+                    description = "`true`: the batch had ended, and this response holds every \
+                    result after `after`."),
+            )),
+        (status = 400, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn results(
     path: web::Path<String>,
     query: web::Query<Params>,

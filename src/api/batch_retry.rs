@@ -5,8 +5,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, batch_object, parse_batch_id};
+use super::batches::{batch_not_found, parse_batch_id, BatchObject, IdempotencyKeyHeader};
+use super::openapi::ErrorResponse;
 use super::{body, AppState, Project};
 use crate::domain::{
     BatchSpec, BatchStatus, FileId, IdempotencyKey, Invalid, Metadata, Purpose, RetryFilter,
@@ -20,13 +22,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/retry").route(web::post().to(retry_batch)));
 }
 
-#[derive(Deserialize, Default)]
+/// The (optional) body of a retry: which failed lines to run again (all when both lists are
+/// empty or absent). Also accepted: `idempotency_key` / `idem_tok` (as for batch creation), in
+/// place of the Idempotency-Key header.
+// The keys are left out of the schema: generated requests would send three different ones,
+// which is a 400 every time.
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RetryRequest)]
 struct RetryBody {
+    /// Retry the lines whose `error.code` is one of these.
     #[serde(default)]
+    #[schema(schema_with = RetryFilter::error_codes_schema)]
     error_codes: Value,
+    /// Retry the lines whose `response.status_code` is one of these.
     #[serde(default)]
+    #[schema(schema_with = RetryFilter::status_codes_schema)]
     status_codes: Value,
+    #[schema(ignore)]
     idempotency_key: Option<String>,
+    #[schema(ignore)]
     idem_tok: Option<String>,
 }
 
@@ -55,9 +69,40 @@ fn replayed(batch: &BatchRecord) -> HttpResponse {
     crate::metrics::get().idempotent_replays.inc();
     HttpResponse::Ok()
         .insert_header(("Idempotent-Replayed", "true"))
-        .json(batch_object(batch))
+        .json(BatchObject::new(batch))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batches/{batch_id}/retry",
+    operation_id = "retryBatch",
+    tag = "batches",
+    summary = "A new batch of the failed lines of an ended batch (OpenBatch extension)",
+    description = "Copies, in input order and byte for byte, the input lines of the requests in \
+                   the batch's error file (upstream errors, requests that got no answer, and \
+                   expired or cancelled ones), optionally only those whose `error.code` is in \
+                   `error_codes` or whose `response.status_code` is in `status_codes`, into a new \
+                   `batch` file, and creates a batch from it with the same endpoint and metadata. \
+                   The new batch has `retry_of`; the origin lists it in `retries`. Idempotent \
+                   like batch creation (`Idempotency-Key` header, or `idempotency_key` / \
+                   `idem_tok` in the body): the same key and filters answer the same batch, other \
+                   filters 409.",
+    params(("batch_id" = String, Path), IdempotencyKeyHeader),
+    request_body = Option<RetryBody>,
+    responses(
+        (status = 200,
+            description = "The new batch (or, replayed, the one created earlier with this key)",
+            body = BatchObject,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the key had \
+                created this batch already"))),
+        (status = 400, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn retry_batch(
     req: HttpRequest,
     path: web::Path<String>,
@@ -186,7 +231,7 @@ async fn retry_batch(
             if let Some(worker) = &state.wake_worker {
                 worker.notify_one();
             }
-            Ok(HttpResponse::Ok().json(batch_object(&batch)))
+            Ok(HttpResponse::Ok().json(BatchObject::new(&batch)))
         }
         // A concurrent retry with the same key won; its file is the one kept.
         Created::Replayed(batch) => Ok(replayed(&batch)),

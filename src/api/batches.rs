@@ -1,12 +1,16 @@
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::Required;
+use utoipa::ToSchema;
 
-use super::pagination::{list_page, PageParams};
+use super::openapi::ErrorResponse;
+use super::pagination::{list_type, ListTag, PageParams, PageQuery};
 use super::{body, record_path_id, AppState, Project};
 use crate::domain::{
-    BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId, IdempotencyKey, Invalid,
-    Metadata, MetadataLimits,
+    id_schema, BatchId, BatchSpec, BatchStatus, CompletionWindow, Endpoint, ExpiresAfter, FileId,
+    IdempotencyKey, Invalid, Metadata, MetadataLimits,
 };
 use crate::error::ApiError;
 use crate::store::batches::{self as store, BatchRecord, Cancelled, Created};
@@ -21,19 +25,55 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/batches/{batch_id}/cancel").route(web::post().to(cancel)));
 }
 
-#[derive(Deserialize)]
+// Fields are read leniently (absent, `null` or of the wrong type) so that `spec` can answer
+// OpenAI's errors; the schema says what is valid.
+/// The parameters of a new batch.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateBatchRequest)]
 struct CreateBatch {
+    #[schema(required = true, schema_with = id_schema)]
     input_file_id: Option<String>,
+    #[schema(required = true, value_type = Endpoint)]
     endpoint: Option<String>,
+    #[schema(required = true, value_type = CompletionWindow)]
     completion_window: Option<String>,
-    /// Kept raw so `Metadata` can report OpenAI-style errors (`metadata.<key>`).
+    // Kept raw so `Metadata` can report OpenAI-style errors (`metadata.<key>`).
     #[serde(default)]
+    #[schema(schema_with = Metadata::request_schema)]
     metadata: Value,
     #[serde(default)]
+    #[schema(value_type = Option<ExpiresAfter>)]
     output_expires_after: Value,
+    /// OpenBatch extension: makes the creation safe to retry.
+    #[schema(schema_with = IdempotencyKey::schema)]
     idempotency_key: Option<String>,
-    /// The name the user's first integration used; still accepted.
+    // The name the user's first integration used; still accepted.
+    /// Older name of `idempotency_key`.
+    #[schema(schema_with = IdempotencyKey::schema)]
     idem_tok: Option<String>,
+}
+
+/// The `Idempotency-Key` header, for the OpenAPI document.
+pub(super) struct IdempotencyKeyHeader;
+
+impl utoipa::IntoParams for IdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Makes the creation safe to retry (or `idempotency_key` in the body).",
+            ))
+            .schema(Some({
+                // A header value is visible ASCII (the server refuses other bytes), and HTTP
+                // drops its leading and trailing spaces.
+                let mut key = IdempotencyKey::schema();
+                key.pattern = Some("^[!-~]([ -~]*[!-~])?$".to_owned());
+                key
+            }))
+            .build()]
+    }
 }
 
 fn required<'a>(value: &'a Option<String>, param: &str) -> Result<&'a str, Invalid> {
@@ -93,6 +133,32 @@ pub(super) fn idempotency_key(
     ])
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batches",
+    operation_id = "createBatch",
+    tag = "batches",
+    summary = "Create a batch",
+    params(IdempotencyKeyHeader),
+    request_body = CreateBatch,
+    responses(
+        (status = 200,
+            description = "The new batch, or (with `Idempotent-Replayed`) the one the key created earlier",
+            body = BatchObject,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the key had \
+                created this batch already")),
+            links(
+                ("batchResults" = (operation_id = "batchResults",
+                    parameters(("batch_id" = "$response.body#/id")))),
+                ("retryBatch" = (operation_id = "retryBatch",
+                    parameters(("batch_id" = "$response.body#/id")))),
+            )),
+        (status = 400, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
+    )
+)]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -129,13 +195,13 @@ async fn create(
             if let Some(worker) = &state.wake_worker {
                 worker.notify_one();
             }
-            Ok(HttpResponse::Ok().json(batch_object(&batch)))
+            Ok(HttpResponse::Ok().json(BatchObject::new(&batch)))
         }
         Created::Replayed(batch) => {
             crate::metrics::get().idempotent_replays.inc();
             Ok(HttpResponse::Ok()
                 .insert_header(("Idempotent-Replayed", "true"))
-                .json(batch_object(&batch)))
+                .json(BatchObject::new(&batch)))
         }
         Created::Conflict(batch) => {
             crate::metrics::get().idempotency_conflicts.inc();
@@ -179,6 +245,18 @@ pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
     Ok(id)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{batch_id}",
+    operation_id = "retrieveBatch",
+    tag = "batches",
+    summary = "A batch",
+    params(("batch_id" = String, Path)),
+    responses(
+        (status = 200, description = "The batch", body = BatchObject),
+        (status = 404, response = ErrorResponse),
+    )
+)]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -188,9 +266,23 @@ async fn retrieve(
     let batch = store::get(&state.pool, &project, &id)
         .await?
         .ok_or_else(|| batch_not_found(id.as_str()))?;
-    Ok(HttpResponse::Ok().json(batch_object(&batch)))
+    Ok(HttpResponse::Ok().json(BatchObject::new(&batch)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batches/{batch_id}/cancel",
+    operation_id = "cancelBatch",
+    tag = "batches",
+    summary = "Cancel a batch",
+    params(("batch_id" = String, Path)),
+    responses(
+        (status = 200, description = "The batch, now cancelling (or already cancelled)",
+            body = BatchObject),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+    )
+)]
 async fn cancel(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -199,7 +291,7 @@ async fn cancel(
     // The SDKs send no body (with a JSON content type); there is nothing to read.
     let id = parse_batch_id(&path)?;
     match store::cancel(&state.pool, &project, &id).await? {
-        Cancelled::Accepted(batch) => Ok(HttpResponse::Ok().json(batch_object(&batch))),
+        Cancelled::Accepted(batch) => Ok(HttpResponse::Ok().json(BatchObject::new(&batch))),
         Cancelled::Refused(batch) => Err(ApiError::conflict(format!(
             "Cannot cancel a batch with status '{}'.",
             batch.status.as_str()
@@ -211,6 +303,18 @@ async fn cancel(
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
+#[utoipa::path(
+    get,
+    path = "/v1/batches",
+    operation_id = "listBatches",
+    tag = "batches",
+    summary = "The project's batches, newest first",
+    params(PageQuery<DEFAULT_LIMIT, MAX_LIMIT>),
+    responses(
+        (status = 200, description = "A page of batches, newest first", body = BatchList),
+        (status = 400, response = ErrorResponse),
+    )
+)]
 async fn list(
     query: web::Query<PageParams>,
     state: web::Data<AppState>,
@@ -220,41 +324,151 @@ async fn list(
     let found = store::list(&state.pool, &project, page.after.as_ref(), page.limit)
         .await?
         .ok_or_else(|| query.unknown_cursor())?;
-    let data = found.batches.iter().map(batch_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
+    let data = found.batches.iter().map(BatchObject::new).collect();
+    Ok(HttpResponse::Ok().json(BatchList::new(data, found.has_more)))
 }
 
+tag!(BatchTag = "batch");
+
 /// The OpenAI Batch object; every field present, `null` where unknown.
-pub(super) fn batch_object(b: &BatchRecord) -> Value {
-    json!({
-        "id": b.id.as_str(),
-        "object": "batch",
-        "endpoint": b.endpoint.as_str(),
-        "model": b.model,
-        "errors": b.errors,
-        "input_file_id": b.input_file_id.as_str(),
-        "completion_window": b.completion_window.as_str(),
-        "status": b.status.as_str(),
-        "output_file_id": b.output_file_id.as_ref().map(FileId::as_str),
-        "error_file_id": b.error_file_id.as_ref().map(FileId::as_str),
-        "created_at": b.created_at,
-        "in_progress_at": b.in_progress_at,
-        "expires_at": b.expires_at,
-        "finalizing_at": b.finalizing_at,
-        "completed_at": b.completed_at,
-        "failed_at": b.failed_at,
-        "expired_at": b.expired_at,
-        "cancelling_at": b.cancelling_at,
-        "cancelled_at": b.cancelled_at,
-        "request_counts": {
-            "total": b.request_total,
-            "completed": b.request_completed,
-            "failed": b.request_failed,
-        },
-        "usage": b.usage,
-        "metadata": b.metadata,
-        // OpenBatch extensions (the SDKs keep unknown fields): retry links.
-        "retry_of": b.retry_of.as_ref().map(BatchId::as_str),
-        "retries": b.retries.iter().map(BatchId::as_str).collect::<Vec<_>>(),
-    })
+#[derive(Serialize, PartialEq, ToSchema)]
+#[schema(as = Batch)]
+pub(super) struct BatchObject {
+    id: String,
+    #[schema(inline)]
+    object: BatchTag,
+    endpoint: Endpoint,
+    #[schema(required = true)]
+    model: Option<String>,
+    /// Why the batch failed validation.
+    #[schema(required = true, value_type = Option<BatchErrors>)]
+    errors: Option<Value>,
+    input_file_id: String,
+    completion_window: CompletionWindow,
+    status: BatchStatus,
+    #[schema(required = true)]
+    output_file_id: Option<String>,
+    #[schema(required = true)]
+    error_file_id: Option<String>,
+    created_at: i64,
+    #[schema(required = true)]
+    in_progress_at: Option<i64>,
+    expires_at: i64,
+    #[schema(required = true)]
+    finalizing_at: Option<i64>,
+    #[schema(required = true)]
+    completed_at: Option<i64>,
+    #[schema(required = true)]
+    failed_at: Option<i64>,
+    #[schema(required = true)]
+    expired_at: Option<i64>,
+    #[schema(required = true)]
+    cancelling_at: Option<i64>,
+    #[schema(required = true)]
+    cancelled_at: Option<i64>,
+    #[schema(inline)]
+    request_counts: RequestCounts,
+    /// Tokens used by the successful requests, once the batch has ended.
+    #[schema(required = true, value_type = Option<BatchUsage>)]
+    usage: Option<Value>,
+    #[schema(required = true, value_type = Option<HashMap<String, String>>)]
+    metadata: Option<Value>,
+    /// OpenBatch extension: the batch whose failed lines this one runs again.
+    #[schema(required = true)]
+    retry_of: Option<String>,
+    /// OpenBatch extension: batches retrying this one, oldest first.
+    retries: Vec<String>,
+}
+
+#[derive(Serialize, PartialEq, ToSchema)]
+struct RequestCounts {
+    total: i32,
+    completed: i32,
+    failed: i32,
+}
+
+impl BatchObject {
+    pub(super) fn new(b: &BatchRecord) -> Self {
+        Self {
+            id: b.id.as_str().to_owned(),
+            object: BatchTag::Tag,
+            endpoint: b.endpoint,
+            model: b.model.clone(),
+            errors: b.errors.clone(),
+            input_file_id: b.input_file_id.as_str().to_owned(),
+            completion_window: b.completion_window,
+            status: b.status,
+            output_file_id: b.output_file_id.as_ref().map(|f| f.as_str().to_owned()),
+            error_file_id: b.error_file_id.as_ref().map(|f| f.as_str().to_owned()),
+            created_at: b.created_at,
+            in_progress_at: b.in_progress_at,
+            expires_at: b.expires_at,
+            finalizing_at: b.finalizing_at,
+            completed_at: b.completed_at,
+            failed_at: b.failed_at,
+            expired_at: b.expired_at,
+            cancelling_at: b.cancelling_at,
+            cancelled_at: b.cancelled_at,
+            request_counts: RequestCounts {
+                total: b.request_total,
+                completed: b.request_completed,
+                failed: b.request_failed,
+            },
+            usage: b.usage.clone(),
+            metadata: b.metadata.clone(),
+            retry_of: b.retry_of.as_ref().map(|id| id.as_str().to_owned()),
+            retries: b.retries.iter().map(|id| id.as_str().to_owned()).collect(),
+        }
+    }
+}
+
+list_type!(BatchList, BatchObject, "A page of batches.");
+
+// As the worker stores it; this type only documents it.
+/// Why a batch failed validation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BatchErrors {
+    #[schema(inline)]
+    object: ListTag,
+    #[schema(inline)]
+    data: Vec<BatchError>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BatchError {
+    code: String,
+    message: String,
+    #[schema(required = true)]
+    param: Option<String>,
+    /// The input line (1-based) the error is about, if one.
+    #[schema(required = true)]
+    line: Option<i64>,
+}
+
+// As the worker stores it; this type only documents it.
+/// The tokens a batch's successful requests used.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BatchUsage {
+    input_tokens: i64,
+    #[schema(inline)]
+    input_tokens_details: InputTokensDetails,
+    output_tokens: i64,
+    #[schema(inline)]
+    output_tokens_details: OutputTokensDetails,
+    total_tokens: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct InputTokensDetails {
+    cached_tokens: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct OutputTokensDetails {
+    reasoning_tokens: i64,
 }

@@ -5,15 +5,19 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{RefOr, Required};
+use utoipa::{PartialSchema, ToSchema};
 
-use super::pagination::{list_page, PageParams};
+use super::openapi::ErrorResponse;
+use super::pagination::{list_type, PageParams, PageQuery};
 use super::spool::{
     file_too_large, spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES,
 };
 use super::{body, no_such, record_path_id, AppState, Project};
-use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
+use crate::domain::{string_enum, ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
 use crate::store::files::{
     self as store, Committed, FileRecord, ListQuery, NewFile, Order, Upload, CHUNK_BYTES,
@@ -129,6 +133,23 @@ fn not_jsonl() -> ApiError {
     .into()
 }
 
+// The form `upload` reads part by part; this type only documents it.
+/// A file and its purpose; the parts may come in any order.
+#[derive(ToSchema)]
+#[schema(as = FileUpload)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The content; its file name is kept as `filename`.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    #[schema(schema_with = Purpose::uploadable_schema)]
+    purpose: String,
+    #[schema(rename = "expires_after[anchor]", schema_with = ExpiresAfter::anchor_schema)]
+    anchor: Option<String>,
+    #[schema(rename = "expires_after[seconds]", schema_with = ExpiresAfter::seconds_schema)]
+    seconds: Option<i64>,
+}
+
 /// `POST /v1/files`. Parts may come in any order. A `batch` file is checked to be UTF-8 here;
 /// its lines are checked as JSON requests when a batch using it is validated.
 ///
@@ -136,6 +157,28 @@ fn not_jsonl() -> ApiError {
 /// only the file) is counted against the limits, a client that stalls is cut off (408), a
 /// replica receives at most `limits.max_concurrent_uploads` at once (429), and the database is
 /// used only once the request is fully in.
+#[utoipa::path(
+    post,
+    path = "/v1/files",
+    operation_id = "createFile",
+    tag = "files",
+    summary = "Upload a file",
+    description = "Parts may come in any order. A `batch` file must be UTF-8; its lines are \
+                   checked as JSON requests when a batch using it is validated.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored file", body = FileObject),
+        (status = 400, response = ErrorResponse),
+        (status = 403, description = "The project's file storage quota \
+            (limits.max_stored_bytes_per_project) would be exceeded: code storage_quota_exceeded",
+            body = crate::error::Envelope),
+        (status = 408, description = "The client stopped sending the body \
+            (limits.upload_idle_timeout_secs) or took longer than limits.upload_timeout_secs: \
+            code request_timeout", body = crate::error::Envelope),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
+    )
+)]
 async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -285,7 +328,7 @@ async fn upload(
     };
     tracing::Span::current().record("file_id", file.id.as_str());
     tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
-    Ok(HttpResponse::Ok().json(file_object(&file)))
+    Ok(HttpResponse::Ok().json(FileObject::new(&file)))
 }
 
 fn parse_expires_after(
@@ -318,16 +361,41 @@ async fn find(state: &AppState, project: &ProjectId, raw: &str) -> Result<FileRe
         .ok_or_else(|| no_such("File", raw, "id"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{file_id}",
+    operation_id = "retrieveFile",
+    tag = "files",
+    summary = "A file's object",
+    params(("file_id" = String, Path)),
+    responses(
+        (status = 200, description = "The file", body = FileObject),
+        (status = 404, response = ErrorResponse),
+    )
+)]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let file = find(&state, &project, &path).await?;
-    Ok(HttpResponse::Ok().json(file_object(&file)))
+    Ok(HttpResponse::Ok().json(FileObject::new(&file)))
 }
 
 /// Streams the content from the database one chunk at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/files/{file_id}/content",
+    operation_id = "downloadFile",
+    tag = "files",
+    summary = "A file's content",
+    params(("file_id" = String, Path)),
+    responses(
+        (status = 200, description = "The raw content", body = inline(String),
+            content_type = "application/octet-stream"),
+        (status = 404, response = ErrorResponse),
+    )
+)]
 async fn content(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -350,6 +418,18 @@ async fn content(
         .streaming(chunks))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/files/{file_id}",
+    operation_id = "deleteFile",
+    tag = "files",
+    summary = "Delete a file",
+    params(("file_id" = String, Path)),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedFile),
+        (status = 404, response = ErrorResponse),
+    )
+)]
 async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -359,7 +439,11 @@ async fn delete(
     if !store::delete(&state.pool, &project, &id).await? {
         return Err(no_such("File", &path, "id"));
     }
-    Ok(HttpResponse::Ok().json(json!({"id": id.as_str(), "object": "file", "deleted": true})))
+    Ok(HttpResponse::Ok().json(DeletedFile {
+        id: id.as_str().to_owned(),
+        object: FileTag::Tag,
+        deleted: true,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -370,16 +454,56 @@ struct ListParams {
     page: PageParams,
 }
 
+/// `purpose` and `order`, the parameters only the files list has, for the OpenAPI document.
+struct FileFilters;
+
+impl utoipa::IntoParams for FileFilters {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let param = |name: &str, schema: RefOr<Schema>| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .schema(Some(schema))
+                .build()
+        };
+        let mut order = string_enum(ORDERS);
+        order.default = Some(DEFAULT_ORDER.into());
+        vec![
+            param("purpose", Purpose::schema()),
+            param("order", order.into()),
+        ]
+    }
+}
+
+/// The orders a listing takes.
+const ORDERS: [&str; 2] = ["asc", "desc"];
+const DEFAULT_ORDER: &str = "desc";
+const DEFAULT_LIMIT: u32 = 10_000;
+const MAX_LIMIT: u32 = 10_000;
+
+#[utoipa::path(
+    get,
+    path = "/v1/files",
+    operation_id = "listFiles",
+    tag = "files",
+    summary = "The project's files",
+    params(FileFilters, PageQuery<DEFAULT_LIMIT, MAX_LIMIT>),
+    responses(
+        (status = 200, description = "A page of files", body = FileList),
+        (status = 400, response = ErrorResponse),
+    )
+)]
 async fn list(
     query: web::Query<ListParams>,
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let page = (query.page).parse(10_000, 10_000, |raw| FileId::parse("after", raw))?;
+    let page = (query.page).parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| FileId::parse("after", raw))?;
     let order = match query.order.as_deref() {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
-        Some(other) => return Err(Invalid::unsupported("order", other, ["asc", "desc"]).into()),
+        Some(other) => return Err(Invalid::unsupported("order", other, ORDERS).into()),
     };
     let purpose = query
         .purpose
@@ -398,21 +522,56 @@ async fn list(
     )
     .await?
     .ok_or_else(|| query.page.unknown_cursor())?;
-    let data = found.files.iter().map(file_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
+    let data = found.files.iter().map(FileObject::new).collect();
+    Ok(HttpResponse::Ok().json(FileList::new(data, found.has_more)))
 }
 
+tag!(FileTag = "file");
+tag!(FileStatus = "processed");
+
 /// The OpenAI File object. Content is usable as soon as the upload returns, hence `processed`.
-fn file_object(f: &FileRecord) -> Value {
-    json!({
-        "id": f.id.as_str(),
-        "object": "file",
-        "bytes": f.bytes,
-        "created_at": f.created_at,
-        "expires_at": f.expires_at,
-        "filename": f.filename,
-        "purpose": f.purpose.as_str(),
-        "status": "processed",
-        "status_details": null,
-    })
+#[derive(Serialize, ToSchema)]
+#[schema(as = File)]
+pub(super) struct FileObject {
+    id: String,
+    #[schema(inline)]
+    object: FileTag,
+    #[schema(minimum = 0)]
+    bytes: i64,
+    created_at: i64,
+    #[schema(required = true)]
+    expires_at: Option<i64>,
+    filename: String,
+    purpose: Purpose,
+    #[schema(inline)]
+    status: FileStatus,
+    /// Always `null` (deprecated by OpenAI).
+    #[schema(required = true)]
+    status_details: Option<String>,
+}
+
+impl FileObject {
+    fn new(f: &FileRecord) -> Self {
+        Self {
+            id: f.id.as_str().to_owned(),
+            object: FileTag::Tag,
+            bytes: f.bytes,
+            created_at: f.created_at,
+            expires_at: f.expires_at,
+            filename: f.filename.clone(),
+            purpose: f.purpose,
+            status: FileStatus::Tag,
+            status_details: None,
+        }
+    }
+}
+
+list_type!(FileList, FileObject, "A page of files.");
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeletedFile {
+    id: String,
+    #[schema(inline)]
+    object: FileTag,
+    deleted: bool,
 }

@@ -1,17 +1,54 @@
 use std::time::Duration;
 
 use actix_web::{get, web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the database does not answer.
+    status: &'static str,
+    /// `/readyz` only: `ok` or `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    database: Option<&'static str>,
+}
+
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        database: None,
+    })
 }
 
 /// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    description = "Served on the API port unless server.metrics_address is set, in which case it \
+                   is served only on that address. Database gauges are cached (refreshed every \
+                   server.metrics_refresh_secs by a background task); a scrape runs no query.",
+    responses((
+        status = 200,
+        description = "Prometheus text format",
+        body = String,
+        content_type = "text/plain"
+    ))
+)]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -20,15 +57,30 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The process can serve: its database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database answers", body = Health),
+        (status = 503, description = "The database does not answer", body = Health),
+    )
+)]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let ok = tokio::time::timeout(Duration::from_secs(2), crate::store::ping(&state.pool))
         .await
         .unwrap_or(false);
     if ok {
-        HttpResponse::Ok().json(json!({"status": "ok", "database": "ok"}))
+        HttpResponse::Ok().json(Health {
+            status: "ok",
+            database: Some("ok"),
+        })
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "database": "unreachable"}))
+        HttpResponse::ServiceUnavailable().json(Health {
+            status: "unavailable",
+            database: Some("unreachable"),
+        })
     }
 }

@@ -1,5 +1,30 @@
 //! Thin HTTP handlers, one module per resource.
 
+/// A member whose value is constant, such as `"object": "file"`: serialised as `$value` and
+/// documented as a one-value enum.
+macro_rules! tag {
+    ($name:ident = $value:literal) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            Tag,
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str($value)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::domain::string_enum([$value]).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
 mod auth;
 mod batch_events;
 mod batch_results;
@@ -51,7 +76,7 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
-        .service(openapi::openapi)
+        .service(openapi::document)
         .configure(console::routes)
         .service(
             web::scope("/v1")

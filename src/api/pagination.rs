@@ -1,8 +1,11 @@
 //! Cursor pagination as OpenAI's lists do it: `?after=<id>&limit=<n>`, answered with
 //! `{"object": "list", "data", "first_id", "last_id", "has_more"}`.
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::Required;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
@@ -66,14 +69,72 @@ fn unknown_cursor(raw: &str) -> ApiError {
     .with_code("invalid_value")
 }
 
-/// One page of a list, in OpenAI's envelope.
-pub fn list_page(data: Vec<Value>, has_more: bool) -> Value {
-    let id = |o: Option<&Value>| o.and_then(|v| v.get("id")).cloned();
-    json!({
-        "object": "list",
-        "first_id": id(data.first()),
-        "last_id": id(data.last()),
-        "has_more": has_more,
-        "data": data,
-    })
+/// The `after` and `limit` query parameters of a list whose `limit` defaults to `DEFAULT` and
+/// is at most `MAX` (the values `PageParams::parse` is given), for the OpenAPI document.
+pub struct PageQuery<const DEFAULT: u32, const MAX: u32>;
+
+impl<const DEFAULT: u32, const MAX: u32> utoipa::IntoParams for PageQuery<DEFAULT, MAX> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("after")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(
+                    "A cursor: the id of the last object of the previous page.",
+                ))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build(),
+            ParameterBuilder::new()
+                .name("limit")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(MAX))
+                        .default(Some(DEFAULT.into())),
+                ))
+                .build(),
+        ]
+    }
 }
+
+/// A list's `object`.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+pub enum ListTag {
+    #[serde(rename = "list")]
+    List,
+}
+
+/// One page of `$item`s in OpenAI's list envelope, named `$name` in the OpenAPI document.
+macro_rules! list_type {
+    ($name:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        pub(super) struct $name {
+            #[schema(inline)]
+            object: $crate::api::pagination::ListTag,
+            data: Vec<$item>,
+            #[schema(required = true)]
+            first_id: Option<String>,
+            #[schema(required = true)]
+            last_id: Option<String>,
+            has_more: bool,
+        }
+
+        impl $name {
+            pub(super) fn new(data: Vec<$item>, has_more: bool) -> Self {
+                Self {
+                    object: $crate::api::pagination::ListTag::List,
+                    first_id: data.first().map(|o| o.id.clone()),
+                    last_id: data.last().map(|o| o.id.clone()),
+                    data,
+                    has_more,
+                }
+            }
+        }
+    };
+}
+pub(crate) use list_type;

@@ -2,12 +2,14 @@
 //! secret, re-enable, and read the delivery log. Everything is per project.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::pagination::{list_page, PageParams};
+use super::openapi::ErrorResponse;
+use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
-use crate::domain::{EventTypes, Invalid, WebhookEndpointId, WebhookSecret, WebhookUrl};
+use crate::domain::{EventType, EventTypes, Invalid, WebhookEndpointId, WebhookSecret, WebhookUrl};
 use crate::error::ApiError;
 use crate::store::webhooks::{self as store, DeliveryRecord, EndpointRecord};
 
@@ -33,13 +35,48 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateWebhookEndpointRequest)]
 struct CreateEndpoint {
+    #[schema(required = true, schema_with = WebhookUrl::request_schema)]
     url: Option<String>,
+    /// Event types to send; default: all.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     events: Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhook_endpoints",
+    operation_id = "createWebhookEndpoint",
+    tag = "webhooks",
+    summary = "Register a webhook endpoint (OpenBatch extension)",
+    description = "Registers an endpoint for this project's batch events. The answer carries the \
+                   signing `secret` (`whsec_…`), shown only here and on rotate_secret. Loopback, \
+                   private, link-local and other non-public addresses are refused unless the \
+                   operator allows private networks.",
+    request_body = CreateEndpoint,
+    responses(
+        (status = 200, description = "The new endpoint, with its secret", body = EndpointObject,
+            links(
+                ("retrieveWebhookEndpoint" = (operation_id = "retrieveWebhookEndpoint",
+                    parameters(("endpoint_id" = "$response.body#/id")))),
+                ("deleteWebhookEndpoint" = (operation_id = "deleteWebhookEndpoint",
+                    parameters(("endpoint_id" = "$response.body#/id")))),
+                ("rotateWebhookEndpointSecret" = (operation_id = "rotateWebhookEndpointSecret",
+                    parameters(("endpoint_id" = "$response.body#/id")))),
+                ("enableWebhookEndpoint" = (operation_id = "enableWebhookEndpoint",
+                    parameters(("endpoint_id" = "$response.body#/id")))),
+                ("listWebhookDeliveries" = (operation_id = "listWebhookDeliveries",
+                    parameters(("endpoint_id" = "$response.body#/id")))),
+            )),
+        (status = 400, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -62,7 +99,7 @@ async fn create(
             .with_code("webhook_endpoint_limit_exceeded")
         })?;
     tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
-    Ok(HttpResponse::Ok().json(endpoint_object(&endpoint)))
+    Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -75,6 +112,19 @@ fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
     WebhookEndpointId::parse("endpoint_id", raw).map_err(|_| not_found(raw))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhook_endpoints/{endpoint_id}",
+    operation_id = "retrieveWebhookEndpoint",
+    tag = "webhooks",
+    summary = "A webhook endpoint, without its secret (OpenBatch extension)",
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointObject),
+        (status = 404, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -84,9 +134,22 @@ async fn retrieve(
     let endpoint = store::get(&state.pool, &project, &id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
-    Ok(HttpResponse::Ok().json(endpoint_object(&endpoint)))
+    Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/webhook_endpoints/{endpoint_id}",
+    operation_id = "deleteWebhookEndpoint",
+    tag = "webhooks",
+    summary = "Delete a webhook endpoint, its pending deliveries and its log (OpenBatch extension)",
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedEndpoint),
+        (status = 404, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -96,21 +159,52 @@ async fn delete(
     if !store::delete(&state.pool, &project, &id).await? {
         return Err(not_found(id.as_str()));
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "id": id.as_str(),
-        "object": "webhook_endpoint.deleted",
-        "deleted": true,
-    })))
+    Ok(HttpResponse::Ok().json(DeletedEndpoint {
+        id: id.as_str().to_owned(),
+        object: DeletedEndpointTag::Tag,
+        deleted: true,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RotateWebhookSecretRequest)]
 struct Rotate {
+    /// How long the previous secret still signs; default: the server's
+    /// webhooks.rotation_grace_secs.
+    #[serde(default, deserialize_with = "crate::domain::deserialize_whole_number")]
+    #[schema(schema_with = grace_schema)]
     grace_period_seconds: Option<i64>,
 }
 
 /// At most a week: the old secret is meant to be retired.
 const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 
+fn grace_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(MAX_GRACE_SECS))
+        .build()
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
+    operation_id = "rotateWebhookEndpointSecret",
+    tag = "webhooks",
+    summary = "Issue a new signing secret (OpenBatch extension)",
+    description = "The new secret is in the answer. The previous one also signs (a second `v1,` \
+                   signature) until `previous_secret_expires_at`. The body may be left out.",
+    params(("endpoint_id" = String, Path)),
+    request_body = Option<Rotate>,
+    responses(
+        (status = 200, description = "The endpoint with its new secret", body = EndpointObject),
+        (status = 400, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn rotate(
     req: HttpRequest,
     payload: web::Payload,
@@ -146,9 +240,24 @@ async fn rotate(
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
     tracing::info!(endpoint_id = %endpoint.id, grace, "webhook secret rotated");
-    Ok(HttpResponse::Ok().json(endpoint_object(&endpoint)))
+    Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhook_endpoints/{endpoint_id}/enable",
+    operation_id = "enableWebhookEndpoint",
+    tag = "webhooks",
+    summary = "Re-enable a webhook endpoint (OpenBatch extension)",
+    description = "Re-enables an endpoint disabled after too many failed deliveries; its pending \
+                   deliveries go out at once.",
+    params(("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointObject),
+        (status = 404, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn enable(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -158,12 +267,25 @@ async fn enable(
     let endpoint = store::enable(&state.pool, &project, &id)
         .await?
         .ok_or_else(|| not_found(id.as_str()))?;
-    Ok(HttpResponse::Ok().json(endpoint_object(&endpoint)))
+    Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhook_endpoints",
+    operation_id = "listWebhookEndpoints",
+    tag = "webhooks",
+    summary = "This project's webhook endpoints, newest first (OpenBatch extension)",
+    params(PageQuery<DEFAULT_LIMIT, MAX_LIMIT>),
+    responses(
+        (status = 200, description = "A page of endpoints", body = WebhookEndpointList),
+        (status = 400, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn list(
     query: web::Query<PageParams>,
     state: web::Data<AppState>,
@@ -175,10 +297,25 @@ async fn list(
     let found = store::list(&state.pool, &project, page.after.as_ref(), page.limit)
         .await?
         .ok_or_else(|| query.unknown_cursor())?;
-    let data = found.items.iter().map(endpoint_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
+    let data = found.items.iter().map(EndpointObject::new).collect();
+    Ok(HttpResponse::Ok().json(WebhookEndpointList::new(data, found.has_more)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhook_endpoints/{endpoint_id}/deliveries",
+    operation_id = "listWebhookDeliveries",
+    tag = "webhooks",
+    summary = "A webhook endpoint's delivery log, newest first (OpenBatch extension)",
+    description = "`after` is an event id.",
+    params(("endpoint_id" = String, Path), PageQuery<DEFAULT_LIMIT, MAX_LIMIT>),
+    responses(
+        (status = 200, description = "A page of deliveries", body = WebhookDeliveryList),
+        (status = 400, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+    ),
+    extensions(("x-openbatch-extension" = json!(true)))
+)]
 async fn deliveries(
     path: web::Path<String>,
     query: web::Query<PageParams>,
@@ -194,44 +331,141 @@ async fn deliveries(
     let found = store::deliveries(&state.pool, &id, page.after.as_deref(), page.limit)
         .await?
         .ok_or_else(|| query.unknown_cursor())?;
-    let data = found.items.iter().map(delivery_object).collect();
-    Ok(HttpResponse::Ok().json(list_page(data, found.has_more)))
+    let data = found.items.iter().map(DeliveryObject::new).collect();
+    Ok(HttpResponse::Ok().json(WebhookDeliveryList::new(data, found.has_more)))
 }
 
-/// The endpoint; `secret` only in the answers to create and rotate.
-fn endpoint_object(e: &EndpointRecord) -> Value {
-    let mut o = json!({
-        "id": e.id.as_str(),
-        "object": "webhook_endpoint",
-        "url": e.url,
-        "events": e.events.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        "status": e.status,
-        "disabled_reason": e.disabled_reason,
-        "disabled_at": e.disabled_at,
-        "consecutive_failures": e.consecutive_failures,
-        "created_at": e.created_at,
-        "previous_secret_expires_at": e.previous_secret_until,
-    });
-    if let Some(secret) = &e.secret {
-        o["secret"] = json!(secret);
+tag!(EndpointTag = "webhook_endpoint");
+tag!(DeletedEndpointTag = "webhook_endpoint.deleted");
+tag!(DeliveryTag = "webhook_delivery");
+
+// As the database's CHECK constraint allows.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum EndpointStatus {
+    Enabled,
+    Disabled,
+}
+
+// As the database's CHECK constraint allows.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// A webhook endpoint (OpenBatch extension); `secret` only in the answers to create and
+/// rotate_secret.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookEndpoint)]
+pub(super) struct EndpointObject {
+    id: String,
+    #[schema(inline)]
+    object: EndpointTag,
+    url: String,
+    events: Vec<EventType>,
+    #[schema(inline, value_type = EndpointStatus)]
+    status: String,
+    #[schema(required = true)]
+    disabled_reason: Option<String>,
+    #[schema(required = true)]
+    disabled_at: Option<i64>,
+    consecutive_failures: i32,
+    created_at: i64,
+    #[schema(required = true)]
+    previous_secret_expires_at: Option<i64>,
+    /// Only in the answers to create and rotate_secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    secret: Option<String>,
+}
+
+impl EndpointObject {
+    fn new(e: &EndpointRecord) -> Self {
+        Self {
+            id: e.id.as_str().to_owned(),
+            object: EndpointTag::Tag,
+            url: e.url.clone(),
+            events: e.events.clone(),
+            status: e.status.clone(),
+            disabled_reason: e.disabled_reason.clone(),
+            disabled_at: e.disabled_at,
+            consecutive_failures: e.consecutive_failures,
+            created_at: e.created_at,
+            previous_secret_expires_at: e.previous_secret_until,
+            secret: e.secret.clone(),
+        }
     }
-    o
 }
 
-fn delivery_object(d: &DeliveryRecord) -> Value {
-    json!({
-        "id": d.event_id,
-        "object": "webhook_delivery",
-        "event_id": d.event_id,
-        "event_type": d.event_type.as_str(),
-        "batch_id": d.batch_id.as_str(),
-        "created_at": d.created_at,
-        "status": d.state,
-        "attempts": d.attempts,
-        "last_attempt_at": d.last_attempt_at,
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "next_attempt_at": d.next_attempt_at,
-        "delivered_at": d.delivered_at,
-    })
+list_type!(
+    WebhookEndpointList,
+    EndpointObject,
+    "A page of webhook endpoints."
+);
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeletedWebhookEndpoint)]
+pub(super) struct DeletedEndpoint {
+    id: String,
+    #[schema(inline)]
+    object: DeletedEndpointTag,
+    deleted: bool,
 }
+
+/// One event sent (or being sent) to an endpoint.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WebhookDelivery)]
+pub(super) struct DeliveryObject {
+    /// The event id (the webhook-id header).
+    id: String,
+    #[schema(inline)]
+    object: DeliveryTag,
+    event_id: String,
+    event_type: EventType,
+    batch_id: String,
+    created_at: i64,
+    #[schema(inline, value_type = DeliveryStatus)]
+    status: String,
+    attempts: i32,
+    #[schema(required = true)]
+    last_attempt_at: Option<i64>,
+    #[schema(required = true)]
+    last_status_code: Option<i32>,
+    #[schema(required = true)]
+    last_error: Option<String>,
+    #[schema(required = true)]
+    next_attempt_at: Option<i64>,
+    #[schema(required = true)]
+    delivered_at: Option<i64>,
+}
+
+impl DeliveryObject {
+    fn new(d: &DeliveryRecord) -> Self {
+        Self {
+            id: d.event_id.clone(),
+            object: DeliveryTag::Tag,
+            event_id: d.event_id.clone(),
+            event_type: d.event_type,
+            batch_id: d.batch_id.as_str().to_owned(),
+            created_at: d.created_at,
+            status: d.state.clone(),
+            attempts: d.attempts,
+            last_attempt_at: d.last_attempt_at,
+            last_status_code: d.last_status_code,
+            last_error: d.last_error.clone(),
+            next_attempt_at: d.next_attempt_at,
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+list_type!(
+    WebhookDeliveryList,
+    DeliveryObject,
+    "A page of webhook deliveries."
+);

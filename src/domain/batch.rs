@@ -38,6 +38,7 @@ impl Endpoint {
 }
 
 stored_as_text!(Endpoint, |raw| Endpoint::parse(raw).map_err(|e| e.message));
+text_enum!(Endpoint, "Endpoint", Endpoint::ALL);
 
 impl TryFrom<String> for Endpoint {
     type Error = Invalid;
@@ -53,6 +54,8 @@ pub enum CompletionWindow {
 }
 
 impl CompletionWindow {
+    pub const ALL: [CompletionWindow; 1] = [CompletionWindow::Hours24];
+
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match raw {
             "24h" => Ok(Self::Hours24),
@@ -71,6 +74,7 @@ impl CompletionWindow {
 
 stored_as_text!(CompletionWindow, |raw| CompletionWindow::parse(raw)
     .map_err(|e| e.message));
+text_enum!(CompletionWindow, "CompletionWindow", CompletionWindow::ALL);
 
 impl TryFrom<String> for CompletionWindow {
     type Error = Invalid;
@@ -169,6 +173,7 @@ impl BatchStatus {
 }
 
 stored_as_text!(BatchStatus, |raw| BatchStatus::try_from(raw.to_owned()));
+text_enum!(BatchStatus, "BatchStatus", BatchStatus::ALL);
 
 impl TryFrom<String> for BatchStatus {
     type Error = String;

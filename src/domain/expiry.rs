@@ -1,4 +1,6 @@
 use serde_json::Value;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 
 use super::Invalid;
 
@@ -12,13 +14,29 @@ pub struct ExpiresAfter {
 impl ExpiresAfter {
     pub const MIN_SECONDS: i64 = 3600;
     pub const MAX_SECONDS: i64 = 2_592_000;
+    /// The one anchor OpenAI defines.
+    pub const ANCHOR: &'static str = "created_at";
+
+    /// The schema of `anchor` (of `expires_after[anchor]` in a file upload form).
+    pub fn anchor_schema() -> Object {
+        super::string_enum([Self::ANCHOR])
+    }
+
+    /// The schema of `seconds` (of `expires_after[seconds]` in a file upload form).
+    pub fn seconds_schema() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(Self::MIN_SECONDS))
+            .maximum(Some(Self::MAX_SECONDS))
+            .build()
+    }
 
     pub fn new(param: &str, anchor: &str, seconds: i64) -> Result<Self, Invalid> {
-        if anchor != "created_at" {
+        if anchor != Self::ANCHOR {
             return Err(Invalid::unsupported(
                 &format!("{param}.anchor"),
                 anchor,
-                ["created_at"],
+                [Self::ANCHOR],
             ));
         }
         if !(Self::MIN_SECONDS..=Self::MAX_SECONDS).contains(&seconds) {
@@ -48,8 +66,7 @@ impl ExpiresAfter {
             Some(_) => return Err(Invalid::wrong_type(&format!("{param}.anchor"), "a string")),
         };
         let seconds = match obj.get("seconds") {
-            Some(v) => v
-                .as_i64()
+            Some(v) => super::whole_number(v)
                 .ok_or_else(|| Invalid::wrong_type(&format!("{param}.seconds"), "an integer"))?,
             None => return Err(Invalid::missing(&format!("{param}.seconds"))),
         };
@@ -60,6 +77,21 @@ impl ExpiresAfter {
         self.seconds
     }
 }
+
+/// `{"anchor": "created_at", "seconds": N}`.
+impl utoipa::PartialSchema for ExpiresAfter {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property("anchor", Self::anchor_schema())
+            .property("seconds", Self::seconds_schema())
+            .required("anchor")
+            .required("seconds")
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExpiresAfter {}
 
 #[cfg(test)]
 mod tests {
@@ -89,6 +121,13 @@ mod tests {
         assert_eq!(ExpiresAfter::from_json("x", &Value::Null), Ok(None));
         let ok = ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200}));
         assert_eq!(ok.unwrap().unwrap().seconds(), 7200);
+        // The same number, however it is spelt; a fraction is not a number of seconds.
+        let whole =
+            ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200.0}));
+        assert_eq!(whole.unwrap().unwrap().seconds(), 7200);
+        let part =
+            ExpiresAfter::from_json("x", &json!({"anchor": "created_at", "seconds": 7200.5}));
+        assert_eq!(part.unwrap_err().code, "invalid_type");
         assert_eq!(
             ExpiresAfter::from_json("x", &json!("soon"))
                 .unwrap_err()

@@ -13,6 +13,16 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    pub const ALL: [Purpose; 7] = [
+        Purpose::Assistants,
+        Purpose::Batch,
+        Purpose::BatchOutput,
+        Purpose::FineTune,
+        Purpose::Vision,
+        Purpose::UserData,
+        Purpose::Evals,
+    ];
+
     const UPLOADABLE: [Purpose; 6] = [
         Purpose::Assistants,
         Purpose::Batch,
@@ -42,6 +52,11 @@ impl Purpose {
             .ok_or_else(|| Invalid::unsupported("purpose", raw, Self::UPLOADABLE.map(Self::as_str)))
     }
 
+    /// The purposes a client may upload with, as the OpenAPI document lists them.
+    pub fn uploadable_schema() -> utoipa::openapi::schema::Object {
+        super::string_enum(Self::UPLOADABLE.map(Self::as_str))
+    }
+
     /// A purpose a client may filter a listing by (includes `batch_output`).
     pub fn parse_filter(raw: &str) -> Result<Self, Invalid> {
         if raw == Purpose::BatchOutput.as_str() {
@@ -53,6 +68,7 @@ impl Purpose {
 
 stored_as_text!(Purpose, |raw| Purpose::parse_filter(raw)
     .map_err(|e| e.message));
+text_enum!(Purpose, "Purpose", Purpose::ALL);
 
 impl TryFrom<String> for Purpose {
     type Error = String;
@@ -123,6 +139,10 @@ mod tests {
             Ok(Purpose::BatchOutput)
         );
         assert_eq!(Purpose::parse_upload("nope").unwrap_err().param, "purpose");
+        // `ALL` is what the OpenAPI document lists: each a purpose a listing accepts.
+        for p in Purpose::ALL {
+            assert_eq!(Purpose::parse_filter(p.as_str()), Ok(p));
+        }
     }
 
     fn check_split(bytes: &[u8], at: &[usize]) -> bool {

@@ -10,6 +10,15 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
 
+    /// The schema of a key, wherever it is sent.
+    pub fn schema() -> utoipa::openapi::schema::Object {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .build()
+    }
+
     fn parse(param: &str, raw: &str) -> Result<Self, Invalid> {
         if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
             return Err(Invalid::new(

@@ -6,6 +6,15 @@ use super::Invalid;
 /// not found); only ids we mint carry our prefixes.
 const MAX_ID_LEN: usize = 256;
 
+/// The schema of an id a request names (such as `input_file_id`).
+pub fn id_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .build()
+}
+
 fn parse_id(param: &str, raw: &str) -> Result<String, Invalid> {
     if raw.is_empty() {
         return Err(Invalid::new(

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 
 use super::Invalid;
 
@@ -103,6 +104,26 @@ impl Metadata {
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(&self.0).expect("string map")
+    }
+
+    /// The schema of `metadata` in a request, within OpenAI's limits (the defaults; an
+    /// operator may change them): `null` or an object of strings.
+    pub fn request_schema() -> Object {
+        let limits = MetadataLimits::default();
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .max_properties(Some(limits.max_pairs))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(limits.max_key_chars)),
+            ))
+            .additional_properties(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(limits.max_value_chars)),
+            ))
+            .build()
     }
 }
 

@@ -49,6 +49,42 @@ macro_rules! stored_as_text {
     };
 }
 
+/// A closed set of values written as their `as_str`, as the API sends and documents them:
+/// serialised with `as_str` and described in the OpenAPI document as a string enum of `$all`
+/// mapped through `as_str`. One mapping, the type's own, so the document cannot list a value
+/// the server does not send (or miss one it does).
+macro_rules! text_enum {
+    ($ty:ty, $name:literal, $all:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::domain::string_enum($all.into_iter().map(<$ty>::as_str)).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
+/// The schema of a string that is one of `values`.
+pub fn string_enum<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
 mod api_key;
 mod batch;
 mod cursor;
@@ -66,10 +102,56 @@ pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
-pub use ids::{BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME};
+pub use ids::{
+    id_schema, BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
+};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
 pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};
+
+/// A JSON number that is a whole number, as JSON Schema's `integer` (and OpenAI's API) take it:
+/// `7200` or `7200.0`, never `7200.5`. RFC 8259 gives the two spellings one meaning, and the
+/// OpenAPI 3.1 document's generators send both.
+pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
+    /// Past 2^53 a float no longer spells one integer.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let n = value.as_number()?;
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+            .map(|f| f as i64)
+    })
+}
+
+/// `whole_number` for a serde field: `#[serde(default, deserialize_with = ...)]`.
+pub fn deserialize_whole_number<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<Option<i64>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    use serde::Deserialize;
+    use serde_json::Value;
+    let value = Option::<Value>::deserialize(de)?;
+    let Some(v) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if let Some(n) = whole_number(&v) {
+        return Ok(Some(n));
+    }
+    // The words serde uses for an `i64` field, as before.
+    let unexpected = match &v {
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Unexpected::Unsigned(u),
+            (None, Some(f)) => Unexpected::Float(f),
+            _ => Unexpected::Other("number"),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+        Value::Null => Unexpected::Unit,
+    };
+    Err(D::Error::invalid_type(unexpected, &"i64"))
+}
 
 /// A client-supplied value that was rejected, with the OpenAI `param` and `code` to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,5 +201,52 @@ impl Invalid {
             "invalid_type",
             format!("Invalid type for '{param}': expected {expected}."),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::whole_number;
+
+    #[test]
+    fn whole_numbers_in_either_spelling() {
+        assert_eq!(whole_number(&json!(7200)), Some(7200));
+        assert_eq!(whole_number(&json!(7200.0)), Some(7200));
+        assert_eq!(whole_number(&json!(-3.0)), Some(-3));
+        for not in [
+            json!(7200.5),
+            json!("7200"),
+            json!(null),
+            json!(1e300),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(whole_number(&not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn a_field_of_whole_numbers_reads_as_an_i64_field_did() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "super::deserialize_whole_number")]
+            n: Option<i64>,
+        }
+        let read = |text: &str| serde_json::from_str::<Body>(text).map(|b| b.n);
+        assert_eq!(read(r#"{"n": 60}"#).unwrap(), Some(60));
+        assert_eq!(read(r#"{"n": 60.0}"#).unwrap(), Some(60));
+        assert_eq!(read(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(read("{}").unwrap(), None);
+        let e = read(r#"{"n": 1.5}"#).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid type: floating point `1.5`, expected i64"),
+            "{e}"
+        );
+        let e = read(r#"{"n": "60"}"#).unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"invalid type: string "60", expected i64"#),
+            "{e}"
+        );
     }
 }

@@ -1,10 +1,15 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::{Array, ArrayBuilder, ObjectBuilder, SchemaType, Type};
 
 use super::{BatchId, Invalid};
 
 /// Error codes or statuses a filter may name, at most.
 const MAX_VALUES: usize = 64;
+/// The longest error code a filter may name, in characters.
+const MAX_CODE_CHARS: usize = 128;
+/// The status codes a filter may name.
+const STATUS_CODES: std::ops::RangeInclusive<u64> = 100..=599;
 
 /// Which failed lines of an ended batch `POST /v1/batches/{id}/retry` runs again: all of them
 /// when both lists are empty, else those whose `error.code` is in `error_codes` or whose
@@ -35,7 +40,7 @@ impl RetryFilter {
         let mut codes = Vec::new();
         for (i, v) in list("error_codes", error_codes)?.into_iter().enumerate() {
             match v.as_str() {
-                Some(s) if !s.is_empty() && s.chars().count() <= 128 => codes.push(s.to_owned()),
+                Some(s) if !s.is_empty() && s.chars().count() <= MAX_CODE_CHARS => codes.push(s.to_owned()),
                 _ => {
                     return Err(Invalid::new(
                         format!("error_codes[{i}]"),
@@ -47,7 +52,8 @@ impl RetryFilter {
         }
         let mut statuses = Vec::new();
         for (i, v) in list("status_codes", status_codes)?.into_iter().enumerate() {
-            match v.as_u64().filter(|n| (100..=599).contains(n)) {
+            let n = super::whole_number(&v).and_then(|n| u64::try_from(n).ok());
+            match n.filter(|n| STATUS_CODES.contains(n)) {
                 Some(n) => statuses.push(n as u16),
                 None => {
                     return Err(Invalid::new(
@@ -66,6 +72,36 @@ impl RetryFilter {
             error_codes: codes,
             status_codes: statuses,
         })
+    }
+
+    /// The schema of `error_codes` in a retry request: `null` or a list of error codes.
+    pub fn error_codes_schema() -> Array {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .max_items(Some(MAX_VALUES))
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_CODE_CHARS))
+                    .build(),
+            )
+            .build()
+    }
+
+    /// The schema of `status_codes` in a retry request: `null` or a list of HTTP statuses.
+    pub fn status_codes_schema() -> Array {
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .max_items(Some(MAX_VALUES))
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(*STATUS_CODES.start()))
+                    .maximum(Some(*STATUS_CODES.end()))
+                    .build(),
+            )
+            .build()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,6 +142,12 @@ mod tests {
         assert!(f.matches(None, Some(429)));
         assert!(!f.matches(Some("c"), Some(400)));
         assert!(RetryFilter::default().matches(None, None));
+        // 500.0 is the number 500 (JSON Schema's integer admits it).
+        let whole = RetryFilter::from_json(&Value::Null, &json!([500.0, 429])).unwrap();
+        assert_eq!(
+            whole,
+            RetryFilter::from_json(&Value::Null, &json!([429, 500])).unwrap()
+        );
         let none = RetryFilter::from_json(&Value::Null, &Value::Null).unwrap();
         assert!(none.is_empty());
     }
@@ -117,6 +159,7 @@ mod tests {
             (json!([1]), Value::Null, "error_codes[0]"),
             (json!([""]), Value::Null, "error_codes[0]"),
             (Value::Null, json!([200, 99]), "status_codes[1]"),
+            (Value::Null, json!([500.5]), "status_codes[0]"),
             (Value::Null, json!(["500"]), "status_codes[0]"),
             (Value::Null, json!(500), "status_codes"),
             (

@@ -47,6 +47,7 @@ impl EventType {
 
 stored_as_text!(EventType, |raw| EventType::parse("event_type", raw)
     .map_err(|e| e.message));
+text_enum!(EventType, "EventType", EventType::ALL);
 
 /// A non-empty set of event types, in a stable order without duplicates. Absent means all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +99,24 @@ const MAX_URL_LEN: usize = 2048;
 pub struct WebhookUrl(reqwest::Url);
 
 impl WebhookUrl {
+    /// The schema of `url` when an endpoint is registered. The pattern (a public-looking host
+    /// name) describes the URLs that are surely accepted, for generators; `parse` decides.
+    pub fn request_schema() -> utoipa::openapi::schema::Object {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "An http or https URL the events are POSTed to. Literal addresses and host names \
+                 such as `localhost` that name a loopback, private, link-local or other non-public \
+                 address are refused (400), unless the operator sets \
+                 webhooks.allow_private_networks.",
+            ))
+            .pattern(Some(
+                r"^https?://[a-z0-9]+(\.[a-z0-9]+)*\.[a-z]{2,}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]*)*$",
+            ))
+            .max_length(Some(MAX_URL_LEN))
+            .build()
+    }
+
     pub fn parse(raw: &str, allow_private: bool) -> Result<Self, Invalid> {
         let bad = |msg: String| Invalid::new("url", "invalid_value", msg);
         if raw.is_empty() || raw.len() > MAX_URL_LEN {

@@ -20,6 +20,7 @@ mod idempotency;
 mod live_results;
 mod memory;
 mod models;
+mod openapi;
 mod poison;
 mod replicas;
 mod retry;
