@@ -28,6 +28,8 @@
 #   BENCH_CEIL_CPU_US=250   fake-upstream --cpu-us for the ceiling run (0 skips the run)
 #   BENCH_CEIL_LINES=20000  lines of the ceiling run
 #   BENCH_FLUSH_MS          worker.flush_interval_ms of every run's replicas (default: the server's)
+#   BENCH_REPLICA_ENV       extra NAME=VALUE settings for the replicas only, space-separated
+#                           (e.g. "TOKIO_WORKER_THREADS=1 OPENBATCH__SERVER__WORKERS=1")
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
@@ -192,6 +194,7 @@ start_replicas() {
     PORTS=()
     for i in $(seq 1 "$BENCH_REPLICAS"); do PORTS+=("$(pg_free_port)"); done
     for i in "${!PORTS[@]}"; do
+        # shellcheck disable=SC2086 # BENCH_REPLICA_ENV is split into settings on purpose
         env OPENBATCH__SERVER__HOST=127.0.0.1 \
             OPENBATCH__SERVER__PORT="${PORTS[$i]}" \
             OPENBATCH__DATABASE__URL="$DB_URL" \
@@ -200,6 +203,7 @@ start_replicas() {
             OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
             "${FLUSH_ENV[@]}" \
             RUST_LOG=warn \
+            ${BENCH_REPLICA_ENV:-} \
             "$BIN" serve >"$WORK/replica-$run-$i.log" 2>&1 &
         REPLICA_PIDS+=($!)
     done

@@ -124,6 +124,10 @@ fn default_upstream_in_flight() -> usize {
 pub struct WorkerSettings {
     /// Run batch workers in this process (an API-only replica sets false).
     pub enabled: bool,
+    /// Threads of the runtime that runs the engine, the maintainer and webhook deliveries (the
+    /// API has its own: `server.workers`). One is enough for ~10,000 lines/s, and costs less
+    /// CPU per line than several, which wake each other for every line (see README).
+    pub threads: usize,
     /// Lines in flight per replica, across all upstreams. A line's slot is freed only once its
     /// result is stored, so a replica that dies loses at most this many executions.
     pub max_in_flight: usize,
@@ -315,6 +319,7 @@ impl Settings {
             )?
             .set_default("database.reindex_slack_bytes", 1024 * 1024)?
             .set_default("worker.enabled", true)?
+            .set_default("worker.threads", 1)?
             .set_default("worker.max_in_flight", 64)?
             .set_default("worker.chunk_lines", 256)?
             .set_default("worker.chunk_bytes", 1024 * 1024)?
@@ -414,8 +419,8 @@ impl Settings {
         );
         let w = &self.worker;
         anyhow::ensure!(
-            w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
-            "OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
+            w.threads >= 1 && w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
+            "OPENBATCH__WORKER__THREADS, OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
         );
         anyhow::ensure!(
             w.max_idle_claims >= 1,
@@ -605,6 +610,18 @@ mod tests {
             err.contains("OPENBATCH__DATABASE__MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_engine_runs_on_one_thread_unless_told_otherwise() {
+        assert_eq!(load(&[]).unwrap().worker.threads, 1);
+        let s = load(&[("OPENBATCH__WORKER__THREADS", "4")]).unwrap();
+        assert_eq!(s.worker.threads, 4);
+        let err = format!(
+            "{:#}",
+            load(&[("OPENBATCH__WORKER__THREADS", "0")]).unwrap_err()
+        );
+        assert!(err.contains("OPENBATCH__WORKER__THREADS"), "{err}");
     }
 
     #[test]

@@ -79,27 +79,46 @@ enum KeysCommand {
     Revoke { prefix: String },
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     return_freed_memory_at_once();
-    if let Err(e) = run().await {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Client commands never read the server's settings: they talk to a server over HTTP.
+    let result = match command {
+        Command::Submit(args) => client(openbatch::cli::submit(args)),
+        Command::Batches(args) => client(openbatch::cli::batches(args)),
+        Command::Files(args) => client(openbatch::cli::files(args)),
+        Command::Webhooks(args) => client(openbatch::cli::webhooks(args)),
+        server => Settings::load().and_then(|settings| {
+            runtime(Some(settings.worker.threads))?.block_on(run(server, settings))
+        }),
+    };
+    if let Err(e) = result {
         eprintln!("openbatch: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
-    // Client commands never read the server's settings: they talk to a server over HTTP.
-    let command = match command {
-        Command::Submit(args) => std::process::exit(openbatch::cli::submit(args).await?),
-        Command::Batches(args) => std::process::exit(openbatch::cli::batches(args).await?),
-        Command::Files(args) => std::process::exit(openbatch::cli::files(args).await?),
-        Command::Webhooks(args) => std::process::exit(openbatch::cli::webhooks(args).await?),
-        server => server,
-    };
-    let mut settings = Settings::load()?;
+/// Runs a client command and exits with its status.
+fn client(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<()> {
+    let code = runtime(None)?.block_on(work)?;
+    std::process::exit(code)
+}
+
+/// The process's runtime: `threads` workers for the server (`worker.threads`), tokio's default
+/// (one per core) for a client.
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     let _telemetry = openbatch::telemetry::init(&settings.log, &settings.telemetry)?;
     // First run on a laptop: no URL configured and nothing on 127.0.0.1:5432 starts a private
     // PostgreSQL, stopped when this returns.
@@ -121,7 +140,7 @@ async fn run() -> anyhow::Result<()> {
             keys(&pool, command).await
         }
         Command::Submit(_) | Command::Batches(_) | Command::Files(_) | Command::Webhooks(_) => {
-            unreachable!("client commands return above")
+            unreachable!("client commands are run by main")
         }
     }
 }
