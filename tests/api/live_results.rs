@@ -31,6 +31,44 @@ fn input() -> Vec<u8> {
     to_jsonl(&lines)
 }
 
+/// One replica running [`input`]: the quick lines and the 400s are done, the hanging ones
+/// are not. Fields drop in order: the replica stops before its database is dropped.
+struct Running {
+    app: TestApp,
+    id: String,
+    _replicas: Vec<crate::helpers::Replica>,
+    _db: TestDb,
+    _upstream: FakeUpstream,
+}
+
+impl Running {
+    async fn start() -> Self {
+        let upstream = FakeUpstream::start(&[]);
+        let db = TestDb::new();
+        let mut env = engine_env(&upstream, &[]);
+        env.extend([
+            ("OPENBATCH__UPSTREAM__TIMEOUT_SECS", "12"),
+            ("OPENBATCH__WORKER__RETRY_BASE_MS", "50"),
+            ("OPENBATCH__WORKER__CHUNK_LINES", "8"),
+        ]);
+        let replicas = start_replicas_with(1, &db.url, &env).await;
+        let app = TestApp::connect(&replicas[0].address, &db.url).await;
+        let id = app.submit("/v1/chat/completions", input()).await;
+        app.wait_until(&id, |b| {
+            let c = &b["request_counts"];
+            c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 33
+        })
+        .await;
+        Running {
+            app,
+            id,
+            _replicas: replicas,
+            _db: db,
+            _upstream: upstream,
+        }
+    }
+}
+
 /// The records of one call, and the headers that matter.
 #[derive(Debug)]
 struct Page {
@@ -99,25 +137,9 @@ fn check_record(r: &Value) {
 
 #[tokio::test]
 async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
-    let upstream = FakeUpstream::start(&[]);
-    let db = TestDb::new();
-    let mut env = engine_env(&upstream, &[]);
-    env.extend([
-        ("OPENBATCH__UPSTREAM__TIMEOUT_SECS", "12"),
-        ("OPENBATCH__WORKER__RETRY_BASE_MS", "50"),
-        ("OPENBATCH__WORKER__CHUNK_LINES", "8"),
-    ]);
-    let replicas = start_replicas_with(1, &db.url, &env).await;
-    let app = TestApp::connect(&replicas[0].address, &db.url).await;
-    let id = app.submit("/v1/chat/completions", input()).await;
-
-    // The quick lines and the 400s are done; the hanging ones are not.
-    app.wait_until(&id, |b| {
-        let c = &b["request_counts"];
-        c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 33
-    })
-    .await;
-    let first = results(&app, &id, None).await;
+    let run = Running::start().await;
+    let (app, id) = (&run.app, &run.id);
+    let first = results(app, id, None).await;
     assert_eq!(first.status, "in_progress");
     assert!(!first.complete);
     let lines: Vec<u64> = first
@@ -143,7 +165,7 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
 
     // Resuming from any record's cursor gives exactly the records after it.
     let cut = &first.records[10]["cursor"];
-    let rest = results(&app, &id, cut.as_str()).await;
+    let rest = results(app, id, cut.as_str()).await;
     let mut seen: Vec<Value> = first.records[..11].to_vec();
     seen.extend(rest.records.iter().cloned());
     let mut live_cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
@@ -152,7 +174,7 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
     // batch's end wherever it falls: each line exactly once.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let page = results(&app, &id, Some(&live_cursor)).await;
+        let page = results(app, id, Some(&live_cursor)).await;
         if let Some(last) = page.records.last() {
             live_cursor = last["cursor"].as_str().unwrap().to_owned();
         }
@@ -164,7 +186,7 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
         assert!(Instant::now() < deadline, "batch stuck");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ended = app.batch(&id).await;
+    let ended = app.batch(id).await;
     let mut by_line = BTreeMap::new();
     for r in &seen {
         check_record(r);
@@ -181,12 +203,12 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
         (1..=LINES as u64).collect::<Vec<_>>(),
         "every line, none lost"
     );
-    let end = results(&app, &id, Some(&live_cursor)).await;
+    let end = results(app, id, Some(&live_cursor)).await;
     assert!(end.complete && end.records.is_empty(), "{end:?}");
 
     // From the start: every line, in input order, each exactly as its file holds it, and the
     // records served while it ran were those same file lines.
-    let all = results(&app, &id, None).await;
+    let all = results(app, id, None).await;
     assert!(all.complete);
     assert_eq!(all.status, "completed");
     let numbers: Vec<u64> = all
@@ -211,7 +233,7 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
     }
 
     // Resuming the file-backed stream: the rest, with no gap and no repeat.
-    let tail = results(&app, &id, all.records[24]["cursor"].as_str()).await;
+    let tail = results(app, id, all.records[24]["cursor"].as_str()).await;
     assert!(tail.complete);
     let tail_lines: Vec<u64> = tail
         .records
@@ -219,9 +241,9 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
         .map(|r| r["line"].as_u64().unwrap())
         .collect();
     assert_eq!(tail_lines, (26..=LINES as u64).collect::<Vec<_>>());
-    let end = results(&app, &id, all.records.last().unwrap()["cursor"].as_str()).await;
+    let end = results(app, id, all.records.last().unwrap()["cursor"].as_str()).await;
     assert!(end.complete && end.records.is_empty());
-    drop(replicas);
+    drop(run);
 }
 
 fn lines_of(records: &[Value]) -> Vec<u64> {
@@ -256,32 +278,18 @@ fn unread(total: u64, read: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_live_cursor_gets_exactly_the_unread_lines_once_the_batch_has_ended() {
-    let upstream = FakeUpstream::start(&[]);
-    let db = TestDb::new();
-    let mut env = engine_env(&upstream, &[]);
-    env.extend([
-        ("OPENBATCH__UPSTREAM__TIMEOUT_SECS", "12"),
-        ("OPENBATCH__WORKER__RETRY_BASE_MS", "50"),
-        ("OPENBATCH__WORKER__CHUNK_LINES", "8"),
-    ]);
-    let replicas = start_replicas_with(1, &db.url, &env).await;
-    let app = TestApp::connect(&replicas[0].address, &db.url).await;
-    let id = app.submit("/v1/chat/completions", input()).await;
-    app.wait_until(&id, |b| {
-        let c = &b["request_counts"];
-        c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 33
-    })
-    .await;
-    let live = results(&app, &id, None).await;
+    let run = Running::start().await;
+    let (app, id) = (&run.app, &run.id);
+    let live = results(app, id, None).await;
     assert!(!live.complete);
     assert!(live.records.len() > 11, "{live:?}");
-    app.wait_for(&id, &["completed"]).await;
-    assert_eq!(live_orders(&app, &id).await, 1, "the served order is kept");
+    app.wait_for(id, &["completed"]).await;
+    assert_eq!(live_orders(app, id).await, 1, "the served order is kept");
 
     // Part of the live stream read: the rest, in input order, with the lines the files wrote
     // after it.
     let cut = &live.records[..11];
-    let rest = results(&app, &id, Some(&cursor_of(&cut[10]))).await;
+    let rest = results(app, id, Some(&cursor_of(&cut[10]))).await;
     assert!(rest.complete);
     assert_eq!(rest.status, "completed");
     assert_eq!(lines_of(&rest.records), unread(LINES as u64, cut));
@@ -289,7 +297,7 @@ async fn a_live_cursor_gets_exactly_the_unread_lines_once_the_batch_has_ended() 
 
     // Resuming mid-way through those pages: exactly what follows.
     for k in [0, rest.records.len() / 2, rest.records.len() - 1] {
-        let tail = results(&app, &id, Some(&cursor_of(&rest.records[k]))).await;
+        let tail = results(app, id, Some(&cursor_of(&rest.records[k]))).await;
         assert!(tail.complete);
         assert_eq!(lines_of(&tail.records), lines_of(&rest.records[k + 1..]));
         for (a, b) in tail.records.iter().zip(&rest.records[k + 1..]) {
@@ -298,20 +306,20 @@ async fn a_live_cursor_gets_exactly_the_unread_lines_once_the_batch_has_ended() 
     }
 
     // All of the live stream read: only the lines finished after it.
-    let rest = results(&app, &id, Some(&cursor_of(live.records.last().unwrap()))).await;
+    let rest = results(app, id, Some(&cursor_of(live.records.last().unwrap()))).await;
     assert!(rest.complete);
     assert_eq!(lines_of(&rest.records), unread(LINES as u64, &live.records));
 
     // A batch that ended without its served order kept (by an earlier version): its live
     // cursors are refused, never half-honoured; a cursor from the files still works.
-    let from_files = results(&app, &id, None).await;
+    let from_files = results(app, id, None).await;
     sqlx::query("DELETE FROM batch_live_order WHERE batch_id = $1")
-        .bind(&id)
+        .bind(id)
         .execute(&app.pool)
         .await
         .unwrap();
     for cursor in [cursor_of(&cut[10]), cursor_of(&rest.records[0])] {
-        let (status, err) = try_results(&app, &id, Some(&cursor)).await.unwrap_err();
+        let (status, err) = try_results(app, id, Some(&cursor)).await.unwrap_err();
         assert_eq!(
             (status, &err["code"]),
             (400, &json!("cursor_expired")),
@@ -319,12 +327,12 @@ async fn a_live_cursor_gets_exactly_the_unread_lines_once_the_batch_has_ended() 
         );
         assert_eq!(err["param"], "after");
     }
-    let tail = results(&app, &id, Some(&cursor_of(&from_files.records[29]))).await;
+    let tail = results(app, id, Some(&cursor_of(&from_files.records[29]))).await;
     assert_eq!(
         lines_of(&tail.records),
         (31..=LINES as u64).collect::<Vec<_>>()
     );
-    drop(replicas);
+    drop(run);
 }
 
 #[tokio::test]
