@@ -29,7 +29,7 @@
 #   BENCH_CEIL_LINES=20000  lines of the ceiling run
 #   BENCH_FLUSH_MS          worker.flush_interval_ms of every run's replicas (default: the server's)
 #   BENCH_REPLICA_ENV       extra NAME=VALUE settings for the replicas only, space-separated
-#                           (e.g. "TOKIO_WORKER_THREADS=1 OPENBATCH__SERVER__WORKERS=1")
+#                           (e.g. "OPENBATCH__WORKER__THREADS=2 OPENBATCH__SERVER__WORKERS=1")
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
