@@ -325,7 +325,7 @@ impl Settings {
             .set_default("worker.chunk_bytes", 1024 * 1024)?
             .set_default("worker.lease_secs", 30)?
             .set_default("worker.poll_interval_ms", 250)?
-            .set_default("worker.flush_interval_ms", 10)?
+            .set_default("worker.flush_interval_ms", 50)?
             .set_default("worker.max_attempts", 5)?
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?

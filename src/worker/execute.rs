@@ -509,7 +509,9 @@ async fn contain_panic(work: impl std::future::Future<Output = Outcome>) -> Outc
 /// load. `flush_interval_ms` adds a wait of up to that long for stragglers while lines are at
 /// the upstream (none are: nothing can arrive, so a lone line is written at once), which makes
 /// groups several times larger — a fraction of the database's CPU per line — at no cost to the
-/// upstream, since a finished line's slot is already free. A failed write (database restarting)
+/// upstream, since a finished line's slot is already free. The wait ends early once
+/// `max_in_flight` results are gathered: past that, the lines waiting to be stored would use up
+/// the `unstored` budget and hold back new lines. A failed write (database restarting)
 /// is retried with the results kept; the unstored lines' permits stay taken meanwhile, so the
 /// replica stops claiming instead of piling up work.
 async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>, limits: Arc<Limits>) {
@@ -522,7 +524,14 @@ async fn flush(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Done>, limits: Arc<Limits>)
         while buf.len() < MAX_FLUSH && bytes < MAX_FLUSH_BYTES {
             let next = match rx.try_recv() {
                 Ok(d) => d,
-                Err(_) if window.is_zero() || bytes >= WAIT_FLUSH_BYTES || limits.idle() => break,
+                Err(_)
+                    if window.is_zero()
+                        || bytes >= WAIT_FLUSH_BYTES
+                        || buf.len() >= limits.max_in_flight
+                        || limits.idle() =>
+                {
+                    break
+                }
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(d)) => d,
                     Ok(None) | Err(_) => break,
