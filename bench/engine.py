@@ -86,6 +86,33 @@ def http_json(method, url, body=None, timeout=60):
         return e.code, e.read().decode(errors="replace")
 
 
+class KeepAlive:
+    """GETs over one kept-alive connection: polling 20 times a second with a new connection
+    each time cost this client (and the replica accepting it) CPU that the CPU-bound ceiling
+    run takes from the upstream."""
+
+    def __init__(self, base):
+        import http.client
+        import urllib.parse
+        u = urllib.parse.urlsplit(base)
+        self.prefix = u.path.rstrip("/")
+        self.new = lambda: http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        self.conn = self.new()
+
+    def get(self, path):
+        for attempt in (1, 2):
+            try:
+                self.conn.request("GET", self.prefix + path)
+                r = self.conn.getresponse()
+                body = r.read()
+                return r.status, (json.loads(body) if r.status == 200 else body.decode(errors="replace"))
+            except (OSError, ConnectionError) as e:
+                self.conn.close()
+                self.conn = self.new()
+                if attempt == 2:
+                    return 599, str(e)
+
+
 def curl(args):
     """Runs curl; returns (http_code, seconds) from its -w output."""
     out = subprocess.run(["curl", "-sS", "-w", "%{http_code} %{time_total}", *args],
@@ -352,6 +379,7 @@ def cmd_run(a):
         die(f"create batch answered HTTP {code}: {str(batch)[:500]}")
     bid = batch["id"]
     log(f"{a.label}: batch {bid} created; polling every {a.poll}s")
+    poller = KeepAlive(api)
     seen = {}          # status -> seconds since create when first seen
     t_all_done = None  # first poll where request_counts add up to the total
     last_log = 0.0
@@ -360,7 +388,7 @@ def cmd_run(a):
         now = time.monotonic() - t0
         if sampler.gone:
             die(sampler.gone)
-        code, batch = http_json("GET", f"{api}/batches/{bid}")
+        code, batch = poller.get(f"/batches/{bid}")
         if code != 200:
             die(f"GET batch answered HTTP {code}: {str(batch)[:500]}")
         st = batch["status"]
@@ -545,6 +573,7 @@ def cmd_report(a):
         if c:
             print(f"CPU while executing: replicas {' + '.join(f'{x:.2f}' for x in c['replica_cores'])},"
                   f" PostgreSQL {c['pg_bench_db_cores']:.2f}, upstream {c['fake_cores']:.2f},"
+                  f" this client {c['client_cores']:.2f},"
                   f" of {c['machine_cores']:.0f} cores ({c['machine_busy_cores']:.2f} busy)")
         if ceiling["upstream_total"] != ceiling["lines"]:
             print(f"ENGINE BENCH: {ceiling['upstream_total']} executions for {ceiling['lines']} lines", file=sys.stderr)

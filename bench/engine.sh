@@ -270,7 +270,7 @@ if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
     wrk -t2 -c64 -d10s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$WORK/wrk-ceil.txt" ||
         die "wrk against the upstream failed"
     python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_CEIL_LINES" --out "$WORK/ceil.jsonl" >/dev/null
-    run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID" --poll 0.05 --warmup 1000
+    run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID" --poll ${BENCH_CEIL_POLL:-0.05} --warmup 1000
     CEIL_ARGS=(--ceiling "$WORK/ceiling.json" --wrk "$WORK/wrk-ceil.txt")
 fi
 ELAPSED=$(($(date +%s) - START))
