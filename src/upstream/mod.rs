@@ -2,6 +2,7 @@
 //! limit per upstream, a timeout per attempt, and retries with backoff for transient failures;
 //! and, for validation, which models each upstream serves (`models`).
 
+mod client;
 mod models;
 mod retry;
 
@@ -9,10 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::HeaderMap;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
+
+use client::SendError;
 
 use crate::config::{Secret, Settings, UpstreamSettings};
 pub use retry::RetryPolicy;
@@ -22,8 +25,10 @@ pub struct Upstream {
     pub name: String,
     base_url: String,
     /// The URL of each batch endpoint, parsed once rather than per request.
-    urls: Vec<(&'static str, reqwest::Url)>,
+    uris: Vec<(&'static str, http::Uri)>,
     api_key: Option<Secret>,
+    /// `authorization()`, built once.
+    auth: Option<reqwest::header::HeaderValue>,
     timeout: Duration,
     max_response_bytes: usize,
     limit: Semaphore,
@@ -34,24 +39,27 @@ pub struct Upstream {
 impl Upstream {
     fn new(name: &str, s: &UpstreamSettings) -> Self {
         let base_url = s.base_url.trim_end_matches('/').to_owned();
-        let urls = crate::domain::Endpoint::ALL
+        let uris = crate::domain::Endpoint::ALL
             .iter()
             .filter_map(|e| {
-                let url = join(&base_url, e.as_str()).parse().ok()?;
-                Some((e.as_str(), url))
+                let uri = join(&base_url, e.as_str()).parse().ok()?;
+                Some((e.as_str(), uri))
             })
             .collect();
-        Self {
+        let mut upstream = Self {
             name: name.to_owned(),
             base_url,
-            urls,
+            uris,
             api_key: s.api_key.clone().filter(|k| !k.expose().is_empty()),
+            auth: None,
             timeout: Duration::from_secs(s.timeout_secs),
             max_response_bytes: s.max_response_bytes,
             limit: Semaphore::new(s.max_in_flight),
             models: s.models.clone(),
             catalogue: models::Catalogue::default(),
-        }
+        };
+        upstream.auth = upstream.authorization();
+        upstream
     }
 
     /// `Bearer <key>`, marked sensitive so that no debug output or HTTP/2 header table holds
@@ -78,15 +86,14 @@ impl Upstream {
     }
 
     fn url(&self, endpoint: &str) -> String {
-        match self.urls.iter().find(|(e, _)| *e == endpoint) {
-            Some((_, url)) => url.to_string(),
-            None => join(&self.base_url, endpoint),
-        }
+        join(&self.base_url, endpoint)
     }
 
-    fn parsed_url(&self, endpoint: &str) -> Option<reqwest::Url> {
-        let (_, url) = self.urls.iter().find(|(e, _)| *e == endpoint)?;
-        Some(url.clone())
+    fn uri(&self, endpoint: &str) -> Result<http::Uri, http::uri::InvalidUri> {
+        match self.uris.iter().find(|(e, _)| *e == endpoint) {
+            Some((_, uri)) => Ok(uri.clone()),
+            None => self.url(endpoint).parse(),
+        }
     }
 }
 
@@ -120,7 +127,10 @@ impl Outcome {
 }
 
 pub struct Upstreams {
+    /// For the model listings.
     client: reqwest::Client,
+    /// For batch lines.
+    lines: client::LineClient,
     default: Upstream,
     routes: Vec<Upstream>,
     retry: RetryPolicy,
@@ -154,6 +164,7 @@ impl Upstreams {
         }
         Ok(Arc::new(Self {
             client,
+            lines: client::LineClient::new().context("building the upstream HTTP client")?,
             default: Upstream::new("default", &settings.upstream),
             routes,
             retry: RetryPolicy::from_settings(&settings.worker),
@@ -240,30 +251,28 @@ impl Upstreams {
         body: &bytes::Bytes,
         traceparent: &str,
     ) -> (Outcome, Option<Duration>) {
-        let req = match upstream.parsed_url(endpoint) {
-            Some(url) => self.client.post(url),
-            None => self.client.post(upstream.url(endpoint)),
+        let uri = match upstream.uri(endpoint) {
+            Ok(uri) => uri,
+            Err(e) => return (transport_failure(&SendError::Transport(e.into())), None),
         };
-        let mut req = req
-            .timeout(upstream.timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .header("traceparent", traceparent)
-            .body(body.clone());
-        if let Some(auth) = upstream.authorization() {
-            req = req.header(AUTHORIZATION, auth);
-        }
-        let res = match req.send().await {
-            Ok(res) => res,
+        let answer = self
+            .lines
+            .post(
+                uri,
+                body.clone(),
+                traceparent,
+                upstream.auth.as_ref(),
+                upstream.timeout,
+                upstream.max_response_bytes,
+            )
+            .await;
+        let (status, headers, bytes) = match answer {
+            Ok(a) => (a.status, a.headers, a.body),
+            Err(SendError::TooLarge) => return (too_large(upstream.max_response_bytes), None),
             Err(e) => return (transport_failure(&e), None),
         };
-        let status = res.status().as_u16();
-        let retry_after = retry::retry_after(res.headers());
-        let request_id = header_str(res.headers(), "x-request-id");
-        let bytes = match read_capped(res, upstream.max_response_bytes).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return (too_large(upstream.max_response_bytes), None),
-            Err(e) => return (transport_failure(&e), None),
-        };
+        let retry_after = retry::retry_after(&headers);
+        let request_id = header_str(&headers, "x-request-id");
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
             Ok(v) if v.get().starts_with('{') => v,
             _ if (200..300).contains(&status) => {
@@ -306,27 +315,6 @@ fn too_large(limit: usize) -> Outcome {
     }
 }
 
-/// The body, read a piece at a time and abandoned (`None`) as soon as it passes `limit`: one
-/// huge answer, times the lines in flight, must not take the replica's memory. A declared
-/// `Content-Length` over the limit is refused before anything is read.
-async fn read_capped(
-    mut res: reqwest::Response,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let declared = res.content_length().unwrap_or(0);
-    if declared > limit as u64 {
-        return Ok(None);
-    }
-    let mut body = Vec::with_capacity(declared as usize);
-    while let Some(piece) = res.chunk().await? {
-        if body.len() + piece.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&piece);
-    }
-    Ok(Some(body))
-}
-
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -347,14 +335,16 @@ fn non_json_message(bytes: &[u8]) -> String {
 }
 
 /// The error file is read by tenants: it gets a generic message, never the upstream's URL or
-/// address (reqwest's messages name them). The detail goes to the server's log.
-fn transport_failure(e: &reqwest::Error) -> Outcome {
-    tracing::warn!(
-        error = error_chain(e),
-        timeout = e.is_timeout(),
-        "upstream call failed"
-    );
-    if e.is_timeout() {
+/// address (the HTTP stack's messages name them). The detail goes to the server's log.
+fn transport_failure(e: &SendError) -> Outcome {
+    let timeout = matches!(e, SendError::Timeout);
+    match e {
+        SendError::Transport(e) => {
+            tracing::warn!(error = error_chain(e.as_ref()), "upstream call failed")
+        }
+        _ => tracing::warn!(timeout, "upstream call failed"),
+    }
+    if timeout {
         Outcome::Failure {
             code: "upstream_timeout",
             message: "The upstream did not answer in time.".to_owned(),
