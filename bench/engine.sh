@@ -30,6 +30,8 @@
 #   BENCH_FLUSH_MS          worker.flush_interval_ms of every run's replicas (default: the server's)
 #   BENCH_REPLICA_ENV       extra NAME=VALUE settings for the replicas only, space-separated
 #                           (e.g. "OPENBATCH__WORKER__THREADS=2 OPENBATCH__SERVER__WORKERS=1")
+#   BENCH_BIN               the openbatch binary to measure (default: this checkout's release
+#                           build), e.g. a copy of another commit's for a paired comparison
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
@@ -122,7 +124,7 @@ PSQL=$(pg_tool psql) || die "psql not found"
 # --- build ----------------------------------------------------------------------------------------
 log "cargo build --release --bins"
 SQLX_OFFLINE=${SQLX_OFFLINE:-true} cargo build --release --bins || die "release build failed"
-BIN=$ROOT/target/release/openbatch
+BIN=${BENCH_BIN:-$ROOT/target/release/openbatch}
 FAKE=$ROOT/target/release/fake-upstream
 if [ ! -x "$BIN" ] || [ ! -x "$FAKE" ]; then die "release binaries missing after build"; fi
 

@@ -371,10 +371,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// A W3C `traceparent` whose trace id is derived from the batch, so every upstream call of one
 /// batch lands in one trace.
 pub fn traceparent_for(batch_id: &str) -> String {
+    traceparent_in(&trace_id_for(batch_id))
+}
+
+/// The trace id `traceparent_for` uses, to be computed once per batch rather than per line.
+pub fn trace_id_for(batch_id: &str) -> String {
     use sha2::{Digest, Sha256};
-    let trace = Sha256::digest(batch_id.as_bytes());
+    hex::encode(&Sha256::digest(batch_id.as_bytes())[..16])
+}
+
+/// A `traceparent` in the trace `trace_id` (from `trace_id_for`), with a new span id.
+pub fn traceparent_in(trace_id: &str) -> String {
     let span: [u8; 8] = rand::random();
-    format!("00-{}-{}-01", hex::encode(&trace[..16]), hex::encode(span))
+    format!("00-{trace_id}-{}-01", hex::encode(span))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::{sleep_or_stop, Ctx};
 use crate::domain::{Endpoint, ProjectId};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
-use crate::upstream::{traceparent_for, Outcome};
+use crate::upstream::{trace_id_for, traceparent_in, Outcome};
 
 /// Most results written in one statement.
 const MAX_FLUSH: usize = 256;
@@ -36,6 +36,8 @@ pub(super) struct Running {
     project_id: ProjectId,
     endpoint: Endpoint,
     trace_context: Option<String>,
+    /// The trace id of upstream calls when tracing is off (`trace_id_for` the batch).
+    trace_id: String,
     /// False once nothing more of it may start: its batch is being cancelled, or the claim was
     /// lost. Lines already in flight still finish (and are written only if the claim holds).
     live: AtomicBool,
@@ -317,6 +319,7 @@ async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<Option<Vec<L
         project_id: c.project_id.clone(),
         endpoint: c.endpoint,
         trace_context: c.trace_context.clone(),
+        trace_id: trace_id_for(c.batch_id.as_str()),
         live: AtomicBool::new(true),
         outstanding: AtomicUsize::new(0),
     });
@@ -454,7 +457,7 @@ async fn execute_line(
         async {
             // Upstream calls carry this trace when tracing is on, else one trace id per batch.
             let traceparent = crate::telemetry::traceparent(&tracing::Span::current())
-                .unwrap_or_else(|| traceparent_for(batch_id));
+                .unwrap_or_else(|| traceparent_in(&line.chunk.trace_id));
             ctx.upstreams
                 .execute(
                     line.chunk.endpoint.as_str(),

@@ -9,8 +9,16 @@ use crate::upstream::Outcome;
 
 /// A stable id per line, so a finalization that is redone after a crash writes the same file.
 pub fn line_id(batch_id: &str, line: i32) -> String {
-    let digest = Sha256::digest(format!("{batch_id}/{line}").as_bytes());
-    format!("batch_req_{}", hex::encode(&digest[..16]))
+    let mut digits = itoa::Buffer::new();
+    let digest = Sha256::new()
+        .chain_update(batch_id)
+        .chain_update("/")
+        .chain_update(digits.format(line))
+        .finalize();
+    let mut id = String::with_capacity(10 + 32);
+    id.push_str("batch_req_");
+    id.push_str(&hex::encode(&digest[..16]));
+    id
 }
 
 #[derive(Serialize)]
@@ -53,22 +61,36 @@ pub fn render(batch_id: &str, line: i32, custom_id: &str, outcome: &Outcome) -> 
         ),
         Outcome::Failure { code, message } => (None, Some(Failure { code, message })),
     };
-    serde_json::to_string(&FileLine {
-        id: line_id(batch_id, line),
-        custom_id,
-        response,
-        error,
-    })
-    .expect("plain data serialises")
+    // Sized for the body and the envelope at once, rather than grown (and copied) in doublings.
+    let body_len = match outcome {
+        Outcome::Response { body, .. } => body.get().len(),
+        Outcome::Failure { message, .. } => message.len(),
+    };
+    let mut out = Vec::with_capacity(body_len + custom_id.len() + 160);
+    serde_json::to_writer(
+        &mut out,
+        &FileLine {
+            id: line_id(batch_id, line),
+            custom_id,
+            response,
+            error,
+        },
+    )
+    .expect("plain data serialises");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// One finished line inside a stored result group: `"<line>\t<o|e>\t<file line>\n"`, `o` when
 /// it belongs in the output file. Rendered JSON never holds a raw newline or tab before its
 /// first character, so the fields split unambiguously.
 pub fn encode(group: &mut String, line: i32, success: bool, file_line: &str) {
-    use std::fmt::Write;
-    let kind = if success { 'o' } else { 'e' };
-    let _ = writeln!(group, "{line}\t{kind}\t{file_line}");
+    let mut digits = itoa::Buffer::new();
+    let line = digits.format(line);
+    group.reserve(line.len() + file_line.len() + 4);
+    group.push_str(line);
+    group.push_str(if success { "\to\t" } else { "\te\t" });
+    group.push_str(file_line);
+    group.push('\n');
 }
 
 /// A line decoded from a stored result group.
@@ -113,35 +135,43 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Adds the `usage` of a response body, reading only that member.
+    /// Adds the `usage` of a response body, reading only that member, into typed fields: no
+    /// tree is built (a map with a key string per member cost more than the rest of a line's
+    /// handling of its response). A member of the wrong type counts as absent.
     pub fn add(&mut self, body: &RawValue) {
         #[derive(Deserialize)]
         struct WithUsage {
-            usage: Option<Value>,
+            #[serde(default)]
+            usage: Lenient<Counts>,
         }
-        if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_str(body.get()) {
-            self.add_usage(&u);
+        if let Ok(WithUsage {
+            usage: Lenient(Some(u)),
+        }) = serde_json::from_str(body.get())
+        {
+            self.add_counts(&u);
         }
     }
 
-    fn add_usage(&mut self, u: &Value) {
-        let n = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
-        let input = n(u.get("input_tokens").or_else(|| u.get("prompt_tokens")));
-        let output = n(u
-            .get("output_tokens")
-            .or_else(|| u.get("completion_tokens")));
+    fn add_counts(&mut self, u: &Counts) {
+        let input = u.input_tokens.or(u.prompt_tokens).unwrap_or(0);
+        let output = u.output_tokens.or(u.completion_tokens).unwrap_or(0);
+        let detail = |a: &Lenient<Details>, b: &Lenient<Details>, get: fn(&Details) -> Count| {
+            a.0.as_ref()
+                .and_then(|d| get(d).0)
+                .or_else(|| b.0.as_ref().and_then(|d| get(d).0))
+                .unwrap_or(0)
+        };
         self.input_tokens += input;
         self.output_tokens += output;
-        self.cached_tokens += n(u
-            .pointer("/input_tokens_details/cached_tokens")
-            .or_else(|| u.pointer("/prompt_tokens_details/cached_tokens")));
-        self.reasoning_tokens += n(u
-            .pointer("/output_tokens_details/reasoning_tokens")
-            .or_else(|| u.pointer("/completion_tokens_details/reasoning_tokens")));
-        self.total_tokens += u
-            .get("total_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(input + output);
+        self.cached_tokens += detail(&u.input_tokens_details, &u.prompt_tokens_details, |d| {
+            d.cached_tokens
+        });
+        self.reasoning_tokens += detail(
+            &u.output_tokens_details,
+            &u.completion_tokens_details,
+            |d| d.reasoning_tokens,
+        );
+        self.total_tokens += u.total_tokens.0.unwrap_or(input + output);
     }
 
     /// Input, cached, output, reasoning and total tokens, as the chunks store them.
@@ -181,6 +211,154 @@ impl Usage {
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.total_tokens,
         })
+    }
+}
+
+/// The members of a `usage` object that are summed; both naming schemes.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Counts {
+    input_tokens: Count,
+    prompt_tokens: Count,
+    output_tokens: Count,
+    completion_tokens: Count,
+    total_tokens: Count,
+    input_tokens_details: Lenient<Details>,
+    prompt_tokens_details: Lenient<Details>,
+    output_tokens_details: Lenient<Details>,
+    completion_tokens_details: Lenient<Details>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Count,
+    reasoning_tokens: Count,
+}
+
+/// An integer that fits an `i64`, or nothing (any other JSON value).
+#[derive(Default, Clone, Copy)]
+struct Count(Option<i64>);
+
+impl Count {
+    fn or(self, other: Count) -> Count {
+        Count(self.0.or(other.0))
+    }
+
+    fn unwrap_or(self, default: i64) -> i64 {
+        self.0.unwrap_or(default)
+    }
+}
+
+/// An object read as `T`, or nothing (any other JSON value).
+#[derive(Default)]
+struct Lenient<T>(Option<T>);
+
+/// Reads any JSON value, keeping integers and objects; the rest is skipped without building it.
+struct Skip<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Skip<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Skip(std::marker::PhantomData))
+            .map(Lenient)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Int;
+        impl<'de> serde::de::Visitor<'de> for Int {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(Some(v)))
+            }
+
+            fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(i64::try_from(v).ok()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Count, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Count(None))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+        }
+        d.deserialize_any(Int)
     }
 }
 
@@ -270,6 +448,66 @@ mod tests {
         );
         assert!(decode("nonsense").next().unwrap().is_err());
         assert!(decode("1\tx\t{}").next().unwrap().is_err());
+    }
+
+    #[test]
+    fn line_ids_never_change() {
+        // Files finalized again (after a crash, or by a newer version) must repeat them.
+        assert_eq!(
+            line_id("batch_abc", 7),
+            "batch_req_a1e23367b10b67770a90241d051d69ba"
+        );
+        assert_eq!(
+            line_id("batch_abc", -1),
+            "batch_req_bb5c564c3d351b4f533bda6f913eec6d"
+        );
+    }
+
+    #[test]
+    fn usage_members_of_the_wrong_type_count_as_absent() {
+        let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
+        let mut u = Usage::default();
+        // Not an object: nothing is added, and nothing fails.
+        for usage in [
+            json!(7),
+            json!("x"),
+            json!([1, 2]),
+            json!(null),
+            json!(true),
+        ] {
+            u.add(&raw(json!({"usage": usage})));
+        }
+        assert_eq!(u, Usage::default());
+        u.add(&raw(json!({"usage": {
+            "prompt_tokens": 2.5, "input_tokens": "3", "completion_tokens": 4,
+            "total_tokens": u64::MAX, "prompt_tokens_details": [1],
+            "completion_tokens_details": {"reasoning_tokens": {"n": 1}},
+            "output_tokens_details": null, "extra": {"deep": [{"a": 1}]}
+        }})));
+        // total_tokens does not fit: input + output instead.
+        let expected = Usage {
+            output_tokens: 4,
+            total_tokens: 4,
+            ..Usage::default()
+        };
+        assert_eq!(u, expected);
+        // The first naming scheme present wins, member by member.
+        let mut u = Usage::default();
+        u.add(&raw(json!({"usage": {
+            "input_tokens": 1, "prompt_tokens": 100, "output_tokens": null, "completion_tokens": 2,
+            "input_tokens_details": {"cached_tokens": "no"},
+            "prompt_tokens_details": {"cached_tokens": 1}
+        }})));
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 1,
+                cached_tokens: 1,
+                output_tokens: 2,
+                reasoning_tokens: 0,
+                total_tokens: 3
+            }
+        );
     }
 
     #[test]
