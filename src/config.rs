@@ -438,7 +438,8 @@ impl Settings {
             .chain(self.routes.iter().map(|(n, u)| (format!("routes.{n}"), u)))
         {
             anyhow::ensure!(
-                up.base_url.starts_with("http://") || up.base_url.starts_with("https://"),
+                (up.base_url.starts_with("http://") || up.base_url.starts_with("https://"))
+                    && url::Url::parse(&up.base_url).is_ok(),
                 "{name}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1 \
                  (OPENBATCH__UPSTREAM__BASE_URL for the default upstream)"
             );
@@ -610,6 +611,20 @@ mod tests {
             err.contains("OPENBATCH__DATABASE__MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_upstream_base_url_must_be_a_url() {
+        for bad in ["127.0.0.1:8000/v1", "http://exa mple/v1", "https://"] {
+            let err = format!(
+                "{:#}",
+                load(&[("OPENBATCH__UPSTREAM__BASE_URL", bad)]).unwrap_err()
+            );
+            assert!(
+                err.contains("OPENBATCH__UPSTREAM__BASE_URL"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

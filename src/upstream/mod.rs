@@ -42,7 +42,7 @@ impl Upstream {
         let uris = crate::domain::Endpoint::ALL
             .iter()
             .filter_map(|e| {
-                let uri = join(&base_url, e.as_str()).parse().ok()?;
+                let uri = parse_uri(&join(&base_url, e.as_str())).ok()?;
                 Some((e.as_str(), uri))
             })
             .collect();
@@ -89,12 +89,20 @@ impl Upstream {
         join(&self.base_url, endpoint)
     }
 
-    fn uri(&self, endpoint: &str) -> Result<http::Uri, http::uri::InvalidUri> {
+    fn uri(&self, endpoint: &str) -> Result<http::Uri, BoxError> {
         match self.uris.iter().find(|(e, _)| *e == endpoint) {
             Some((_, uri)) => Ok(uri.clone()),
-            None => self.url(endpoint).parse(),
+            None => parse_uri(&self.url(endpoint)),
         }
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Read as a URL first, which percent-encodes what a URI may not hold (a space in the path, say),
+/// as reqwest did when it sent the lines.
+fn parse_uri(url: &str) -> Result<http::Uri, BoxError> {
+    Ok(url::Url::parse(url)?.as_str().parse()?)
 }
 
 /// `base_url` carries the version (`…/v1`); batch endpoints do too (`/v1/…`).
@@ -253,7 +261,7 @@ impl Upstreams {
     ) -> (Outcome, Option<Duration>) {
         let uri = match upstream.uri(endpoint) {
             Ok(uri) => uri,
-            Err(e) => return (transport_failure(&SendError::Transport(e.into())), None),
+            Err(e) => return (transport_failure(&SendError::Transport(e)), None),
         };
         let answer = self
             .lines
@@ -402,6 +410,16 @@ mod tests {
                 max_response_bytes: 1024,
             },
         )
+    }
+
+    #[test]
+    fn line_uris_are_read_as_urls() {
+        let uri = parse_uri("http://h:1/my models/v1/chat/completions").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://h:1/my%20models/v1/chat/completions"
+        );
+        assert!(parse_uri("http://exa mple/v1").is_err());
     }
 
     #[test]
