@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -87,7 +88,7 @@ impl LineClient {
                 .await
                 .map_err(|e| SendError::Transport(e.into()))?;
             let (parts, body) = res.into_parts();
-            let body = read_capped(&parts.headers, body, max_body).await?;
+            let body = read_capped(body, max_body).await?;
             Ok(Answer {
                 status: parts.status.as_u16(),
                 headers: parts.headers,
@@ -100,45 +101,18 @@ impl LineClient {
     }
 }
 
-/// The body, read a frame at a time and abandoned as soon as it passes `limit`: one huge answer,
-/// times the lines in flight, must not take the replica's memory. A declared `Content-Length`
-/// over the limit is refused before anything is read.
-async fn read_capped(
-    headers: &HeaderMap,
-    mut body: hyper::body::Incoming,
-    limit: usize,
-) -> Result<Bytes, SendError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if declared > limit as u64 {
+/// The body, abandoned as soon as it passes `limit`: one huge answer, times the lines in flight,
+/// must not take the replica's memory. A declared `Content-Length` over the limit is refused
+/// before anything is read. A body that came in one frame is kept without a copy.
+async fn read_capped(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, SendError> {
+    if body.size_hint().lower() > limit as u64 {
         return Err(SendError::TooLarge);
     }
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| SendError::Transport(e.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
-        if len > limit {
-            return Err(SendError::TooLarge);
-        }
-        // The common case, one frame, is kept without a copy.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(f) => {
-                joined.reserve(declared.max(len as u64) as usize);
-                joined.extend_from_slice(&f);
-                joined.extend_from_slice(&data);
-            }
-        }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(SendError::TooLarge),
+        Err(e) => Err(SendError::Transport(e)),
     }
-    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
 #[cfg(test)]

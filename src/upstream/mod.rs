@@ -26,8 +26,7 @@ pub struct Upstream {
     base_url: String,
     /// The URL of each batch endpoint, parsed once rather than per request.
     uris: Vec<(&'static str, http::Uri)>,
-    api_key: Option<Secret>,
-    /// `authorization()`, built once.
+    /// The `Authorization` header, when the upstream has a key.
     auth: Option<reqwest::header::HeaderValue>,
     timeout: Duration,
     max_response_bytes: usize,
@@ -46,35 +45,16 @@ impl Upstream {
                 Some((e.as_str(), uri))
             })
             .collect();
-        let mut upstream = Self {
+        Self {
             name: name.to_owned(),
             base_url,
             uris,
-            api_key: s.api_key.clone().filter(|k| !k.expose().is_empty()),
-            auth: None,
+            auth: authorization(name, s.api_key.as_ref()),
             timeout: Duration::from_secs(s.timeout_secs),
             max_response_bytes: s.max_response_bytes,
             limit: Semaphore::new(s.max_in_flight),
             models: s.models.clone(),
             catalogue: models::Catalogue::default(),
-        };
-        upstream.auth = upstream.authorization();
-        upstream
-    }
-
-    /// `Bearer <key>`, marked sensitive so that no debug output or HTTP/2 header table holds
-    /// it in the clear.
-    fn authorization(&self) -> Option<reqwest::header::HeaderValue> {
-        let key = self.api_key.as_ref()?;
-        match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
-            Ok(mut value) => {
-                value.set_sensitive(true);
-                Some(value)
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %self.name, "the upstream's api_key is not a valid header value; sent without it");
-                None
-            }
         }
     }
 
@@ -103,6 +83,25 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// as reqwest did when it sent the lines.
 fn parse_uri(url: &str) -> Result<http::Uri, BoxError> {
     Ok(url::Url::parse(url)?.as_str().parse()?)
+}
+
+/// `Bearer <key>`, marked sensitive so that no debug output or HTTP/2 header table holds it in
+/// the clear; none for a missing or empty key.
+fn authorization(upstream: &str, key: Option<&Secret>) -> Option<reqwest::header::HeaderValue> {
+    let key = key.filter(|k| !k.expose().is_empty())?;
+    match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            Some(value)
+        }
+        Err(_) => {
+            tracing::warn!(
+                upstream,
+                "the upstream's api_key is not a valid header value; sent without it"
+            );
+            None
+        }
+    }
 }
 
 /// `base_url` carries the version (`…/v1`); batch endpoints do too (`/v1/…`).
@@ -376,19 +375,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// A W3C `traceparent` whose trace id is derived from the batch, so every upstream call of one
-/// batch lands in one trace.
-pub fn traceparent_for(batch_id: &str) -> String {
-    traceparent_in(&trace_id_for(batch_id))
-}
-
-/// The trace id `traceparent_for` uses, to be computed once per batch rather than per line.
+/// The trace id of a batch's upstream calls when tracing is off, derived from the batch so that
+/// they all land in one trace; computed once per chunk rather than per line.
 pub fn trace_id_for(batch_id: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(batch_id.as_bytes())[..16])
 }
 
-/// A `traceparent` in the trace `trace_id` (from `trace_id_for`), with a new span id.
+/// A W3C `traceparent` in the trace `trace_id` (from `trace_id_for`), with a new span id.
 pub fn traceparent_in(trace_id: &str) -> String {
     let span: [u8; 8] = rand::random();
     format!("00-{trace_id}-{}-01", hex::encode(span))
@@ -432,14 +426,12 @@ mod tests {
 
     #[test]
     fn the_bearer_header_is_sensitive() {
-        let mut u = upstream(&[]);
-        assert!(u.authorization().is_none());
-        u.api_key = Some(Secret::new("sk-secret"));
-        let value = u.authorization().unwrap();
+        assert!(upstream(&[]).auth.is_none());
+        assert!(authorization("u", Some(&Secret::new(""))).is_none());
+        let value = authorization("u", Some(&Secret::new("sk-secret"))).unwrap();
         assert!(value.is_sensitive());
         assert!(!format!("{value:?}").contains("sk-secret"));
-        u.api_key = Some(Secret::new("bad\nkey"));
-        assert!(u.authorization().is_none());
+        assert!(authorization("u", Some(&Secret::new("bad\nkey"))).is_none());
     }
 
     #[test]
@@ -464,7 +456,7 @@ mod tests {
 
     #[test]
     fn traceparent_shape() {
-        let t = traceparent_for("batch_1");
+        let t = traceparent_in(&trace_id_for("batch_1"));
         let parts: Vec<&str> = t.split('-').collect();
         assert_eq!(parts.len(), 4);
         assert_eq!(
@@ -473,7 +465,10 @@ mod tests {
         );
         assert_eq!(
             parts[1],
-            traceparent_for("batch_1").split('-').nth(1).unwrap()
+            traceparent_in(&trace_id_for("batch_1"))
+                .split('-')
+                .nth(1)
+                .unwrap()
         );
     }
 }

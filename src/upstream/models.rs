@@ -81,8 +81,8 @@ impl Upstreams {
             .client
             .get(upstream.url("/v1/models"))
             .timeout(LIST_TIMEOUT.min(upstream.timeout));
-        if let Some(auth) = upstream.authorization() {
-            req = req.header(AUTHORIZATION, auth);
+        if let Some(auth) = &upstream.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
         }
         let answer = match req.send().await {
             Ok(res) => {
