@@ -204,7 +204,7 @@ start_replicas() {
             OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
             OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
             "${FLUSH_ENV[@]}" \
-            RUST_LOG=warn \
+            RUST_LOG="${BENCH_RUST_LOG:-warn}" \
             ${BENCH_REPLICA_ENV:-} \
             "$BIN" serve >"$WORK/replica-$run-$i.log" 2>&1 &
         REPLICA_PIDS+=($!)

@@ -418,6 +418,12 @@ impl Settings {
             "OPENBATCH__BATCHES__MAX_LINE_BYTES must be at least 1"
         );
         let w = &self.worker;
+        // Finalizing a batch reads its results on one connection while it writes its files on
+        // another; with a single connection it would wait for itself.
+        anyhow::ensure!(
+            !w.enabled || db.max_connections >= 2,
+            "OPENBATCH__DATABASE__MAX_CONNECTIONS must be at least 2 on a replica that runs batch workers (OPENBATCH__WORKER__ENABLED)"
+        );
         anyhow::ensure!(
             w.threads >= 1 && w.max_in_flight >= 1 && w.chunk_lines >= 1 && w.chunk_bytes >= 1,
             "OPENBATCH__WORKER__THREADS, OPENBATCH__WORKER__MAX_IN_FLIGHT, OPENBATCH__WORKER__CHUNK_LINES and OPENBATCH__WORKER__CHUNK_BYTES must be at least 1"
@@ -611,6 +617,15 @@ mod tests {
             err.contains("OPENBATCH__DATABASE__MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_replica_running_workers_needs_two_connections() {
+        let one = ("OPENBATCH__DATABASE__MAX_CONNECTIONS", "1");
+        let err = format!("{:#}", load(&[one]).unwrap_err());
+        assert!(err.contains("at least 2"), "{err}");
+        let api_only = load(&[one, ("OPENBATCH__WORKER__ENABLED", "false")]).unwrap();
+        assert_eq!(api_only.database.max_connections, 1);
     }
 
     #[test]

@@ -382,8 +382,8 @@ impl ResultFile {
 
 /// Writes the output and error files in input order and ends the batch, in one transaction
 /// that also deletes the batch's work rows: a crash mid-way leaves no file and the batch
-/// claimable again. Results are streamed a chunk at a time, so memory is bounded by one
-/// chunk's results, not by the batch.
+/// claimable again. Results are streamed a chunk at a time, so memory is bounded by three
+/// chunks' results (one being read, one queued, one being written), not by the batch.
 async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<()> {
     let unfinished = match to {
         BatchStatus::Expired => Outcome::Failure {
@@ -413,33 +413,18 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         }
         _ => 0,
     };
+    let started = std::time::Instant::now();
     let mut tx = ctx.pool.begin().await?;
     let (mut out, mut err) = (ResultFile::new(), ResultFile::new());
-    let mut usage = Usage::default();
-    let mut served = Served::default();
-    let mut after = -1;
-    loop {
-        let page = chunks::page(&mut tx, &job.id, after, CHUNK_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.idx;
-        for c in &page {
-            usage.merge(Usage::from_array(c.usage()));
-            let passes = match passes(&mut tx, job, c, &mut served).await? {
-                Passes::Whole(range, stored) => vec![(range, Some(stored))],
-                Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
-            };
-            for (range, stored) in passes {
-                let stored = match stored {
-                    Some(stored) => stored,
-                    None => stored_lines(&mut tx, job, c.idx, &range).await?,
-                };
-                for (success, line) in chunk_lines(ctx, job, c, range, stored, &unfinished).await? {
-                    let file = if success { &mut out } else { &mut err };
-                    file.push(&mut tx, &line).await?;
-                }
-            }
-        }
-    }
+    // Results are read on a connection of their own while the files are written in `tx`, so
+    // the database reads the next chunk's results while it writes the last one's lines. Both
+    // see the same rows: no line gets a result once its batch is being finalized (its claims
+    // are done or fenced out), and the results are deleted only after both are through.
+    let (lines, from_reader) = tokio::sync::mpsc::channel(1);
+    let ((usage, served), ()) = tokio::try_join!(
+        read_results(ctx, job, &unfinished, lines),
+        write_results(&mut tx, &mut out, &mut err, from_reader),
+    )?;
     let (completed, failed) = (out.lines as i32, err.lines as i32);
     let output_file_id = out.finish(&mut tx, job, "output").await?;
     let error_file_id = err.finish(&mut tx, job, "error").await?;
@@ -477,8 +462,63 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
             completed,
             failed,
             closed,
+            took_ms = started.elapsed().as_millis() as u64,
             "batch finished"
         );
+    }
+    Ok(())
+}
+
+/// Sends every chunk's file lines (or, for a chunk with large results, each range of them) in
+/// input order to `to`; returns the batch's usage and the order its results were served in.
+async fn read_results(
+    ctx: &Ctx,
+    job: &BatchJob,
+    unfinished: &Outcome,
+    to: tokio::sync::mpsc::Sender<Vec<(bool, String)>>,
+) -> anyhow::Result<(Usage, Served)> {
+    let mut conn = ctx.pool.acquire().await?;
+    let mut usage = Usage::default();
+    let mut served = Served::default();
+    let mut after = -1;
+    loop {
+        let page = chunks::page(&mut conn, &job.id, after, CHUNK_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.idx;
+        for c in &page {
+            usage.merge(Usage::from_array(c.usage()));
+            let passes = match passes(&mut conn, job, c, &mut served).await? {
+                Passes::Whole(range, stored) => vec![(range, Some(stored))],
+                Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
+            };
+            for (range, stored) in passes {
+                let stored = match stored {
+                    Some(stored) => stored,
+                    None => stored_lines(&mut conn, job, c.idx, &range).await?,
+                };
+                let lines = chunk_lines(ctx, job, c, range, stored, unfinished).await?;
+                // Closed only when the writer failed, whose error is the one reported.
+                if to.send(lines).await.is_err() {
+                    anyhow::bail!("the result files' writer stopped");
+                }
+            }
+        }
+    }
+    Ok((usage, served))
+}
+
+/// Appends the lines `read_results` sends to the output or error file.
+async fn write_results(
+    tx: &mut sqlx::PgConnection,
+    out: &mut ResultFile,
+    err: &mut ResultFile,
+    mut from: tokio::sync::mpsc::Receiver<Vec<(bool, String)>>,
+) -> anyhow::Result<()> {
+    while let Some(lines) = from.recv().await {
+        for (success, line) in lines {
+            let file = if success { &mut *out } else { &mut *err };
+            file.push(tx, &line).await?;
+        }
     }
     Ok(())
 }
