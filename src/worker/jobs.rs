@@ -195,6 +195,7 @@ async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Resu
 /// Streams the input file once: checks every line and queues the valid ones, all in one
 /// transaction that also moves the batch to `in_progress`, so a crash leaves it `validating`.
 async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let endpoint = job.endpoint;
     let file = match input_file(ctx, job).await? {
         Ok(file) => file,
@@ -211,7 +212,7 @@ async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     }
     match check.finish() {
         Err(errors) => fail(ctx, job, errors).await,
-        Ok(model) => queue(ctx, job, &file.id, &planner.chunks, &model, total).await,
+        Ok(model) => queue(ctx, job, &file.id, &planner.chunks, &model, total, started).await,
     }
 }
 
@@ -223,13 +224,20 @@ async fn queue(
     planned: &[NewChunk],
     model: &str,
     total: usize,
+    started: std::time::Instant,
 ) -> anyhow::Result<()> {
     let total = i32::try_from(total).context("request count")?;
     let mut tx = ctx.pool.begin().await?;
     chunks::insert(&mut tx, &job.id, file.as_str(), planned).await?;
     if jobs::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
         tx.commit().await?;
-        tracing::info!(requests = total, chunks = planned.len(), %model, "batch validated");
+        tracing::info!(
+            requests = total,
+            chunks = planned.len(),
+            %model,
+            took_ms = started.elapsed().as_millis() as u64,
+            "batch validated"
+        );
     }
     // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
     Ok(())
@@ -382,8 +390,8 @@ impl ResultFile {
 
 /// Writes the output and error files in input order and ends the batch, in one transaction
 /// that also deletes the batch's work rows: a crash mid-way leaves no file and the batch
-/// claimable again. Results are streamed a chunk at a time, so memory is bounded by three
-/// chunks' results (one being read, one queued, one being written), not by the batch.
+/// claimable again. Results are streamed a chunk at a time, so memory is bounded by one
+/// chunk's results, not by the batch.
 async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<()> {
     let unfinished = match to {
         BatchStatus::Expired => Outcome::Failure {
@@ -416,15 +424,31 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     let started = std::time::Instant::now();
     let mut tx = ctx.pool.begin().await?;
     let (mut out, mut err) = (ResultFile::new(), ResultFile::new());
-    // Results are read on a connection of their own while the files are written in `tx`, so
-    // the database reads the next chunk's results while it writes the last one's lines. Both
-    // see the same rows: no line gets a result once its batch is being finalized (its claims
-    // are done or fenced out), and the results are deleted only after both are through.
-    let (lines, from_reader) = tokio::sync::mpsc::channel(1);
-    let ((usage, served), ()) = tokio::try_join!(
-        read_results(ctx, job, &unfinished, lines),
-        write_results(&mut tx, &mut out, &mut err, from_reader),
-    )?;
+    let mut usage = Usage::default();
+    let mut served = Served::default();
+    let mut after = -1;
+    loop {
+        let page = chunks::page(&mut tx, &job.id, after, CHUNK_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.idx;
+        for c in &page {
+            usage.merge(Usage::from_array(c.usage()));
+            let passes = match passes(&mut tx, job, c, &mut served).await? {
+                Passes::Whole(range, stored) => vec![(range, Some(stored))],
+                Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
+            };
+            for (range, stored) in passes {
+                let stored = match stored {
+                    Some(stored) => stored,
+                    None => stored_lines(&mut tx, job, c.idx, &range).await?,
+                };
+                for (success, line) in chunk_lines(ctx, job, c, range, stored, &unfinished).await? {
+                    let file = if success { &mut out } else { &mut err };
+                    file.push(&mut tx, &line).await?;
+                }
+            }
+        }
+    }
     let (completed, failed) = (out.lines as i32, err.lines as i32);
     let output_file_id = out.finish(&mut tx, job, "output").await?;
     let error_file_id = err.finish(&mut tx, job, "error").await?;
@@ -465,60 +489,6 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
             took_ms = started.elapsed().as_millis() as u64,
             "batch finished"
         );
-    }
-    Ok(())
-}
-
-/// Sends every chunk's file lines (or, for a chunk with large results, each range of them) in
-/// input order to `to`; returns the batch's usage and the order its results were served in.
-async fn read_results(
-    ctx: &Ctx,
-    job: &BatchJob,
-    unfinished: &Outcome,
-    to: tokio::sync::mpsc::Sender<Vec<(bool, String)>>,
-) -> anyhow::Result<(Usage, Served)> {
-    let mut conn = ctx.pool.acquire().await?;
-    let mut usage = Usage::default();
-    let mut served = Served::default();
-    let mut after = -1;
-    loop {
-        let page = chunks::page(&mut conn, &job.id, after, CHUNK_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.idx;
-        for c in &page {
-            usage.merge(Usage::from_array(c.usage()));
-            let passes = match passes(&mut conn, job, c, &mut served).await? {
-                Passes::Whole(range, stored) => vec![(range, Some(stored))],
-                Passes::Split(ranges) => ranges.into_iter().map(|r| (r, None)).collect(),
-            };
-            for (range, stored) in passes {
-                let stored = match stored {
-                    Some(stored) => stored,
-                    None => stored_lines(&mut conn, job, c.idx, &range).await?,
-                };
-                let lines = chunk_lines(ctx, job, c, range, stored, unfinished).await?;
-                // Closed only when the writer failed, whose error is the one reported.
-                if to.send(lines).await.is_err() {
-                    anyhow::bail!("the result files' writer stopped");
-                }
-            }
-        }
-    }
-    Ok((usage, served))
-}
-
-/// Appends the lines `read_results` sends to the output or error file.
-async fn write_results(
-    tx: &mut sqlx::PgConnection,
-    out: &mut ResultFile,
-    err: &mut ResultFile,
-    mut from: tokio::sync::mpsc::Receiver<Vec<(bool, String)>>,
-) -> anyhow::Result<()> {
-    while let Some(lines) = from.recv().await {
-        for (success, line) in lines {
-            let file = if success { &mut *out } else { &mut *err };
-            file.push(tx, &line).await?;
-        }
     }
     Ok(())
 }
