@@ -32,6 +32,9 @@
 #                           (e.g. "OPENBATCH__WORKER__THREADS=2 OPENBATCH__SERVER__WORKERS=1")
 #   BENCH_BIN               the openbatch binary to measure (default: this checkout's release
 #                           build), e.g. a copy of another commit's for a paired comparison
+#   BENCH_CEIL_POLL=0.05    seconds between polls of the ceiling run
+#   BENCH_RUST_LOG=warn     RUST_LOG of the replicas, e.g. "warn,openbatch::worker=info" to log
+#                           how long each batch's validation and finalizing took (took_ms)
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
