@@ -418,8 +418,9 @@ impl Settings {
             "OPENBATCH__BATCHES__MAX_LINE_BYTES must be at least 1"
         );
         let w = &self.worker;
-        // Finalizing a batch reads its results on one connection while it writes its files on
-        // another; with a single connection it would wait for itself.
+        // Finalizing a cancelled or expired batch reads the input of its lines that never ran on
+        // a second connection while its transaction holds the first: with one it would wait for
+        // itself until the acquire timeout, on every retry.
         anyhow::ensure!(
             !w.enabled || db.max_connections >= 2,
             "OPENBATCH__DATABASE__MAX_CONNECTIONS must be at least 2 on a replica that runs batch workers (OPENBATCH__WORKER__ENABLED)"
