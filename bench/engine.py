@@ -406,12 +406,12 @@ def cmd_run(a):
             cpu.set_phase(phase)
             log(f"{a.label}: {now:7.1f}s  status -> {st}")
         rc = batch.get("request_counts") or {}
+        done = rc.get("completed", 0) + rc.get("failed", 0)
         if (t_all_done is None and rc.get("total") and st in ("in_progress", "finalizing", "completed")
-                and rc.get("completed", 0) + rc.get("failed", 0) >= rc["total"]):
+                and done >= rc["total"]):
             t_all_done = now
         # Polled finely once the end is near: the wall time is then late by ~FINE_POLL / 2 rather
         # than by half a poll interval, at the cost of a few hundred cheap GETs.
-        done = rc.get("completed", 0) + rc.get("failed", 0)
         if st == "finalizing" or (rc.get("total") and done >= NEAR_END * rc["total"]):
             interval = min(a.poll, FINE_POLL)
         if st == "in_progress" and now - last_log >= 5:
