@@ -412,7 +412,7 @@ def cmd_run(a):
             t_all_done = now
         # Polled finely once the end is near: the wall time is then late by ~FINE_POLL / 2 rather
         # than by half a poll interval, at the cost of a few hundred cheap GETs.
-        if st == "finalizing" or (rc.get("total") and done >= NEAR_END * rc["total"]):
+        if rc.get("total") and done >= NEAR_END * rc["total"]:
             interval = min(a.poll, FINE_POLL)
         if st == "in_progress" and now - last_log >= 5:
             last_log = now
