@@ -431,7 +431,9 @@ def cmd_run(a):
     t_fin = min(seen.get(s, 1e18) for s in ("finalizing", "completed"))
     t_all_done = t_all_done if t_all_done is not None else t_fin
     res["validating_s"] = t_exec
-    res["executing_s"] = max(t_all_done - t_exec, 1e-9)  # in_progress until every line is done
+    # in_progress until every line is done; None when no poll fell inside it (a run shorter than
+    # the poll interval), rather than a rate divided by nothing.
+    res["executing_s"] = t_all_done - t_exec if t_all_done > t_exec else None
     res["finalizing_s"] = seen["completed"] - t_all_done  # writing the output file
     res["request_counts"] = batch["request_counts"]
     res["server_ts"] = {k: batch.get(k) for k in
@@ -604,14 +606,20 @@ def cmd_report(a):
         print(f"wall time, create -> completed: {r['wall_s']:8.2f} s")
         print(f"  validating                  : {r['validating_s']:8.2f} s  ({lines / r['validating_s']:.0f} lines/s, "
               f"{r['input_bytes'] / MIB / r['validating_s']:.1f} MiB/s)")
-        print(f"  executing (until all done)  : {r['executing_s']:8.2f} s")
+        ex = r["executing_s"]
+        if ex is None:
+            print(f"  executing (until all done)  : no poll fell inside it (shorter than the {a.poll} s poll)")
+        else:
+            print(f"  executing (until all done)  : {ex:8.2f} s")
         print(f"  finalizing (output file)    : {r['finalizing_s']:8.2f} s")
         print(f"  (phase boundaries are polls every {a.poll} s, {FINE_POLL} s from {NEAR_END:.0%} done; server timestamps: "
               + ", ".join(f"{k}={v}" for k, v in r["server_ts"].items()) + ")")
         print(f"ideal execution time          : {ideal:8.2f} s  (= lines x latency / (replicas x in-flight))")
-        print(f"efficiency (ideal / executing): {100 * ideal / r['executing_s']:7.1f} %")
+        if ex is not None:
+            print(f"efficiency (ideal / executing): {100 * ideal / ex:7.1f} %")
         print(f"efficiency (ideal / wall)     : {100 * ideal / r['wall_s']:7.1f} %")
-        print(f"requests/s while executing    : {lines / r['executing_s']:8.0f}   "
+        busy = f"{lines / ex:8.0f}" if ex is not None else "     n/a"
+        print(f"requests/s while executing    : {busy}   "
               f"(ceiling {nrep * a.in_flight / lat:.0f}); over the wall time: {lines / r['wall_s']:.0f}")
         for phase in ("validating", "executing", "finalizing"):
             c = r["cpu"].get(phase)
