@@ -641,7 +641,8 @@ def cmd_report(a):
                   f"work rows left: {r['work_rows_left']}")
             b0, b1 = r["rel_bytes_before"], r["rel_bytes_after_delete"]
             grown = sorted(((b1[k] - b0.get(k, 0), k) for k in b1), reverse=True)[:5]
-            print("  grown most                  : " + ", ".join(f"{k} +{d / MIB:.1f} MiB" for d, k in grown if d > 0))
+            grew = ", ".join(f"{k} +{d / MIB:.1f} MiB" for d, k in grown if d > 0)
+            print(f"  grown most                  : {grew or 'no relation grew'}")
         print(f"upstream executions (/stats)  : {r['upstream_total']}")
         print(f"request_counts                : total={rc.get('total')} completed={rc.get('completed')} "
               f"failed={rc.get('failed')}")

@@ -25,9 +25,11 @@
 #   BENCH_BIG=1             0 skips the ~200 MiB run
 #   BENCH_BIG_BYTES         input size of the big run (default 200 MiB - 64 KiB)
 #   BENCH_POLL=0.5          seconds between GET /v1/batches/{id} polls
-#   BENCH_CEIL_CPU_US=330   fake-upstream --cpu-us for the ceiling run (0 skips the run); 330
-#                           makes it answer ~5,000 req/s alone on the 2-core dev VM, the
-#                           reference upstream of the engine's goal (250: ~6,500 req/s)
+#   BENCH_CEIL_RPS=5000     what the ceiling run's CPU-bound upstream answers alone (wrk, 64
+#                           connections): its --cpu-us is calibrated to it on this machine, since
+#                           the same CPU cost answers 4,950-5,550 req/s on different 2-core VMs
+#   BENCH_CEIL_CPU_US       a fixed fake-upstream --cpu-us instead of calibrating (0 skips the
+#                           ceiling run)
 #   BENCH_CEIL_LINES=20000  lines of the ceiling run
 #   BENCH_FLUSH_MS          worker.flush_interval_ms of every run's replicas (default: the server's)
 #   BENCH_REPLICA_ENV       extra NAME=VALUE settings for the replicas only, space-separated
@@ -57,7 +59,8 @@ BENCH_REPLICAS=${BENCH_REPLICAS:-3}
 BENCH_BIG=${BENCH_BIG:-1}
 BENCH_BIG_BYTES=${BENCH_BIG_BYTES:-$((200 * 1024 * 1024 - 64 * 1024))}
 BENCH_POLL=${BENCH_POLL:-0.5}
-BENCH_CEIL_CPU_US=${BENCH_CEIL_CPU_US:-330}
+BENCH_CEIL_RPS=${BENCH_CEIL_RPS:-5000}
+BENCH_CEIL_CPU_US=${BENCH_CEIL_CPU_US:-}
 BENCH_CEIL_LINES=${BENCH_CEIL_LINES:-20000}
 BENCH_FLUSH_MS=${BENCH_FLUSH_MS:-}
 FLUSH_ENV=()
@@ -271,11 +274,37 @@ stop_replicas
 
 CEIL_ARGS=()
 if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
-    start_fake "$WORK/ceil.out" --cpu-us "$BENCH_CEIL_CPU_US" --models bench-model
-    CEIL_PID=$STARTED_PID CEIL_URL=$STARTED_URL
+    ceil_wrk() { # ceil_wrk SECONDS OUT: drives the ceiling upstream alone, as the goal defines it
+        wrk -t2 -c64 -d"$1"s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$2" ||
+            die "wrk against the upstream failed"
+    }
+    start_ceil() {
+        start_fake "$WORK/ceil.out" --cpu-us "$1" --models bench-model
+        CEIL_PID=$STARTED_PID CEIL_URL=$STARTED_URL
+    }
+    if [ -n "$BENCH_CEIL_CPU_US" ]; then
+        start_ceil "$BENCH_CEIL_CPU_US"
+    else
+        # The rate is ~ cores / (cpu_us + overhead): scaling cpu_us by rate / target converges
+        # from above and below in two or three 3-second probes.
+        cpu_us=330
+        for _ in 1 2 3; do
+            start_ceil "$cpu_us"
+            ceil_wrk 3 "$WORK/wrk-probe.txt"
+            rps=$(awk '/^Requests\/sec:/{print $2}' "$WORK/wrk-probe.txt")
+            log "ceiling: calibrating: --cpu-us $cpu_us answers $rps req/s alone (target $BENCH_CEIL_RPS)"
+            within=$(awk -v r="$rps" -v t="$BENCH_CEIL_RPS" 'BEGIN{print (r > 0.97 * t && r < 1.03 * t)}')
+            [ "$within" = 1 ] && break
+            cpu_us=$(awk -v c="$cpu_us" -v r="$rps" -v t="$BENCH_CEIL_RPS" 'BEGIN{printf "%d", c * r / t + 0.5}')
+            kill -TERM "$CEIL_PID" 2>/dev/null || true
+            wait "$CEIL_PID" 2>/dev/null || true
+            CEIL_PID=""
+        done
+        [ -n "$CEIL_PID" ] || start_ceil "$cpu_us"
+        BENCH_CEIL_CPU_US=$cpu_us
+    fi
     log "ceiling: CPU-bound upstream at $CEIL_URL (${BENCH_CEIL_CPU_US} us of CPU per request); wrk alone, 64 connections"
-    wrk -t2 -c64 -d10s -s "$ROOT/bench/upstream_chat.lua" "$CEIL_URL/v1/chat/completions" >"$WORK/wrk-ceil.txt" ||
-        die "wrk against the upstream failed"
+    ceil_wrk 10 "$WORK/wrk-ceil.txt"
     python3 "$ROOT/bench/engine.py" gen --lines "$BENCH_CEIL_LINES" --out "$WORK/ceil.jsonl" >/dev/null
     run_batch ceiling "$WORK/ceil.jsonl" "$CEIL_URL" "$CEIL_PID" --poll ${BENCH_CEIL_POLL:-0.05} --warmup 1000
     CEIL_ARGS=(--ceiling "$WORK/ceiling.json" --wrk "$WORK/wrk-ceil.txt")
@@ -292,6 +321,9 @@ echo
 echo "OpenBatch execution-engine benchmark — $(date -u +%Y-%m-%dT%H:%MZ), commit $commit$dirty"
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB RAM; fake upstream, replicas, PostgreSQL and this client share the cores"
 echo "load average (1 min) before the run: $LOAD_BEFORE; PostgreSQL $pgver ($pgsets)"
+if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
+    echo "ceiling upstream: fake-upstream --cpu-us $BENCH_CEIL_CPU_US${cpu_us:+ (calibrated to ~$BENCH_CEIL_RPS req/s alone)}"
+fi
 echo "$BENCH_REPLICAS replicas (release, RUST_LOG=warn), worker.max_in_flight=$IN_FLIGHT per replica, fake upstream latency ${BENCH_LATENCY_MS} ms; runs took ${ELAPSED}s in all"
 python3 "$ROOT/bench/engine.py" report --latency-ms "$BENCH_LATENCY_MS" --in-flight "$IN_FLIGHT" \
     --poll "$BENCH_POLL" --one-line "$WORK/latency.json" "${CEIL_ARGS[@]}" "${RESULTS[@]}"
