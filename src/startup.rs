@@ -84,8 +84,13 @@ impl Application {
         if let Some(keyring) = auth.keyring() {
             background.push(tokio::spawn(keyring.run(pool.clone(), stopped.clone())));
         }
+        let creates = crate::store::create_queue::CreateQueue::start(
+            pool.clone(),
+            settings.limits.max_active_batches_per_project,
+        );
         let state = web::Data::new(AppState {
             pool,
+            creates,
             limits: settings.limits.clone(),
             auth,
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live_replicas),

@@ -173,21 +173,22 @@ async fn create(
         .unwrap_or(spec.completion_window.seconds());
     let limit = state.limits.max_active_batches_per_project;
     let trace = crate::telemetry::traceparent(&tracing::Span::current());
-    let mut conn = state.pool.acquire().await?;
-    let created = store::create(
-        &mut conn,
-        &project,
-        &spec,
-        store::Options {
-            key: key.as_ref(),
-            expires_in_secs: expires_in,
-            max_active: limit,
-            trace_context: trace.as_deref(),
-            retry_of: None,
-            params_hash: None,
-        },
-    )
-    .await?;
+    let hash = spec.fingerprint();
+    let created = state
+        .creates
+        .create(
+            &state.pool,
+            store::NewBatch {
+                id: BatchId::generate(),
+                project,
+                spec,
+                key: key.clone(),
+                hash,
+                expires_in_secs: expires_in,
+                trace_context: trace,
+            },
+        )
+        .await?;
     match created {
         Created::New(batch) => {
             tracing::Span::current().record("batch_id", batch.id.as_str());

@@ -57,6 +57,8 @@ pub use auth::{Auth, RateLimiter};
 /// What every handler may use.
 pub struct AppState {
     pub pool: PgPool,
+    /// Batch creations, written to the database together (`store::create_queue`).
+    pub creates: crate::store::create_queue::CreateQueue,
     pub limits: LimitSettings,
     pub auth: Auth,
     pub rate: RateLimiter,

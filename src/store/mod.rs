@@ -13,6 +13,7 @@ macro_rules! unfinished_statuses {
 pub mod batches;
 pub mod chunks;
 pub mod compact;
+pub mod create_queue;
 pub mod files;
 pub mod jobs;
 pub mod keys;

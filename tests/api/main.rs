@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod console;
 mod crash;
+mod create_queue;
 mod engine;
 mod errors;
 mod files;

@@ -1,0 +1,152 @@
+//! Batch creations from concurrent requests, written to PostgreSQL together.
+//!
+//! A create is one small insert, and on a machine whose cores PostgreSQL shares, what it costs is
+//! mostly the round trip and the commit around it, not the row: a handful of writers each take
+//! every creation waiting at that moment and insert them in one statement and one commit. Under
+//! no load a creation goes alone, as soon as it arrives; under load the statements grow, and
+//! the database's work per creation shrinks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::batches::{self, Created, NewBatch, Options};
+
+/// Statements in flight at once per replica.
+const WRITERS: usize = 4;
+/// The most rows one statement carries.
+const MAX_ROWS: usize = 128;
+
+/// The handle requests send their creations through; cheap to clone.
+#[derive(Clone)]
+pub struct CreateQueue {
+    jobs: mpsc::Sender<Job>,
+    max_active: i64,
+}
+
+struct Job {
+    batch: NewBatch,
+    reply: oneshot::Sender<Reply>,
+}
+
+enum Reply {
+    Inserted(Box<batches::BatchRecord>),
+    /// Its key is taken, or its project is at the limit.
+    NotInserted(NewBatch),
+    /// The statement failed: the creation is made alone, so that it gets its own error (or
+    /// succeeds, when another row of the statement was the cause).
+    Failed(NewBatch),
+}
+
+impl CreateQueue {
+    /// Starts the writers; they stop when the last handle is dropped. `max_active`: unfinished
+    /// batches a project may have, 0 for no limit.
+    pub fn start(pool: PgPool, max_active: i64) -> Self {
+        let (jobs, queue) = mpsc::channel(WRITERS * MAX_ROWS);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..WRITERS {
+            tokio::spawn(write(pool.clone(), queue.clone(), max_active));
+        }
+        Self { jobs, max_active }
+    }
+
+    /// Inserts the batch, or finds the one created earlier under its idempotency key.
+    #[tracing::instrument(skip_all, name = "db.batches.create")]
+    pub async fn create(&self, pool: &PgPool, batch: NewBatch) -> Result<Created, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        let batch = match self.jobs.send(Job { batch, reply }).await {
+            Ok(()) => match answer.await {
+                Ok(Reply::Inserted(record)) => return Ok(Created::New(*record)),
+                Ok(Reply::NotInserted(batch)) => match &batch.key {
+                    Some(key) => match batches::by_key(pool, &batch.project, key).await? {
+                        Some(found) if found.params_hash == batch.hash => {
+                            return Ok(Created::Replayed(found))
+                        }
+                        Some(found) => return Ok(Created::Conflict(found)),
+                        // Refused by the limit: alone, the count is this batch's own.
+                        None => batch,
+                    },
+                    None => batch,
+                },
+                Ok(Reply::Failed(batch)) => batch,
+                Err(_) => return Err(sqlx::Error::WorkerCrashed),
+            },
+            // The writers are gone (shutting down): alone, then.
+            Err(mpsc::error::SendError(job)) => job.batch,
+        };
+        self.alone(pool, &batch).await
+    }
+
+    async fn alone(&self, pool: &PgPool, batch: &NewBatch) -> Result<Created, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        batches::create(
+            &mut conn,
+            &batch.project,
+            &batch.spec,
+            Options {
+                key: batch.key.as_ref(),
+                expires_in_secs: batch.expires_in_secs,
+                max_active: self.max_active,
+                trace_context: batch.trace_context.as_deref(),
+                retry_of: None,
+                params_hash: Some(&batch.hash),
+            },
+        )
+        .await
+    }
+}
+
+async fn write(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, max_active: i64) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+            while jobs.len() < MAX_ROWS {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        flush(&pool, jobs, max_active).await;
+    }
+}
+
+/// Inserts the jobs' batches in one statement and answers each job.
+async fn flush(pool: &PgPool, jobs: Vec<Job>, max_active: i64) {
+    let rows: Vec<&NewBatch> = jobs.iter().map(|j| &j.batch).collect();
+    let inserted = async {
+        let mut conn = pool.acquire().await?;
+        batches::insert_many(&mut conn, &rows, max_active).await
+    }
+    .await;
+    let inserted = match inserted {
+        Ok(records) => records,
+        Err(e) => {
+            if jobs.len() > 1 {
+                tracing::warn!(error = %e, rows = jobs.len(), "inserting batches together failed; inserting each alone");
+            }
+            for job in jobs {
+                let _ = job.reply.send(Reply::Failed(job.batch));
+            }
+            return;
+        }
+    };
+    let mut by_id: HashMap<String, batches::BatchRecord> = inserted
+        .into_iter()
+        .map(|r| (r.id.as_str().to_owned(), r))
+        .collect();
+    for job in jobs {
+        // A requester that gave up (its client went away) drops its answer; the batch stays.
+        let _ = job.reply.send(match by_id.remove(job.batch.id.as_str()) {
+            Some(record) => Reply::Inserted(Box::new(record)),
+            None => Reply::NotInserted(job.batch),
+        });
+    }
+}
