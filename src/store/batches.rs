@@ -272,23 +272,33 @@ pub async fn insert_many(
                 b.key.as_ref().map(IdempotencyKey::as_str),
             ))
     });
-    let column = |f: fn(&NewBatch) -> Option<String>| order.iter().map(|b| f(b)).collect();
-    let ids: Vec<Option<String>> = column(|b| Some(b.id.as_str().to_owned()));
-    let projects: Vec<Option<String>> = column(|b| Some(b.project.as_str().to_owned()));
-    let endpoints: Vec<Option<String>> = column(|b| Some(b.spec.endpoint.as_str().to_owned()));
-    let inputs: Vec<Option<String>> = column(|b| Some(b.spec.input_file_id.as_str().to_owned()));
-    let windows: Vec<Option<String>> =
-        column(|b| Some(b.spec.completion_window.as_str().to_owned()));
-    let metadata: Vec<Option<String>> =
-        column(|b| b.spec.metadata.as_ref().map(|m| m.to_json().to_string()));
-    let keys: Vec<Option<String>> = column(|b| b.key.as_ref().map(|k| k.as_str().to_owned()));
-    let hashes: Vec<Option<String>> = column(|b| Some(b.hash.clone()));
-    let traces: Vec<Option<String>> = column(|b| b.trace_context.clone());
+    // One array per column: the statement's text, and so its plan, is the same for any count.
+    let ids: Vec<&str> = order.iter().map(|b| b.id.as_str()).collect();
+    let projects: Vec<&str> = order.iter().map(|b| b.project.as_str()).collect();
+    let endpoints: Vec<&str> = order.iter().map(|b| b.spec.endpoint.as_str()).collect();
+    let inputs: Vec<&str> = order
+        .iter()
+        .map(|b| b.spec.input_file_id.as_str())
+        .collect();
+    let windows: Vec<&str> = order
+        .iter()
+        .map(|b| b.spec.completion_window.as_str())
+        .collect();
     let expires: Vec<i64> = order.iter().map(|b| b.expires_in_secs).collect();
+    let metadata: Vec<Option<String>> = order
+        .iter()
+        .map(|b| b.spec.metadata.as_ref().map(|m| m.to_json().to_string()))
+        .collect();
     let output_expiry: Vec<Option<i64>> = order
         .iter()
         .map(|b| b.spec.output_expires_after.map(|e| e.seconds()))
         .collect();
+    let keys: Vec<Option<&str>> = order
+        .iter()
+        .map(|b| b.key.as_ref().map(IdempotencyKey::as_str))
+        .collect();
+    let hashes: Vec<&str> = order.iter().map(|b| b.hash.as_str()).collect();
+    let traces: Vec<Option<&str>> = order.iter().map(|b| b.trace_context.as_deref()).collect();
     let sql = format!(
         "INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
                              expires_at, metadata, output_expires_after_seconds,
