@@ -35,6 +35,13 @@ fn new_batch(project: &str, key: Option<&str>, input: &str) -> NewBatch {
     }
 }
 
+/// A migrated database and a queue of its own on it.
+async fn app_and_queue(max_active: i64) -> (TestApp, CreateQueue) {
+    let app = spawn_app().await;
+    let queue = CreateQueue::start(app.pool.clone(), max_active);
+    (app, queue)
+}
+
 /// The answers, in the order of `batches`.
 async fn create_together(
     queue: &CreateQueue,
@@ -63,8 +70,7 @@ async fn transactions(app: &TestApp, key_prefix: &str) -> i64 {
 
 #[tokio::test]
 async fn creations_written_together_each_get_their_own_answer() {
-    let app = spawn_app().await;
-    let queue = CreateQueue::start(app.pool.clone(), 0);
+    let (app, queue) = app_and_queue(0).await;
     let answers = create_together(
         &queue,
         &app.pool,
@@ -117,8 +123,7 @@ async fn creations_written_together_each_get_their_own_answer() {
 
 #[tokio::test]
 async fn a_creation_that_fails_the_statement_is_tried_alone_and_the_others_are_made() {
-    let app = spawn_app().await;
-    let queue = CreateQueue::start(app.pool.clone(), 0);
+    let (app, queue) = app_and_queue(0).await;
     let answers = create_together(
         &queue,
         &app.pool,
@@ -142,8 +147,7 @@ async fn a_creation_that_fails_the_statement_is_tried_alone_and_the_others_are_m
 
 #[tokio::test]
 async fn the_active_batch_limit_holds_for_creations_written_together() {
-    let app = spawn_app().await;
-    let queue = CreateQueue::start(app.pool.clone(), 2);
+    let (app, queue) = app_and_queue(2).await;
     let five = (0..5)
         .map(|i| new_batch("proj_default", Some(&format!("lim-{i}")), "file-1"))
         .collect();
@@ -160,8 +164,7 @@ async fn the_active_batch_limit_holds_for_creations_written_together() {
 
     // A replay in the statement takes no place: the new batch beside it is refused by the
     // statement's count (one active + two new), and then made alone (one active + one).
-    let app = spawn_app().await;
-    let queue = CreateQueue::start(app.pool.clone(), 2);
+    let (app, queue) = app_and_queue(2).await;
     let first = queue
         .create(&app.pool, new_batch("proj_default", Some("r-0"), "file-1"))
         .await;
