@@ -181,3 +181,33 @@ async fn the_active_batch_limit_holds_for_creations_written_together() {
     assert!(matches!(answers[0], Ok(Created::Replayed(_))));
     assert!(matches!(answers[1], Ok(Created::New(_))));
 }
+
+#[tokio::test]
+async fn a_creation_after_the_writers_stopped_is_made_alone() {
+    let (app, _) = app_and_queue(0).await;
+    // Writers started on a runtime that is then shut down: they are gone, the handle stays.
+    let pool = app.pool.clone();
+    let orphan = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { CreateQueue::start(pool, 0) })
+    })
+    .join()
+    .unwrap();
+    let answer = orphan
+        .create(
+            &app.pool,
+            new_batch("proj_default", Some("gone-1"), "file-1"),
+        )
+        .await;
+    assert!(matches!(answer, Ok(Created::New(_))));
+    let again = orphan
+        .create(
+            &app.pool,
+            new_batch("proj_default", Some("gone-1"), "file-1"),
+        )
+        .await;
+    assert!(matches!(again, Ok(Created::Replayed(_))));
+}
