@@ -135,15 +135,38 @@ class Replica(OpenBatchServer):
         return sum(s.value for s in samples if s.name == name and match(s.labels))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                 up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter, sent: bytearray) -> bool:
+    """Pipes a connection both ways until the backend's side ends; whether it answered at all.
+    `sent` (what the client sent before) goes first, and grows until the backend answers."""
+    answered = False
+
+    async def upward() -> None:
+        try:
+            up_w.write(bytes(sent))
+            while data := await client_r.read(1 << 16):
+                if not answered:
+                    sent.extend(data)
+                up_w.write(data)
+                await up_w.drain()
+            if up_w.can_write_eof():
+                up_w.write_eof()
+        except OSError:
+            pass
+
+    up = asyncio.ensure_future(upward())
     try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
+        while data := await up_r.read(1 << 16):
+            answered = True
+            client_w.write(data)
+            await client_w.drain()
+        if answered and client_w.can_write_eof():
+            client_w.write_eof()
     except OSError:
         pass
+    finally:
+        up.cancel()
+    return answered
 
 
 class RoundRobinProxy:
@@ -162,6 +185,7 @@ class RoundRobinProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         first, self._turn = self._turn, self._turn + 1
+        sent = bytearray()  # the request so far, for the next backend if this one fails
         try:
             for i in range(len(self.ports)):
                 b = (first + i) % len(self.ports)
@@ -171,9 +195,13 @@ class RoundRobinProxy:
                     self.refused[b] += 1
                     continue
                 self.connections[b] += 1
-                await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
+                answered = await _relay(client_r, client_w, up_r, up_w, sent)
                 up_w.close()
-                return
+                # A backend that closed or reset the connection without answering (a replica
+                # stopping with the request in its accept queue): nginx passes an idempotent
+                # request to the next one, and answers 502 otherwise.
+                if answered or not sent.startswith((b"GET ", b"HEAD ")):
+                    return
         finally:
             client_w.close()
 
