@@ -160,7 +160,7 @@ pub async fn create(
     } = opts;
     let hash = params_hash.map_or_else(|| spec.fingerprint(), str::to_owned);
     let admission = admission("$2", "1", max_active);
-    // Built at run time: the admission limit is part of the text (above). A plain insert: the
+    // Built at run time: the admission limit is part of the text (`admission`). A plain insert: the
     // read of an existing row is a second statement, paid only by replays and conflicts (one
     // statement doing both, a CTE and a UNION, cost PostgreSQL ~10 % more per create).
     let sql = format!(

@@ -71,6 +71,8 @@ impl CreateQueue {
                     None => batch,
                 },
                 Ok(Reply::Failed(batch)) => batch,
+                // The writer went away mid-statement: the row may or may not be in, so not
+                // alone (a second batch); an error, which the client's retry with its key mends.
                 Err(_) => return Err(sqlx::Error::WorkerCrashed),
             },
             // The writers are gone (shutting down): alone, then.
@@ -101,6 +103,8 @@ impl CreateQueue {
 async fn write(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, max_active: i64) {
     loop {
         let mut jobs = Vec::new();
+        // The writer holding the lock waits for the next creation, then takes all that queued
+        // behind it; the others wait for the lock meanwhile, not for creations.
         {
             let mut queue = queue.lock().await;
             match queue.recv().await {

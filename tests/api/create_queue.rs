@@ -184,7 +184,7 @@ async fn the_active_batch_limit_holds_for_creations_written_together() {
 
 #[tokio::test]
 async fn a_creation_after_the_writers_stopped_is_made_alone() {
-    let (app, _) = app_and_queue(0).await;
+    let app = spawn_app().await;
     // Writers started on a runtime that is then shut down: they are gone, the handle stays.
     let pool = app.pool.clone();
     let orphan = std::thread::spawn(move || {
