@@ -182,6 +182,10 @@ pub struct ServerSettings {
     /// the cached values, so a scrape costs no query).
     #[serde(default = "default_metrics_refresh_secs")]
     pub metrics_refresh_secs: u64,
+    /// With authentication off, host names (besides loopback ones) this server answers to;
+    /// `*` answers any. Other names are refused, so a rebound name cannot reach it.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_metrics_refresh_secs() -> u64 {
@@ -361,6 +365,10 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                // Lists are comma-separated in the environment (only these keys: a comma in
+                // any other value, such as a URL's query, stays as it is).
+                .list_separator(",")
+                .with_list_parse_key("server.allowed_hosts")
                 .source(Some(ours)),
         );
         for (standard, ours) in [
@@ -498,7 +506,8 @@ impl Settings {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether `host` (a name or address, IPv6 in brackets or not) names this machine's loopback.
+pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -589,6 +598,21 @@ mod tests {
         assert_eq!(s.server.host, "0.0.0.0");
         assert_eq!(s.database.url.expose(), "postgres://a@b/c");
         assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn allowed_hosts_are_a_comma_separated_list_and_other_values_keep_their_commas() {
+        assert!(load(&[]).unwrap().server.allowed_hosts.is_empty());
+        let s = load(&[
+            (
+                "OPENBATCH__SERVER__ALLOWED_HOSTS",
+                "batch.internal,10.0.0.5",
+            ),
+            ("OPENBATCH__DATABASE__URL", "postgres://x@y/z?options=a,b"),
+        ])
+        .unwrap();
+        assert_eq!(s.server.allowed_hosts, ["batch.internal", "10.0.0.5"]);
+        assert_eq!(s.database.url.expose(), "postgres://x@y/z?options=a,b");
     }
 
     #[test]

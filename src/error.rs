@@ -131,6 +131,14 @@ impl ApiError {
             .no_retry()
     }
 
+    /// 403 for a request a browser was led to make (another site's page, a rebound name):
+    /// the same request is refused the same way, so retrying is pointless.
+    pub fn forbidden(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+            .with_code(code)
+            .no_retry()
+    }
+
     /// 429; `Retry-After` is 1 s unless `retry_after` says otherwise.
     pub fn too_many_requests(message: impl Into<String>, code: &str) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, message).with_code(code)

@@ -102,6 +102,10 @@ impl Application {
             webhooks: settings.webhooks.clone(),
             event_streams: Default::default(),
         });
+        let host_guard = web::Data::new(api::HostGuard::new(
+            settings.auth.enabled,
+            &settings.server.allowed_hosts,
+        ));
         let public_metrics = settings.server.metrics_address.is_none();
         let metrics_server = match &settings.server.metrics_address {
             Some(address) => {
@@ -129,6 +133,8 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(host_guard.clone())
+                .wrap(from_fn(api::host_guard_middleware))
                 // Outermost, so that even rewritten framework errors carry the request id.
                 .wrap(from_fn(api::request_id_middleware))
                 .wrap(ErrorHandlers::new().default_handler(render_framework_error))

@@ -34,6 +34,7 @@ mod body;
 mod console;
 mod files;
 mod health;
+mod host_guard;
 mod keyring;
 mod openapi;
 mod pagination;
@@ -53,6 +54,7 @@ use crate::error::ApiError;
 pub use request_id::{middleware as request_id_middleware, RequestId};
 
 pub use auth::{Auth, RateLimiter};
+pub use host_guard::{middleware as host_guard_middleware, HostGuard};
 
 /// What every handler may use.
 pub struct AppState {

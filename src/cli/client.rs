@@ -45,12 +45,27 @@ pub struct Created {
 }
 
 impl Client {
-    pub fn new(base_url: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+    /// `insecure`: send the key over plain http:// to another machine all the same.
+    pub fn new(base_url: &str, api_key: Option<String>, insecure: bool) -> anyhow::Result<Self> {
         let base = base_url.trim_end_matches('/').to_owned();
+        let url = url::Url::parse(&base).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        let Some(url) = url else {
+            anyhow::bail!(
+                "the base URL must be an http(s) URL such as http://127.0.0.1:8080/v1 \
+                 (--base-url or OPENAI_BASE_URL), got '{base}'"
+            );
+        };
+        let api_key = api_key.filter(|k| !k.is_empty());
+        let host = url.host_str().unwrap_or_default();
         anyhow::ensure!(
-            base.starts_with("http://") || base.starts_with("https://"),
-            "the base URL must be an http(s) URL such as http://127.0.0.1:8080/v1 \
-             (--base-url or OPENAI_BASE_URL), got '{base}'"
+            api_key.is_none()
+                || insecure
+                || url.scheme() == "https"
+                || crate::config::is_loopback(host),
+            "refusing to send the API key in clear text to {host}: use an https:// base URL, \
+             or pass --insecure if the network to it is trusted"
         );
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -59,7 +74,7 @@ impl Client {
         Ok(Self {
             http,
             base,
-            api_key: api_key.filter(|k| !k.is_empty()),
+            api_key,
         })
     }
 
@@ -317,4 +332,51 @@ async fn created(res: Response) -> anyhow::Result<Created> {
         .await
         .context("the server sent a body that is not JSON")?;
     Ok(Created { batch, replayed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Client;
+
+    fn refused(base: &str, key: Option<&str>, insecure: bool) -> bool {
+        Client::new(base, key.map(str::to_owned), insecure)
+            .err()
+            .is_some_and(|e| e.to_string().contains("--insecure"))
+    }
+
+    #[test]
+    fn a_key_goes_in_clear_text_only_to_this_machine_or_when_told() {
+        let key = Some("sk-test");
+        assert!(refused("http://batch.example.com/v1", key, false));
+        assert!(refused("http://10.0.0.5:8080/v1", key, false));
+        assert!(refused("http://localhost.example.com/v1", key, false));
+        for base in [
+            "http://127.0.0.1:8080/v1",
+            "http://localhost:8080/v1",
+            "http://[::1]:8080/v1",
+            "https://batch.example.com/v1",
+        ] {
+            assert!(!refused(base, key, false), "{base}");
+        }
+        assert!(!refused("http://batch.example.com/v1", key, true));
+        assert!(
+            !refused("http://batch.example.com/v1", None, false),
+            "no key to leak"
+        );
+        assert!(
+            !refused("http://batch.example.com/v1", Some(""), false),
+            "no key to leak"
+        );
+    }
+
+    #[test]
+    fn a_base_url_that_is_not_http_is_refused_with_an_example() {
+        for base in ["ftp://x/v1", "127.0.0.1:8080", "http://"] {
+            let err = Client::new(base, None, false)
+                .err()
+                .expect(base)
+                .to_string();
+            assert!(err.contains("http://127.0.0.1:8080/v1"), "{base}: {err}");
+        }
+    }
 }

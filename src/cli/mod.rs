@@ -40,11 +40,15 @@ pub struct ClientOpts {
     /// Print the API's JSON objects instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Send the API key over plain http:// to a host other than this machine (anyone on the
+    /// way can read it). Without it such a request is refused before anything is sent.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 impl ClientOpts {
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.base_url, self.api_key.clone())
+        Client::new(&self.base_url, self.api_key.clone(), self.insecure)
     }
 }
 

@@ -529,3 +529,75 @@ async fn wait_follows_the_event_stream_and_falls_back_to_polling() {
     let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(b["status"], "completed");
 }
+
+/// An address of this machine that is not a loopback one (the interface a default route
+/// would use); a UDP "connection" sends nothing.
+fn non_loopback_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe
+        .connect("192.0.2.1:9")
+        .expect("a route off this machine");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(
+        !ip.is_loopback(),
+        "this machine has no address but loopback"
+    );
+    ip
+}
+
+/// `--insecure` is what lets the key go in clear text to another machine: without it the CLI
+/// refuses before it connects.
+#[tokio::test]
+async fn the_key_is_not_sent_over_plain_http_to_another_host_unless_insecure() {
+    let ip = non_loopback_address();
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+
+    let out = run(cli(&address)
+        .env("OPENAI_API_KEY", "sk-secret-123")
+        .args(["files", "list"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--insecure") && err.contains("https://"),
+        "{err}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the CLI connected although it refused to send the key"
+    );
+
+    // With --insecure the request goes out, key and all.
+    listener.set_nonblocking(false).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed mid-request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"object":"list","data":[],"has_more":false}"#;
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    let out = run(cli(&address).env("OPENAI_API_KEY", "sk-secret-123").args([
+        "files",
+        "list",
+        "--insecure",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let request = server.join().unwrap().to_ascii_lowercase();
+    assert!(
+        request.contains("authorization: bearer sk-secret-123"),
+        "{request}"
+    );
+}

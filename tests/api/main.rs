@@ -17,6 +17,7 @@ mod errors;
 mod files;
 mod first_run;
 mod helpers;
+mod hostile_http;
 mod idempotency;
 mod live_results;
 mod memory;
