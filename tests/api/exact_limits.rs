@@ -26,7 +26,10 @@ async fn replicas_racing_to_create_make_exactly_the_limit() {
     // Keyless: each creation is a batch of its own, if admitted.
     let sends = (0..CREATES).map(|i| {
         let req = client
-            .post(format!("{}/v1/batches", replicas[i % replicas.len()].address))
+            .post(format!(
+                "{}/v1/batches",
+                replicas[i % replicas.len()].address
+            ))
             .json(&batch_body("file-abc"));
         async move {
             let res = req.send().await.unwrap();

@@ -26,6 +26,7 @@ mod openapi;
 mod poison;
 mod replicas;
 mod retry;
+mod retry_limits;
 mod secrets;
 mod startup;
 mod stored_values;
