@@ -160,6 +160,20 @@ impl ApiError {
         .no_retry()
     }
 
+    /// 503 for a creation whose statement was sent but whose answer was lost with the
+    /// connection: the batch may exist or not. Retrying is right (and the SDKs do, after
+    /// `Retry-After`): with its idempotency key the retry answers the batch if it was made.
+    pub fn creation_outcome_unknown() -> Self {
+        let mut e = Self::unavailable(
+            "The connection to the database was lost while the batch was being created, so it \
+             may or may not have been created. Please retry with the same Idempotency-Key, \
+             which returns the batch if it was created (a retry without a key may create a \
+             second batch).",
+        );
+        e.should_retry = Some(true);
+        e
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
@@ -266,6 +280,16 @@ impl From<sqlx::Error> for ApiError {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()
             }
+        }
+    }
+}
+
+impl From<crate::store::create_queue::CreateError> for ApiError {
+    fn from(e: crate::store::create_queue::CreateError) -> Self {
+        use crate::store::create_queue::CreateError;
+        match e {
+            CreateError::Database(e) => e.into(),
+            CreateError::OutcomeUnknown => ApiError::creation_outcome_unknown(),
         }
     }
 }
@@ -394,6 +418,20 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
         assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn a_creation_of_unknown_outcome_is_a_503_the_sdks_retry() {
+        use crate::store::create_queue::CreateError;
+        let e = ApiError::from(CreateError::OutcomeUnknown);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.to_json()["error"]["type"], "server_error");
+        let res = e.error_response();
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "true");
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        // A refused statement keeps its own answer.
+        let e = ApiError::from(CreateError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -9,14 +9,17 @@ use utoipa::ToSchema;
 
 use super::batches::{batch_not_found, parse_batch_id, BatchObject, IdempotencyKeyHeader};
 use super::openapi::ErrorResponse;
+use super::spool::{spool_failed, Spool};
 use super::{body, AppState, Project};
 use crate::domain::{
-    BatchSpec, BatchStatus, FileId, IdempotencyKey, Invalid, Metadata, Purpose, RetryFilter,
+    BatchId, BatchSpec, BatchStatus, ExpiresAfter, FileId, IdempotencyKey, Invalid, Metadata,
+    Purpose, RetryFilter,
 };
 use crate::error::ApiError;
-use crate::results::{retry, FileLines};
+use crate::results::retry::RetryInput;
+use crate::results::FileLines;
 use crate::store::batches::{self as store, BatchRecord, Created};
-use crate::store::files::{self, NewContent, NewFile};
+use crate::store::files::{self, Finished, NewFile, Upload, CHUNK_BYTES};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/retry").route(web::post().to(retry_batch)));
@@ -82,7 +85,10 @@ fn replayed(batch: &BatchRecord) -> HttpResponse {
                    the batch's error file (upstream errors, requests that got no answer, and \
                    expired or cancelled ones), optionally only those whose `error.code` is in \
                    `error_codes` or whose `response.status_code` is in `status_codes`, into a new \
-                   `batch` file, and creates a batch from it with the same endpoint and metadata. \
+                   `batch` file, and creates a batch from it with the same endpoint, metadata and \
+                   `output_expires_after`. The file counts against the storage quota, and \
+                   building it takes one of the replica's upload slots \
+                   (limits.max_concurrent_uploads; 429 too_many_uploads when all are taken). \
                    The new batch has `retry_of`; the origin lists it in `retries`. Idempotent \
                    like batch creation (`Idempotency-Key` header, or `idempotency_key` / \
                    `idem_tok` in the body): the same key and filters answer the same batch, other \
@@ -96,6 +102,9 @@ fn replayed(batch: &BatchRecord) -> HttpResponse {
             headers(("Idempotent-Replayed" = String, description = "`true` when the key had \
                 created this batch already"))),
         (status = 400, response = ErrorResponse),
+        (status = 403, description = "The new input file would take the project past its file \
+            storage quota (limits.max_stored_bytes_per_project): code storage_quota_exceeded",
+            body = crate::error::Envelope),
         (status = 404, response = ErrorResponse),
         (status = 409, response = ErrorResponse),
         (status = 413, response = ErrorResponse),
@@ -151,6 +160,29 @@ async fn retry_batch(
             "every line succeeded"
         }));
     };
+    // The new batch's parameters are checked as a creation checks them: the limits may have
+    // changed since the origin was created.
+    let metadata = Metadata::from_json_within(
+        origin.metadata.as_ref().unwrap_or(&Value::Null),
+        state.limits.metadata,
+    )?;
+    let output_expires_after = store::output_expiry(&state.pool, &project, &id)
+        .await?
+        .map(|s| ExpiresAfter::new("output_expires_after", ExpiresAfter::ANCHOR, s))
+        .transpose()?;
+    // Building the file is an upload made by the server: it takes one of the replica's upload
+    // slots, so that any number of retries at once hold no more of the pool and the disk than
+    // uploads may.
+    let _slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many_requests(
+            format!(
+                "This server is receiving {} uploads (or building retries) already. Please \
+                 retry shortly.",
+                state.limits.max_concurrent_uploads
+            ),
+            "too_many_uploads",
+        )
+    })?;
     let unavailable = |what: &str, file: &FileId| {
         ApiError::batch_state(
             "retry_input_unavailable",
@@ -169,43 +201,60 @@ async fn retry_batch(
     };
     let errors = stored("error file", error_file).await?;
     let input = stored("input file", origin.input_file_id.clone()).await?;
-
-    let mut tx = state.pool.begin().await?;
-    let mut content = NewContent::new();
-    let lines = retry::write_input(
-        &state.pool,
-        &mut tx,
-        &id,
-        input,
-        errors,
-        &filter,
-        &mut content,
-    )
-    .await
-    .map_err(|e| {
-        tracing::error!(batch_id = %id, error = format!("{e:#}"), "building a retry failed");
-        ApiError::internal()
-    })?;
+    let (mut spool, lines) = select(&state, &id, input, errors, &filter).await?;
     if lines == 0 {
         return Err(nothing("no failed line matches the filter"));
     }
-    let file = content
+    let bytes = spool.bytes();
+    let quota = Some(state.limits.max_stored_bytes_per_project).filter(|&q| q > 0);
+    if let Some(quota) = quota {
+        // A cheap early answer; `finish` checks again under a lock.
+        let stored = files::stored_bytes(&state.pool, &project).await?;
+        if stored as u64 + bytes > quota {
+            return Err(ApiError::storage_quota_exceeded(
+                quota,
+                stored as u64,
+                bytes,
+            ));
+        }
+    }
+    // Only now is a connection held, by one transaction, at disk speed.
+    spool.rewind().await.map_err(spool_failed)?;
+    let mut upload = Upload::begin(&state.pool).await?;
+    loop {
+        let piece = spool.read(CHUNK_BYTES).await.map_err(spool_failed)?;
+        if piece.is_empty() {
+            break;
+        }
+        upload.write_chunk(piece).await?;
+    }
+    let finished = upload
         .finish(
-            &mut tx,
             NewFile {
                 project: &project,
                 filename: &format!("{id}_retry.jsonl"),
                 purpose: Purpose::Batch,
                 expires_after_seconds: None,
             },
+            quota,
         )
         .await?;
+    let (file, mut tx) = match finished {
+        Finished::Stored(file, tx) => (file, tx),
+        Finished::OverQuota { stored } => {
+            return Err(ApiError::storage_quota_exceeded(
+                quota.unwrap_or_default(),
+                stored.max(0) as u64,
+                bytes,
+            ))
+        }
+    };
     let spec = BatchSpec {
         input_file_id: file.id,
         endpoint: origin.endpoint,
         completion_window: origin.completion_window,
-        metadata: Metadata::from_json(origin.metadata.as_ref().unwrap_or(&Value::Null))?,
-        output_expires_after: None,
+        metadata,
+        output_expires_after,
     };
     let trace = crate::telemetry::traceparent(&tracing::Span::current());
     let created = store::create(
@@ -240,4 +289,35 @@ async fn retry_batch(
             state.limits.max_active_batches_per_project,
         )),
     }
+}
+
+/// Reads the requests to run again into a local spool, one short statement per file part:
+/// nothing is held in the database while the files are read. Returns the spool and how many
+/// requests it holds.
+async fn select(
+    state: &AppState,
+    id: &BatchId,
+    input: FileLines,
+    errors: FileLines,
+    filter: &RetryFilter,
+) -> Result<(Spool, usize), ApiError> {
+    let failed = |e: anyhow::Error| match e.downcast::<sqlx::Error>() {
+        // The database is busy or away: the caller may retry.
+        Ok(e) => ApiError::from(e),
+        Err(e) => {
+            tracing::error!(batch_id = %id, error = format!("{e:#}"), "building a retry failed");
+            ApiError::internal()
+        }
+    };
+    let mut spool = Spool::create(state.limits.upload_spool_dir.as_deref())
+        .await
+        .map_err(spool_failed)?;
+    let mut requests = RetryInput::new(id, input, errors, filter);
+    let mut lines = 0;
+    while let Some(line) = requests.next(&state.pool).await.map_err(failed)? {
+        spool.write(&line).await.map_err(spool_failed)?;
+        spool.write(b"\n").await.map_err(spool_failed)?;
+        lines += 1;
+    }
+    Ok((spool, lines))
 }

@@ -159,7 +159,7 @@ pub async fn create(
         params_hash,
     } = opts;
     let hash = params_hash.map_or_else(|| spec.fingerprint(), str::to_owned);
-    let admission = admission("$2", "1", max_active);
+    let admission = admission("$2", max_active);
     // Built at run time: the admission limit is part of the text (`admission`). A plain insert: the
     // read of an existing row is a second statement, paid only by replays and conflicts (one
     // statement doing both, a CTE and a UNION, cost PostgreSQL ~10 % more per create).
@@ -206,31 +206,18 @@ pub async fn create(
     })
 }
 
-/// The admission check of an insert, as a `WHERE` clause: the project named by `project` (an
-/// SQL expression) has fewer than `max_active` unfinished batches, counting this row as the
-/// `rank`-th new one of the statement; empty when there is no limit. The limit is written into
-/// the SQL rather than bound: it is fixed for the process, so the statement text is too, and
-/// PostgreSQL can keep one generic plan for it. Bound, the LIMIT made every execution re-plan
-/// (measured: ~0.5 ms of planning per create). Counting stops at the limit, so it costs at most
-/// that much.
-fn admission(project: &str, rank: &str, max_active: i64) -> String {
+/// The admission check of a one-row insert, as a `WHERE` clause: the project named by `project`
+/// (an SQL expression) has fewer than `max_active` unfinished batches; empty when there is no
+/// limit. `batch_admission_count` (migration 0016) takes the project's admission lock before it
+/// counts, so creations racing on any replicas are admitted one after the other, each counting
+/// the ones admitted before it. The limit is written into the SQL rather than bound: it is fixed
+/// for the process, so the statement text is too, and PostgreSQL can keep one generic plan for
+/// it. Bound, the LIMIT made every execution re-plan (measured: ~0.5 ms of planning per create).
+fn admission(project: &str, max_active: i64) -> String {
     if max_active <= 0 {
         return String::new();
     }
-    format!(
-        concat!(
-            "WHERE (SELECT count(*) FROM (
-                SELECT 1 FROM batches b
-                WHERE b.project_id = {project}
-                  AND b.status IN ",
-            unfinished_statuses!(),
-            "
-                LIMIT {max_active}) active) + {rank} <= {max_active}"
-        ),
-        project = project,
-        rank = rank,
-        max_active = max_active
-    )
+    format!("WHERE batch_admission_count({project}, {max_active}) + 1 <= {max_active}")
 }
 
 /// A batch to insert together with others (`insert_many`), its parameters owned.
@@ -253,8 +240,9 @@ pub struct NewBatch {
 /// one project cannot pass the limit together; a row refused only because an earlier one was a
 /// replay is refused too, and is to be tried alone.
 ///
-/// Rows go in in key order: two such statements racing on the same keys then wait for each
-/// other's rows in one order, and cannot deadlock.
+/// Rows go in in (project, key) order: two such statements racing on the same keys then wait for
+/// each other's rows in one order, and cannot deadlock; with a limit, they take the projects'
+/// admission locks in that order too.
 #[tracing::instrument(skip_all, name = "db.batches.insert_many", fields(rows = batches.len()))]
 pub async fn insert_many(
     conn: &mut PgConnection,
@@ -299,26 +287,46 @@ pub async fn insert_many(
         .collect();
     let hashes: Vec<&str> = order.iter().map(|b| b.hash.as_str()).collect();
     let traces: Vec<Option<&str>> = order.iter().map(|b| b.trace_context.as_deref()).collect();
+    // With a limit, each project of the statement is counted once, under its admission lock
+    // (migration 0016), the projects in ascending order so that statements locking several
+    // cannot deadlock; every count is taken before the first row goes in, since the sort by
+    // `ord` reads all its input first. A row is admitted when its project's count plus its rank
+    // among the project's rows here is within the limit.
+    let (active, admitted) = if max_active > 0 {
+        (
+            format!(
+                ", active AS MATERIALIZED (
+                    SELECT p.project_id,
+                           batch_admission_count(p.project_id, {max_active}) AS taken
+                    FROM (SELECT DISTINCT project_id FROM n ORDER BY project_id) p)"
+            ),
+            format!(
+                "JOIN active a ON a.project_id = n.project_id
+                 WHERE a.taken + n.nth <= {max_active}"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let sql = format!(
-        "INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
-                             expires_at, metadata, output_expires_after_seconds,
-                             idempotency_key, params_hash, trace_context)
-        SELECT n.id, n.project_id, n.endpoint, n.input_file_id, n.completion_window, $1,
-               unix_now() + n.expires_in, n.metadata::jsonb, n.output_expiry,
-               n.idempotency_key, n.params_hash, n.trace_context
-        FROM (
+        "WITH n AS (
             SELECT u.*, row_number() OVER (PARTITION BY u.project_id ORDER BY u.ord) AS nth
             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
                         $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[])
                  WITH ORDINALITY
                  AS u(id, project_id, endpoint, input_file_id, completion_window, expires_in,
                       metadata, output_expiry, idempotency_key, params_hash, trace_context, ord)
-        ) n
-        {admission}
+        ){active}
+        INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
+                             expires_at, metadata, output_expires_after_seconds,
+                             idempotency_key, params_hash, trace_context)
+        SELECT n.id, n.project_id, n.endpoint, n.input_file_id, n.completion_window, $1,
+               unix_now() + n.expires_in, n.metadata::jsonb, n.output_expiry,
+               n.idempotency_key, n.params_hash, n.trace_context
+        FROM n {admitted}
         ORDER BY n.ord
         ON CONFLICT (project_id, idempotency_key) DO NOTHING
-        RETURNING {COLUMNS}",
-        admission = admission("n.project_id", "n.nth", max_active)
+        RETURNING {COLUMNS}"
     );
     sqlx::query_as::<_, BatchRecord>(&sql)
         .bind(BatchStatus::Validating)
@@ -361,6 +369,23 @@ async fn find_by_key<'c>(
     )
     .fetch_optional(conn)
     .await
+}
+
+/// The batch's `output_expires_after` in seconds, if it had one (a retry keeps it).
+#[tracing::instrument(skip_all, name = "db.batches.output_expiry")]
+pub async fn output_expiry(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &BatchId,
+) -> Result<Option<i64>, sqlx::Error> {
+    let seconds: Option<Option<i64>> = sqlx::query_scalar!(
+        "SELECT output_expires_after_seconds FROM batches WHERE project_id = $1 AND id = $2",
+        project.as_str(),
+        id.as_str(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(seconds.flatten())
 }
 
 #[tracing::instrument(skip_all, name = "db.batches.get")]

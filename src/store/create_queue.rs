@@ -5,10 +5,16 @@
 //! every creation waiting at that moment and insert them in one statement and one commit. Under
 //! no load a creation goes alone, as soon as it arrives; under load the statements grow, and
 //! the database's work per creation shrinks.
+//!
+//! A statement that fails is re-run row by row only when PostgreSQL surely did not carry it out
+//! ([`statement_outcome`]); when the connection was lost after it was sent, its rows may be in,
+//! and each creation is answered [`CreateError::OutcomeUnknown`] instead of being inserted a
+//! second time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -35,9 +41,63 @@ enum Reply {
     Inserted(Box<batches::BatchRecord>),
     /// Its key is taken, or its project is at the limit.
     NotInserted(NewBatch),
-    /// The statement failed: the creation is made alone, so that it gets its own error (or
-    /// succeeds, when another row of the statement was the cause).
+    /// The statement was refused (or never sent): the creation is made alone, so that it gets
+    /// its own error (or succeeds, when another row of the statement was the cause).
     Failed(NewBatch),
+    /// The connection was lost once the statement was sent: its rows may be in or not.
+    Unknown,
+}
+
+/// Why a creation has no answer.
+#[derive(Debug)]
+pub enum CreateError {
+    /// A statement failed and PostgreSQL did not carry it out (or a read failed).
+    Database(sqlx::Error),
+    /// The connection was lost after the statement creating the batch was sent: it may or may
+    /// not exist. Never re-run: without an idempotency key that could make it twice; the
+    /// client's retry with its key replays it if it was made.
+    OutcomeUnknown,
+}
+
+impl From<sqlx::Error> for CreateError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Database(e) => e.fmt(f),
+            Self::OutcomeUnknown => f.write_str("the outcome of the creation is unknown"),
+        }
+    }
+}
+
+/// Whether a failed statement may have been carried out all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// PostgreSQL refused it: an error of severity ERROR ends the statement's (implicit)
+    /// transaction with a rollback, and none is reported after a commit.
+    NotApplied,
+    /// Anything else. The connection broke (I/O, or a FATAL such as the backend being
+    /// terminated, which can come at any point, even after the commit), or the answer could
+    /// not be read (a protocol or decoding error, after the rows may be in).
+    Unknown,
+}
+
+/// What `e`, the error of a statement sent on a connection already acquired, says about it.
+/// Only a refusal is safe to run again; a pool error is not here, since nothing was sent.
+pub fn statement_outcome(e: &sqlx::Error) -> Outcome {
+    let refused = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|d| d.severity() == PgSeverity::Error);
+    if refused {
+        Outcome::NotApplied
+    } else {
+        Outcome::Unknown
+    }
 }
 
 impl CreateQueue {
@@ -54,7 +114,7 @@ impl CreateQueue {
 
     /// Inserts the batch, or finds the one created earlier under its idempotency key.
     #[tracing::instrument(skip_all, name = "db.batches.create")]
-    pub async fn create(&self, pool: &PgPool, batch: NewBatch) -> Result<Created, sqlx::Error> {
+    pub async fn create(&self, pool: &PgPool, batch: NewBatch) -> Result<Created, CreateError> {
         let (reply, answer) = oneshot::channel();
         let batch = match self.jobs.send(Job { batch, reply }).await {
             Ok(()) => match answer.await {
@@ -71,9 +131,10 @@ impl CreateQueue {
                     None => batch,
                 },
                 Ok(Reply::Failed(batch)) => batch,
+                Ok(Reply::Unknown) => return Err(CreateError::OutcomeUnknown),
                 // The writer went away mid-statement: the row may or may not be in, so not
                 // alone (a second batch); an error, which the client's retry with its key mends.
-                Err(_) => return Err(sqlx::Error::WorkerCrashed),
+                Err(_) => return Err(CreateError::OutcomeUnknown),
             },
             // The writers are gone (shutting down): alone, then.
             Err(mpsc::error::SendError(job)) => job.batch,
@@ -81,9 +142,9 @@ impl CreateQueue {
         self.alone(pool, &batch).await
     }
 
-    async fn alone(&self, pool: &PgPool, batch: &NewBatch) -> Result<Created, sqlx::Error> {
+    async fn alone(&self, pool: &PgPool, batch: &NewBatch) -> Result<Created, CreateError> {
         let mut conn = pool.acquire().await?;
-        batches::create(
+        let created = batches::create(
             &mut conn,
             &batch.project,
             &batch.spec,
@@ -96,7 +157,14 @@ impl CreateQueue {
                 params_hash: Some(&batch.hash),
             },
         )
-        .await
+        .await;
+        created.map_err(|e| match statement_outcome(&e) {
+            Outcome::NotApplied => CreateError::Database(e),
+            Outcome::Unknown => {
+                tracing::warn!(error = %e, "the connection was lost while creating a batch");
+                CreateError::OutcomeUnknown
+            }
+        })
     }
 }
 
@@ -125,19 +193,28 @@ async fn write(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, max_active:
 /// Inserts the jobs' batches in one statement and answers each job.
 async fn flush(pool: &PgPool, jobs: Vec<Job>, max_active: i64) {
     let rows: Vec<&NewBatch> = jobs.iter().map(|j| &j.batch).collect();
-    let inserted = async {
-        let mut conn = pool.acquire().await?;
-        batches::insert_many(&mut conn, &rows, max_active).await
-    }
-    .await;
+    let inserted = match pool.acquire().await {
+        Ok(mut conn) => batches::insert_many(&mut conn, &rows, max_active)
+            .await
+            .map_err(|e| (statement_outcome(&e), e)),
+        // Nothing was sent.
+        Err(e) => Err((Outcome::NotApplied, e)),
+    };
     let inserted = match inserted {
         Ok(records) => records,
-        Err(e) => {
+        Err((Outcome::NotApplied, e)) => {
             if jobs.len() > 1 {
                 tracing::warn!(error = %e, rows = jobs.len(), "inserting batches together failed; inserting each alone");
             }
             for job in jobs {
                 let _ = job.reply.send(Reply::Failed(job.batch));
+            }
+            return;
+        }
+        Err((Outcome::Unknown, e)) => {
+            tracing::warn!(error = %e, rows = jobs.len(), "the connection was lost while inserting batches; their creations are answered with a retryable error");
+            for job in jobs {
+                let _ = job.reply.send(Reply::Unknown);
             }
             return;
         }

@@ -119,15 +119,33 @@ impl Upload {
     }
 
     /// Writes the `files` row and commits, unless the project would then store more than
-    /// `quota` bytes (then nothing is kept). The project's storage row is locked from the check
-    /// to the commit, so uploads racing on any replicas cannot overshoot the quota together;
-    /// the lock is taken last, once the content is written, so it is held only briefly.
+    /// `quota` bytes (then nothing is kept).
     #[tracing::instrument(skip_all, name = "db.files.commit")]
     pub async fn commit(
-        mut self,
+        self,
         file: NewFile<'_>,
         quota: Option<u64>,
     ) -> Result<Committed, sqlx::Error> {
+        Ok(match self.finish(file, quota).await? {
+            Finished::Stored(record, tx) => {
+                tx.commit().await?;
+                Committed::Stored(record)
+            }
+            Finished::OverQuota { stored } => Committed::OverQuota { stored },
+        })
+    }
+
+    /// Writes the `files` row, unless the project would then store more than `quota` bytes,
+    /// and hands back the transaction for the caller to write what goes with the file (a
+    /// retry's batch) and commit. The project's storage row is locked from the check to the
+    /// commit, so uploads racing on any replicas cannot overshoot the quota together; the lock
+    /// is taken last, once the content is written, so it is held only briefly.
+    #[tracing::instrument(skip_all, name = "db.files.finish")]
+    pub async fn finish(
+        mut self,
+        file: NewFile<'_>,
+        quota: Option<u64>,
+    ) -> Result<Finished, sqlx::Error> {
         if let Some(quota) = quota {
             let stored: i64 = sqlx::query_scalar!(
                 "INSERT INTO project_storage AS s (project_id) VALUES ($1)
@@ -138,12 +156,11 @@ impl Upload {
             .fetch_one(&mut *self.tx)
             .await?;
             if stored.saturating_add(self.content.bytes) > quota as i64 {
-                return Ok(Committed::OverQuota { stored });
+                return Ok(Finished::OverQuota { stored });
             }
         }
         let record = self.content.finish(&mut self.tx, file).await?;
-        self.tx.commit().await?;
-        Ok(Committed::Stored(record))
+        Ok(Finished::Stored(record, self.tx))
     }
 }
 
@@ -153,6 +170,13 @@ pub enum Committed {
     OverQuota {
         stored: i64,
     },
+}
+
+pub enum Finished {
+    /// The file, visible once the transaction commits (dropped, it rolls back).
+    Stored(FileRecord, Transaction<'static, Postgres>),
+    /// As `Committed::OverQuota`; nothing is kept.
+    OverQuota { stored: i64 },
 }
 
 /// Bytes the project's files take (neither deleted nor purged), as the quota counts them.

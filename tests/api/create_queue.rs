@@ -2,15 +2,17 @@
 //! each still gets the answer it would have got alone. The tests run on a current-thread
 //! runtime: every creation joined below is queued before a writer runs, so they go together.
 
+use std::time::{Duration, Instant};
+
 use futures_util::future::join_all;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::helpers::{spawn_app, TestApp};
 use openbatch::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, FileId, IdempotencyKey, ProjectId,
 };
 use openbatch::store::batches::{Created, NewBatch};
-use openbatch::store::create_queue::CreateQueue;
+use openbatch::store::create_queue::{statement_outcome, CreateError, CreateQueue, Outcome};
 
 fn new_batch(project: &str, key: Option<&str>, input: &str) -> NewBatch {
     let spec = BatchSpec {
@@ -47,11 +49,11 @@ async fn create_together(
     queue: &CreateQueue,
     pool: &PgPool,
     batches: Vec<NewBatch>,
-) -> Vec<Result<Created, sqlx::Error>> {
+) -> Vec<Result<Created, CreateError>> {
     join_all(batches.into_iter().map(|b| queue.create(pool, b))).await
 }
 
-fn id(created: &Result<Created, sqlx::Error>) -> String {
+fn id(created: &Result<Created, CreateError>) -> String {
     match created {
         Ok(Created::New(b) | Created::Replayed(b) | Created::Conflict(b)) => b.id.to_string(),
         other => panic!("no batch: {:?}", other.as_ref().map(|_| "limit reached")),
@@ -138,7 +140,7 @@ async fn a_creation_that_fails_the_statement_is_tried_alone_and_the_others_are_m
     assert!(matches!(answers[0], Ok(Created::New(_))));
     assert!(matches!(answers[2], Ok(Created::New(_))));
     match &answers[1] {
-        Err(sqlx::Error::Database(e)) => {
+        Err(CreateError::Database(sqlx::Error::Database(e))) => {
             assert_eq!(e.code().as_deref(), Some("23503"), "{e}")
         }
         other => panic!("expected a foreign-key error, got {:?}", other.is_ok()),
@@ -210,4 +212,110 @@ async fn a_creation_after_the_writers_stopped_is_made_alone() {
         )
         .await;
     assert!(matches!(again, Ok(Created::Replayed(_))));
+}
+
+/// The backend of the connection whose statement waits for a lock, once it does.
+async fn waiting_writer(pool: &PgPool) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%INSERT INTO batches%'",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the insert never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_statement_whose_connection_is_lost_is_answered_as_unknown_and_never_run_again() {
+    let (app, queue) = app_and_queue(0).await;
+    // The project's row, locked: the statement's foreign-key check waits for it, so the
+    // statement is surely sent, and running, when its connection is cut.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM projects WHERE id = 'proj_default' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (pool, q) = (app.pool.clone(), queue.clone());
+    let creating = tokio::spawn(async move {
+        let batches = vec![
+            new_batch("proj_default", None, "file-1"),
+            new_batch("proj_default", None, "file-1"),
+            new_batch("proj_default", Some("lost-1"), "file-1"),
+        ];
+        create_together(&q, &pool, batches).await
+    });
+    let writer = waiting_writer(&app.pool).await;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(writer)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    holder.rollback().await.unwrap();
+
+    let answers = creating.await.unwrap();
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(
+            matches!(answer, Err(CreateError::OutcomeUnknown)),
+            "creation {i}: {:?}",
+            answer.as_ref().map(|_| "an answer")
+        );
+    }
+    assert_eq!(app.count_batches().await, 0, "no creation was run again");
+    // The client's retry with its key: the batch was not made, so now it is, once.
+    let again = queue
+        .create(
+            &app.pool,
+            new_batch("proj_default", Some("lost-1"), "file-1"),
+        )
+        .await;
+    assert!(matches!(again, Ok(Created::New(_))));
+    assert_eq!(app.count_batches().await, 1);
+}
+
+#[tokio::test]
+async fn only_errors_postgresql_reports_as_refusals_are_safe_to_run_again() {
+    let app = spawn_app().await;
+    let url = app.pool.connect_options();
+    // An ERROR: the statement (and its implicit transaction) is rolled back.
+    let mut conn = PgConnection::connect_with(&url).await.unwrap();
+    for refused in [
+        "SELECT 1 / 0",
+        "INSERT INTO batches (id, project_id) VALUES ('b', 'no_such_project')",
+    ] {
+        let e = sqlx::query(refused).execute(&mut conn).await.unwrap_err();
+        assert_eq!(statement_outcome(&e), Outcome::NotApplied, "{e}");
+    }
+    // The connection cut while a statement runs: a FATAL, or the socket closing.
+    let e = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid()), pg_sleep(5)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(statement_outcome(&e), Outcome::Unknown, "{e:?}");
+    // The answer of a statement that succeeded, unreadable (a decoding error): its rows are in.
+    let mut conn = PgConnection::connect_with(&url).await.unwrap();
+    let e = sqlx::query_scalar::<_, i64>("SELECT 'not a number'::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(statement_outcome(&e), Outcome::Unknown, "{e:?}");
+    for e in [
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        sqlx::Error::WorkerCrashed,
+        sqlx::Error::Protocol("unexpected message".into()),
+    ] {
+        assert_eq!(statement_outcome(&e), Outcome::Unknown, "{e:?}");
+    }
 }
