@@ -519,7 +519,7 @@ async fn passes(
             sizes.push((s.line, s.file_line.len()));
             total += s.file_line.len();
             if total <= FINALIZE_BUDGET {
-                lines.push((s.line, s.success, s.file_line.to_owned()));
+                lines.push((s.line, s.success, s.file_line.into_owned()));
             }
         }
     }
@@ -562,7 +562,7 @@ async fn stored_lines(
         for stored in output::decode(&group) {
             let s = stored?;
             if range.contains(&s.line) {
-                lines.push((s.line, s.success, s.file_line.to_owned()));
+                lines.push((s.line, s.success, s.file_line.into_owned()));
             }
         }
     }
