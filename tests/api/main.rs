@@ -29,3 +29,4 @@ mod secrets;
 mod startup;
 mod stored_values;
 mod webhooks;
+mod wedge;
