@@ -166,6 +166,45 @@ async fn a_pretty_printing_upstream_gives_one_line_per_result() {
     );
 }
 
+/// Results that an earlier version stored over several lines (a pretty-printed body copied as
+/// it came), which wedged their batch in `finalizing`, are read whole: the batch completes with
+/// one JSONL line per request.
+#[tokio::test]
+async fn results_stored_over_several_lines_by_an_earlier_version_still_finalize() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |_| {}).await;
+    let lines = [
+        chat_line("a", json!({})),
+        // Keeps the batch running until the old group is in place.
+        chat_line("slow", json!({"fake": {"latency_ms": 5000}})),
+    ];
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    // Line 0 as it was stored before bodies were made one line (its run stores it again: the
+    // first stored result of a line is the one kept, whichever it is).
+    let old = "0\to\t{\"id\":\"batch_req_0\",\"custom_id\":\"a\",\"response\":{\"status_code\":200,\"request_id\":null,\"body\":{\n  \"object\": \"chat.completion\",\n  \"choices\": [\n    {\"index\": 0}\n  ]\n}},\"error\":null}\n";
+    sqlx::query("INSERT INTO batch_results (batch_id, chunk_idx, lines) VALUES ($1, 0, $2)")
+        .bind(&id)
+        .bind(old)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let batch = app.batch(&id).await;
+    assert!(
+        ["validating", "in_progress"].contains(&batch["status"].as_str().unwrap()),
+        "the batch ended before the old group was in place: {batch}"
+    );
+
+    let batch = app.wait_for(&id, &["completed", "failed", "expired"]).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let out = jsonl_of(&app, &batch["output_file_id"]).await;
+    let ids: Vec<&str> = out
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "slow"]);
+    assert_eq!(out[0]["response"]["body"]["object"], "chat.completion");
+}
+
 /// A finalization that fails every time — here a stored result group that cannot be read, as a
 /// bug or a damaged row would leave — is not retried forever: after `worker.max_job_failures`
 /// failures, counted in the database, the batch ends `failed` with `finalization_failed`.
