@@ -149,6 +149,10 @@ pub struct WorkerSettings {
     /// Claims in a row of a chunk that store none of its results (the replicas running it die
     /// or hang) before its remaining lines are failed as `execution_abandoned`.
     pub max_idle_claims: u32,
+    /// Attempts in a row of a batch's validation or finalization that fail with an error (not
+    /// a lost database connection) before the batch is given up as `failed`
+    /// (`validation_failed` / `finalization_failed`) instead of being retried forever.
+    pub max_job_failures: u32,
     /// After a cancel, how long in-flight lines may finish before they are abandoned.
     pub cancel_grace_secs: u64,
     /// On SIGTERM, how long in-flight lines may finish before their claims are released.
@@ -160,6 +164,10 @@ pub struct BatchSettings {
     /// Test-only: expire batches this many seconds after creation instead of 24 hours.
     #[serde(default)]
     pub expiry_override_secs: Option<i64>,
+    /// A batch still unfinished (validating, in progress, finalizing or cancelling) this long
+    /// after its completion window ended is ended by the maintenance sweep, without result
+    /// files: `expired`, or `cancelled` when it was being cancelled.
+    pub stuck_grace_secs: u64,
     /// Fail a batch at validation when its routed upstream's `GET /models` does not list the
     /// batch's model (`model_not_found`), instead of running every line into a 404.
     pub check_models: bool,
@@ -334,9 +342,11 @@ impl Settings {
             .set_default("worker.retry_base_ms", 500)?
             .set_default("worker.retry_max_ms", 30_000)?
             .set_default("worker.max_idle_claims", 3)?
+            .set_default("worker.max_job_failures", 5)?
             .set_default("worker.cancel_grace_secs", 5)?
             .set_default("worker.shutdown_grace_secs", 20)?
             .set_default("batches.expiry_override_secs", None::<i64>)?
+            .set_default("batches.stuck_grace_secs", 3600)?
             .set_default("batches.check_models", true)?
             .set_default("batches.models_cache_secs", 60)?
             .set_default("batches.max_line_bytes", 8_u64 * 1024 * 1024)?
@@ -440,6 +450,10 @@ impl Settings {
         anyhow::ensure!(
             w.max_idle_claims >= 1,
             "OPENBATCH__WORKER__MAX_IDLE_CLAIMS must be at least 1"
+        );
+        anyhow::ensure!(
+            w.max_job_failures >= 1,
+            "OPENBATCH__WORKER__MAX_JOB_FAILURES must be at least 1"
         );
         anyhow::ensure!(
             w.max_attempts >= 1,

@@ -8,26 +8,36 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::domain::BatchStatus;
+use crate::store::jobs::{self, GiveUp};
 use crate::store::{chunks, compact, files, leader, results, stats, webhooks};
 use crate::worker::sleep_or_stop;
+use crate::worker::validate::LineError;
 
 /// Any key will do as long as it is OpenBatch's alone.
 const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;
 /// Rounds (seconds) between prunings of kept live orders: each scans all of them, and one
 /// lingering a few seconds after its files costs nothing.
 const LIVE_ORDER_ROUNDS: u32 = 10;
+/// Rounds (seconds) between sweeps for batches stuck past their completion window: each reads
+/// the unfinished batches, and the grace they are given is an hour by default.
+const STUCK_ROUNDS: u32 = 5;
+/// Stuck batches ended per sweep, each in a short transaction of its own.
+const STUCK_PER_SWEEP: i64 = 100;
 
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
 /// lapsed, analyze tables that outgrew their planner statistics, purge the content of deleted
 /// and expired files (and the live orders of batches whose results they were, and give their
-/// space back), and prune old webhook deliveries. Each chore is short statements on the pool,
+/// space back), prune old webhook deliveries, and end batches stuck `stuck_grace_secs` past
+/// their completion window (see `end_stuck`). Each chore is short statements on the pool,
 /// never a lock a running replica's heartbeat needs.
 pub async fn run(
     pool: PgPool,
     mut stop: watch::Receiver<bool>,
     webhook_log_retention_secs: u64,
     reindex_slack_bytes: u64,
+    stuck_grace_secs: u64,
 ) {
     let mut lock: Option<PgConnection> = None;
     let mut leader = false;
@@ -91,6 +101,16 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "pruning live orders failed"),
             }
         }
+        if round.is_multiple_of(STUCK_ROUNDS) {
+            match end_stuck(&pool, stuck_grace_secs).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    batches = n,
+                    "ended batches stuck past their completion window"
+                ),
+                Err(e) => tracing::warn!(error = %e, "ending stuck batches failed"),
+            }
+        }
         compactor.tick(&pool);
         match webhooks::prune(&pool, webhook_log_retention_secs as f64, 1000).await {
             Ok(0) => {}
@@ -101,6 +121,48 @@ pub async fn run(
     if let Some(c) = lock {
         let _ = c.close().await;
     }
+}
+
+/// Ends the batches still unfinished `grace_secs` after their completion window, whatever
+/// holds them there (a finalization that fails every time, a lease renewed by a replica that
+/// makes no progress, work no replica can take): `expired`, as OpenAI ends a batch that ran out
+/// of time, or `cancelled` for one being cancelled, without result files — writing them may be
+/// what keeps failing — and with an error that says so. Each change is guarded by the status
+/// the batch was read in; its leases and work rows go with it.
+async fn end_stuck(pool: &PgPool, grace_secs: u64) -> Result<u64, sqlx::Error> {
+    // Keeps `expires_at + grace` far from overflowing in SQL.
+    let grace = grace_secs.min(100 * 365 * 86_400) as i64;
+    let mut ended = 0;
+    for b in jobs::stuck(pool, grace, STUCK_PER_SWEEP).await? {
+        let to = match b.status {
+            BatchStatus::Cancelling => BatchStatus::Cancelled,
+            _ => BatchStatus::Expired,
+        };
+        let error = LineError::file(
+            "stuck_past_window",
+            None,
+            format!(
+                "The batch was still {} {grace} seconds after its completion window ended; it was ended without result files.",
+                b.status.as_str()
+            ),
+        );
+        let ending = GiveUp {
+            from: b.status,
+            to,
+            owner: None,
+            errors: serde_json::json!({"object": "list", "data": [error]}),
+        };
+        if jobs::give_up(pool, &b.id, ending).await? {
+            tracing::warn!(batch_id = %b.id, from = b.status.as_str(), to = to.as_str(),
+                           "ended a batch stuck past its completion window");
+            crate::metrics::get()
+                .batches_finished
+                .with_label_values(&[to.as_str()])
+                .inc();
+            ended += 1;
+        }
+    }
+    Ok(ended)
 }
 
 /// Rebuilds the indexes of tables whose purged content left their TOAST index mostly empty

@@ -46,6 +46,7 @@ impl Application {
             stopped.clone(),
             settings.webhooks.log_retention_secs,
             settings.database.reindex_slack_bytes,
+            settings.batches.stuck_grace_secs,
         ));
         let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
             pool.clone(),

@@ -7,11 +7,15 @@
 //! Faults come from two places:
 //! * global rates (`--error-rate`, `--rate-429`, `--hang-rate`, `--drop-rate`) for benchmarks;
 //! * a `"fake"` object in the JSON body, deterministic, for tests:
-//!   `"fake": {"fail": [500, 429, "hang", "drop", "redirect"], "latency_ms": 50}`
-//!   (`redirect`: a 307 back to `/v1/chat/completions`). The k-th execution of the
+//!   `"fake": {"fail": [500, 429, "hang", "drop", "redirect", "html"], "latency_ms": 50}`
+//!   (`redirect`: a 307 back to `/v1/chat/completions`; `html`: a 502 whose body is a
+//!   gateway's HTML page over several lines, not JSON). The k-th execution of the
 //!   same raw body answers with `fail[k]`, and normally once the list is used up.
 //!   `"pad_bytes": N` adds a string of N bytes to a successful answer (a huge response), and
 //!   `"no_length": true` sends it without `Content-Length`, ending it by closing the connection.
+//!
+//! `--pretty` pretty-prints every JSON body it answers, errors included, over several lines,
+//! as some servers and gateways do.
 //!
 //! `GET /v1/models` lists `--models` (OpenBatch checks batches' models against it), or answers
 //! 404 with `--no-models-endpoint`, like a server that does not list its models. Inference
@@ -84,6 +88,9 @@ struct Args {
     /// Delay before answering `GET /v1/models`: holds a batch in `validating` that long.
     #[arg(long, env = "FAKE_UPSTREAM_MODELS_LATENCY_MS", default_value_t = 0)]
     models_latency_ms: u64,
+    /// Pretty-print every JSON body, errors included (`{\n  "error": …\n}`).
+    #[arg(long, env = "FAKE_UPSTREAM_PRETTY")]
+    pretty: bool,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -126,6 +133,8 @@ struct Response {
     headers: Vec<(&'static str, &'static str)>,
     /// Send no `Content-Length`: the body ends when the connection closes.
     no_length: bool,
+    /// Sent instead of `body`, as HTML: a page that is not JSON.
+    html: Option<&'static str>,
 }
 
 enum Reply {
@@ -140,7 +149,12 @@ enum Fault {
     Drop,
     /// 307 to the same path: a client that follows it sends the line a second time.
     Redirect,
+    /// 502 with a gateway's HTML error page.
+    Html,
 }
+
+/// What a proxy in front of a model server answers when the server is down.
+const GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -176,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
 /// Serves requests on one connection until the client closes it, asks for `Connection: close`,
 /// or a fault ends it. Bytes past the current request stay in `buf` for the next one.
 async fn serve_connection(mut sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
+    let pretty = state.args.pretty;
     let mut buf = Vec::with_capacity(8192);
     loop {
         let head_end = loop {
@@ -183,7 +198,13 @@ async fn serve_connection(mut sock: TcpStream, state: Arc<State>) -> std::io::Re
                 break i + 4;
             }
             if buf.len() > MAX_HEAD {
-                return send(&mut sock, error(431, "request headers too large"), false).await;
+                return send(
+                    &mut sock,
+                    error(431, "request headers too large"),
+                    false,
+                    pretty,
+                )
+                .await;
             }
             if read_more(&mut sock, &mut buf).await? == 0 {
                 return Ok(()); // closed between requests (normal) or mid-head
@@ -191,15 +212,21 @@ async fn serve_connection(mut sock: TcpStream, state: Arc<State>) -> std::io::Re
         };
         let req = match parse_head(&String::from_utf8_lossy(&buf[..head_end])) {
             Ok(req) => req,
-            Err(msg) => return send(&mut sock, error(400, msg), false).await,
+            Err(msg) => return send(&mut sock, error(400, msg), false, pretty).await,
         };
         // Without a length we cannot tell where the body ends, so the connection is done after.
         if req.chunked {
             let resp = error(411, "chunked bodies are not supported: send Content-Length");
-            return send(&mut sock, resp, false).await;
+            return send(&mut sock, resp, false, pretty).await;
         }
         if req.content_length > MAX_BODY {
-            return send(&mut sock, error(413, "request body too large"), false).await;
+            return send(
+                &mut sock,
+                error(413, "request body too large"),
+                false,
+                pretty,
+            )
+            .await;
         }
         let end = head_end + req.content_length;
         // curl waits (up to 1 s) for this before it sends a large body.
@@ -215,7 +242,7 @@ async fn serve_connection(mut sock: TcpStream, state: Arc<State>) -> std::io::Re
         match route(&state, &req, &body).await {
             Reply::Send(resp) => {
                 let close = resp.no_length;
-                send(&mut sock, resp, req.keep_alive).await?;
+                send(&mut sock, resp, req.keep_alive, pretty).await?;
                 if close {
                     return Ok(());
                 }
@@ -284,8 +311,20 @@ fn parse_head(head: &str) -> Result<Request, &'static str> {
     Ok(req)
 }
 
-async fn send(sock: &mut TcpStream, resp: Response, keep_alive: bool) -> std::io::Result<()> {
-    let body = resp.body.to_string();
+async fn send(
+    sock: &mut TcpStream,
+    resp: Response,
+    keep_alive: bool,
+    pretty: bool,
+) -> std::io::Result<()> {
+    let (body, content_type) = match resp.html {
+        Some(page) => (page.to_owned(), "text/html"),
+        None if pretty => (
+            serde_json::to_string_pretty(&resp.body).expect("a JSON value serialises"),
+            "application/json",
+        ),
+        None => (resp.body.to_string(), "application/json"),
+    };
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let connection = if resp.no_length { "close" } else { connection };
     let length = if resp.no_length {
@@ -294,7 +333,7 @@ async fn send(sock: &mut TcpStream, resp: Response, keep_alive: bool) -> std::io
         format!("Content-Length: {}\r\n", body.len())
     };
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{length}\
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\n{length}\
          x-request-id: req_{}\r\nConnection: {connection}\r\n",
         resp.status,
         reason(resp.status),
@@ -318,6 +357,7 @@ fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Fake Status",
     }
@@ -330,6 +370,7 @@ fn ok(body: Value) -> Response {
         body,
         headers,
         no_length: false,
+        html: None,
     }
 }
 
@@ -456,6 +497,11 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
             resp.headers.push(("Location", "/v1/chat/completions"));
             resp
         }
+        Some(Fault::Html) => Response {
+            status: 502,
+            html: Some(GATEWAY_PAGE),
+            ..ok(Value::Null)
+        },
         Some(Fault::Status(429)) => {
             // Real servers' back-off hints; tests get the short one so retries stay fast.
             let mut resp = error(429, "Rate limit reached (fake-upstream)");
@@ -481,10 +527,11 @@ fn planned_fault(directive: &Value, k: usize) -> Result<Option<Fault>, String> {
         Some(Value::String(s)) if s == "hang" => Ok(Some(Fault::Hang)),
         Some(Value::String(s)) if s == "drop" => Ok(Some(Fault::Drop)),
         Some(Value::String(s)) if s == "redirect" => Ok(Some(Fault::Redirect)),
+        Some(Value::String(s)) if s == "html" => Ok(Some(Fault::Html)),
         Some(step) => match step.as_u64() {
             Some(code @ 400..=599) => Ok(Some(Fault::Status(code as u16))),
             _ => Err(format!(
-                "fake.fail[{k}] must be a 4xx/5xx, \"hang\", \"drop\" or \"redirect\": {step}"
+                "fake.fail[{k}] must be a 4xx/5xx, \"hang\", \"drop\", \"redirect\" or \"html\": {step}"
             )),
         },
     }

@@ -26,6 +26,8 @@ pub struct BatchJob {
     pub cancelling_for: Option<i64>,
     /// Claims in a row before this one whose holder vanished without letting go.
     pub lapsed_claims: i32,
+    /// Attempts in a row, before this one, whose work failed (see `record_failure`).
+    pub failed_attempts: i32,
 }
 
 impl BatchJob {
@@ -67,7 +69,8 @@ pub async fn claim(
                    status AS "status: BatchStatus", endpoint AS "endpoint: Endpoint",
                    input_file_id AS "input_file_id: FileId", cancelling_at,
                    output_expires_after_seconds, expires_at <= unix_now() AS "expired!",
-                   unix_now() - cancelling_at AS cancelling_for, lapsed_claims"#,
+                   unix_now() - cancelling_at AS cancelling_for, lapsed_claims,
+                   failed_attempts"#,
         owner,
         lease_secs as f64,
     )
@@ -92,6 +95,28 @@ pub async fn defer(pool: &PgPool, id: &BatchId, owner: &str, secs: f64) -> Resul
     Ok(())
 }
 
+/// Gives the job back after its work failed, counting the failure, not to be picked up again
+/// for `secs`. A no-op when the claim is no longer ours.
+#[tracing::instrument(skip_all, name = "db.jobs.record_failure")]
+pub async fn record_failure(
+    pool: &PgPool,
+    id: &BatchId,
+    owner: &str,
+    secs: f64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE batches SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3),
+                            failed_attempts = failed_attempts + 1
+         WHERE id = $1 AND lease_owner = $2",
+        id.as_str(),
+        owner,
+        secs,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// `validating` → `in_progress`, in the transaction that queued the chunks; every replica's
 /// idle dispatcher is woken when it commits.
 #[tracing::instrument(skip_all, name = "db.jobs.start")]
@@ -105,7 +130,8 @@ pub async fn start(
     Ok(sqlx::query!(
         "WITH started AS (
             UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
-                               request_total = $4, lease_owner = NULL, lease_until = NULL
+                               request_total = $4, lease_owner = NULL, lease_until = NULL,
+                               failed_attempts = 0
             WHERE id = $1 AND lease_owner = $2 AND status = 'validating'
             RETURNING id
          )
@@ -254,4 +280,81 @@ pub async fn release(pool: &PgPool, id: &BatchId, owner: &str) -> Result<(), sql
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// How a batch is ended without result files (see `give_up`).
+pub struct GiveUp<'a> {
+    pub from: BatchStatus,
+    pub to: BatchStatus,
+    /// The claim the batch must still be under; `None` for the maintenance sweep, which ends a
+    /// batch whoever holds it.
+    pub owner: Option<&'a str>,
+    /// OpenAI-style `errors`, saying why.
+    pub errors: Value,
+}
+
+/// `from` → `to` without result files, for a batch that cannot be finished: its work failed
+/// too often, or it is stuck past its completion window. Its request counts keep what its
+/// chunks summed, and its work rows (chunks and stored results) go in the same transaction, so
+/// any replica still running a line of it finds its claim gone. False if the batch moved.
+#[tracing::instrument(skip_all, name = "db.jobs.give_up")]
+pub async fn give_up(pool: &PgPool, id: &BatchId, g: GiveUp<'_>) -> Result<bool, sqlx::Error> {
+    if !g.from.can_become(g.to) {
+        return Ok(false);
+    }
+    let mut tx = pool.begin().await?;
+    let ended = sqlx::query!(
+        "UPDATE batches
+         SET status = $3,
+             failed_at = CASE WHEN $3 = 'failed' THEN unix_now() ELSE failed_at END,
+             expired_at = CASE WHEN $3 = 'expired' THEN unix_now() ELSE expired_at END,
+             cancelled_at = CASE WHEN $3 = 'cancelled' THEN unix_now() ELSE cancelled_at END,
+             errors = $5,
+             request_completed = coalesce((SELECT sum(c.completed)::int FROM batch_chunks c
+                                           WHERE c.batch_id = $1), request_completed),
+             request_failed = coalesce((SELECT sum(c.failed)::int FROM batch_chunks c
+                                        WHERE c.batch_id = $1), request_failed),
+             lease_owner = NULL, lease_until = NULL
+         WHERE id = $1 AND status = $2 AND ($4::text IS NULL OR lease_owner = $4)",
+        id.as_str(),
+        g.from.as_str(),
+        g.to.as_str(),
+        g.owner,
+        g.errors,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if ended {
+        super::chunks::delete_work(&mut tx, id).await?;
+        tx.commit().await?;
+    }
+    Ok(ended)
+}
+
+/// A batch still unfinished `grace_secs` past its completion window.
+#[derive(Debug, Clone)]
+pub struct Stuck {
+    pub id: BatchId,
+    pub status: BatchStatus,
+}
+
+/// Up to `limit` unfinished batches past their completion window by more than `grace_secs`,
+/// oldest first.
+#[tracing::instrument(level = "debug", skip_all, name = "db.jobs.stuck")]
+pub async fn stuck(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<Stuck>, sqlx::Error> {
+    // `unfinished_statuses!()` written out, as in `claim`.
+    sqlx::query_as!(
+        Stuck,
+        r#"SELECT id AS "id: BatchId", status AS "status: BatchStatus" FROM batches
+           WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+             AND expires_at + $1 <= unix_now()
+           ORDER BY seq
+           LIMIT $2"#,
+        grace_secs,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
 }

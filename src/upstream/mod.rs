@@ -3,6 +3,7 @@
 //! and, for validation, which models each upstream serves (`models`).
 
 mod client;
+mod compact;
 mod models;
 mod retry;
 
@@ -18,6 +19,7 @@ use tracing::Instrument;
 use client::SendError;
 
 use crate::config::{Secret, Settings, UpstreamSettings};
+pub use compact::compact_json;
 pub use retry::RetryPolicy;
 
 /// One configured upstream server.
@@ -115,8 +117,8 @@ fn join(base_url: &str, endpoint: &str) -> String {
 /// What a line's execution came to.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// The upstream answered (any status); `body` is its JSON object, kept as text: it is
-    /// copied into the result file as it came, never rebuilt as a tree.
+    /// The upstream answered (any status); `body` is its JSON object, kept as text on one line
+    /// (see `compact`): it is copied into the result file, never rebuilt as a tree.
     Response {
         status: u16,
         request_id: Option<String>,
@@ -281,7 +283,9 @@ impl Upstreams {
         let retry_after = retry::retry_after(&headers);
         let request_id = header_str(&headers, "x-request-id");
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
-            Ok(v) if v.get().starts_with('{') => v,
+            // Whatever its formatting: the stored results and the result files are one line
+            // per result.
+            Ok(v) if v.get().starts_with('{') => compact::compact(v),
             _ if (200..300).contains(&status) => {
                 return (
                     Outcome::Failure {

@@ -42,6 +42,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 // since the heartbeat would otherwise renew the claim forever.
                 let outcome = if job.lapsed_claims >= ctx.settings.max_idle_claims as i32 {
                     abandon(&ctx, &job).await
+                } else if job.failed_attempts >= ctx.settings.max_job_failures as i32 {
+                    super::give_up::failing(&ctx, &job).await
                 } else {
                     handle(&ctx, &job).await
                 };
@@ -61,11 +63,29 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                             Err(_) => 2.0,
                         }
                     }
-                    Err(e) => {
+                    // The database is unreachable or overloaded: no fault of the batch's, not
+                    // counted (the stuck-batch sweep still bounds how long this can last).
+                    Err(e) if is_transient(&e) => {
                         tracing::warn!(batch_id = %id, error = format!("{e:#}"), "batch job failed; will retry");
                         2.0
                     }
+                    Err(e) => {
+                        let failures = job.failed_attempts + 1;
+                        tracing::warn!(batch_id = %id, error = format!("{e:#}"), failures,
+                                       "batch job failed; will retry");
+                        // Counted, so that a failure that recurs every time ends the batch after
+                        // `max_job_failures` of them, whichever replicas try (see
+                        // `give_up::failing`); backing off meanwhile.
+                        let retry_in = 2.0 * 2_f64.powi(job.failed_attempts.clamp(0, 5));
+                        if let Err(e) =
+                            jobs::record_failure(&ctx.pool, &id, &ctx.owner, retry_in).await
+                        {
+                            tracing::warn!(batch_id = %id, error = %e, "could not record a batch job's failure");
+                        }
+                        retry_in
+                    }
                 };
+                // A no-op after `record_failure`, which let go already.
                 if let Err(e) = jobs::defer(&ctx.pool, &id, &ctx.owner, retry_in).await {
                     tracing::warn!(batch_id = %id, error = %e, "could not release a batch claim; it will lapse");
                 }
@@ -86,6 +106,14 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// A database error anywhere in the error's chain that a later try may not meet (see
+/// `crate::error::is_transient`).
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+        .any(crate::error::is_transient)
 }
 
 /// A data exception (SQLSTATE 22xxx) anywhere in the error's chain.
@@ -169,7 +197,7 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn errors_object(errors: Vec<LineError>) -> Value {
+pub(super) fn errors_object(errors: Vec<LineError>) -> Value {
     json!({"object": "list", "data": errors})
 }
 
@@ -519,7 +547,7 @@ async fn passes(
             sizes.push((s.line, s.file_line.len()));
             total += s.file_line.len();
             if total <= FINALIZE_BUDGET {
-                lines.push((s.line, s.success, s.file_line.to_owned()));
+                lines.push((s.line, s.success, s.file_line.into_owned()));
             }
         }
     }
@@ -562,7 +590,7 @@ async fn stored_lines(
         for stored in output::decode(&group) {
             let s = stored?;
             if range.contains(&s.line) {
-                lines.push((s.line, s.success, s.file_line.to_owned()));
+                lines.push((s.line, s.success, s.file_line.into_owned()));
             }
         }
     }

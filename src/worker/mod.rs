@@ -4,6 +4,7 @@
 //! Nothing here depends on HTTP handling; a replica may run the API, the worker, or both.
 
 mod execute;
+mod give_up;
 mod jobs;
 pub mod output;
 mod plan;

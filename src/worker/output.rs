@@ -1,5 +1,6 @@
 //! The lines of a batch's output and error files, and the usage they add up to.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
@@ -96,22 +97,36 @@ pub fn encode(group: &mut String, line: i32, success: bool, file_line: &str) {
 }
 
 /// A line decoded from a stored result group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored<'a> {
     pub line: i32,
     pub success: bool,
-    pub file_line: &'a str,
+    /// One line of JSON: as stored, or made so (see `decode`).
+    pub file_line: Cow<'a, str>,
 }
 
 /// The lines of a stored result group; a malformed entry (which only a bug could write) is an
-/// error, not a silently dropped line.
+/// error, not a silently dropped line. An entry whose file line was stored over several lines
+/// (an upstream body kept as it came, before bodies were made one line at the upstream) is read
+/// whole and made one line again: a line that does not begin like an entry continues the one
+/// before — valid JSON cannot hold one that does (`<number>\t<o|e>\t`) — so results stored by
+/// earlier versions still finalize.
 pub fn decode(group: &str) -> impl Iterator<Item = anyhow::Result<Stored<'_>>> {
-    group.lines().map(|entry| {
+    Entries { rest: group }.map(|entry| {
         let mut fields = entry.splitn(3, '\t');
         let (Some(line), Some(kind), Some(file_line)) =
             (fields.next(), fields.next(), fields.next())
         else {
             anyhow::bail!("malformed result entry");
+        };
+        let file_line = if file_line.contains(['\n', '\r']) {
+            // Checked before it is compacted: removing whitespace from text that is not JSON
+            // could join two of its tokens into one valid value.
+            serde_json::from_str::<serde::de::IgnoredAny>(file_line)
+                .map_err(|_| anyhow::anyhow!("malformed result entry over several lines"))?;
+            Cow::Owned(crate::upstream::compact_json(file_line).into_owned())
+        } else {
+            Cow::Borrowed(file_line)
         };
         Ok(Stored {
             line: line.parse()?,
@@ -123,6 +138,44 @@ pub fn decode(group: &str) -> impl Iterator<Item = anyhow::Result<Stored<'_>>> {
             file_line,
         })
     })
+}
+
+/// The entries of a stored group: each from the start of an entry to the next one's.
+struct Entries<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        let entry_end = loop {
+            match self.rest[end..].find('\n') {
+                None => break self.rest.len(),
+                Some(i) => {
+                    let after = &self.rest[end + i + 1..];
+                    if after.is_empty() || starts_entry(after) {
+                        break end + i;
+                    }
+                    end += i + 1;
+                }
+            }
+        };
+        let entry = &self.rest[..entry_end];
+        self.rest = self.rest.get(entry_end + 1..).unwrap_or_default();
+        Some(entry)
+    }
+}
+
+/// `<line number>\t<o|e>\t`, as `encode` begins an entry.
+fn starts_entry(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+    n > 0 && matches!(digits.as_bytes().get(n..n + 3), Some(b"\to\t" | b"\te\t"))
 }
 
 /// Token usage summed over successful responses; both the chat/completions names
@@ -402,17 +455,50 @@ mod tests {
                 Stored {
                     line: 7,
                     success: false,
-                    file_line: &a
+                    file_line: Cow::Borrowed(&a)
                 },
                 Stored {
                     line: 2,
                     success: true,
-                    file_line: &b
+                    file_line: Cow::Borrowed(&b)
                 },
             ]
         );
         assert!(decode("nonsense").next().unwrap().is_err());
         assert!(decode("1\tx\t{}").next().unwrap().is_err());
+    }
+
+    #[test]
+    fn an_entry_stored_over_several_lines_is_read_whole_as_one_line() {
+        // As earlier versions stored a pretty-printed upstream body: copied as it came.
+        let pretty = "{\"id\":\"batch_req_1\",\"custom_id\":\"a\",\"response\":{\"status_code\":429,\"request_id\":null,\"body\":{\n  \"error\": {\n    \"message\": \"slow down\",\r\n\n    \"n\": [\n1,\n2\n]\n  }\n}\n},\"error\":null}";
+        let plain = render("b", 4, "c", &response(200));
+        let mut group = String::new();
+        encode(&mut group, 3, false, pretty);
+        encode(&mut group, 4, true, &plain);
+        encode(&mut group, 5, false, pretty);
+        let decoded: Vec<Stored> = decode(&group).map(Result::unwrap).collect();
+        assert_eq!(decoded.len(), 3, "{decoded:?}");
+        assert_eq!((decoded[0].line, decoded[0].success), (3, false));
+        assert_eq!(decoded[1].file_line, plain);
+        assert_eq!(decoded[2].line, 5);
+        for d in [&decoded[0], &decoded[2]] {
+            assert!(!d.file_line.contains('\n'), "{}", d.file_line);
+            let v: Value = serde_json::from_str(&d.file_line).unwrap();
+            assert_eq!(
+                v["response"]["body"],
+                json!({"error": {"message": "slow down", "n": [1, 2]}})
+            );
+        }
+        // Several lines that are no JSON are still an error, not a guess.
+        let mut broken = String::new();
+        encode(&mut broken, 1, true, "{\"a\":\n1 2}");
+        assert!(decode(&broken).next().unwrap().is_err());
+        // Garbage before the first entry is one malformed entry; the entries after it are read.
+        let damaged = format!("junk\nmore junk\n{group}");
+        let entries: Vec<_> = decode(&damaged).collect();
+        assert_eq!(entries.len(), 4);
+        assert!(entries[0].is_err() && entries[1..].iter().all(Result::is_ok));
     }
 
     #[test]

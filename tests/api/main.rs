@@ -32,3 +32,4 @@ mod secrets;
 mod startup;
 mod stored_values;
 mod webhooks;
+mod wedge;
