@@ -14,6 +14,7 @@ mod crash;
 mod create_queue;
 mod engine;
 mod errors;
+mod fair_slots;
 mod files;
 mod first_run;
 mod helpers;
