@@ -117,7 +117,7 @@ async fn one_project_fills_its_share_of_event_streams_and_another_still_gets_one
 }
 
 /// Sends an upload's head and the start of its file, then stalls: the upload holds its slot
-/// (until `limits.upload_idle_timeout_secs`, set long here).
+/// (until `limits.upload_idle_timeout_secs`, set long here) unless it is refused.
 async fn stalled_upload(address: &str, key: &str) -> TcpStream {
     let addr = address.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -130,6 +130,55 @@ async fn stalled_upload(address: &str, key: &str) -> TcpStream {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
+}
+
+/// The response on `stream` if one comes within a second: (status, head, JSON body).
+async fn answer(stream: &mut TcpStream) -> Option<(u16, String, Value)> {
+    let mut buf = Vec::new();
+    let mut piece = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                let body = serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap();
+                return Some((head[9..12].parse().unwrap(), head, body));
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut piece))
+            .await
+            .ok()?
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&piece[..n]);
+    }
+}
+
+/// Stalls uploads for `key` one after another until one is refused: the others that are not
+/// refused hold the slots the refusal counts. Only stalled uploads of this client take slots
+/// meanwhile, so the refusal says what they hold. Returns them and the refusal.
+async fn stall_until_refused(address: &str, key: &str) -> (Vec<TcpStream>, String, Value) {
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = stalled_upload(address, key).await;
+        match answer(&mut stream).await {
+            None => held.push(stream),
+            Some((429, head, body)) => return (held, head, body),
+            Some(other) => panic!("a stalled upload answered {other:?}"),
+        }
+    }
+    panic!("stalled uploads were never refused")
+}
+
+fn assert_raw_refusal(head: &str, body: &Value, limit: &str) {
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert_eq!(body["error"]["code"], "too_many_uploads", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(limit), "{message} (expected: {limit})");
 }
 
 #[tokio::test]
@@ -146,22 +195,19 @@ async fn one_project_fills_its_share_of_upload_slots_and_another_still_uploads()
     let content = to_jsonl(&[chat_line("x", json!({}))]);
     let upload = |who: &TestApp| who.upload("batch", "in.jsonl", content.clone());
 
-    let mut stalled_a = vec![
-        stalled_upload(&app.address, &key_a).await,
-        stalled_upload(&app.address, &key_a).await,
-    ];
-    // Once both stalled uploads hold their slots, the project's next one is refused.
-    let refused = until_status(|| upload(&a), 429).await;
+    // One project's slow uploads fill its share, and its next upload is refused.
+    let (stalled_a, head, body) = stall_until_refused(&app.address, &key_a).await;
+    assert_raw_refusal(&head, &body, OWN_SHARE);
+    let refused = upload(&a).send().await.unwrap();
     assert_refused(refused, "too_many_uploads", OWN_SHARE).await;
 
-    // The other project still uploads; then it stalls one, and the replica is full.
+    // The other project still uploads; once it stalls one too, the replica is full.
     assert_eq!(upload(&b).send().await.unwrap().status(), 200);
-    let _stalled_b = stalled_upload(&app.address, &key_b).await;
-    let refused = until_status(|| upload(&b), 429).await;
-    assert_refused(refused, "too_many_uploads", REPLICA_FULL).await;
+    let (_stalled_b, head, body) = stall_until_refused(&app.address, &key_b).await;
+    assert_raw_refusal(&head, &body, REPLICA_FULL);
 
-    // An upload whose client has gone gives its slot back.
-    drop(stalled_a.pop());
+    // Uploads whose client has gone give their slots back.
+    drop(stalled_a);
     until_status(|| upload(&b), 200).await;
 }
 
