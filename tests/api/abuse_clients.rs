@@ -556,7 +556,11 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
     let quota = QUOTA.to_string();
     let stack = Stack::start(
         db,
-        &[("OPENBATCH__LIMITS__MAX_STORED_BYTES_PER_PROJECT", &quota)],
+        &[
+            ("OPENBATCH__LIMITS__MAX_STORED_BYTES_PER_PROJECT", &quota),
+            // Five uploads of one project race on each replica: all are received at once.
+            ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS_PER_PROJECT", "8"),
+        ],
     )
     .await;
     let content = |i: usize| {
