@@ -238,6 +238,23 @@ pub struct LimitSettings {
     pub max_stored_bytes_per_project: u64,
     /// Open `GET /v1/batches/{id}/events` streams per replica; more are refused with a 429.
     pub max_event_streams: usize,
+    /// Of those, how many one project may hold; half of `max_event_streams` (rounded up) when
+    /// unset.
+    #[serde(default)]
+    pub max_event_streams_per_project: Option<usize>,
+    /// Of `max_concurrent_uploads`, how many one project may hold; half (rounded up) when unset.
+    #[serde(default)]
+    pub max_concurrent_uploads_per_project: Option<usize>,
+    /// `GET /v1/batches/{id}/results` responses one replica serves at once; more are refused
+    /// with a 429.
+    pub max_live_readers: usize,
+    /// Of those, how many one project may hold; half of `max_live_readers` (rounded up) when
+    /// unset.
+    #[serde(default)]
+    pub max_live_readers_per_project: Option<usize>,
+    /// A `GET /v1/batches/{id}/results` client that takes nothing of its response for this long
+    /// is cut off (the response is aborted) and its slot freed.
+    pub live_read_idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +326,8 @@ impl Settings {
             // OpenAI's own per-project file storage quota: 2.5 TB.
             .set_default("limits.max_stored_bytes_per_project", 2_500_000_000_000_u64)?
             .set_default("limits.max_event_streams", 256)?
+            .set_default("limits.max_live_readers", 64)?
+            .set_default("limits.live_read_idle_timeout_secs", 30)?
             .set_default("auth.enabled", false)?
             .set_default("auth.cache_secs", 10)?
             .set_default("auth.allow_anonymous", false)?
@@ -426,6 +445,33 @@ impl Settings {
                 && self.limits.upload_timeout_secs >= 1,
             "OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS, OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS \
              and OPENBATCH__LIMITS__UPLOAD_TIMEOUT_SECS must be at least 1"
+        );
+        let l = &self.limits;
+        for (share, total, name) in [
+            (
+                l.max_event_streams_per_project,
+                l.max_event_streams,
+                "MAX_EVENT_STREAMS",
+            ),
+            (
+                l.max_concurrent_uploads_per_project,
+                l.max_concurrent_uploads,
+                "MAX_CONCURRENT_UPLOADS",
+            ),
+            (
+                l.max_live_readers_per_project,
+                l.max_live_readers,
+                "MAX_LIVE_READERS",
+            ),
+        ] {
+            anyhow::ensure!(
+                share.is_none_or(|s| s >= 1 && s <= total),
+                "OPENBATCH__LIMITS__{name}_PER_PROJECT must be between 1 and OPENBATCH__LIMITS__{name}"
+            );
+        }
+        anyhow::ensure!(
+            l.live_read_idle_timeout_secs >= 1,
+            "OPENBATCH__LIMITS__LIVE_READ_IDLE_TIMEOUT_SECS must be at least 1"
         );
         anyhow::ensure!(
             self.server.metrics_refresh_secs >= 1,
@@ -703,6 +749,25 @@ mod tests {
             ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS", "0"),
             ("OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "0"),
             ("OPENBATCH__SERVER__METRICS_REFRESH_SECS", "0"),
+        ] {
+            let err = format!("{:#}", load(&[(name, value)]).unwrap_err());
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn per_project_shares_default_to_unset_and_stay_within_their_totals() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.limits.max_event_streams_per_project, None);
+        assert_eq!(s.limits.max_live_readers, 64);
+        assert_eq!(s.limits.live_read_idle_timeout_secs, 30);
+        let s = load(&[("OPENBATCH__LIMITS__MAX_LIVE_READERS_PER_PROJECT", "3")]).unwrap();
+        assert_eq!(s.limits.max_live_readers_per_project, Some(3));
+        for (name, value) in [
+            ("OPENBATCH__LIMITS__MAX_EVENT_STREAMS_PER_PROJECT", "257"),
+            ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS_PER_PROJECT", "0"),
+            ("OPENBATCH__LIMITS__MAX_LIVE_READERS_PER_PROJECT", "65"),
+            ("OPENBATCH__LIMITS__LIVE_READ_IDLE_TIMEOUT_SECS", "0"),
         ] {
             let err = format!("{:#}", load(&[(name, value)]).unwrap_err());
             assert!(err.contains(name), "{err}");

@@ -80,18 +80,6 @@ impl ApiError {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).with_code("unsupported_media_type")
     }
 
-    /// A replica's cap on open event streams is reached; polling the batch still works.
-    pub fn too_many_streams(limit: usize) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "This server already has {limit} open event streams. Retry later, or poll \
-                 GET /v1/batches/{{batch_id}} instead."
-            ),
-        )
-        .with_code("too_many_event_streams")
-    }
-
     /// A results cursor that is malformed, belongs to another batch, or was taken while the
     /// batch ran and can no longer be honoured exactly (`cursor_expired`: the batch ended
     /// without the order its results were served in being kept).

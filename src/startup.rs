@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, FairSlots};
 use crate::config::Settings;
 use crate::error::render_framework_error;
 use crate::upstream::Upstreams;
@@ -89,6 +89,7 @@ impl Application {
             pool.clone(),
             settings.limits.max_active_batches_per_project,
         );
+        let limits = &settings.limits;
         let state = web::Data::new(AppState {
             pool,
             creates,
@@ -97,11 +98,19 @@ impl Application {
             rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live_replicas),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
-            uploads: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                settings.limits.max_concurrent_uploads,
-            )),
+            uploads: FairSlots::new(
+                limits.max_concurrent_uploads,
+                limits.max_concurrent_uploads_per_project,
+            ),
             webhooks: settings.webhooks.clone(),
-            event_streams: Default::default(),
+            event_streams: FairSlots::new(
+                limits.max_event_streams,
+                limits.max_event_streams_per_project,
+            ),
+            live_readers: FairSlots::new(
+                limits.max_live_readers,
+                limits.max_live_readers_per_project,
+            ),
         });
         let host_guard = web::Data::new(api::HostGuard::new(
             settings.auth.enabled,

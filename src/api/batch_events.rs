@@ -4,10 +4,9 @@
 //! Each stream polls its batch (one indexed read of the row and its chunks' counters, ~0.1 ms)
 //! rather than waiting on LISTEN: progress is written by flushes, which do not NOTIFY (a NOTIFY
 //! per flush would serialise every replica's commits), so there is no event to listen for.
-//! The cost is bounded per replica by `limits.max_event_streams`.
+//! The cost is bounded per replica by `limits.max_event_streams`, and per project by
+//! `limits.max_event_streams_per_project`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
@@ -26,25 +25,6 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/events").route(web::get().to(events)));
-}
-
-/// One of the replica's open streams; given back when the stream ends or its client leaves.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| Self(open.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn event(batch: &BatchObject) -> Bytes {
@@ -81,13 +61,17 @@ struct BatchEvent {
     description = "Each event is `event: batch` with the batch object as `data`; the first \
                    carries the batch as it is, and the stream ends after an event with a final \
                    status (`completed`, `failed`, `expired`, `cancelled`). Comment lines keep a \
-                   quiet stream alive. At most `limits.max_event_streams` streams per replica \
-                   (429 `too_many_event_streams` beyond).",
+                   quiet stream alive. At most `limits.max_event_streams` streams per replica, \
+                   and `limits.max_event_streams_per_project` per project (429 \
+                   `too_many_event_streams` beyond).",
     params(("batch_id" = String, Path)),
     responses(
         (status = 200, description = "An event stream", body = inline(BatchEvent),
             content_type = "text/event-stream"),
         (status = 404, response = ErrorResponse),
+        (status = 429, description = "This replica has `limits.max_event_streams` streams open, \
+            or the project `limits.max_event_streams_per_project`: code too_many_event_streams",
+            body = crate::error::Envelope),
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
@@ -100,9 +84,14 @@ async fn events(
     let mut batch = store::get(&state.pool, &project, &id)
         .await?
         .ok_or_else(|| batch_not_found(id.as_str()))?;
-    let limit = state.limits.max_event_streams;
-    let slot =
-        Slot::take(&state.event_streams, limit).ok_or_else(|| ApiError::too_many_streams(limit))?;
+    // Held by the task below, which ends when the client goes (`tx.closed()`).
+    let slot = state.event_streams.take(&project).map_err(|full| {
+        full.error(
+            "open event streams",
+            "too_many_event_streams",
+            "Retry later, or poll GET /v1/batches/{batch_id} instead.",
+        )
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let pool = state.pool.clone();
     actix_web::rt::spawn(async move {

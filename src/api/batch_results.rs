@@ -1,6 +1,8 @@
 //! `GET /v1/batches/{id}/results` (OpenBatch extension): the lines a batch has finished so
 //! far, as JSONL, resumable from a cursor; see README "Results while a batch runs".
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -113,7 +115,9 @@ pub(super) struct ResultRecord {
                    reader has not had (none twice, none lost), with cursors that continue from \
                    there. 400 `cursor_expired` only for a live cursor of a batch that ended \
                    without its served order recorded (it ended under a version that did not \
-                   keep it).",
+                   keep it). A client that takes nothing of the response for \
+                   `limits.live_read_idle_timeout_secs` is cut off (the response ends in an \
+                   error; resume from the last cursor read).",
     params(
         ("batch_id" = String, Path),
         ("after" = Option<String>, Query, description = "A record's `cursor`: resume after that \
@@ -134,6 +138,9 @@ pub(super) struct ResultRecord {
         (status = 400, response = ErrorResponse),
         (status = 404, response = ErrorResponse),
         (status = 409, response = ErrorResponse),
+        (status = 429, description = "This replica serves `limits.max_live_readers` results \
+            responses at once, and `limits.max_live_readers_per_project` of them per project: \
+            code too_many_results_readers", body = crate::error::Envelope),
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
@@ -147,6 +154,15 @@ async fn results(
     let batch = store::get(&state.pool, &project, &id)
         .await?
         .ok_or_else(|| batch_not_found(id.as_str()))?;
+    // Held by the producer below, which ends when the response does: served, its client gone,
+    // or cut off after `limits.live_read_idle_timeout_secs` without reading.
+    let slot = state.live_readers.take(&project).map_err(|full| {
+        full.error(
+            "results responses being served",
+            "too_many_results_readers",
+            "Retry later, or read the batch's result files once it has ended.",
+        )
+    })?;
     let cursor = match query.after.as_deref().filter(|a| !a.is_empty()) {
         Some(raw) => Some(ResultsCursor::parse(&id, raw)?),
         None => None,
@@ -193,20 +209,18 @@ async fn results(
             }
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (out, body) = live::outbox(Duration::from_secs(
+        state.limits.live_read_idle_timeout_secs,
+    ));
     let pool = state.pool.clone();
     let batch_id = id.clone();
     actix_web::rt::spawn(async move {
-        if let Err(e) = live::produce(pool, batch_id.clone(), source, &tx).await {
+        let _slot = slot;
+        if let Err(e) = live::produce(pool, batch_id.clone(), source, &out).await {
             tracing::error!(batch_id = %batch_id, error = format!("{e:#}"), "serving results failed");
-            // Aborts the response instead of ending it cleanly, so a client never takes a
-            // cut-off stream for the whole.
-            let _ = tx
-                .send(Err(std::io::Error::other("serving results failed")))
-                .await;
+            out.abort();
         }
     });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("OpenBatch-Batch-Status", batch.status.as_str()))

@@ -155,7 +155,8 @@ struct UploadForm {
 ///
 /// Nothing a client controls can hold a shared resource for long: the whole request (not
 /// only the file) is counted against the limits, a client that stalls is cut off (408), a
-/// replica receives at most `limits.max_concurrent_uploads` at once (429), and the database is
+/// replica receives at most `limits.max_concurrent_uploads` at once, and one project at most
+/// `limits.max_concurrent_uploads_per_project` of them (429), and the database is
 /// used only once the request is fully in.
 #[utoipa::path(
     post,
@@ -202,13 +203,11 @@ async fn upload(
     if declared.is_some_and(|n| n > limits.max_upload_bytes.saturating_add(FORM_OVERHEAD_BYTES)) {
         return Err(file_too_large(limits.max_upload_bytes));
     }
-    let _slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
-        ApiError::too_many_requests(
-            format!(
-                "This server is receiving {} uploads already. Please retry shortly.",
-                limits.max_concurrent_uploads
-            ),
+    let _slot = state.uploads.take(&project).map_err(|full| {
+        full.error(
+            "uploads being received",
             "too_many_uploads",
+            "Please retry shortly.",
         )
     })?;
     let (guard, stream) = Guard::wrap(

@@ -39,6 +39,7 @@ mod keyring;
 mod openapi;
 mod pagination;
 mod request_id;
+mod slots;
 mod spool;
 mod webhooks;
 
@@ -55,6 +56,7 @@ pub use request_id::{middleware as request_id_middleware, RequestId};
 
 pub use auth::{Auth, RateLimiter};
 pub use host_guard::{middleware as host_guard_middleware, HostGuard};
+pub use slots::FairSlots;
 
 /// What every handler may use.
 pub struct AppState {
@@ -69,12 +71,16 @@ pub struct AppState {
     /// This replica's batch worker, woken when a batch is created here so that validation
     /// starts at once (other replicas find it at their next poll).
     pub wake_worker: Option<std::sync::Arc<tokio::sync::Notify>>,
-    /// One permit per upload this replica is receiving (`limits.max_concurrent_uploads`).
-    pub uploads: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Uploads this replica is receiving (`limits.max_concurrent_uploads`, and
+    /// `..._per_project` of them per project).
+    pub uploads: FairSlots,
     pub webhooks: crate::config::WebhookSettings,
-    /// `GET /v1/batches/{id}/events` streams open on this replica (capped by
-    /// `limits.max_event_streams`).
-    pub event_streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// `GET /v1/batches/{id}/events` streams open on this replica (`limits.max_event_streams`,
+    /// and `..._per_project` of them per project).
+    pub event_streams: FairSlots,
+    /// `GET /v1/batches/{id}/results` responses being served by this replica
+    /// (`limits.max_live_readers`, and `..._per_project` of them per project).
+    pub live_readers: FairSlots,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -2,6 +2,10 @@
 //! holds (or will hold) it, with `line`, `cursor` and `file` added in front.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sqlx::PgPool;
@@ -52,10 +56,70 @@ fn record(buf: &mut Vec<u8>, ordinal: i64, cursor: &str, output: bool, file_line
     buf.push(b'\n');
 }
 
-/// Hands what `buf` holds to the response; false when the client has gone.
-async fn send(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, buf: &mut Vec<u8>) -> bool {
+/// The producing side of a results response. Memory per reader is bounded whatever its client
+/// does: a page of groups (`PAGE_BYTES`, or one group past it) is read, each group is encoded
+/// and dropped in turn, at most `SEND_BYTES` (and one record) wait in `buf`, and one chunk waits
+/// in the channel, which the response takes from only as fast as its client reads. A client
+/// that takes nothing for `idle` is cut off: the producer ends (freeing what it held, and the
+/// reader's slot), and the response ends in an error once it has handed over what was queued,
+/// so that a cut-off response is never taken for the whole.
+pub struct Outbox {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    idle: Duration,
+    cut: Arc<AtomicBool>,
+}
+
+/// An [`Outbox`] and the response body it feeds.
+pub fn outbox(
+    idle: Duration,
+) -> (
+    Outbox,
+    impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+) {
+    let (tx, mut rx) = mpsc::channel(1);
+    let cut = Arc::new(AtomicBool::new(false));
+    let out = Outbox {
+        tx,
+        idle,
+        cut: cut.clone(),
+    };
+    let body = futures_util::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        Poll::Ready(None) if cut.swap(false, Ordering::AcqRel) => {
+            Poll::Ready(Some(Err(std::io::Error::other("results response cut off"))))
+        }
+        other => other,
+    });
+    (out, body)
+}
+
+impl Outbox {
+    /// Hands a chunk to the response; false when the client has gone or took nothing for the
+    /// idle timeout (then the response is cut off).
+    async fn send(&self, chunk: Bytes) -> bool {
+        match tokio::time::timeout(self.idle, self.tx.send(Ok(chunk))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::info!(
+                    idle_secs = self.idle.as_secs(),
+                    "results reader took nothing for the idle timeout: cut off"
+                );
+                self.abort();
+                false
+            }
+        }
+    }
+
+    /// Ends the response in an error once what was queued is handed over: a client never takes
+    /// a cut-off stream for the whole.
+    pub fn abort(&self) {
+        self.cut.store(true, Ordering::Release);
+    }
+}
+
+/// Hands what `buf` holds to the response; false when the client has gone or was cut off.
+async fn send(out: &Outbox, buf: &mut Vec<u8>) -> bool {
     let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SEND_BYTES)));
-    tx.send(Ok(chunk)).await.is_ok()
+    out.send(chunk).await
 }
 
 /// Sends every record available now to `tx`, a page at a time: for a running batch, until it
@@ -65,7 +129,7 @@ pub async fn produce(
     pool: PgPool,
     batch: BatchId,
     source: Source,
-    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    out: &Outbox,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(SEND_BYTES);
     match source {
@@ -74,7 +138,8 @@ pub async fn produce(
             let Some(last) = groups.last().map(|g| g.seq) else {
                 break;
             };
-            for g in &groups {
+            // Each group is dropped once encoded: a reader holds one page at most.
+            for g in groups {
                 let skip = if g.seq == seq { taken as usize } else { 0 };
                 for (k, stored) in output::decode(&g.lines).enumerate().skip(skip) {
                     let s = stored?;
@@ -90,13 +155,13 @@ pub async fn produce(
                         s.success,
                         s.file_line.as_bytes(),
                     );
-                    if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
+                    if buf.len() >= SEND_BYTES && !send(out, &mut buf).await {
                         return Ok(());
                     }
                 }
             }
             (seq, taken) = (last + 1, 0);
-            if !buf.is_empty() && !send(tx, &mut buf).await {
+            if !buf.is_empty() && !send(out, &mut buf).await {
                 return Ok(());
             }
         },
@@ -121,12 +186,12 @@ pub async fn produce(
                 }
                 .encode(&batch);
                 record(&mut buf, i64::from(f.ordinal), &cursor, f.output, &f.line);
-                if buf.len() >= SEND_BYTES && !send(tx, &mut buf).await {
+                if buf.len() >= SEND_BYTES && !send(out, &mut buf).await {
                     return Ok(());
                 }
             }
             if !buf.is_empty() {
-                let _ = tx.send(Ok(Bytes::from(buf))).await;
+                send(out, &mut buf).await;
             }
         }
     }

@@ -83,6 +83,11 @@ async fn slow_uploads_hold_no_database_connection_and_end_in_408() {
             ("OPENBATCH__DATABASE__MAX_CONNECTIONS", "10"),
             ("OPENBATCH__DATABASE__ACQUIRE_TIMEOUT_SECS", "5"),
             ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS", "10"),
+            // One project may fill the replica here: what is tested is the replica's bound.
+            (
+                "OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS_PER_PROJECT",
+                "10",
+            ),
             ("OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS", "3"),
             ("OPENBATCH__LIMITS__UPLOAD_TIMEOUT_SECS", "600"),
         ],
@@ -551,7 +556,11 @@ async fn the_storage_quota_holds_under_racing_uploads_on_two_replicas() {
     let quota = QUOTA.to_string();
     let stack = Stack::start(
         db,
-        &[("OPENBATCH__LIMITS__MAX_STORED_BYTES_PER_PROJECT", &quota)],
+        &[
+            ("OPENBATCH__LIMITS__MAX_STORED_BYTES_PER_PROJECT", &quota),
+            // Five uploads of one project race on each replica: all are received at once.
+            ("OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS_PER_PROJECT", "8"),
+        ],
     )
     .await;
     let content = |i: usize| {

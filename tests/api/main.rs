@@ -15,6 +15,7 @@ mod create_queue;
 mod engine;
 mod errors;
 mod exact_limits;
+mod fair_slots;
 mod files;
 mod first_run;
 mod helpers;
