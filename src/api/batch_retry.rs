@@ -170,17 +170,14 @@ async fn retry_batch(
         .await?
         .map(|s| ExpiresAfter::new("output_expires_after", ExpiresAfter::ANCHOR, s))
         .transpose()?;
-    // Building the file is an upload made by the server: it takes one of the replica's upload
-    // slots, so that any number of retries at once hold no more of the pool and the disk than
-    // uploads may.
-    let _slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
-        ApiError::too_many_requests(
-            format!(
-                "This server is receiving {} uploads (or building retries) already. Please \
-                 retry shortly.",
-                state.limits.max_concurrent_uploads
-            ),
+    // Building the file is an upload made by the server: it takes one of the project's upload
+    // slots on this replica, so that any number of retries at once hold no more of the pool and
+    // the disk than uploads may, and one project's retries leave the others room.
+    let _slot = state.uploads.take(&project).map_err(|full| {
+        full.error(
+            "uploads being received (or retries being built)",
             "too_many_uploads",
+            "Please retry shortly.",
         )
     })?;
     let unavailable = |what: &str, file: &FileId| {
