@@ -69,9 +69,6 @@ struct BatchEvent {
         (status = 200, description = "An event stream", body = inline(BatchEvent),
             content_type = "text/event-stream"),
         (status = 404, response = ErrorResponse),
-        (status = 429, description = "This replica has `limits.max_event_streams` streams open, \
-            or the project `limits.max_event_streams_per_project`: code too_many_event_streams",
-            body = crate::error::Envelope),
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]

@@ -117,7 +117,9 @@ pub(super) struct ResultRecord {
                    without its served order recorded (it ended under a version that did not \
                    keep it). A client that takes nothing of the response for \
                    `limits.live_read_idle_timeout_secs` is cut off (the response ends in an \
-                   error; resume from the last cursor read).",
+                   error; resume from the last cursor read). At most `limits.max_live_readers` \
+                   responses at once per replica, `limits.max_live_readers_per_project` per \
+                   project (429 `too_many_results_readers` beyond).",
     params(
         ("batch_id" = String, Path),
         ("after" = Option<String>, Query, description = "A record's `cursor`: resume after that \
@@ -138,9 +140,6 @@ pub(super) struct ResultRecord {
         (status = 400, response = ErrorResponse),
         (status = 404, response = ErrorResponse),
         (status = 409, response = ErrorResponse),
-        (status = 429, description = "This replica serves `limits.max_live_readers` results \
-            responses at once, and `limits.max_live_readers_per_project` of them per project: \
-            code too_many_results_readers", body = crate::error::Envelope),
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
