@@ -54,12 +54,14 @@ async fn read_response<R: AsyncRead + Unpin>(stream: &mut R) -> (u16, String, Va
     (status, head, body)
 }
 
+/// The head of an upload, as a client of a loopback server sends it (with auth off, another
+/// `Host` is refused before the body is read).
 fn request_head(key: &str, content_length: Option<u64>) -> Vec<u8> {
     let length = content_length.map_or("Transfer-Encoding: chunked\r\n".to_owned(), |n| {
         format!("Content-Length: {n}\r\n")
     });
     format!(
-        "POST /v1/files HTTP/1.1\r\nHost: openbatch\r\nAuthorization: Bearer {key}\r\n\
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: multipart/form-data; boundary=XyZ\r\n{length}\r\n"
     )
     .into_bytes()
