@@ -119,7 +119,10 @@ pub fn decode(group: &str) -> impl Iterator<Item = anyhow::Result<Stored<'_>>> {
         else {
             anyhow::bail!("malformed result entry");
         };
-        let file_line = if file_line.contains(['\n', '\r']) {
+        // Bytes, not chars: a byte search is memchr even in a debug build, and an entry may
+        // be megabytes.
+        let bytes = file_line.as_bytes();
+        let file_line = if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
             // Checked before it is compacted: removing whitespace from text that is not JSON
             // could join two of its tokens into one valid value.
             serde_json::from_str::<serde::de::IgnoredAny>(file_line)
