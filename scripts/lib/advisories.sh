@@ -32,7 +32,7 @@ advisories_find() {
 # what the snapshot is. deny.toml itself keeps cargo-deny's default (a fresh clone from
 # GitHub) for whoever can reach it.
 advisories_prepare() {
-    local dir=$1 root=$1/dbs src snapshot date age epoch
+    local dir=$1 dbs=$1/dbs src snapshot date age epoch
     src=$(advisories_find) || return 1
     snapshot=$(cat "$src/SNAPSHOT" 2>/dev/null || echo "unknown unknown")
     date=${snapshot#* }
@@ -43,16 +43,16 @@ advisories_prepare() {
     ADVISORIES_NOTE="advisories checked against the RustSec snapshot of $date$age, commit ${snapshot%% *} ($src)"
     echo "$ADVISORIES_NOTE"
     rm -rf "$dir"
-    mkdir -p "$root/$ADVISORY_DB_DIR"
-    awk -v db="$root" '{ print } /^\[advisories\]$/ { print "db-path = \"" db "\"" }' \
+    mkdir -p "$dbs/$ADVISORY_DB_DIR"
+    awk -v db="$dbs" '{ print } /^\[advisories\]$/ { print "db-path = \"" db "\"" }' \
         "$ROOT/deny.toml" >"$dir/deny.toml"
     grep -q '^db-path = ' "$dir/deny.toml" || {
         echo "deny.toml has no [advisories] section" >&2
         return 1
     }
-    cp -R "$src/." "$root/$ADVISORY_DB_DIR/"
+    cp -R "$src/." "$dbs/$ADVISORY_DB_DIR/"
     (
-        cd "$root/$ADVISORY_DB_DIR" &&
+        cd "$dbs/$ADVISORY_DB_DIR" &&
             git init -q &&
             git add -A &&
             GIT_AUTHOR_DATE="$date 00:00:00 +0000" GIT_COMMITTER_DATE="$date 00:00:00 +0000" \
