@@ -10,7 +10,8 @@
 //! Latency is judged per *window* of about one round trip, never per sample: a window is the
 //! answers to requests **sent after** the last decision (an answer whose latency is longer than
 //! the window's age measured the old limit), and it closes once it holds a limit's worth of them
-//! (16 to 256, so that a small limit still averages out noise). A server with `C` slots and a
+//! (16 to 256) *and* their mean is known within 5 % (at most 1,024 answers): LLM answers vary
+//! tenfold in length, and a mean of a few says little. A server with `C` slots and a
 //! FIFO queue answers in its service time up to `C` requests at once and in `in_flight / C` times
 //! it beyond, so the window mean over the *baseline* (the lowest window mean lately) measures the
 //! queue, as in TCP Vegas. The baseline keeps that window's standard error: the minimum of many
@@ -137,6 +138,36 @@ struct Window {
     in_flight_max: usize,
 }
 
+impl Window {
+    fn mean(&self) -> f64 {
+        self.rtt_sum / f64::from(self.count)
+    }
+
+    /// The standard error of the mean: a rise within it is noise (varied prompts), not a queue.
+    fn se(&self) -> f64 {
+        if self.count < 2 {
+            return 0.0;
+        }
+        let (n, mean) = (f64::from(self.count), self.mean());
+        ((self.rtt_sq_sum - n * mean * mean).max(0.0) / (n - 1.0) / n).sqrt()
+    }
+
+    fn relative_se(&self) -> f64 {
+        let mean = self.mean();
+        if mean > 0.0 {
+            self.se() / mean
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A window is judged once its mean is known within 5 %: LLM answers vary tenfold in length,
+/// and a mean of 16 of them says little. Capped, so that a wild spread still gets decisions; not
+/// in slow start, which only looks for the order of magnitude and would crawl at 4 in flight.
+const WINDOW_PRECISION: f64 = 0.05;
+const MAX_WINDOW: u32 = 1024;
+
 /// The lowest window mean of an epoch, with its standard error: the spread of service times
 /// when nothing queues, which tells a lucky window (the minimum of many noisy means lies below
 /// the truth) and noise from a queue.
@@ -248,7 +279,9 @@ impl Limiter {
         w.rtt_sq_sum += rtt * rtt;
         w.in_flight_sum += in_flight as f64;
         w.in_flight_max = w.in_flight_max.max(in_flight);
-        if w.count as f64 >= self.limit.clamp(16.0, 256.0) {
+        if w.count as f64 >= self.limit.clamp(16.0, 256.0)
+            && (self.slow_start || w.count >= MAX_WINDOW || w.relative_se() <= WINDOW_PRECISION)
+        {
             self.close_window(now);
         }
     }
@@ -329,13 +362,7 @@ impl Limiter {
         let w = std::mem::take(&mut self.window);
         self.window_start = now;
         let n = w.count as f64;
-        let mean = w.rtt_sum / n;
-        // The standard error of the mean: a rise within it is noise (varied prompts), not a queue.
-        let se = if w.count > 1 {
-            ((w.rtt_sq_sum - n * mean * mean).max(0.0) / (n - 1.0) / n).sqrt()
-        } else {
-            0.0
-        };
+        let (mean, se) = (w.mean(), w.se());
         let in_flight = w.in_flight_sum / n;
         self.last_mean = Some(mean);
 
