@@ -4,8 +4,10 @@
 
 mod client;
 mod compact;
+pub mod limiter;
 mod models;
 mod retry;
+pub mod vllm;
 
 use std::sync::Arc;
 use std::time::Duration;
