@@ -15,6 +15,7 @@ mod create_queue;
 mod engine;
 mod errors;
 mod exact_limits;
+mod fake_gpu;
 mod files;
 mod first_run;
 mod helpers;
