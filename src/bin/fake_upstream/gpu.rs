@@ -3,7 +3,8 @@
 //! fixed service time; the rest wait in one FIFO queue (tokio's semaphore hands permits out in
 //! the order they were asked for), as vLLM's scheduler does once its batch is full. With
 //! `--queue-max` the queue is bounded and a request past it is shed with a 429, like a gateway
-//! in front of the server.
+//! in front of the server. A request whose client has gone away still takes its turn (vLLM
+//! would abort it): the clients under test wait far longer than any queue here lasts.
 //!
 //! Its load is exported as vLLM exports it (`vllm:num_requests_running` and
 //! `vllm:num_requests_waiting` at `GET /metrics`, labelled by model), plus the counters tests and
