@@ -3,7 +3,7 @@
 # fake-upstream "GPUs" (`--gpu-slots`: N requests at once, a fixed service time, a FIFO queue
 # beyond, vLLM's gauges at /metrics). Prints figures; not a test. See bench/README.md.
 #
-#   ./bench/fleet.sh                      # every scenario, ~3-4 minutes on the 2-core box
+#   ./bench/fleet.sh                      # every scenario, about 2 minutes on the 2-core box
 #   ./bench/fleet.sh ceiling idle queue   # some of them
 #   FLEET_LINES=2000 ./bench/fleet.sh     # a quick run
 #
