@@ -467,6 +467,25 @@ impl FakeUpstream {
     pub async fn executions(&self) -> u64 {
         self.stats().await["total"].as_u64().unwrap()
     }
+
+    /// `http://host:port`, where `/metrics` and `/health` live (beside `/v1`, as on vLLM).
+    pub fn origin(&self) -> &str {
+        self.base_url.trim_end_matches("/v1")
+    }
+
+    /// GPU mode's counters (`--gpu-slots`): running, waiting, peak_running, served, shed...
+    pub async fn gpu(&self) -> Value {
+        self.stats().await["gpu"].clone()
+    }
+
+    /// `GET /metrics` as text (GPU mode: vLLM's gauges and the fake's counters).
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(format!("{}/metrics", self.origin()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        resp.text().await.unwrap()
+    }
 }
 
 impl Drop for FakeUpstream {

@@ -16,6 +16,7 @@ mod engine;
 mod errors;
 mod exact_limits;
 mod fair_slots;
+mod fake_gpu;
 mod files;
 mod first_run;
 mod helpers;
