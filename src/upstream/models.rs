@@ -77,9 +77,10 @@ impl Upstreams {
     }
 
     async fn fetch_listing(&self, upstream: &Upstream) -> Listing {
+        // The endpoints of a pool serve the same models: one that is up answers for all.
         let mut req = self
             .client
-            .get(upstream.url("/v1/models"))
+            .get(upstream.pool.healthy().url("/v1/models"))
             .timeout(LIST_TIMEOUT.min(upstream.timeout));
         if let Some(auth) = &upstream.auth {
             req = req.header(AUTHORIZATION, auth.clone());

@@ -25,6 +25,7 @@ mod memory;
 mod models;
 mod openapi;
 mod poison;
+mod pools;
 mod replicas;
 mod retry;
 mod retry_limits;
