@@ -198,11 +198,16 @@ impl Pool {
         &self.endpoints
     }
 
-    /// An endpoint that is not taken out (the first one if all are), for model listings.
-    pub fn healthy(&self) -> &Endpoint {
+    /// The endpoints, those not taken out first (each group in configuration order): whom to
+    /// ask for the model list.
+    pub fn by_health(&self) -> Vec<&Endpoint> {
         let state = self.state.lock().expect("not poisoned");
-        let i = state.iter().position(|s| !s.down).unwrap_or(0);
-        &self.endpoints[i]
+        let (up, down): (Vec<usize>, Vec<usize>) =
+            (0..self.endpoints.len()).partition(|&i| !state[i].down);
+        up.into_iter()
+            .chain(down)
+            .map(|i| &self.endpoints[i])
+            .collect()
     }
 
     /// The requests this replica may have outstanding at one endpoint now: its share of the
@@ -472,7 +477,8 @@ mod tests {
             let l = p.acquire(&mut stop).await.unwrap();
             assert_eq!(l.idx, 1);
         }
-        assert_eq!(p.healthy().base_url, "http://b/v1");
+        let order: Vec<&str> = p.by_health().iter().map(|e| e.base_url.as_str()).collect();
+        assert_eq!(order, ["http://b/v1", "http://127.0.0.1:1/v1"]);
     }
 
     #[tokio::test]

@@ -185,6 +185,25 @@ async fn a_429_and_503_storm_fails_no_line_and_uses_no_attempt() {
     );
 }
 
+/// The model check asks the endpoints of a pool in turn: the first being down does not turn
+/// the check off.
+#[tokio::test]
+async fn the_model_list_comes_from_an_endpoint_that_answers() {
+    let live = FakeUpstream::start(&["--models", "fake-model"]);
+    let mut s = crate::helpers::settings_for("postgres://unused@127.0.0.1:1/unused");
+    s.upstream.base_url = String::new();
+    s.upstream.base_urls = Some(vec![
+        format!("http://127.0.0.1:{}/v1", closed_port()),
+        live.base_url.clone(),
+    ]);
+    let up = openbatch::upstream::Upstreams::new(&s).unwrap();
+    let errors = up
+        .unknown_models([("fake-model", 1), ("typo-model", 2)])
+        .await;
+    let codes: Vec<(&str, Option<usize>)> = errors.iter().map(|e| (e.code, e.line)).collect();
+    assert_eq!(codes, [("model_not_found", Some(2))]);
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
