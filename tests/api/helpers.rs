@@ -486,6 +486,36 @@ impl FakeUpstream {
         assert_eq!(resp.status(), 200, "GET /metrics");
         resp.text().await.unwrap()
     }
+
+    /// The port it listens on: `start(&["--port", …])` starts one there again.
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .trim_end_matches("/v1")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the base URL")
+    }
+
+    /// SIGKILL, as a crashed server: open connections are reset, new ones refused.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET <address>/metrics` summed over the series named `name`.
+pub async fn metric_value(address: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Drop for FakeUpstream {

@@ -27,6 +27,7 @@ mod memory;
 mod models;
 mod openapi;
 mod poison;
+mod pools;
 mod replicas;
 mod retry;
 mod retry_limits;
