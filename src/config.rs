@@ -113,6 +113,21 @@ pub struct UpstreamSettings {
     /// A longer response body is not read further: the line fails as `response_too_large`.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Below the cap, each endpoint's limit follows its load (`upstream::limiter`); off: the
+    /// replica's share of the cap alone.
+    #[serde(default = "default_adaptive")]
+    pub adaptive: bool,
+    /// Where vLLM's Prometheus gauges are read (`vllm:num_requests_waiting`, `…_running`), to
+    /// keep the server's queue empty for interactive users. Unset: each endpoint's origin +
+    /// `/metrics`, given up (asked again every minute) while it has none; `off`: never. A URL
+    /// is for a pool of one.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
+    /// vLLM's request `priority`, added to every batch line, for servers started with
+    /// `--scheduling-policy priority` (a larger value runs later); none by default. A line
+    /// that sets its own keeps it.
+    #[serde(default)]
+    pub priority: Option<i64>,
 }
 
 impl UpstreamSettings {
@@ -170,8 +185,38 @@ impl UpstreamSettings {
             self.timeout_secs >= 1,
             "{name}.timeout_secs ({env}__TIMEOUT_SECS) must be at least 1"
         );
+        if let MetricsSource::At(url) = self.metrics_source() {
+            anyhow::ensure!(
+                url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "{name}.metrics_url ({env}__METRICS_URL) must be an http(s) URL such as \
+                 http://127.0.0.1:8000/metrics, or `off`, not {url:?}"
+            );
+            anyhow::ensure!(
+                endpoints.len() == 1,
+                "{name}.metrics_url ({env}__METRICS_URL) names one server's metrics, but {name} \
+                 has {} endpoints: leave it unset (each endpoint's own /metrics is read) or `off`",
+                endpoints.len()
+            );
+        }
         Ok(())
     }
+
+    pub fn metrics_source(&self) -> MetricsSource<'_> {
+        match self.metrics_url.as_deref().map(str::trim) {
+            None | Some("") => MetricsSource::Discover,
+            Some(off) if off.eq_ignore_ascii_case("off") => MetricsSource::Off,
+            Some(url) => MetricsSource::At(url),
+        }
+    }
+}
+
+/// Where an upstream's vLLM gauges are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsSource<'a> {
+    /// Each endpoint's origin + `/metrics`, while it has them.
+    Discover,
+    Off,
+    At(&'a str),
 }
 
 /// The default upstream's URL when neither `upstream.base_url` nor `upstream.base_urls` is set.
@@ -187,6 +232,10 @@ fn default_upstream_timeout() -> u64 {
 
 fn default_upstream_in_flight() -> usize {
     64
+}
+
+fn default_adaptive() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -742,6 +791,33 @@ mod tests {
         .unwrap();
         assert_eq!(s.server.allowed_hosts, ["batch.internal", "10.0.0.5"]);
         assert_eq!(s.database.url.expose(), "postgres://x@y/z?options=a,b");
+    }
+
+    #[test]
+    fn metrics_url_is_discovered_off_or_one_server_s_url() {
+        use super::MetricsSource;
+        let s = load(&[]).unwrap();
+        assert!(s.upstream.adaptive);
+        assert_eq!(s.upstream.metrics_source(), MetricsSource::Discover);
+        assert_eq!(s.upstream.priority, None);
+        let off = load(&[("OPENBATCH__UPSTREAM__METRICS_URL", "off")]).unwrap();
+        assert_eq!(off.upstream.metrics_source(), MetricsSource::Off);
+        let at = (
+            "OPENBATCH__UPSTREAM__METRICS_URL",
+            "http://gpu:8000/metrics",
+        );
+        assert!(load(&[at]).is_ok());
+        let two = (
+            "OPENBATCH__UPSTREAM__BASE_URLS",
+            "http://a:1/v1,http://b:1/v1",
+        );
+        let err = format!("{:#}", load(&[at, two]).unwrap_err());
+        assert!(err.contains("OPENBATCH__UPSTREAM__METRICS_URL"), "{err}");
+        let bad = ("OPENBATCH__UPSTREAM__METRICS_URL", "gpu:8000/metrics");
+        let err = format!("{:#}", load(&[bad]).unwrap_err());
+        assert!(err.contains("OPENBATCH__UPSTREAM__METRICS_URL"), "{err}");
+        let p = load(&[("OPENBATCH__UPSTREAM__PRIORITY", "10")]).unwrap();
+        assert_eq!(p.upstream.priority, Some(10));
     }
 
     #[test]

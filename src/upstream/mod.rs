@@ -24,7 +24,7 @@ use tracing::Instrument;
 use client::SendError;
 use pool::{Lease, Pool, Verdict};
 
-use crate::config::{Secret, Settings, UpstreamSettings};
+use crate::config::{MetricsSource, Secret, Settings, UpstreamSettings};
 pub use compact::compact_json;
 pub use retry::RetryPolicy;
 
@@ -36,6 +36,8 @@ pub struct Upstream {
     auth: Option<reqwest::header::HeaderValue>,
     timeout: Duration,
     max_response_bytes: usize,
+    /// vLLM's `priority`, put in every line's body (`upstream.priority`).
+    priority: Option<i64>,
     models: Vec<String>,
     catalogue: models::Catalogue,
 }
@@ -48,19 +50,35 @@ impl Upstream {
         backoff: RetryPolicy,
         client: reqwest::Client,
     ) -> Self {
+        let pool = Pool::new(
+            name,
+            &s.endpoints(),
+            s.max_in_flight,
+            s.adaptive,
+            replicas,
+            backoff,
+            client,
+        );
+        // The gauges steer the adaptive limit only; without a runtime (unit tests) no one reads.
+        if let (true, Ok(rt)) = (s.adaptive, tokio::runtime::Handle::try_current()) {
+            for (idx, endpoint) in pool.endpoints().iter().enumerate() {
+                let url = match s.metrics_source() {
+                    MetricsSource::Off => None,
+                    MetricsSource::At(url) => Some(url.to_owned()),
+                    MetricsSource::Discover => endpoint.metrics_url(),
+                };
+                if let Some(url) = url {
+                    rt.spawn(pool::watch_server_queue(Arc::downgrade(&pool), idx, url));
+                }
+            }
+        }
         Self {
             name: name.to_owned(),
-            pool: Pool::new(
-                name,
-                &s.endpoints(),
-                s.max_in_flight,
-                replicas,
-                backoff,
-                client,
-            ),
+            pool,
             auth: authorization(name, s.api_key.as_ref()),
             timeout: Duration::from_secs(s.timeout_secs),
             max_response_bytes: s.max_response_bytes,
+            priority: s.priority,
             models: s.models.clone(),
             catalogue: models::Catalogue::default(),
         }
@@ -322,11 +340,15 @@ impl Upstreams {
                 return (transport_failure(&e), Verdict::Answered, None);
             }
         };
+        let body = match upstream.priority {
+            Some(priority) => with_priority(body, priority),
+            None => body.clone(),
+        };
         let answer = self
             .lines
             .post(
                 uri,
-                body.clone(),
+                body,
                 traceparent,
                 upstream.auth.as_ref(),
                 upstream.timeout,
@@ -394,6 +416,24 @@ impl Upstreams {
 }
 
 const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+/// A line's body (a JSON object, as validation checked) with vLLM's `priority` member put first:
+/// a `priority` the line sets itself comes later in the object and wins, as the last of
+/// duplicate members does in vLLM's parser (and most others).
+fn with_priority(body: &bytes::Bytes, priority: i64) -> bytes::Bytes {
+    let Some(rest) = body.strip_prefix(b"{") else {
+        return body.clone();
+    };
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| *b == b'}');
+    let head = format!("{{\"priority\":{priority}{}", if empty { "" } else { "," });
+    let mut out = Vec::with_capacity(head.len() + rest.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(rest);
+    out.into()
+}
 
 fn too_large(limit: usize) -> Outcome {
     Outcome::Failure {
@@ -485,11 +525,31 @@ mod tests {
                 max_in_flight: 1,
                 models: models.iter().map(|m| (*m).to_owned()).collect(),
                 max_response_bytes: 1024,
+                adaptive: true,
+                metrics_url: None,
+                priority: None,
             },
             Arc::new(AtomicUsize::new(1)),
             RetryPolicy::fixed(1, Duration::from_millis(1), Duration::from_millis(1)),
             reqwest::Client::new(),
         )
+    }
+
+    #[test]
+    fn the_priority_goes_first_and_a_line_s_own_wins() {
+        let with = |body: &str| {
+            let b = with_priority(&bytes::Bytes::copy_from_slice(body.as_bytes()), 5);
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert_eq!(with(r#"{"model":"m"}"#), r#"{"priority":5,"model":"m"}"#);
+        assert_eq!(with("{}"), r#"{"priority":5}"#);
+        assert_eq!(with("{ \n}"), "{\"priority\":5 \n}");
+        let own: serde_json::Value = serde_json::from_str(&with(r#"{"priority":-1}"#)).unwrap();
+        assert_eq!(own["priority"], -1);
+        for body in [r#"{"a":[1,{"b":2}]}"#, "{}"] {
+            let v: serde_json::Value = serde_json::from_str(&with(body)).unwrap();
+            assert_eq!(v["priority"], 5, "{body}");
+        }
     }
 
     #[test]

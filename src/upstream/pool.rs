@@ -4,8 +4,9 @@
 //!   go round robin (the scan starts one endpoint further each time).
 //! - **Limit:** `max_in_flight` is a cap per endpoint for the whole cluster; each replica allows
 //!   its share, `max(1, max_in_flight / live replicas)`, counted by the heartbeats of
-//!   `crate::cluster` (see [`share`] for the transient bound), and one day the adaptive limiter's
-//!   limit when lower — both behind [`Pool::limit`].
+//!   `crate::cluster` (see [`share`] for the transient bound), or the endpoint's adaptive limit
+//!   when lower (`super::limiter`, fed by every answer and by the server's vLLM gauges, read by
+//!   [`watch_server_queue`]) — both behind [`Pool::limit`].
 //! - **Health:** an endpoint that refuses connections is taken out at once, one whose requests
 //!   are dropped or time out [`EJECT_AFTER`] times in a row too; it gets no line until a probe
 //!   (`GET <origin>/health`, else `GET <base_url>/models`) finds it back, probes spaced by an
@@ -24,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::limiter::{Limiter, LimiterConfig};
 use super::{join, parse_uri, RetryPolicy};
+use crate::metrics::EndpointMetrics;
 
 /// Dropped connections or timeouts in a row after which an endpoint is taken out.
 pub const EJECT_AFTER: u32 = 3;
@@ -36,6 +39,15 @@ pub const PROBE_MAX: Duration = Duration::from_secs(10);
 const RECHECK: Duration = Duration::from_secs(1);
 /// A probe's answer must come within this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The adaptive limit of a fresh endpoint; it doubles per round trip until the server queues.
+const INITIAL_LIMIT: usize = 4;
+/// How often the server's vLLM gauges are read: often enough that a queue an interactive
+/// request joined is seen within a request's time, and well inside the limiter's 5 s staleness.
+const QUEUE_EVERY: Duration = Duration::from_millis(500);
+/// An endpoint without gauges is asked again this seldom (it may be restarted with them).
+const NO_QUEUE_EVERY: Duration = Duration::from_secs(60);
+/// The limit is logged when it has moved this share from the last logged value (at least 2).
+const LOG_LIMIT_CHANGE: f64 = 0.2;
 
 /// One server of a pool.
 pub struct Endpoint {
@@ -43,10 +55,12 @@ pub struct Endpoint {
     pub base_url: String,
     /// The URL of each batch endpoint, parsed once rather than per request.
     uris: Vec<(&'static str, http::Uri)>,
+    /// Its series in `/metrics`, looked up once.
+    metrics: EndpointMetrics,
 }
 
 impl Endpoint {
-    fn new(base_url: &str) -> Self {
+    fn new(upstream: &str, base_url: &str) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let uris = crate::domain::Endpoint::ALL
             .iter()
@@ -55,7 +69,12 @@ impl Endpoint {
                 Some((e.as_str(), uri))
             })
             .collect();
-        Self { base_url, uris }
+        let metrics = EndpointMetrics::new(upstream, &base_url);
+        Self {
+            base_url,
+            uris,
+            metrics,
+        }
     }
 
     pub fn url(&self, endpoint: &str) -> String {
@@ -71,8 +90,17 @@ impl Endpoint {
 
     /// `<scheme>://<host>:<port>/health`: vLLM, TGI and most servers answer there.
     fn health_url(&self) -> Option<String> {
+        self.at_origin("/health")
+    }
+
+    /// `<scheme>://<host>:<port>/metrics`: where vLLM serves its Prometheus gauges.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.at_origin("/metrics")
+    }
+
+    fn at_origin(&self, path: &str) -> Option<String> {
         let url = url::Url::parse(&self.base_url).ok()?;
-        Some(format!("{}/health", url.origin().ascii_serialization()))
+        Some(format!("{}{path}", url.origin().ascii_serialization()))
     }
 }
 
@@ -92,9 +120,12 @@ pub enum Verdict {
 }
 
 /// The endpoint's health and load, under the pool's lock.
-#[derive(Default)]
 struct State {
     in_flight: usize,
+    /// Follows the endpoint's load below the share (when the upstream is adaptive).
+    limiter: Limiter,
+    /// The limit last logged.
+    logged_limit: usize,
     /// Taken out; a probe task brings it back.
     down: bool,
     /// Dropped connections and timeouts in a row.
@@ -110,6 +141,23 @@ struct State {
     overloads: u32,
 }
 
+impl State {
+    fn new(cap: usize, now: Instant) -> Self {
+        let limiter = Limiter::new(LimiterConfig::new(INITIAL_LIMIT, 1, cap), now);
+        Self {
+            in_flight: 0,
+            logged_limit: limiter.limit(),
+            limiter,
+            down: false,
+            failures: 0,
+            ejections: 0,
+            paused_until: None,
+            paused_at: None,
+            overloads: 0,
+        }
+    }
+}
+
 pub struct Pool {
     /// The upstream's name, for logs.
     name: String,
@@ -121,6 +169,8 @@ pub struct Pool {
     next: AtomicUsize,
     /// `max_in_flight`: per endpoint, for the whole cluster.
     cap: usize,
+    /// Whether the limiter's limit counts (`upstream.adaptive`).
+    adaptive: bool,
     /// Live replicas, kept by `crate::cluster`.
     replicas: Arc<AtomicUsize>,
     /// Bounds of the pauses after 429/503.
@@ -150,6 +200,8 @@ pub struct Lease<'a> {
     pool: &'a Arc<Pool>,
     idx: usize,
     started: Instant,
+    /// Outstanding at the endpoint when this was taken, itself included (for the limiter).
+    in_flight: usize,
     finished: bool,
 }
 
@@ -160,14 +212,16 @@ impl Lease<'_> {
 
     pub fn finish(mut self, verdict: Verdict) {
         self.finished = true;
-        self.pool.release(self.idx, self.started, Some(verdict));
+        self.pool
+            .release(self.idx, self.started, self.in_flight, Some(verdict));
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.pool.release(self.idx, self.started, None);
+            self.pool
+                .release(self.idx, self.started, self.in_flight, None);
         }
     }
 }
@@ -177,21 +231,32 @@ impl Pool {
         name: &str,
         base_urls: &[&str],
         cap: usize,
+        adaptive: bool,
         replicas: Arc<AtomicUsize>,
         backoff: RetryPolicy,
         client: reqwest::Client,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let (cap, now) = (cap.max(1), Instant::now());
+        let pool = Arc::new(Self {
             name: name.to_owned(),
-            endpoints: base_urls.iter().map(|u| Endpoint::new(u)).collect(),
-            state: Mutex::new(base_urls.iter().map(|_| State::default()).collect()),
+            endpoints: base_urls.iter().map(|u| Endpoint::new(name, u)).collect(),
+            state: Mutex::new(base_urls.iter().map(|_| State::new(cap, now)).collect()),
             changed: Notify::new(),
             next: AtomicUsize::new(0),
-            cap: cap.max(1),
+            cap,
+            adaptive,
             replicas,
             backoff,
             client,
-        })
+        });
+        {
+            let state = pool.state.lock().expect("not poisoned");
+            for (e, s) in pool.endpoints.iter().zip(state.iter()) {
+                e.metrics.up.set(1);
+                e.metrics.limit.set(pool.limit(s) as i64);
+            }
+        }
+        pool
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
@@ -211,9 +276,14 @@ impl Pool {
     }
 
     /// The requests this replica may have outstanding at one endpoint now: its share of the
-    /// cluster's cap. The adaptive limiter plugs in here: `share.min(state.limiter.limit())`.
-    fn limit(&self, _state: &State) -> usize {
-        share(self.cap, self.replicas.load(Ordering::Relaxed))
+    /// cluster's cap, or the endpoint's adaptive limit when lower.
+    fn limit(&self, state: &State) -> usize {
+        let share = share(self.cap, self.replicas.load(Ordering::Relaxed));
+        if self.adaptive {
+            share.min(state.limiter.limit())
+        } else {
+            share
+        }
     }
 
     /// A slot at the best endpoint that can take a request now, waiting as long as none can
@@ -289,18 +359,29 @@ impl Pool {
         }
         let (idx, _, _) = best.ok_or(wake_at)?;
         state[idx].in_flight += 1;
+        let in_flight = state[idx].in_flight;
+        self.endpoints[idx].metrics.in_flight.set(in_flight as i64);
         Ok(Lease {
             pool: self,
             idx,
             started: now,
+            in_flight,
             finished: false,
         })
     }
 
-    fn release(self: &Arc<Self>, idx: usize, started: Instant, verdict: Option<Verdict>) {
+    fn release(
+        self: &Arc<Self>,
+        idx: usize,
+        started: Instant,
+        in_flight: usize,
+        verdict: Option<Verdict>,
+    ) {
         let now = Instant::now();
+        let metrics = &self.endpoints[idx].metrics;
         let mut eject = false;
         let mut paused = None;
+        let moved;
         {
             let mut state = self.state.lock().expect("not poisoned");
             let s = &mut state[idx];
@@ -311,8 +392,12 @@ impl Pool {
                     s.failures = 0;
                     s.ejections = 0;
                     s.overloads = 0;
+                    s.limiter
+                        .on_success(now.saturating_duration_since(started), in_flight, now);
                 }
                 Some(Verdict::Overloaded(hint)) => {
+                    metrics.overloaded.inc();
+                    s.limiter.on_overload(now);
                     s.failures = 0;
                     let escalate = s.paused_at.is_none_or(|at| started >= at);
                     if escalate {
@@ -329,6 +414,10 @@ impl Pool {
                 }
                 Some(Verdict::Refused) => eject = !s.down,
                 Some(Verdict::Dropped | Verdict::TimedOut) => {
+                    if verdict == Some(Verdict::TimedOut) {
+                        // Too much asked of a server that is up; a dead one is taken out below.
+                        s.limiter.on_overload(now);
+                    }
                     s.failures += 1;
                     eject = !s.down && s.failures >= EJECT_AFTER;
                 }
@@ -337,7 +426,13 @@ impl Pool {
                 s.down = true;
                 s.failures = 0;
                 s.ejections = s.ejections.saturating_add(1);
+                metrics.up.set(0);
             }
+            moved = self.observe(idx, s);
+        }
+        if let Some((from, to)) = moved {
+            tracing::info!(upstream = %self.name, endpoint = %self.endpoints[idx].base_url,
+                           from, to, "endpoint limit changed");
         }
         let endpoint = &self.endpoints[idx].base_url;
         if let Some(pause) = paused {
@@ -354,6 +449,45 @@ impl Pool {
         self.changed.notify_one();
     }
 
+    /// Publishes an endpoint's figures; the limit's move since it was last logged, when large
+    /// enough to log (a limit moves by one or two every round trip).
+    fn observe(&self, idx: usize, s: &mut State) -> Option<(usize, usize)> {
+        let metrics = &self.endpoints[idx].metrics;
+        let limit = self.limit(s);
+        metrics.in_flight.set(s.in_flight as i64);
+        metrics.limit.set(limit as i64);
+        if let Some(latency) = s.limiter.latency() {
+            metrics.latency.set(latency.as_secs_f64());
+        }
+        let from = s.logged_limit;
+        let step = ((from as f64 * LOG_LIMIT_CHANGE).round() as usize).max(2);
+        (limit.abs_diff(from) >= step).then(|| {
+            s.logged_limit = limit;
+            (from, limit)
+        })
+    }
+
+    /// The server's own queue, as its vLLM gauges say, for the endpoint's limiter.
+    fn server_queue(&self, idx: usize, load: super::vllm::VllmLoad) {
+        let metrics = &self.endpoints[idx].metrics;
+        metrics.server_waiting.set(load.waiting);
+        metrics.server_running.set(load.running);
+        let moved = {
+            let mut state = self.state.lock().expect("not poisoned");
+            let s = &mut state[idx];
+            s.limiter
+                .on_server_queue(load.waiting, load.running, Instant::now());
+            self.observe(idx, s)
+        };
+        if let Some((from, to)) = moved {
+            tracing::info!(upstream = %self.name, endpoint = %self.endpoints[idx].base_url,
+                           from, to, waiting = load.waiting, running = load.running,
+                           "endpoint limit changed");
+        }
+        // A higher limit may let waiting lines go.
+        self.changed.notify_waiters();
+    }
+
     /// Takes an endpoint back in and wakes every waiting line.
     fn restore(&self, idx: usize) {
         {
@@ -361,6 +495,7 @@ impl Pool {
             state[idx].down = false;
             state[idx].failures = 0;
         }
+        self.endpoints[idx].metrics.up.set(1);
         tracing::info!(upstream = %self.name, endpoint = %self.endpoints[idx].base_url,
                        "the endpoint answers again; sending it lines");
         self.changed.notify_waiters();
@@ -383,6 +518,51 @@ impl Pool {
         get(endpoint.url("/v1/models"))
             .await
             .is_ok_and(|res| !res.status().is_server_error())
+    }
+}
+
+/// Reads an endpoint's vLLM gauges every [`QUEUE_EVERY`] while it serves them (every
+/// [`NO_QUEUE_EVERY`] while it does not) and hands them to its limiter; ends with the pool.
+/// `url`: the configured `metrics_url`, else the endpoint's origin + `/metrics`.
+pub async fn watch_server_queue(pool: Weak<Pool>, idx: usize, url: String) {
+    let mut had = None;
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let load = async {
+            let res = p
+                .client
+                .get(&url)
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await
+                .ok()?;
+            if !res.status().is_success() {
+                return None;
+            }
+            super::vllm::parse(&res.text().await.ok()?)
+        }
+        .await;
+        let endpoint = &p.endpoints[idx].base_url;
+        match (load, had) {
+            (Some(load), _) => {
+                if had != Some(true) {
+                    tracing::info!(upstream = %p.name, %endpoint, %url,
+                                   "reading the server's vLLM gauges: batch lines keep its queue empty");
+                }
+                p.server_queue(idx, load);
+            }
+            (None, None | Some(true)) => tracing::info!(upstream = %p.name, %endpoint, %url,
+                "no vLLM gauges at this address: the endpoint's limit follows latency alone"),
+            (None, Some(false)) => {}
+        }
+        let every = if load.is_some() {
+            QUEUE_EVERY
+        } else {
+            NO_QUEUE_EVERY
+        };
+        had = Some(load.is_some());
+        drop(p);
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -415,6 +595,7 @@ mod tests {
             "u",
             urls,
             cap,
+            false,
             Arc::new(AtomicUsize::new(replicas)),
             RetryPolicy::fixed(5, Duration::from_millis(100), Duration::from_secs(2)),
             reqwest::Client::new(),
@@ -571,8 +752,34 @@ mod tests {
     }
 
     #[test]
+    fn an_adaptive_endpoint_starts_low_and_an_overload_lowers_it_below_the_share() {
+        let adaptive = Pool::new(
+            "u",
+            &["http://a:1/v1"],
+            64,
+            true,
+            Arc::new(AtomicUsize::new(1)),
+            RetryPolicy::fixed(5, Duration::from_millis(1), Duration::from_millis(2)),
+            reqwest::Client::new(),
+        );
+        let limit = |p: &Arc<Pool>| p.limit(&p.state.lock().unwrap()[0]);
+        assert_eq!(limit(&adaptive), INITIAL_LIMIT);
+        let leases: Vec<_> = (0..INITIAL_LIMIT)
+            .map(|_| adaptive.pick().ok().unwrap())
+            .collect();
+        assert!(adaptive.pick().is_err(), "past the adaptive limit");
+        for l in leases {
+            l.finish(Verdict::Overloaded(None));
+        }
+        assert!(limit(&adaptive) < INITIAL_LIMIT);
+        // Off, the share alone.
+        let fixed = pool(&["http://a:1/v1"], 64, 1);
+        assert_eq!(limit(&fixed), 64);
+    }
+
+    #[test]
     fn health_is_asked_at_the_origin() {
-        let e = Endpoint::new("http://gpu-1:8000/v1/");
+        let e = Endpoint::new("u", "http://gpu-1:8000/v1/");
         assert_eq!(e.base_url, "http://gpu-1:8000/v1");
         assert_eq!(e.health_url().unwrap(), "http://gpu-1:8000/health");
         assert_eq!(e.url("/v1/models"), "http://gpu-1:8000/v1/models");

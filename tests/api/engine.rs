@@ -464,6 +464,9 @@ async fn models_are_routed_to_their_own_upstream() {
                 max_in_flight: 2,
                 models: vec!["embed-*".to_owned()],
                 max_response_bytes: 16 << 20,
+                adaptive: true,
+                metrics_url: None,
+                priority: None,
             },
         );
     })

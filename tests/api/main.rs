@@ -4,6 +4,7 @@
 mod abuse;
 mod abuse_clients;
 mod abuse_keys;
+mod adaptive;
 mod auth;
 mod batches;
 mod chunks;

@@ -25,6 +25,9 @@ fn route(base_url: &str, models: &[&str]) -> UpstreamSettings {
         max_in_flight: 2,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         max_response_bytes: 16 << 20,
+        adaptive: true,
+        metrics_url: None,
+        priority: None,
     }
 }
 

@@ -234,6 +234,9 @@ async fn engine_with_a_dead_route(
                 max_in_flight: 8,
                 models: vec!["dead-*".to_owned()],
                 max_response_bytes: 1 << 20,
+                adaptive: true,
+                metrics_url: None,
+                priority: None,
             },
         );
         tweak(s);
