@@ -1,5 +1,6 @@
 //! Membership: each replica records a heartbeat and counts the live replicas, so that limits
-//! meant for the whole cluster (the per-key request rate) can be split between them.
+//! meant for the whole cluster (the per-key request rate, each upstream endpoint's
+//! `max_in_flight`: see `upstream::pool::share`) can be split between them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

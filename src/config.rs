@@ -87,17 +87,24 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
 }
 
-/// An OpenAI-compatible inference server.
+/// An OpenAI-compatible inference server, or a pool of them serving the same models.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamSettings {
-    /// Including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
+    /// Including the version prefix, e.g. `http://127.0.0.1:8000/v1`: a pool of one. Empty
+    /// when not set; the default upstream then uses `DEFAULT_UPSTREAM_URL` unless `base_urls`
+    /// is set. Setting both is refused: which one wins would be a guess.
+    #[serde(default)]
     pub base_url: String,
+    /// The endpoints of a pool (each like `base_url`); comma-separated in the environment.
+    #[serde(default)]
+    pub base_urls: Option<Vec<String>>,
     #[serde(default)]
     pub api_key: Option<Secret>,
     /// Per HTTP attempt.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_secs: u64,
-    /// Requests in flight to this upstream from one replica.
+    /// Requests in flight at each endpoint of this upstream from the whole cluster: each replica
+    /// allows `max(1, max_in_flight / live replicas)` (see `upstream::pool`).
     #[serde(default = "default_upstream_in_flight")]
     pub max_in_flight: usize,
     /// Model names routed here (routes only); `*` at the end matches a prefix.
@@ -106,7 +113,114 @@ pub struct UpstreamSettings {
     /// A longer response body is not read further: the line fails as `response_too_large`.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Below the cap, each endpoint's limit follows its load (`upstream::limiter`); off: the
+    /// replica's share of the cap alone.
+    #[serde(default = "default_adaptive")]
+    pub adaptive: bool,
+    /// Where vLLM's Prometheus gauges are read (`vllm:num_requests_waiting`, `…_running`), to
+    /// keep the server's queue empty for interactive users. Unset: each endpoint's origin +
+    /// `/metrics`, given up (asked again every minute) while it has none; `off`: never. A URL
+    /// is for a pool of one.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
+    /// vLLM's request `priority`, added to every batch line, for servers started with
+    /// `--scheduling-policy priority` (a larger value runs later); none by default. A line
+    /// that sets its own keeps it.
+    #[serde(default)]
+    pub priority: Option<i64>,
 }
+
+impl UpstreamSettings {
+    /// The pool's endpoints: `base_urls`, or `base_url` as a pool of one.
+    pub fn endpoints(&self) -> Vec<&str> {
+        match &self.base_urls {
+            Some(urls) => urls.iter().map(String::as_str).collect(),
+            None => vec![self.base_url.as_str()],
+        }
+    }
+
+    /// What `Settings::check` refuses in one upstream's settings; `name` is `upstream` or
+    /// `routes.<name>`, `env` the matching `OPENBATCH__…` prefix.
+    fn check(&self, name: &str, env: &str) -> anyhow::Result<()> {
+        match &self.base_urls {
+            Some(_) if !self.base_url.is_empty() => anyhow::bail!(
+                "{name}.base_url and {name}.base_urls are both set ({env}__BASE_URL, \
+                 {env}__BASE_URLS): set base_urls alone for a pool, base_url alone for one server"
+            ),
+            Some(urls) => anyhow::ensure!(
+                !urls.is_empty() && urls.iter().all(|u| !u.trim().is_empty()),
+                "{name}.base_urls ({env}__BASE_URLS) must list at least one URL, without empty entries"
+            ),
+            None => anyhow::ensure!(
+                !self.base_url.is_empty(),
+                "{name} needs base_url or base_urls ({env}__BASE_URL or {env}__BASE_URLS)"
+            ),
+        }
+        let setting = if self.base_urls.is_some() {
+            "base_urls"
+        } else {
+            "base_url"
+        };
+        let endpoints = self.endpoints();
+        for (i, url) in endpoints.iter().enumerate() {
+            anyhow::ensure!(
+                (url.starts_with("http://") || url.starts_with("https://"))
+                    && url::Url::parse(url).is_ok_and(|u| u.has_host()),
+                "{name}.{setting} ({env}__{upper}) must hold http(s) URLs such as \
+                 http://127.0.0.1:8000/v1, not {url:?}",
+                upper = setting.to_uppercase(),
+            );
+            anyhow::ensure!(
+                !endpoints[..i]
+                    .iter()
+                    .any(|u| u.trim_end_matches('/') == url.trim_end_matches('/')),
+                "{name}.base_urls ({env}__BASE_URLS) lists {url} twice"
+            );
+        }
+        anyhow::ensure!(
+            self.max_in_flight >= 1,
+            "{name}.max_in_flight ({env}__MAX_IN_FLIGHT) must be at least 1"
+        );
+        anyhow::ensure!(
+            self.timeout_secs >= 1,
+            "{name}.timeout_secs ({env}__TIMEOUT_SECS) must be at least 1"
+        );
+        if let MetricsSource::At(url) = self.metrics_source() {
+            anyhow::ensure!(
+                url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "{name}.metrics_url ({env}__METRICS_URL) must be an http(s) URL such as \
+                 http://127.0.0.1:8000/metrics, or `off`, not {url:?}"
+            );
+            anyhow::ensure!(
+                endpoints.len() == 1,
+                "{name}.metrics_url ({env}__METRICS_URL) names one server's metrics, but {name} \
+                 has {} endpoints: leave it unset (each endpoint's own /metrics is read) or `off`",
+                endpoints.len()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn metrics_source(&self) -> MetricsSource<'_> {
+        match self.metrics_url.as_deref().map(str::trim) {
+            None | Some("") => MetricsSource::Discover,
+            Some(off) if off.eq_ignore_ascii_case("off") => MetricsSource::Off,
+            Some(url) => MetricsSource::At(url),
+        }
+    }
+}
+
+/// Where an upstream's vLLM gauges are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsSource<'a> {
+    /// Each endpoint's origin + `/metrics`, while it has them.
+    Discover,
+    Off,
+    At(&'a str),
+}
+
+/// The default upstream's URL when neither `upstream.base_url` nor `upstream.base_urls` is set.
+pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:8000/v1";
 
 fn default_max_response_bytes() -> usize {
     16 * 1024 * 1024
@@ -118,6 +232,10 @@ fn default_upstream_timeout() -> u64 {
 
 fn default_upstream_in_flight() -> usize {
     64
+}
+
+fn default_adaptive() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,7 +456,6 @@ impl Settings {
             .set_default("telemetry.service_name", "openbatch")?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")?
-            .set_default("upstream.base_url", "http://127.0.0.1:8000/v1")?
             .set_default("upstream.timeout_secs", default_upstream_timeout())?
             .set_default(
                 "upstream.max_in_flight",
@@ -389,17 +506,26 @@ impl Settings {
             .filter(|(k, v)| k.starts_with("OPENBATCH__") && !v.is_empty())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("OPENBATCH")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                // Lists are comma-separated in the environment (only these keys: a comma in
-                // any other value, such as a URL's query, stays as it is).
-                .list_separator(",")
-                .with_list_parse_key("server.allowed_hosts")
-                .source(Some(ours)),
-        );
+        let mut environment = config::Environment::with_prefix("OPENBATCH")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            // Lists are comma-separated in the environment (only these keys: a comma in
+            // any other value, such as a URL's query, stays as it is).
+            .list_separator(",")
+            .with_list_parse_key("server.allowed_hosts");
+        // Each route's lists too (its pool, its models): the crate matches list keys exactly,
+        // so the routes named in the environment are registered one by one.
+        for key in ours.keys() {
+            let key = key.to_lowercase();
+            if key.ends_with("__base_urls")
+                || (key.starts_with("openbatch__routes__") && key.ends_with("__models"))
+            {
+                let path = key.trim_start_matches("openbatch__").replace("__", ".");
+                environment = environment.with_list_parse_key(&path);
+            }
+        }
+        builder = builder.add_source(environment.source(Some(ours)));
         for (standard, ours) in [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "telemetry.otlp_protocol"),
@@ -414,13 +540,16 @@ impl Settings {
                 builder = builder.set_override("database.url", url)?;
             }
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .context(
                 "invalid configuration; settings come from config/openbatch.toml (or OPENBATCH_CONFIG) \
                  and OPENBATCH__SECTION__KEY environment variables, e.g. OPENBATCH__SERVER__PORT=8080",
             )?;
+        if settings.upstream.base_url.is_empty() && settings.upstream.base_urls.is_none() {
+            settings.upstream.base_url = DEFAULT_UPSTREAM_URL.to_owned();
+        }
         settings.check()?;
         Ok(settings)
     }
@@ -509,23 +638,12 @@ impl Settings {
             w.lease_secs >= 3,
             "OPENBATCH__WORKER__LEASE_SECS must be at least 3"
         );
-        for (name, up) in std::iter::once(("upstream".to_owned(), &self.upstream))
-            .chain(self.routes.iter().map(|(n, u)| (format!("routes.{n}"), u)))
-        {
-            anyhow::ensure!(
-                (up.base_url.starts_with("http://") || up.base_url.starts_with("https://"))
-                    && url::Url::parse(&up.base_url).is_ok(),
-                "{name}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1 \
-                 (OPENBATCH__UPSTREAM__BASE_URL for the default upstream)"
-            );
-            anyhow::ensure!(
-                up.max_in_flight >= 1,
-                "{name}.max_in_flight must be at least 1"
-            );
-            anyhow::ensure!(
-                up.timeout_secs >= 1,
-                "{name}.timeout_secs must be at least 1"
-            );
+        self.upstream.check("upstream", "OPENBATCH__UPSTREAM")?;
+        for (name, up) in &self.routes {
+            up.check(
+                &format!("routes.{name}"),
+                &format!("OPENBATCH__ROUTES__{}", name.to_uppercase()),
+            )?;
         }
         let wh = &self.webhooks;
         anyhow::ensure!(
@@ -676,6 +794,33 @@ mod tests {
     }
 
     #[test]
+    fn metrics_url_is_discovered_off_or_one_server_s_url() {
+        use super::MetricsSource;
+        let s = load(&[]).unwrap();
+        assert!(s.upstream.adaptive);
+        assert_eq!(s.upstream.metrics_source(), MetricsSource::Discover);
+        assert_eq!(s.upstream.priority, None);
+        let off = load(&[("OPENBATCH__UPSTREAM__METRICS_URL", "off")]).unwrap();
+        assert_eq!(off.upstream.metrics_source(), MetricsSource::Off);
+        let at = (
+            "OPENBATCH__UPSTREAM__METRICS_URL",
+            "http://gpu:8000/metrics",
+        );
+        assert!(load(&[at]).is_ok());
+        let two = (
+            "OPENBATCH__UPSTREAM__BASE_URLS",
+            "http://a:1/v1,http://b:1/v1",
+        );
+        let err = format!("{:#}", load(&[at, two]).unwrap_err());
+        assert!(err.contains("OPENBATCH__UPSTREAM__METRICS_URL"), "{err}");
+        let bad = ("OPENBATCH__UPSTREAM__METRICS_URL", "gpu:8000/metrics");
+        let err = format!("{:#}", load(&[bad]).unwrap_err());
+        assert!(err.contains("OPENBATCH__UPSTREAM__METRICS_URL"), "{err}");
+        let p = load(&[("OPENBATCH__UPSTREAM__PRIORITY", "10")]).unwrap();
+        assert_eq!(p.upstream.priority, Some(10));
+    }
+
+    #[test]
     fn database_url_is_a_fallback_only() {
         let s = load(&[("DATABASE_URL", "postgres://x@y/z")]).unwrap();
         assert_eq!(s.database.url.expose(), "postgres://x@y/z");
@@ -792,6 +937,131 @@ mod tests {
             load(&[("OPENBATCH__UPSTREAM__BASE_URL", "vllm:8000")]).unwrap_err()
         );
         assert!(err.contains("OPENBATCH__UPSTREAM__BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn pools_are_lists_in_the_environment_for_the_default_upstream_and_each_route() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.upstream.endpoints(), [DEFAULT_UPSTREAM_URL]);
+        let s = load(&[
+            (
+                "OPENBATCH__UPSTREAM__BASE_URLS",
+                "http://gpu-1:8000/v1,http://gpu-2:8000/v1",
+            ),
+            (
+                "OPENBATCH__ROUTES__EMBED__BASE_URLS",
+                "http://tei-1/v1,http://tei-2/v1",
+            ),
+            ("OPENBATCH__ROUTES__EMBED__MODELS", "embed-*"),
+            ("OPENBATCH__ROUTES__Chat_Big__BASE_URLS", "http://big/v1"),
+            (
+                "OPENBATCH__ROUTES__SMALL__BASE_URL",
+                "http://small/v1?x=a,b",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.upstream.endpoints(),
+            ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
+        );
+        assert_eq!(
+            s.routes["embed"].endpoints(),
+            ["http://tei-1/v1", "http://tei-2/v1"]
+        );
+        assert_eq!(s.routes["chat_big"].endpoints(), ["http://big/v1"]);
+        // A single URL keeps its commas.
+        assert_eq!(s.routes["small"].endpoints(), ["http://small/v1?x=a,b"]);
+    }
+
+    #[test]
+    fn pools_in_the_configuration_file() {
+        let path = std::env::temp_dir().join(format!(
+            "openbatch-pools-{}.toml",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(
+            &path,
+            "[upstream]\nbase_urls = [\"http://a/v1\", \"http://b/v1/\"]\nmax_in_flight = 40\n\
+             [routes.embed]\nbase_url = \"http://e/v1\"\nmodels = [\"embed-*\"]\n\
+             [routes.empty]\nbase_urls = []\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let err = format!("{:#}", load(&[("OPENBATCH_CONFIG", file)]).unwrap_err());
+        assert!(err.contains("routes.empty.base_urls"), "{err}");
+        assert!(err.contains("OPENBATCH__ROUTES__EMPTY__BASE_URLS"), "{err}");
+        std::fs::write(
+            &path,
+            "[upstream]\nbase_urls = [\"http://a/v1\", \"http://b/v1/\"]\nmax_in_flight = 40\n\
+             [routes.embed]\nbase_url = \"http://e/v1\"\nmodels = [\"embed-*\"]\n",
+        )
+        .unwrap();
+        let s = load(&[("OPENBATCH_CONFIG", file)]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(s.upstream.endpoints(), ["http://a/v1", "http://b/v1/"]);
+        assert_eq!(s.upstream.max_in_flight, 40);
+        assert_eq!(s.routes["embed"].endpoints(), ["http://e/v1"]);
+    }
+
+    #[test]
+    fn a_bad_pool_stops_the_process_naming_the_setting() {
+        for (vars, named) in [
+            (
+                vec![("OPENBATCH__UPSTREAM__BASE_URLS", "http://a/v1,,http://b/v1")],
+                "OPENBATCH__UPSTREAM__BASE_URLS",
+            ),
+            (
+                vec![("OPENBATCH__UPSTREAM__BASE_URLS", ",")],
+                "OPENBATCH__UPSTREAM__BASE_URLS",
+            ),
+            (
+                vec![(
+                    "OPENBATCH__UPSTREAM__BASE_URLS",
+                    "http://a/v1,gpu-2:8000/v1",
+                )],
+                "OPENBATCH__UPSTREAM__BASE_URLS",
+            ),
+            (
+                vec![("OPENBATCH__UPSTREAM__BASE_URLS", "http://a/v1,ftp://b/v1")],
+                "OPENBATCH__UPSTREAM__BASE_URLS",
+            ),
+            (
+                vec![("OPENBATCH__UPSTREAM__BASE_URLS", "http://a/v1,http://a/v1/")],
+                "twice",
+            ),
+            (
+                vec![(
+                    "OPENBATCH__ROUTES__EMBED__BASE_URLS",
+                    "http://a/v1,not a url",
+                )],
+                "OPENBATCH__ROUTES__EMBED__BASE_URLS",
+            ),
+            (
+                vec![
+                    ("OPENBATCH__UPSTREAM__BASE_URL", "http://a/v1"),
+                    ("OPENBATCH__UPSTREAM__BASE_URLS", "http://b/v1"),
+                ],
+                "OPENBATCH__UPSTREAM__BASE_URL, OPENBATCH__UPSTREAM__BASE_URLS",
+            ),
+            (
+                vec![("OPENBATCH__ROUTES__EMBED__MODELS", "embed-*")],
+                "OPENBATCH__ROUTES__EMBED__BASE_URL",
+            ),
+            (
+                vec![("OPENBATCH__UPSTREAM__MAX_IN_FLIGHT", "0")],
+                "OPENBATCH__UPSTREAM__MAX_IN_FLIGHT",
+            ),
+            (
+                vec![
+                    ("OPENBATCH__ROUTES__EMBED__BASE_URLS", "http://a/v1"),
+                    ("OPENBATCH__ROUTES__EMBED__MAX_IN_FLIGHT", "0"),
+                ],
+                "OPENBATCH__ROUTES__EMBED__MAX_IN_FLIGHT",
+            ),
+        ] {
+            let err = format!("{:#}", load(&vars).unwrap_err());
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
     }
 
     #[test]

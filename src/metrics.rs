@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -27,6 +27,12 @@ pub struct Metrics {
     pub auth_key_queries: IntCounter,
     pub auth_key_reloads: IntCounter,
     pub cluster_replicas: IntGauge,
+    endpoint_limit: IntGaugeVec,
+    endpoint_in_flight: IntGaugeVec,
+    endpoint_up: IntGaugeVec,
+    endpoint_latency: GaugeVec,
+    endpoint_overloaded: IntCounterVec,
+    endpoint_server_queue: GaugeVec,
     batches: IntGaugeVec,
     queue: IntGaugeVec,
     pool: IntGaugeVec,
@@ -87,6 +93,20 @@ pub fn get() -> &'static Metrics {
                 r.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            endpoint_limit: gauge_vec(&r, "upstream_endpoint_limit", "Requests this replica may have outstanding at an upstream endpoint now: its share of max_in_flight, or the adaptive limit when lower.", &["upstream", "endpoint"]),
+            endpoint_in_flight: gauge_vec(&r, "upstream_endpoint_in_flight", "Requests this replica has outstanding at an upstream endpoint.", &["upstream", "endpoint"]),
+            endpoint_up: gauge_vec(&r, "upstream_endpoint_up", "1 while the endpoint gets lines, 0 while it is taken out (refused, dropped or timed out) and probed.", &["upstream", "endpoint"]),
+            endpoint_latency: {
+                let g = GaugeVec::new(Opts::new("upstream_endpoint_latency_seconds", "Mean latency of the endpoint's answers over the adaptive limiter's last window."), &["upstream", "endpoint"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            endpoint_overloaded: counter_vec(&r, "upstream_endpoint_overloaded_total", "429 and 503 answers of an endpoint (each pauses it for every line, and lowers its adaptive limit).", &["upstream", "endpoint"]),
+            endpoint_server_queue: {
+                let g = GaugeVec::new(Opts::new("upstream_endpoint_server_requests", "The endpoint's own vLLM gauges as last read (state: running, waiting), every client's requests."), &["upstream", "endpoint", "state"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             batches: gauge_vec(&r, "batches", "Unfinished batches by status (all replicas, from the database).", &["status"]),
             queue: gauge_vec(&r, "work_queue_lines", "Lines of running batches by state (all replicas, from the database).", &["state"]),
             pool: gauge_vec(&r, "db_pool_connections", "This replica's database connections by state.", &["state"]),
@@ -98,6 +118,55 @@ pub fn get() -> &'static Metrics {
         }
         m
     })
+}
+
+/// One upstream endpoint's series, looked up once: the labels are the configured upstreams'
+/// names and endpoints (without any credentials in their URLs), a closed set.
+pub struct EndpointMetrics {
+    pub limit: IntGauge,
+    pub in_flight: IntGauge,
+    pub up: IntGauge,
+    pub latency: Gauge,
+    pub overloaded: IntCounter,
+    pub server_waiting: Gauge,
+    pub server_running: Gauge,
+}
+
+impl EndpointMetrics {
+    pub fn new(upstream: &str, base_url: &str) -> Self {
+        let m = get();
+        let endpoint = without_credentials(base_url);
+        let labels = [upstream, endpoint.as_str()];
+        Self {
+            limit: m.endpoint_limit.with_label_values(&labels),
+            in_flight: m.endpoint_in_flight.with_label_values(&labels),
+            up: m.endpoint_up.with_label_values(&labels),
+            latency: m.endpoint_latency.with_label_values(&labels),
+            overloaded: m.endpoint_overloaded.with_label_values(&labels),
+            server_waiting: m.endpoint_server_queue.with_label_values(&[
+                upstream,
+                endpoint.as_str(),
+                "waiting",
+            ]),
+            server_running: m.endpoint_server_queue.with_label_values(&[
+                upstream,
+                endpoint.as_str(),
+                "running",
+            ]),
+        }
+    }
+}
+
+/// A URL as a label: no user name or password, whatever the configuration holds.
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => url.to_owned(),
+    }
 }
 
 impl Metrics {

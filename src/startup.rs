@@ -54,8 +54,11 @@ impl Application {
             stopped.clone(),
         ));
         let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
+        // Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
+        // are limits for the whole cluster, split between the live replicas.
+        let live_replicas = Arc::new(AtomicUsize::new(1));
         let worker = if settings.worker.enabled {
-            let upstreams = Upstreams::new(settings)?;
+            let upstreams = Upstreams::in_cluster(settings, live_replicas.clone())?;
             Some(Worker::start(
                 pool.clone(),
                 upstreams,
@@ -73,7 +76,6 @@ impl Application {
             )
         })?;
         let port = listener.local_addr()?.port();
-        let live_replicas = Arc::new(AtomicUsize::new(1));
         let auth = api::Auth::new(&settings.auth);
         let mut background = vec![tokio::spawn(crate::cluster::run(
             pool.clone(),

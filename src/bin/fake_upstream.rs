@@ -21,6 +21,16 @@
 //! 404 with `--no-models-endpoint`, like a server that does not list its models. Inference
 //! itself answers for any model but `missing-model`, so a test can turn OpenBatch's check off
 //! and still run lines.
+//!
+//! GPU mode (`gpu.rs`), for tests and benchmarks of how OpenBatch shares a model server:
+//! `--gpu-slots N` requests are served at once, each for `--service-ms M` (which replaces
+//! `--latency-ms`/`--jitter-ms`; a directive's `latency_ms` still wins), and the rest wait in
+//! a FIFO queue; `--queue-max Q` sheds a request past Q waiting with a 429 (`Retry-After: 1`,
+//! OpenAI's error body), as a gateway in front of the server would. `GET /metrics` then serves
+//! vLLM's gauges `vllm:num_requests_running` and `vllm:num_requests_waiting` (labelled with the
+//! first of `--models`) and the peaks and totals as `fake_upstream_*`; `GET /stats` has the same
+//! under `gpu`, and `POST /stats/reset` restarts them. Without `--gpu-slots`, `/metrics` is a
+//! 404 as before: a server that exports no metrics.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -34,6 +44,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
+
+// A directory beside the binary, not src/bin/gpu.rs, which Cargo would build as a binary of its own.
+#[path = "fake_upstream/gpu.rs"]
+mod gpu;
 
 /// Bounds that keep a misbehaving client from making us buffer without limit.
 const MAX_HEAD: usize = 64 * 1024;
@@ -91,6 +105,20 @@ struct Args {
     /// Pretty-print every JSON body, errors included (`{\n  "error": …\n}`).
     #[arg(long, env = "FAKE_UPSTREAM_PRETTY")]
     pretty: bool,
+    /// GPU mode: inference requests served at once; the rest wait in a FIFO queue.
+    #[arg(long, env = "FAKE_UPSTREAM_GPU_SLOTS", value_parser = clap::value_parser!(u32).range(1..))]
+    gpu_slots: Option<u32>,
+    /// GPU mode: how long a request holds its slot (replaces --latency-ms and --jitter-ms).
+    #[arg(
+        long,
+        env = "FAKE_UPSTREAM_SERVICE_MS",
+        default_value_t = 0,
+        requires = "gpu_slots"
+    )]
+    service_ms: u64,
+    /// GPU mode: requests allowed to wait; one more is answered 429 with `Retry-After: 1`.
+    #[arg(long, env = "FAKE_UPSTREAM_QUEUE_MAX", requires = "gpu_slots")]
+    queue_max: Option<usize>,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -116,6 +144,8 @@ struct Stats {
 struct State {
     args: Args,
     stats: Mutex<Stats>,
+    /// Present in GPU mode (`--gpu-slots`).
+    gpu: Option<gpu::Gpu>,
 }
 
 struct Request {
@@ -135,6 +165,8 @@ struct Response {
     no_length: bool,
     /// Sent instead of `body`, as HTML: a page that is not JSON.
     html: Option<&'static str>,
+    /// Sent instead of `body`, as Prometheus text.
+    text: Option<String>,
 }
 
 enum Reply {
@@ -169,7 +201,11 @@ async fn main() -> anyhow::Result<()> {
     drop(out);
 
     let stats = Mutex::default();
-    let state = Arc::new(State { args, stats });
+    let gpu = args.gpu_slots.map(|slots| {
+        let model = args.models.first().map_or("fake-model", String::as_str);
+        gpu::Gpu::new(slots as usize, args.service_ms, args.queue_max, model)
+    });
+    let state = Arc::new(State { args, stats, gpu });
     loop {
         let sock = match listener.accept().await {
             Ok((sock, _)) => sock,
@@ -317,13 +353,14 @@ async fn send(
     keep_alive: bool,
     pretty: bool,
 ) -> std::io::Result<()> {
-    let (body, content_type) = match resp.html {
-        Some(page) => (page.to_owned(), "text/html"),
-        None if pretty => (
+    let (body, content_type) = match (resp.html, resp.text) {
+        (Some(page), _) => (page.to_owned(), "text/html"),
+        (None, Some(text)) => (text, "text/plain; version=0.0.4"),
+        _ if pretty => (
             serde_json::to_string_pretty(&resp.body).expect("a JSON value serialises"),
             "application/json",
         ),
-        None => (resp.body.to_string(), "application/json"),
+        _ => (resp.body.to_string(), "application/json"),
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let connection = if resp.no_length { "close" } else { connection };
@@ -371,6 +408,7 @@ fn ok(body: Value) -> Response {
         headers,
         no_length: false,
         html: None,
+        text: None,
     }
 }
 
@@ -402,8 +440,13 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
         Some(rest) if rest.starts_with('/') => rest,
         _ => path,
     };
-    let stats_json =
-        |s: &Stats| ok(json!({"total": s.total, "by_key": s.by_key, "model_lists": s.model_lists}));
+    let stats_json = |s: &Stats| {
+        let mut body = json!({"total": s.total, "by_key": s.by_key, "model_lists": s.model_lists});
+        if let Some(gpu) = &state.gpu {
+            body["gpu"] = gpu.stats();
+        }
+        ok(body)
+    };
     Reply::Send(match (req.method.as_str(), path) {
         ("GET", "/health") => ok(json!({"status": "ok"})),
         ("GET", "/stats") => stats_json(&state.stats.lock().unwrap()),
@@ -411,8 +454,15 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
             // This also restarts every `fake.fail` sequence: a reset gives a fresh server.
             let mut stats = state.stats.lock().unwrap();
             *stats = Stats::default();
+            if let Some(gpu) = &state.gpu {
+                gpu.reset();
+            }
             stats_json(&stats)
         }
+        ("GET", "/metrics") if state.gpu.is_some() => Response {
+            text: state.gpu.as_ref().map(|gpu| gpu.metrics()),
+            ..ok(Value::Null)
+        },
         ("GET", "/models") if !state.args.no_models_endpoint => {
             state.stats.lock().unwrap().model_lists += 1;
             tokio::time::sleep(Duration::from_millis(state.args.models_latency_ms)).await;
@@ -462,16 +512,31 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
     };
 
     // A directive makes the request deterministic: no random faults, and its latency_ms (if
-    // any) replaces both --latency-ms and --jitter-ms.
+    // any) replaces both --latency-ms and --jitter-ms (in GPU mode, --service-ms).
     let (fault, latency) = match &directive {
         Some(d) => match planned_fault(d, run) {
-            Ok(fault) => (fault, d["latency_ms"].as_u64().unwrap_or(args.latency_ms)),
+            Ok(fault) => (fault, d["latency_ms"].as_u64()),
             Err(msg) => return Reply::Send(error(400, msg).with("param", "fake")),
         },
-        None => (random_fault(args), args.latency_ms + jitter(args.jitter_ms)),
+        None => (random_fault(args), None),
     };
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+    // In GPU mode the request holds a slot for its whole service, faults included; the slot is
+    // given back when the answer is ready (`_slot` dropped at the end of this function).
+    let (_slot, latency) = match &state.gpu {
+        Some(gpu) => match gpu.admit().await {
+            Some(slot) => (
+                Some(slot),
+                latency.map_or(gpu.service, Duration::from_millis),
+            ),
+            None => return Reply::Send(shed()),
+        },
+        None => {
+            let normal = || args.latency_ms + jitter(args.jitter_ms);
+            (None, Duration::from_millis(latency.unwrap_or_else(normal)))
+        }
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     if args.cpu_us > 0 {
         let until = std::time::Instant::now() + Duration::from_micros(args.cpu_us);
@@ -513,6 +578,14 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
         }
         Some(Fault::Status(status)) => error(status, format!("fake-upstream injected a {status}")),
     })
+}
+
+/// GPU mode's answer past `--queue-max` waiting: what a gateway that sheds load sends.
+fn shed() -> Response {
+    let msg = "The server is overloaded: too many requests are waiting (fake-upstream --queue-max)";
+    let mut resp = error(429, msg).with("code", "rate_limit_exceeded");
+    resp.headers.push(("Retry-After", "1"));
+    resp
 }
 
 /// The fault scheduled for execution `k` of a body carrying `"fake": {...}`.

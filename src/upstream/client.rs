@@ -35,7 +35,9 @@ pub enum SendError {
     Timeout,
     /// The body passed the size limit (declared or streamed); it was not kept.
     TooLarge,
-    /// Could not connect, or the connection failed before the answer was complete.
+    /// Could not connect: the server is down (or unreachable); the request was not sent.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed before the answer was complete, or the request could not be built.
     Transport(Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -82,11 +84,13 @@ impl LineClient {
             headers.insert(AUTHORIZATION, auth.clone());
         }
         let exchange = async {
-            let res = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| SendError::Transport(e.into()))?;
+            let res = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(e.into())
+                } else {
+                    SendError::Transport(e.into())
+                }
+            })?;
             let (parts, body) = res.into_parts();
             let body = read_capped(body, max_body).await?;
             Ok(Answer {
@@ -228,6 +232,6 @@ mod tests {
         };
         let uri = format!("http://{closed}/v1/x").parse().unwrap();
         let r = post(uri, Duration::from_secs(10), 1024).await;
-        assert!(matches!(r, Err(SendError::Transport(_))), "{:?}", r.err());
+        assert!(matches!(r, Err(SendError::Connect(_))), "{:?}", r.err());
     }
 }

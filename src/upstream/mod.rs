@@ -1,60 +1,84 @@
-//! The one HTTP client to OpenAI-compatible inference servers: routing by model, a concurrency
-//! limit per upstream, a timeout per attempt, and retries with backoff for transient failures;
-//! and, for validation, which models each upstream serves (`models`).
+//! The one HTTP client to OpenAI-compatible inference servers: routing by model, a pool of
+//! endpoints per upstream (`pool`: choice, health, cluster-wide limit, backpressure), a timeout
+//! per attempt, and retries with backoff for a line's own transient failures; and, for
+//! validation, which models each upstream serves (`models`).
 
 mod client;
 mod compact;
+pub mod limiter;
 mod models;
+pub mod pool;
 mod retry;
+pub mod vllm;
 
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::header::HeaderMap;
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use client::SendError;
+use pool::{Lease, Pool, Verdict};
 
-use crate::config::{Secret, Settings, UpstreamSettings};
+use crate::config::{MetricsSource, Secret, Settings, UpstreamSettings};
 pub use compact::compact_json;
 pub use retry::RetryPolicy;
 
-/// One configured upstream server.
+/// One configured upstream: a pool of servers that share its key, timeout and models.
 pub struct Upstream {
     pub name: String,
-    base_url: String,
-    /// The URL of each batch endpoint, parsed once rather than per request.
-    uris: Vec<(&'static str, http::Uri)>,
+    pool: Arc<Pool>,
     /// The `Authorization` header, when the upstream has a key.
     auth: Option<reqwest::header::HeaderValue>,
     timeout: Duration,
     max_response_bytes: usize,
-    limit: Semaphore,
+    /// vLLM's `priority`, put in every line's body (`upstream.priority`).
+    priority: Option<i64>,
     models: Vec<String>,
     catalogue: models::Catalogue,
 }
 
 impl Upstream {
-    fn new(name: &str, s: &UpstreamSettings) -> Self {
-        let base_url = s.base_url.trim_end_matches('/').to_owned();
-        let uris = crate::domain::Endpoint::ALL
-            .iter()
-            .filter_map(|e| {
-                let uri = parse_uri(&join(&base_url, e.as_str())).ok()?;
-                Some((e.as_str(), uri))
-            })
-            .collect();
+    fn new(
+        name: &str,
+        s: &UpstreamSettings,
+        replicas: Arc<AtomicUsize>,
+        backoff: RetryPolicy,
+        client: reqwest::Client,
+    ) -> Self {
+        let pool = Pool::new(
+            name,
+            &s.endpoints(),
+            s.max_in_flight,
+            s.adaptive,
+            replicas,
+            backoff,
+            client,
+        );
+        // The gauges steer the adaptive limit only; without a runtime (unit tests) no one reads.
+        if let (true, Ok(rt)) = (s.adaptive, tokio::runtime::Handle::try_current()) {
+            for (idx, endpoint) in pool.endpoints().iter().enumerate() {
+                let url = match s.metrics_source() {
+                    MetricsSource::Off => None,
+                    MetricsSource::At(url) => Some(url.to_owned()),
+                    MetricsSource::Discover => endpoint.metrics_url(),
+                };
+                if let Some(url) = url {
+                    rt.spawn(pool::watch_server_queue(Arc::downgrade(&pool), idx, url));
+                }
+            }
+        }
         Self {
             name: name.to_owned(),
-            base_url,
-            uris,
+            pool,
             auth: authorization(name, s.api_key.as_ref()),
             timeout: Duration::from_secs(s.timeout_secs),
             max_response_bytes: s.max_response_bytes,
-            limit: Semaphore::new(s.max_in_flight),
+            priority: s.priority,
             models: s.models.clone(),
             catalogue: models::Catalogue::default(),
         }
@@ -67,15 +91,9 @@ impl Upstream {
         })
     }
 
-    fn url(&self, endpoint: &str) -> String {
-        join(&self.base_url, endpoint)
-    }
-
-    fn uri(&self, endpoint: &str) -> Result<http::Uri, BoxError> {
-        match self.uris.iter().find(|(e, _)| *e == endpoint) {
-            Some((_, uri)) => Ok(uri.clone()),
-            None => parse_uri(&self.url(endpoint)),
-        }
+    /// The pool's endpoints, in configuration order.
+    pub fn endpoints(&self) -> &[pool::Endpoint] {
+        self.pool.endpoints()
     }
 }
 
@@ -150,7 +168,17 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// For one replica alone; see `in_cluster`.
     pub fn new(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        Self::in_cluster(settings, Arc::new(AtomicUsize::new(1)))
+    }
+
+    /// Upstreams whose `max_in_flight` is shared with the `replicas` live replicas (a count
+    /// `crate::cluster` keeps current).
+    pub fn in_cluster(
+        settings: &Settings,
+        replicas: Arc<AtomicUsize>,
+    ) -> anyhow::Result<Arc<Self>> {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(30))
@@ -160,10 +188,14 @@ impl Upstreams {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the upstream HTTP client")?;
+        let retry = RetryPolicy::from_settings(&settings.worker);
+        let upstream = |name: &str, s: &UpstreamSettings| {
+            Upstream::new(name, s, replicas.clone(), retry.clone(), client.clone())
+        };
         let mut routes: Vec<Upstream> = settings
             .routes
             .iter()
-            .map(|(name, s)| Upstream::new(name, s))
+            .map(|(name, s)| upstream(name, s))
             .collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
         for name in routes.iter().map(|u| u.name.as_str()).chain(["default"]) {
@@ -172,11 +204,11 @@ impl Upstreams {
                 .with_label_values(&[name]);
         }
         Ok(Arc::new(Self {
-            client,
             lines: client::LineClient::new().context("building the upstream HTTP client")?,
-            default: Upstream::new("default", &settings.upstream),
+            default: upstream("default", &settings.upstream),
+            client,
             routes,
-            retry: RetryPolicy::from_settings(&settings.worker),
+            retry,
             check_models: settings.batches.check_models,
             models_ttl: Duration::from_secs(settings.batches.models_cache_secs),
         }))
@@ -189,86 +221,134 @@ impl Upstreams {
             .unwrap_or(&self.default)
     }
 
-    /// Sends one batch line, retrying transient failures. `traceparent` links the upstream's
-    /// traces to the batch.
+    /// Sends one batch line through its upstream's pool, retrying transient failures.
+    /// `traceparent` links the upstream's traces to the batch.
+    ///
+    /// Attempts (`worker.max_attempts`) count the line's own errors only: a 5xx other than 503,
+    /// a malformed answer, a timeout. A 429 or 503 pauses the endpoint and the line waits for
+    /// a slot again; a connection refused sends it to another endpoint; a connection dropped
+    /// before the answer too, up to `max_attempts` times (beyond, a line that keeps losing its
+    /// connection is suspect itself, and its drops count as attempts). None of those ends a
+    /// line: it waits, as long as it takes, until `stopped` resolves (its batch cancelled or
+    /// expired, or its claim lost) — then `None`, and the line is left without a result.
     pub async fn execute(
         &self,
         endpoint: &str,
         model: &str,
         body: &bytes::Bytes,
         traceparent: &str,
-    ) -> Outcome {
+        stopped: impl Future<Output = ()>,
+    ) -> Option<Outcome> {
         let upstream = self.route(model);
+        tokio::pin!(stopped);
         let mut attempt = 1;
+        let mut drops = 0;
         loop {
-            let (outcome, retry_after) = {
-                // The slot is held for the attempt only, not during backoff.
-                let _slot = upstream.limit.acquire().await.expect("never closed");
-                let started = std::time::Instant::now();
-                let span = tracing::info_span!(
-                    "upstream_request",
-                    otel.name = %format!("POST {endpoint}"),
-                    otel.kind = "client",
-                    upstream = %upstream.name,
-                    http.request.method = "POST",
-                    server.address = %upstream.base_url,
-                    attempt,
-                    http.response.status_code = tracing::field::Empty,
-                );
-                let traceparent =
-                    crate::telemetry::traceparent(&span).unwrap_or_else(|| traceparent.to_owned());
-                let result = self
-                    .attempt(upstream, endpoint, body, &traceparent)
-                    .instrument(span.clone())
-                    .await;
-                if let Outcome::Response { status, .. } = &result.0 {
-                    span.record("http.response.status_code", i64::from(*status));
+            let lease = upstream.pool.acquire(&mut stopped).await?;
+            let (outcome, verdict, retry_after) = self
+                .send(upstream, &lease, endpoint, body, traceparent, attempt)
+                .await;
+            lease.finish(verdict);
+            let free = match verdict {
+                Verdict::Overloaded(_) | Verdict::Refused => true,
+                Verdict::Dropped => {
+                    drops += 1;
+                    drops <= self.retry.max_attempts
                 }
-                let m = crate::metrics::get();
-                m.upstream_duration
-                    .with_label_values(&[upstream.name.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                let status = match &result.0 {
-                    Outcome::Response { status, .. } => status.to_string(),
-                    Outcome::Failure { .. } => "error".to_owned(),
-                };
-                m.upstream_responses
-                    .with_label_values(&[upstream.name.as_str(), status.as_str()])
-                    .inc();
-                result
+                Verdict::Answered | Verdict::TimedOut => false,
             };
+            if free {
+                tracing::debug!(upstream = %upstream.name, ?verdict, "sending the line again");
+                crate::metrics::get().upstream_retries.inc();
+                continue;
+            }
             let retryable = match &outcome {
                 Outcome::Response { status, .. } => RetryPolicy::retryable_status(*status),
                 // The same request would get the same huge answer.
                 Outcome::Failure { code, .. } => *code != RESPONSE_TOO_LARGE,
             };
             if !retryable || attempt >= self.retry.max_attempts {
-                return outcome;
+                return Some(outcome);
             }
             let delay = self.retry.delay(attempt, retry_after);
             tracing::debug!(upstream = %upstream.name, attempt, ?delay, ?outcome, "retrying upstream call");
             crate::metrics::get().upstream_retries.inc();
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut stopped => return None,
+            }
             attempt += 1;
         }
+    }
+
+    /// One request to the endpoint of `lease`, traced and measured.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        lease: &Lease<'_>,
+        endpoint: &str,
+        body: &bytes::Bytes,
+        traceparent: &str,
+        attempt: u32,
+    ) -> (Outcome, Verdict, Option<Duration>) {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!(
+            "upstream_request",
+            otel.name = %format!("POST {endpoint}"),
+            otel.kind = "client",
+            upstream = %upstream.name,
+            http.request.method = "POST",
+            server.address = %lease.endpoint().base_url,
+            attempt,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let traceparent =
+            crate::telemetry::traceparent(&span).unwrap_or_else(|| traceparent.to_owned());
+        let result = self
+            .attempt(upstream, lease.endpoint(), endpoint, body, &traceparent)
+            .instrument(span.clone())
+            .await;
+        if let Outcome::Response { status, .. } = &result.0 {
+            span.record("http.response.status_code", i64::from(*status));
+        }
+        let m = crate::metrics::get();
+        m.upstream_duration
+            .with_label_values(&[upstream.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let status = match &result.0 {
+            Outcome::Response { status, .. } => status.to_string(),
+            Outcome::Failure { .. } => "error".to_owned(),
+        };
+        m.upstream_responses
+            .with_label_values(&[upstream.name.as_str(), status.as_str()])
+            .inc();
+        result
     }
 
     async fn attempt(
         &self,
         upstream: &Upstream,
+        to: &pool::Endpoint,
         endpoint: &str,
         body: &bytes::Bytes,
         traceparent: &str,
-    ) -> (Outcome, Option<Duration>) {
-        let uri = match upstream.uri(endpoint) {
+    ) -> (Outcome, Verdict, Option<Duration>) {
+        let uri = match to.uri(endpoint) {
             Ok(uri) => uri,
-            Err(e) => return (transport_failure(&SendError::Transport(e)), None),
+            Err(e) => {
+                let e = SendError::Transport(e);
+                return (transport_failure(&e), Verdict::Answered, None);
+            }
+        };
+        let body = match upstream.priority {
+            Some(priority) => with_priority(body, priority),
+            None => body.clone(),
         };
         let answer = self
             .lines
             .post(
                 uri,
-                body.clone(),
+                body,
                 traceparent,
                 upstream.auth.as_ref(),
                 upstream.timeout,
@@ -277,10 +357,28 @@ impl Upstreams {
             .await;
         let (status, headers, bytes) = match answer {
             Ok(a) => (a.status, a.headers, a.body),
-            Err(SendError::TooLarge) => return (too_large(upstream.max_response_bytes), None),
-            Err(e) => return (transport_failure(&e), None),
+            Err(SendError::TooLarge) => {
+                return (
+                    too_large(upstream.max_response_bytes),
+                    Verdict::Answered,
+                    None,
+                )
+            }
+            Err(e) => {
+                let verdict = match e {
+                    SendError::Connect(_) => Verdict::Refused,
+                    SendError::Timeout => Verdict::TimedOut,
+                    _ => Verdict::Dropped,
+                };
+                return (transport_failure(&e), verdict, None);
+            }
         };
         let retry_after = retry::retry_after(&headers);
+        let verdict = if RetryPolicy::is_backpressure(status) {
+            Verdict::Overloaded(retry_after)
+        } else {
+            Verdict::Answered
+        };
         let request_id = header_str(&headers, "x-request-id");
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
             // Whatever its formatting: the stored results and the result files are one line
@@ -294,6 +392,7 @@ impl Upstreams {
                             "The upstream answered {status} with a body that is not a JSON object."
                         ),
                     },
+                    verdict,
                     None,
                 )
             }
@@ -310,12 +409,31 @@ impl Upstreams {
                 request_id,
                 body,
             },
+            verdict,
             retry_after,
         )
     }
 }
 
 const RESPONSE_TOO_LARGE: &str = "response_too_large";
+
+/// A line's body (a JSON object, as validation checked) with vLLM's `priority` member put first:
+/// a `priority` the line sets itself comes later in the object and wins, as the last of
+/// duplicate members does in vLLM's parser (and most others).
+fn with_priority(body: &bytes::Bytes, priority: i64) -> bytes::Bytes {
+    let Some(rest) = body.strip_prefix(b"{") else {
+        return body.clone();
+    };
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| *b == b'}');
+    let head = format!("{{\"priority\":{priority}{}", if empty { "" } else { "," });
+    let mut out = Vec::with_capacity(head.len() + rest.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(rest);
+    out.into()
+}
 
 fn too_large(limit: usize) -> Outcome {
     Outcome::Failure {
@@ -350,7 +468,7 @@ fn non_json_message(bytes: &[u8]) -> String {
 fn transport_failure(e: &SendError) -> Outcome {
     let timeout = matches!(e, SendError::Timeout);
     match e {
-        SendError::Transport(e) => {
+        SendError::Transport(e) | SendError::Connect(e) => {
             tracing::warn!(error = error_chain(e.as_ref()), "upstream call failed")
         }
         _ => tracing::warn!(timeout, "upstream call failed"),
@@ -401,13 +519,37 @@ mod tests {
             "u",
             &UpstreamSettings {
                 base_url: "http://h:1/v1/".into(),
+                base_urls: None,
                 api_key: None,
                 timeout_secs: 1,
                 max_in_flight: 1,
                 models: models.iter().map(|m| (*m).to_owned()).collect(),
                 max_response_bytes: 1024,
+                adaptive: true,
+                metrics_url: None,
+                priority: None,
             },
+            Arc::new(AtomicUsize::new(1)),
+            RetryPolicy::fixed(1, Duration::from_millis(1), Duration::from_millis(1)),
+            reqwest::Client::new(),
         )
+    }
+
+    #[test]
+    fn the_priority_goes_first_and_a_line_s_own_wins() {
+        let with = |body: &str| {
+            let b = with_priority(&bytes::Bytes::copy_from_slice(body.as_bytes()), 5);
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert_eq!(with(r#"{"model":"m"}"#), r#"{"priority":5,"model":"m"}"#);
+        assert_eq!(with("{}"), r#"{"priority":5}"#);
+        assert_eq!(with("{ \n}"), "{\"priority\":5 \n}");
+        let own: serde_json::Value = serde_json::from_str(&with(r#"{"priority":-1}"#)).unwrap();
+        assert_eq!(own["priority"], -1);
+        for body in [r#"{"a":[1,{"b":2}]}"#, "{}"] {
+            let v: serde_json::Value = serde_json::from_str(&with(body)).unwrap();
+            assert_eq!(v["priority"], 5, "{body}");
+        }
     }
 
     #[test]
@@ -423,7 +565,7 @@ mod tests {
     #[test]
     fn urls_join_without_doubling_the_version() {
         assert_eq!(
-            upstream(&[]).url("/v1/chat/completions"),
+            upstream(&[]).endpoints()[0].url("/v1/chat/completions"),
             "http://h:1/v1/chat/completions"
         );
     }

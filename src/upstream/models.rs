@@ -77,21 +77,31 @@ impl Upstreams {
     }
 
     async fn fetch_listing(&self, upstream: &Upstream) -> Listing {
-        let mut req = self
-            .client
-            .get(upstream.url("/v1/models"))
-            .timeout(LIST_TIMEOUT.min(upstream.timeout));
-        if let Some(auth) = &upstream.auth {
-            req = req.header(AUTHORIZATION, auth.clone());
-        }
-        let answer = match req.send().await {
-            Ok(res) => {
-                let status = res.status().as_u16();
-                res.bytes().await.map(|body| (status, body))
+        // The endpoints of a pool serve the same models: the first that answers (those not
+        // taken out asked first) speaks for all.
+        let mut answer = None;
+        for endpoint in upstream.pool.by_health() {
+            let mut req = self
+                .client
+                .get(endpoint.url("/v1/models"))
+                .timeout(LIST_TIMEOUT.min(upstream.timeout));
+            if let Some(auth) = &upstream.auth {
+                req = req.header(AUTHORIZATION, auth.clone());
             }
-            Err(e) => Err(e),
-        };
-        let (status, body) = match answer {
+            let got = match req.send().await {
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    res.bytes().await.map(|body| (status, body))
+                }
+                Err(e) => Err(e),
+            };
+            let unreachable = got.is_err();
+            answer = Some(got);
+            if !unreachable {
+                break;
+            }
+        }
+        let (status, body) = match answer.expect("a pool has an endpoint") {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, error = error_chain(&e),

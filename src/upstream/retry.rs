@@ -5,7 +5,8 @@ use reqwest::header::HeaderMap;
 use crate::config::WorkerSettings;
 
 /// Exponential backoff with jitter, bounded in attempts; the server's own `retry-after-ms` /
-/// `Retry-After` wins when it sends one.
+/// `Retry-After` wins when it sends one. Attempts count the line's own errors only: a 429 or
+/// 503 (the server is busy) and a dead endpoint use none (see `Upstreams::execute`).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -22,9 +23,24 @@ impl RetryPolicy {
         }
     }
 
+    #[cfg(test)]
+    pub fn fixed(max_attempts: u32, base: Duration, max: Duration) -> Self {
+        Self {
+            max_attempts,
+            base,
+            max,
+        }
+    }
+
     /// Timeouts, rate limits and server errors may pass; other client errors will not.
     pub fn retryable_status(status: u16) -> bool {
         matches!(status, 408 | 429) || status >= 500
+    }
+
+    /// The server says it is overloaded, not that the line is wrong: retried without using up
+    /// an attempt, for as long as the batch's completion window allows.
+    pub fn is_backpressure(status: u16) -> bool {
+        matches!(status, 429 | 503)
     }
 
     /// Delay before attempt `attempt + 1`.

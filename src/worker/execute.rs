@@ -39,8 +39,12 @@ pub(super) struct Running {
     /// The trace id of upstream calls when tracing is off (`trace_id_for` the batch).
     trace_id: String,
     /// False once nothing more of it may start: its batch is being cancelled, or the claim was
-    /// lost. Lines already in flight still finish (and are written only if the claim holds).
+    /// lost (taken over, or closed by the batch's cancellation or expiry). Lines already at the
+    /// upstream still finish (and are written only if the claim holds); lines waiting for one
+    /// (every endpoint down, paused or full) or for a retry stop waiting (`stopped`).
     live: AtomicBool,
+    /// Wakes the lines waiting in `Upstreams::execute` when `live` turns false.
+    stopped: tokio::sync::Notify,
     /// Its lines not yet stored or dropped; at zero the chunk is let go.
     outstanding: AtomicUsize,
 }
@@ -56,6 +60,21 @@ impl Running {
 
     pub fn stop(&self) {
         self.live.store(false, Ordering::Relaxed);
+        self.stopped.notify_waiters();
+    }
+
+    /// Resolves once the chunk is stopped.
+    async fn until_stopped(&self) {
+        loop {
+            let notified = self.stopped.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a `stop` in between still wakes us.
+            notified.as_mut().enable();
+            if !self.is_live() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -321,6 +340,7 @@ async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<Option<Vec<L
         trace_context: c.trace_context.clone(),
         trace_id: trace_id_for(c.batch_id.as_str()),
         live: AtomicBool::new(true),
+        stopped: tokio::sync::Notify::new(),
         outstanding: AtomicUsize::new(0),
     });
     ctx.held
@@ -464,6 +484,7 @@ async fn execute_line(
                     &line.model,
                     &line.body,
                     &traceparent,
+                    line.chunk.until_stopped(),
                 )
                 .await
         }
@@ -471,6 +492,13 @@ async fn execute_line(
     )
     .await;
     drop(slot);
+    let Some(outcome) = outcome else {
+        // Its batch stopped while it waited for the upstream: it never ran, and its batch's
+        // end (cancelled, expired) or the chunk's next owner accounts for it.
+        drop(unstored);
+        let_go(&ctx, &line.chunk, 1).await;
+        return;
+    };
     let success = outcome.is_success();
     crate::metrics::get()
         .lines
@@ -497,13 +525,15 @@ async fn execute_line(
 
 /// A line whose execution panics (a bug) still ends with a result, a failure: otherwise its
 /// chunk would wait for it forever, kept alive by the heartbeat, until the batch expired.
-async fn contain_panic(work: impl std::future::Future<Output = Outcome>) -> Outcome {
+async fn contain_panic(
+    work: impl std::future::Future<Output = Option<Outcome>>,
+) -> Option<Outcome> {
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::Failure {
+        Err(_) => Some(Outcome::Failure {
             code: "internal_error",
             message: "OpenBatch failed while executing this request.".to_owned(),
-        },
+        }),
     }
 }
 
@@ -679,20 +709,20 @@ mod tests {
         assert!(
             matches!(
                 outcome,
-                Outcome::Failure {
+                Some(Outcome::Failure {
                     code: "internal_error",
                     ..
-                }
+                })
             ),
             "{outcome:?}"
         );
         let ok = contain_panic(async {
-            Outcome::Failure {
+            Some(Outcome::Failure {
                 code: "x",
                 message: String::new(),
-            }
+            })
         })
         .await;
-        assert!(matches!(ok, Outcome::Failure { code: "x", .. }));
+        assert!(matches!(ok, Some(Outcome::Failure { code: "x", .. })));
     }
 }

@@ -326,13 +326,18 @@ async fn transient_upstream_faults_are_retried_and_permanent_ones_recorded() {
     assert_eq!(runs("unknown-model"), 1, "a 404 is final");
 }
 
+/// An upstream that never answers is not the line's fault: its lines wait (using no attempt)
+/// until the batch's completion window ends, then end as `batch_expired` (issue 21; they used
+/// to fail as `upstream_unreachable` after `max_attempts`).
 #[tokio::test]
-async fn an_unreachable_upstream_ends_in_the_error_file() {
+async fn an_unreachable_upstream_holds_its_lines_until_the_window_ends() {
     // Nothing listens on port 1.
     let unreachable = FakeUpstream::start(&[]);
     let app = spawn_engine(&unreachable, |s| {
         s.upstream.base_url = "http://127.0.0.1:1/v1".to_owned();
         s.worker.max_attempts = 2;
+        s.worker.lease_secs = 3;
+        s.batches.expiry_override_secs = Some(4);
     })
     .await;
     let id = app
@@ -341,10 +346,11 @@ async fn an_unreachable_upstream_ends_in_the_error_file() {
             to_jsonl(&[chat_line("a", json!({}))]),
         )
         .await;
-    let batch = app.wait_for(&id, &["completed"]).await;
+    let batch = app.wait_for(&id, &["completed", "expired"]).await;
+    assert_eq!(batch["status"], "expired", "{batch}");
     let err = app.lines_of(&batch["error_file_id"]).await;
     assert_eq!(err[0]["response"], Value::Null);
-    assert_eq!(err[0]["error"]["code"], "upstream_unreachable");
+    assert_eq!(err[0]["error"]["code"], "batch_expired");
     assert_eq!(batch["output_file_id"], Value::Null);
 }
 
@@ -452,11 +458,15 @@ async fn models_are_routed_to_their_own_upstream() {
             "embed".to_owned(),
             openbatch::config::UpstreamSettings {
                 base_url: route_url,
+                base_urls: None,
                 api_key: None,
                 timeout_secs: 30,
                 max_in_flight: 2,
                 models: vec!["embed-*".to_owned()],
                 max_response_bytes: 16 << 20,
+                adaptive: true,
+                metrics_url: None,
+                priority: None,
             },
         );
     })

@@ -467,6 +467,55 @@ impl FakeUpstream {
     pub async fn executions(&self) -> u64 {
         self.stats().await["total"].as_u64().unwrap()
     }
+
+    /// `http://host:port`, where `/metrics` and `/health` live (beside `/v1`, as on vLLM).
+    pub fn origin(&self) -> &str {
+        self.base_url.trim_end_matches("/v1")
+    }
+
+    /// GPU mode's counters (`--gpu-slots`): running, waiting, peak_running, served, shed...
+    pub async fn gpu(&self) -> Value {
+        self.stats().await["gpu"].clone()
+    }
+
+    /// `GET /metrics` as text (GPU mode: vLLM's gauges and the fake's counters).
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(format!("{}/metrics", self.origin()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        resp.text().await.unwrap()
+    }
+
+    /// The port it listens on: `start(&["--port", …])` starts one there again.
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .trim_end_matches("/v1")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the base URL")
+    }
+
+    /// SIGKILL, as a crashed server: open connections are reset, new ones refused.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET <address>/metrics` summed over the series named `name`.
+pub async fn metric_value(address: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Drop for FakeUpstream {

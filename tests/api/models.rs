@@ -19,11 +19,15 @@ fn upstreams(base_url: &str, tweak: impl FnOnce(&mut Settings)) -> std::sync::Ar
 fn route(base_url: &str, models: &[&str]) -> UpstreamSettings {
     UpstreamSettings {
         base_url: base_url.to_owned(),
+        base_urls: None,
         api_key: None,
         timeout_secs: 30,
         max_in_flight: 2,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         max_response_bytes: 16 << 20,
+        adaptive: true,
+        metrics_url: None,
+        priority: None,
     }
 }
 
