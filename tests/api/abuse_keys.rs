@@ -471,12 +471,15 @@ async fn raw_ids_from_urls_cannot_forge_log_lines() {
 
 #[tokio::test]
 async fn upstream_errors_reach_tenants_without_the_upstream_address_or_redirects() {
-    // An upstream nobody listens on, at a URL tenants must not learn.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An upstream that drops every connection, at a URL tenants must not learn. (One that
+    // refuses them is taken out, and its lines wait for it until their window ends: pools.rs.)
+    let dropper = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = dropper.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in dropper.incoming() {
+            drop(conn);
+        }
+    });
     let config =
         std::env::temp_dir().join(format!("ob-abuse-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(
