@@ -381,10 +381,11 @@ impl Pool {
         let metrics = &self.endpoints[idx].metrics;
         let mut eject = false;
         let mut paused = None;
-        let moved;
+        let (moved, raised);
         {
             let mut state = self.state.lock().expect("not poisoned");
             let s = &mut state[idx];
+            let before = self.limit(s);
             s.in_flight -= 1;
             match verdict {
                 None => {}
@@ -428,6 +429,7 @@ impl Pool {
                 s.ejections = s.ejections.saturating_add(1);
                 metrics.up.set(0);
             }
+            raised = self.limit(s) > before;
             moved = self.observe(idx, s);
         }
         if let Some((from, to)) = moved {
@@ -446,7 +448,17 @@ impl Pool {
                 rt.spawn(probe_until_up(Arc::downgrade(self), idx));
             }
         }
-        self.changed.notify_one();
+        self.wake(raised);
+    }
+
+    /// After a release: the freed slot is for one waiting line; a raised limit has room for
+    /// more, which would otherwise wait for their next look ([`RECHECK`]).
+    fn wake(&self, raised: bool) {
+        if raised {
+            self.changed.notify_waiters();
+        } else {
+            self.changed.notify_one();
+        }
     }
 
     /// Publishes an endpoint's figures; the limit's move since it was last logged, when large
@@ -472,20 +484,24 @@ impl Pool {
         let metrics = &self.endpoints[idx].metrics;
         metrics.server_waiting.set(load.waiting);
         metrics.server_running.set(load.running);
-        let moved = {
+        let (moved, raised) = {
             let mut state = self.state.lock().expect("not poisoned");
             let s = &mut state[idx];
+            let before = self.limit(s);
             s.limiter
                 .on_server_queue(load.waiting, load.running, Instant::now());
-            self.observe(idx, s)
+            (self.observe(idx, s), self.limit(s) > before)
         };
         if let Some((from, to)) = moved {
             tracing::info!(upstream = %self.name, endpoint = %self.endpoints[idx].base_url,
                            from, to, waiting = load.waiting, running = load.running,
                            "endpoint limit changed");
         }
-        // A higher limit may let waiting lines go.
-        self.changed.notify_waiters();
+        // Only a higher limit lets waiting lines go; twice a second is too often to wake them
+        // all for nothing.
+        if raised {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Takes an endpoint back in and wakes every waiting line.
@@ -708,6 +724,61 @@ mod tests {
         let waited = waiter.await.unwrap();
         // Woken by the release, not by the 1 s re-check.
         assert!(waited < RECHECK, "{waited:?}");
+    }
+
+    /// A release that raises the adaptive limit lets every line that fits go at once, not one
+    /// (the others would wait for the 1 s re-check).
+    #[tokio::test]
+    async fn a_raised_limit_wakes_every_line_that_fits() {
+        let p = Pool::new(
+            "u",
+            &["http://a/v1"],
+            64,
+            true,
+            Arc::new(AtomicUsize::new(1)),
+            RetryPolicy::fixed(5, Duration::from_millis(1), Duration::from_millis(2)),
+            reqwest::Client::new(),
+        );
+        let limit = |p: &Arc<Pool>| p.limit(&p.state.lock().unwrap()[0]);
+        // 15 answers at the full initial limit: one short of the first window of slow start.
+        for _ in 0..3 {
+            let ls: Vec<_> = (0..INITIAL_LIMIT).map(|_| p.pick().ok().unwrap()).collect();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            ls.into_iter().for_each(|l| l.finish(Verdict::Answered));
+        }
+        let mut held: Vec<_> = (0..INITIAL_LIMIT).map(|_| p.pick().ok().unwrap()).collect();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        for l in held.drain(1..) {
+            l.finish(Verdict::Answered);
+        }
+        held.extend((1..INITIAL_LIMIT).map(|_| p.pick().ok().unwrap()));
+        assert_eq!(limit(&p), INITIAL_LIMIT);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, tx) = (p.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _lease = p.acquire(&mut never()).await.unwrap();
+                    tx.send(()).unwrap();
+                    never().await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "the waiters found room before the limit rose"
+        );
+        // The 16th answer closes the window: slow start doubles the limit.
+        held.remove(0).finish(Verdict::Answered);
+        assert!(limit(&p) > INITIAL_LIMIT + 3, "{}", limit(&p));
+        for _ in 0..3 {
+            tokio::time::timeout(RECHECK / 2, rx.recv())
+                .await
+                .expect("every waiter that fits goes at once")
+                .unwrap();
+        }
+        waiters.iter().for_each(|w| w.abort());
     }
 
     #[tokio::test]

@@ -49,11 +49,13 @@ async fn the_adaptive_limit_keeps_a_gpu_s_queue_near_empty_and_fails_nothing() {
     assert_eq!(batch["request_counts"]["completed"], LINES, "{batch}");
     assert_eq!(batch["request_counts"]["failed"], 0, "{batch}");
     // The GPU was kept busy (every slot used) without a long queue: slow start may overshoot
-    // the knee for a round trip, then the gauges hold it at the slots (but one).
+    // the knee for a round trip (8 at once measured on a quiet machine), then the gauges hold
+    // it at the slots (but one). The bound leaves room for a loaded machine's noisy latencies
+    // and is still a quarter of what the replica sends without the limit (64).
     assert_eq!(gpu["peak_running"], SLOTS, "{gpu}");
     let peak = gpu["peak_requests"].as_u64().unwrap();
     assert!(
-        peak <= 3 * SLOTS as u64,
+        peak <= 4 * SLOTS as u64,
         "the server queued up to {peak}: {gpu}"
     );
     // What the replica says about the endpoint: up, its limit near the slots, the gauges read.
@@ -81,7 +83,7 @@ async fn without_the_adaptive_limit_the_share_fills_the_server_s_queue() {
     let (batch, gpu, _) = run_batch("false").await;
     assert_eq!(batch["status"], "completed", "{batch}");
     let peak = gpu["peak_requests"].as_u64().unwrap();
-    assert!(peak > 3 * SLOTS as u64, "{gpu}");
+    assert!(peak > 4 * SLOTS as u64, "{gpu}");
 }
 
 /// `metric_value` reads a replica's series by name; the endpoint's label is its URL without
