@@ -13,28 +13,18 @@ use serde_json::value::RawValue;
 /// removing whitespace could join two tokens.
 pub fn compact_json(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
-    let Some(first) = first_insignificant(bytes) else {
+    let mut scan = Scan::default();
+    let Some(first) = bytes.iter().position(|&b| scan.insignificant(b)) else {
         return Cow::Borrowed(text);
     };
     let mut out = Vec::with_capacity(bytes.len());
     out.extend_from_slice(&bytes[..first]);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in &bytes[first..] {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if is_whitespace(b) {
-            continue;
-        } else if b == b'"' {
-            in_string = true;
-        }
-        out.push(b);
-    }
+    // `first` is whitespace, which leaves the scan outside a string as it found it.
+    out.extend(
+        bytes[first + 1..]
+            .iter()
+            .filter(|&&b| !scan.insignificant(b)),
+    );
     // Only ASCII bytes outside strings were removed: what is left is as valid UTF-8 as `text`.
     Cow::Owned(String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid"))
 }
@@ -48,25 +38,32 @@ pub fn compact(body: Box<RawValue>) -> Box<RawValue> {
     RawValue::from_string(compacted).unwrap_or(body)
 }
 
-/// The position of the first whitespace outside a string.
-fn first_insignificant(bytes: &[u8]) -> Option<usize> {
-    let (mut in_string, mut escaped) = (false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
+/// Where a byte-by-byte reading of JSON text is: inside a string or not, after a backslash.
+#[derive(Default)]
+struct Scan {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scan {
+    /// Reads the next byte; whether it is whitespace between tokens (outside any string).
+    fn insignificant(&mut self, b: u8) -> bool {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
             } else if b == b'\\' {
-                escaped = true;
+                self.escaped = true;
             } else if b == b'"' {
-                in_string = false;
+                self.in_string = false;
             }
+            false
         } else if is_whitespace(b) {
-            return Some(i);
-        } else if b == b'"' {
-            in_string = true;
+            true
+        } else {
+            self.in_string = b == b'"';
+            false
         }
     }
-    None
 }
 
 /// JSON's whitespace (RFC 8259, section 2).
