@@ -20,6 +20,19 @@ fn gauge(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `n` chat requests sent at once, each answering its status.
+fn send_chats(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<reqwest::StatusCode>> {
+    (0..n)
+        .map(|n| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new().post(url).json(&chat(n)).send().await;
+                resp.unwrap().status()
+            })
+        })
+        .collect()
+}
+
 /// Polls until `cond` holds on the upstream's `gpu` stats (30 s at most).
 async fn wait_for_gpu(upstream: &FakeUpstream, what: &str, cond: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,15 +91,7 @@ async fn requests_past_the_slots_wait_in_line_and_are_served_in_waves() {
 async fn metrics_show_vllm_gauges_of_the_requests_running_and_waiting() {
     let upstream = FakeUpstream::start(&["--gpu-slots", "1", "--service-ms", "1500"]);
     let url = format!("{}/chat/completions", upstream.base_url);
-    let requests: Vec<_> = (0..3)
-        .map(|n| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let resp = reqwest::Client::new().post(url).json(&chat(n)).send().await;
-                resp.unwrap().status()
-            })
-        })
-        .collect();
+    let requests = send_chats(&url, 3);
     wait_for_gpu(&upstream, "1 running and 2 waiting", |g| {
         g["running"] == 1 && g["waiting"] == 2
     })
@@ -119,15 +124,7 @@ async fn a_bounded_queue_sheds_the_request_past_it_with_429_and_retry_after() {
         "1",
     ]);
     let url = format!("{}/chat/completions", upstream.base_url);
-    let requests: Vec<_> = (0..2)
-        .map(|n| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let resp = reqwest::Client::new().post(url).json(&chat(n)).send().await;
-                resp.unwrap().status()
-            })
-        })
-        .collect();
+    let requests = send_chats(&url, 2);
     wait_for_gpu(&upstream, "1 running and 1 waiting", |g| {
         g["running"] == 1 && g["waiting"] == 1
     })

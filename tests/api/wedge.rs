@@ -158,6 +158,28 @@ async fn a_pretty_printing_upstream_gives_one_line_per_result() {
     );
 }
 
+/// A batch of a quick line `a` and a 5-second one (which keeps it running), with `group`
+/// stored as chunk 0's result group meanwhile, as an earlier version or a damaged row left it.
+async fn running_batch_with_stored_group(app: &TestApp, group: &str) -> String {
+    let lines = [
+        chat_line("a", json!({})),
+        chat_line("slow", json!({"fake": {"latency_ms": 5000}})),
+    ];
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    sqlx::query("INSERT INTO batch_results (batch_id, chunk_idx, lines) VALUES ($1, 0, $2)")
+        .bind(&id)
+        .bind(group)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let batch = app.batch(&id).await;
+    assert!(
+        ["validating", "in_progress"].contains(&batch["status"].as_str().unwrap()),
+        "the batch ended before its stored group was in place: {batch}"
+    );
+    id
+}
+
 /// Results that an earlier version stored over several lines (a pretty-printed body copied as
 /// it came), which wedged their batch in `finalizing`, are read whole: the batch completes with
 /// one JSONL line per request.
@@ -165,26 +187,10 @@ async fn a_pretty_printing_upstream_gives_one_line_per_result() {
 async fn results_stored_over_several_lines_by_an_earlier_version_still_finalize() {
     let upstream = FakeUpstream::start(&[]);
     let app = spawn_engine(&upstream, |_| {}).await;
-    let lines = [
-        chat_line("a", json!({})),
-        // Keeps the batch running until the old group is in place.
-        chat_line("slow", json!({"fake": {"latency_ms": 5000}})),
-    ];
-    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     // Line 0 as it was stored before bodies were made one line (its run stores it again: the
     // first stored result of a line is the one kept, whichever it is).
     let old = "0\to\t{\"id\":\"batch_req_0\",\"custom_id\":\"a\",\"response\":{\"status_code\":200,\"request_id\":null,\"body\":{\n  \"object\": \"chat.completion\",\n  \"choices\": [\n    {\"index\": 0}\n  ]\n}},\"error\":null}\n";
-    sqlx::query("INSERT INTO batch_results (batch_id, chunk_idx, lines) VALUES ($1, 0, $2)")
-        .bind(&id)
-        .bind(old)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let batch = app.batch(&id).await;
-    assert!(
-        ["validating", "in_progress"].contains(&batch["status"].as_str().unwrap()),
-        "the batch ended before the old group was in place: {batch}"
-    );
+    let id = running_batch_with_stored_group(&app, old).await;
 
     let batch = app.wait_for(&id, &["completed", "failed", "expired"]).await;
     assert_eq!(batch["status"], "completed", "{batch}");
@@ -204,23 +210,7 @@ async fn results_stored_over_several_lines_by_an_earlier_version_still_finalize(
 async fn a_finalization_that_keeps_failing_ends_the_batch_as_failed() {
     let upstream = FakeUpstream::start(&[]);
     let app = spawn_engine(&upstream, |s| s.worker.max_job_failures = 3).await;
-    let lines = [
-        chat_line("a", json!({})),
-        // Keeps the batch running until the damaged group is in place.
-        chat_line("slow", json!({"fake": {"latency_ms": 5000}})),
-    ];
-    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    sqlx::query("INSERT INTO batch_results (batch_id, chunk_idx, lines) VALUES ($1, 0, $2)")
-        .bind(&id)
-        .bind("not a result entry\n")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let batch = app.batch(&id).await;
-    assert!(
-        ["validating", "in_progress"].contains(&batch["status"].as_str().unwrap()),
-        "the batch ended before its results were damaged: {batch}"
-    );
+    let id = running_batch_with_stored_group(&app, "not a result entry\n").await;
 
     let batch = app.wait_for(&id, &["failed", "completed", "expired"]).await;
     assert_eq!(batch["status"], "failed", "{batch}");
