@@ -89,18 +89,7 @@ cleanup() {
     local rc=$?
     set +e
     stop_replicas
-    if [ -n "$BENCH_DB" ] && [ -n "$PSQL" ]; then
-        "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
-            "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\"" >/dev/null 2>&1 ||
-            log "could not drop database $BENCH_DB"
-    fi
-    if [ -n "${PG_THROWAWAY_DIR:-}" ]; then pg_stop_throwaway "$PG_THROWAWAY_DIR"; fi
-    rmdir "$PG_TMP" 2>/dev/null || true
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        log "work dir kept: $WORK"
-    else
-        rm -rf -- "$WORK"
-    fi
+    bench_teardown
     exit "$rc"
 }
 trap cleanup EXIT
@@ -122,20 +111,7 @@ BIN=$ROOT/target/release/openbatch
 [ -x "$BIN" ] || die "$BIN missing after build"
 
 # --- database -----------------------------------------------------------------
-if [ "${PG_FORCE_THROWAWAY:-0}" != 1 ] && ADMIN_URL=$(pg_default_url); then
-    :
-else
-    if [ "${PG_FORCE_THROWAWAY:-0}" = 1 ]; then
-        log "PG_FORCE_THROWAWAY=1: starting a private throwaway cluster"
-    else
-        log "no PostgreSQL on DATABASE_URL or 127.0.0.1:5432: starting a throwaway cluster"
-    fi
-    ADMIN_URL=$(pg_start_throwaway "$PG_TMP") || die "could not start a throwaway PostgreSQL"
-    PG_THROWAWAY_DIR=$PG_TMP
-fi
-"$PSQL" "$ADMIN_URL" -XAtqc 'select 1' >/dev/null || die "cannot connect to $ADMIN_URL"
-BENCH_DB=ob_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
-DB_URL=$(pg_url_with_db "$ADMIN_URL" "$BENCH_DB")
+bench_database ob_bench
 log "bench database: $BENCH_DB (the server creates it and migrates)"
 TOO_MANY_HINT="hint: other clients use this server's connection slots (max_connections); PG_FORCE_THROWAWAY=1 runs the bench on a private cluster"
 psql_db() {

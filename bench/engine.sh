@@ -106,17 +106,7 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
     done
-    if [ -n "$BENCH_DB" ] && [ -n "$PSQL" ]; then
-        "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
-            "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\"" >/dev/null 2>&1 ||
-            log "could not drop database $BENCH_DB"
-    fi
-    if [ -n "${PG_THROWAWAY_DIR:-}" ]; then pg_stop_throwaway "$PG_THROWAWAY_DIR"; fi
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        log "work dir kept: $WORK"
-    else
-        rm -rf -- "$WORK"
-    fi
+    bench_teardown
     exit "$rc"
 }
 trap cleanup EXIT
@@ -137,16 +127,7 @@ FAKE=$ROOT/target/release/fake-upstream
 if [ ! -x "$BIN" ] || [ ! -x "$FAKE" ]; then die "release binaries missing after build"; fi
 
 # --- database -------------------------------------------------------------------------------------
-if ADMIN_URL=$(pg_default_url); then
-    :
-else
-    log "no PostgreSQL on DATABASE_URL or 127.0.0.1:5432: starting a throwaway cluster"
-    ADMIN_URL=$(pg_start_throwaway "$PG_TMP") || die "could not start a throwaway PostgreSQL"
-    PG_THROWAWAY_DIR=$PG_TMP
-fi
-"$PSQL" "$ADMIN_URL" -XAtqc 'select 1' >/dev/null || die "cannot connect to $ADMIN_URL"
-BENCH_DB=ob_bench_engine_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
-DB_URL=$(pg_url_with_db "$ADMIN_URL" "$BENCH_DB")
+bench_database ob_bench_engine
 log "bench database: $BENCH_DB (the server creates it and migrates)"
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')

@@ -37,3 +37,42 @@ apt_install() {
             }
     fi
 }
+
+# bench_database PREFIX: a database name PREFIX_<random> (not created: the first server makes
+# it) on the PostgreSQL at DATABASE_URL or 127.0.0.1:5432, else — or with PG_FORCE_THROWAWAY=1 —
+# on a throwaway cluster in $PG_TMP. Sets ADMIN_URL, BENCH_DB, DB_URL and, for a throwaway
+# cluster, PG_THROWAWAY_DIR (for bench_teardown). Needs PSQL, `log` and `die`.
+bench_database() {
+    if [ "${PG_FORCE_THROWAWAY:-0}" != 1 ] && ADMIN_URL=$(pg_default_url); then
+        :
+    else
+        if [ "${PG_FORCE_THROWAWAY:-0}" = 1 ]; then
+            log "PG_FORCE_THROWAWAY=1: starting a private throwaway cluster"
+        else
+            log "no PostgreSQL on DATABASE_URL or 127.0.0.1:5432: starting a throwaway cluster"
+        fi
+        ADMIN_URL=$(pg_start_throwaway "$PG_TMP") || die "could not start a throwaway PostgreSQL"
+        PG_THROWAWAY_DIR=$PG_TMP
+    fi
+    "$PSQL" "$ADMIN_URL" -XAtqc 'select 1' >/dev/null || die "cannot connect to $ADMIN_URL"
+    BENCH_DB=$1_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+    # shellcheck disable=SC2034 # for the caller
+    DB_URL=$(pg_url_with_db "$ADMIN_URL" "$BENCH_DB")
+}
+
+# bench_teardown: how every benchmark's exit trap ends, also after a failure: drops the bench
+# database, stops a throwaway cluster, and removes the work dir (kept with BENCH_KEEP=1).
+bench_teardown() {
+    if [ -n "${BENCH_DB:-}" ] && [ -n "${PSQL:-}" ]; then
+        "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+            "$PSQL" "$ADMIN_URL" -XAtq -c "DROP DATABASE IF EXISTS \"$BENCH_DB\"" >/dev/null 2>&1 ||
+            log "could not drop database $BENCH_DB"
+    fi
+    if [ -n "${PG_THROWAWAY_DIR:-}" ]; then pg_stop_throwaway "$PG_THROWAWAY_DIR"; fi
+    rmdir "$PG_TMP" 2>/dev/null || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf -- "$WORK"
+    fi
+}
