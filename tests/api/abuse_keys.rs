@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::abuse::Stack;
 use crate::helpers::{
-    chat_line, engine_env, expect_error, openbatch_command, start_replicas_with, to_jsonl, Expect,
-    TestApp, TestDb,
+    chat_line, engine_env, expect_error, metric_value, openbatch_command, start_replicas_with,
+    to_jsonl, Expect, TestApp, TestDb,
 };
 
 /// Hang guard only: nothing asserts how fast a protection acts, and each deadline is far
@@ -74,20 +74,6 @@ async fn wait_for_status(apps: &[&TestApp], status: u16, what: &str) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// A metric's value on one replica (summed over its labels).
-async fn metric(address: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{address}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A key copy refreshed only by notifications: the 300 s fallback never fires during a test.
@@ -253,7 +239,7 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
             let before: Vec<f64> = futures_util::future::join_all(
                 addresses
                     .iter()
-                    .map(|a| metric(a, "openbatch_auth_key_queries_total")),
+                    .map(|a| metric_value(a, "openbatch_auth_key_queries_total")),
             )
             .await;
             // Well-formed keys with unknown prefixes, the real prefix with wrong secrets,
@@ -291,7 +277,7 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
             let after: Vec<f64> = futures_util::future::join_all(
                 addresses
                     .iter()
-                    .map(|a| metric(a, "openbatch_auth_key_queries_total")),
+                    .map(|a| metric_value(a, "openbatch_auth_key_queries_total")),
             )
             .await;
             // Keys the copy does not hold may be looked up at LOOKUPS_PER_SEC (a burst of as
@@ -333,7 +319,7 @@ async fn the_per_key_rate_limit_holds_for_the_cluster() {
     // Both replicas count each other before the burst.
     let deadline = Instant::now() + DEADLINE;
     for r in &stack.replicas {
-        while metric(&r.address, "openbatch_cluster_replicas").await != 2.0 {
+        while metric_value(&r.address, "openbatch_cluster_replicas").await != 2.0 {
             assert!(
                 Instant::now() < deadline,
                 "{} never saw 2 replicas",
