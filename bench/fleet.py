@@ -262,14 +262,32 @@ class GpuSampler(threading.Thread):
     """Samples each GPU's gauges every 0.1 s: the peak of running + waiting seen from outside,
     as a check on the fake's own peak counters."""
 
-    def __init__(self, urls):
+    def __init__(self, urls, trace_ports=None):
         super().__init__(daemon=True)
         self.urls, self.stop = urls, threading.Event()
         self.peak = {u: {"running": 0, "waiting": 0, "requests": 0} for u in urls}
         self.dead = set()
+        # FLEET_TRACE=1: every sample, with each replica's endpoint limits and in-flight.
+        self.trace_ports, self.trace = trace_ports or [], []
+
+    def replica_gauges(self, port):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        out = {}
+        for m in re.finditer(r'^openbatch_upstream_endpoint_(limit|in_flight)\{[^}]*\} ([0-9.e+-]+)$',
+                             text, re.M):
+            out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+        return out
 
     def run(self):
+        t0 = time.monotonic()
         while not self.stop.wait(0.1):
+            if self.trace_ports:
+                self.trace.append({"t": round(time.monotonic() - t0, 2),
+                                   "replicas": [self.replica_gauges(p) for p in self.trace_ports]})
             for u in self.urls:
                 if u in self.dead:
                     continue
@@ -279,6 +297,8 @@ class GpuSampler(threading.Thread):
                     g = None
                 if g is None:
                     continue
+                if self.trace_ports:
+                    self.trace[-1].setdefault("gpus", []).append([g["running"], g["waiting"]])
                 pk = self.peak[u]
                 pk["running"] = max(pk["running"], g["running"])
                 pk["waiting"] = max(pk["waiting"], g["waiting"])
@@ -342,7 +362,7 @@ def run_batch(fleet, label, lines, input_path, interactive_url=None, kill=None, 
         inter = subprocess.Popen([sys.executable, __file__, "interactive", "--url", interactive_url,
                                   "--out", inter_out])
         fleet.note_pid(inter.pid)
-    sampler = GpuSampler(urls)
+    sampler = GpuSampler(urls, ports if os.environ.get("FLEET_TRACE") == "1" else None)
     sampler.start()
     replica_pids = {p.pid for p, _ in fleet.replicas}
     fake_pids = {p.pid for p, *_ in fleet.fakes}
@@ -409,6 +429,10 @@ def run_batch(fleet, label, lines, input_path, interactive_url=None, kill=None, 
             break
     sampler.stop.set()
     sampler.join()
+    if sampler.trace:
+        with open(f"{a.work}/{label}.trace.json", "w") as f:
+            json.dump(sampler.trace, f)
+        log(f"{label}: trace of gauges and limits in {a.work}/{label}.trace.json")
     if inter:
         inter.terminate()
         inter.wait()
@@ -482,7 +506,7 @@ def scenario_batch(fleet, label, replicas, env, a, lines, interactive=True, **kw
 
 def main_scenarios(a):
     only = [s for s in a.only.split(",") if s]
-    known = ["ceiling", "idle", "queue", "gateway", "cap", "pool"]
+    known = ["ceiling", "idle", "queue", "gateway", "cap", "pool", "failover"]
     for s in only:
         if s not in known:
             die(f"unknown scenario {s!r}; known: {', '.join(known)}")
@@ -533,13 +557,18 @@ def main_scenarios(a):
             results["cap"] = scenario_batch(fleet, "cap", a.cap_replicas, env, a, a.lines,
                                             interactive=False)
             fleet.stop_fakes()
-        if want("pool"):
+        # pool: the pool's throughput; failover: the same pool with one GPU SIGKILLed mid-batch.
+        for key in ("pool", "failover"):
+            if not want(key):
+                continue
             urls = [fleet.start_gpu(int(s), a.service_ms) for s in a.pool_slots.split(",")]
-            log(f"pool: ceiling of the {a.pool_slots}-slot pool, driven alone for {a.ceiling_s}s")
-            results["pool_ceiling"] = measure_ceiling(fleet, a.ceiling_s, "pool-ceiling")
+            if "pool_ceiling" not in results:
+                log(f"pool: ceiling of the {a.pool_slots}-slot pool, driven alone for {a.ceiling_s}s")
+                results["pool_ceiling"] = measure_ceiling(fleet, a.ceiling_s, "pool-ceiling")
             env = {**base_env, "OPENBATCH__UPSTREAM__BASE_URLS": ",".join(f"{u}/v1" for u in urls)}
-            results["pool"] = scenario_batch(fleet, "pool", a.replicas, env, a, a.pool_lines,
-                                             interactive=False, kill=(a.kill_at, 1), pool_check=True)
+            kill = (a.kill_at, 1) if key == "failover" else None
+            results[key] = scenario_batch(fleet, key, a.replicas, env, a, a.pool_lines,
+                                          interactive=False, kill=kill, pool_check=True)
             fleet.stop_fakes()
     finally:
         fleet.stop_all()
@@ -575,7 +604,7 @@ def cmd_report(a):
     head = ["scenario", "lines/s", "of ceiling", "inter. p50", "inter. p99", "p99/idle", "inter. !200",
             "failed", "429s", "peak run/wait/all", "µs CPU/line", "loadgen", "other CPU"]
     rows = []
-    for key in ("queue", "gateway", "cap", "pool"):
+    for key in ("queue", "gateway", "cap", "pool", "failover"):
         x = r.get(key)
         if not x:
             continue
@@ -587,13 +616,13 @@ def cmd_report(a):
             rows.append([key, f"DID NOT COMPLETE in time: request_counts {x['request_counts']}"])
             continue
         basis_rps = cap_rps
-        if key == "pool":
+        if key in ("pool", "failover"):
             basis_rps = r["pool_ceiling"]["rps"]
         it = x.get("interactive") or {}
         g = x["gpu"][0]
         shed = sum(gg.get("shed", 0) for gg in x["gpu"])
         peak = f"{g.get('peak_running', '?')}/{g.get('peak_waiting', '?')}/{g.get('peak_requests', '?')}"
-        if key == "pool":
+        if key in ("pool", "failover"):
             peak = " ".join(f"{gg.get('slots', '†')}:{gg.get('served', 'killed')}" for gg in x["gpu"])
         rows.append([
             key, f"{x['lines_per_s']:.0f}", f"{x['lines_per_s'] / basis_rps:.2f}",
@@ -612,7 +641,7 @@ def cmd_report(a):
         else:
             print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
     print()
-    for key in ("queue", "gateway", "cap", "pool"):
+    for key in ("queue", "gateway", "cap", "pool", "failover"):
         x = r.get(key)
         if not x or "executing_s" not in x:
             continue
@@ -623,7 +652,7 @@ def cmd_report(a):
             extra = (f"; requests at the GPU at once: peak {g['peak_requests']} (its counter), "
                      f"{g['sampled_peak']['requests']} (sampled every 0.1 s); cap asked: "
                      f"{c['cap']} per endpoint for the cluster of {c['cap_replicas']} replicas")
-        if key == "pool":
+        if key in ("pool", "failover"):
             pc = r["pool_ceiling"]
             extra = f"; pool ceiling {pc['rps']:.0f} req/s measured alone (nominal {pc['nominal']:.0f})"
             if x.get("killed"):

@@ -7,8 +7,9 @@
 #   ./bench/fleet.sh ceiling idle queue   # some of them
 #   FLEET_LINES=2000 ./bench/fleet.sh     # a quick run
 #
-# Scenarios: ceiling idle queue gateway cap pool (queue needs idle for its p99 ratio; it runs
-# the interactive client alone anyway when queue is asked for).
+# Scenarios: ceiling idle queue gateway cap pool failover (queue needs idle for its p99 ratio;
+# it runs the interactive client alone anyway when queue is asked for; failover is the pool
+# with its second GPU SIGKILLed mid-batch).
 #
 # Options (environment):
 #   FLEET_SLOTS=32 FLEET_SERVICE_MS=100   the GPU: requests at once, service time of each
@@ -16,15 +17,17 @@
 #   FLEET_LINES=6000                      lines of the queue, gateway and cap batches
 #   FLEET_QUEUE_MAX=16                    gateway: 429 past this many waiting
 #   FLEET_CAP=40 FLEET_CAP_REPLICAS=6     cap: OPENBATCH__UPSTREAM__MAX_IN_FLIGHT and replicas
-#   FLEET_POOL_SLOTS=32,16,8              pool: one GPU per entry, all in one pool
-#   FLEET_POOL_LINES=6000 FLEET_KILL_AT=0.4  pool: batch size; share of lines done when the
-#                                         second GPU is SIGKILLed
+#   FLEET_POOL_SLOTS=32,16,8              pool, failover: one GPU per entry, all in one pool
+#   FLEET_POOL_LINES=6000 FLEET_KILL_AT=0.4  pool, failover: batch size; failover: share of lines
+#                                         done when the second GPU is SIGKILLed
 #   FLEET_CEILING_SECONDS=5 FLEET_IDLE_SECONDS=10  the ceiling's load, the idle client's run
 #   FLEET_TIMEOUT=300                     seconds a batch may take before it is cancelled
 #   FLEET_POLL=0.1                        seconds between polls of the batch
 #   BENCH_BIN                             openbatch binary (default: this checkout's release build)
 #   BENCH_RUST_LOG=warn                   RUST_LOG of the replicas
 #   BENCH_KEEP=1                          keep the work dir (logs, JSON results)
+#   FLEET_TRACE=1                         also sample each replica's endpoint limit every 0.1 s into
+#                                         WORK/<scenario>.trace.json (with BENCH_KEEP=1)
 #   DATABASE_URL                          admin URL of the PostgreSQL (else 127.0.0.1:5432, else a
 #                                         throwaway cluster); a fresh database ob_bench_fleet_<random>
 #                                         is used and dropped at exit

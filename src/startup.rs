@@ -1,6 +1,4 @@
 use std::net::TcpListener;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -56,9 +54,9 @@ impl Application {
         let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
         // Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
         // are limits for the whole cluster, split between the live replicas.
-        let live_replicas = Arc::new(AtomicUsize::new(1));
+        let members = crate::cluster::Members::starting();
         let worker = if settings.worker.enabled {
-            let upstreams = Upstreams::in_cluster(settings, live_replicas.clone())?;
+            let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
             Some(Worker::start(
                 pool.clone(),
                 upstreams,
@@ -80,7 +78,7 @@ impl Application {
         let mut background = vec![tokio::spawn(crate::cluster::run(
             pool.clone(),
             settings.cluster.clone(),
-            live_replicas.clone(),
+            members.clone(),
             stopped.clone(),
         ))];
         background.push(metrics_refresh);
@@ -97,7 +95,7 @@ impl Application {
             creates,
             limits: settings.limits.clone(),
             auth,
-            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live_replicas),
+            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, members.live),
             expiry_override_secs: settings.batches.expiry_override_secs,
             wake_worker: worker.as_ref().map(Worker::waker),
             uploads: FairSlots::new(

@@ -2,12 +2,20 @@
 
 use sqlx::PgPool;
 
+/// The advisory lock the heartbeats take turns on (beside the maintainer's `0x0B0B_A7C4_0001`).
+const BEAT_LOCK: i64 = 0x0B0B_A7C4_0002;
+
 /// Records that replica `id` is alive, forgets replicas unseen for `stale_after_secs`, and
-/// returns how many are alive, this one included.
+/// returns how many are alive, this one included. Beats take turns (a transaction-scoped
+/// advisory lock): two replicas starting at once then see each other, one of them at least.
 #[tracing::instrument(skip_all, name = "db.replicas.beat")]
 pub async fn beat(pool: &PgPool, id: &str, stale_after_secs: f64) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", BEAT_LOCK)
+        .execute(&mut *tx)
+        .await?;
     // One statement: the CTEs see the table as it was, hence `1 +` for this replica.
-    sqlx::query_scalar!(
+    let alive = sqlx::query_scalar!(
         r#"WITH up AS (
             INSERT INTO replicas (id, seen_at) VALUES ($1, clock_timestamp())
             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at
@@ -20,8 +28,10 @@ pub async fn beat(pool: &PgPool, id: &str, stale_after_secs: f64) -> Result<i64,
         id,
         stale_after_secs,
     )
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(alive)
 }
 
 /// An orderly exit: the others take up its share at their next heartbeat.

@@ -53,21 +53,28 @@
 //!
 //! Latency cannot see the knee from below (it stays flat until the server queues), so without
 //! gauges the limit cycles around `0.9·C`..`1.15·C` and the server holds a short queue part of
-//! the time. When the pool feeds [`Limiter::on_server_queue`] (at least every `metrics_stale`,
-//! 5 s), the gauges also steer, with the server's view of every client (all replicas and the
-//! interactive users):
-//! - the target is a GPU full but for `headroom` (1) slot, so that an interactive request finds a
-//!   free one instead of queueing behind batch lines. Once the server has queued, `capacity` is
-//!   the `running` it queued at; the *excess* is `waiting + running − (capacity − headroom)`.
-//! - an excess in two samples in a row (one could be an interactive burst the server is about to
-//!   schedule) cuts the limit by this replica's share of it (`limit / (running + waiting)`, so
-//!   that N replicas together give back the excess once, not N times), once per hold;
-//! - growth needs the latency window's consent *and* a sample with room left, once per sample,
-//!   by at most this replica's share of that room;
-//! - a server whose capacity grew would never show it behind the headroom: after
-//!   `probe_interval` (30 s) pinned there, the capacity is forgotten and the limit may grow until
-//!   the server queues again (a request or two wait for two samples per probe).
-//!
+//! the time. While the pool feeds [`Limiter::on_server_queue`] (at least every `metrics_stale`,
+//! 5 s), the gauges steer instead of the latency: they see every client of the server (all
+//! replicas and the interactive users) and its queue directly.
+//! - The target is a GPU full but for `headroom` (1) slot, so that an interactive request finds
+//!   a free one instead of queueing behind batch lines. Once the server has queued, `capacity`
+//!   is the `running` it queued at; the *excess* is `waiting + running − (capacity − headroom)`.
+//! - An excess in two samples in a row (one could be an interactive burst the server is about to
+//!   schedule; in slow start one is enough: the queue is the doubling's own) cuts the limit by
+//!   this replica's part of it (`limit / (running + waiting)`, so that N replicas together give
+//!   back the excess once, not N times), once per hold.
+//! - Room (an excess of −1 or less) is taken in equal parts by the replicas that used at least
+//!   half their limit since the last sample (`room / replicas` each, whatever its limit; doubling
+//!   in slow start, one a sample while the capacity is unknown). Equal increases and
+//!   proportional decreases drift to equal shares, as AIMD flows do.
+//! - Pinned at the headroom (no room, no excess), a replica above the equal share
+//!   `(capacity − headroom) / replicas` gives one back per sample: otherwise whoever grew first
+//!   would keep the GPU, and a replica left with a limit of 1 would crawl through its chunks
+//!   long after the others ran out of work.
+//! - A server whose capacity grew would never show it behind the headroom: after
+//!   `probe_interval` (30 s) pinned there, the capacity is forgotten and the limit grows by one a
+//!   sample until the server queues again (a request or two wait for a sample per probe).
+
 //! # Cost
 //!
 //! No allocation; [`Limiter::on_success`] is a few additions and comparisons plus a square root
@@ -215,11 +222,10 @@ pub struct Limiter {
     hold_until: Instant,
     metrics_at: Option<Instant>,
     over_before: bool,
-    /// One growth step granted by the last gauge sample, when the gauges are fresh.
-    grow_credit: bool,
-    /// The server's running count at which it last queued, and the room it leaves this replica.
+    /// The most requests outstanding here since the last gauge sample.
+    busy: usize,
+    /// The server's running count at which it last queued.
     capacity: Option<f64>,
-    room: f64,
     pinned_since: Option<Instant>,
 }
 
@@ -243,9 +249,8 @@ impl Limiter {
             hold_until: now,
             metrics_at: None,
             over_before: false,
-            grow_credit: false,
+            busy: 0,
             capacity: None,
-            room: f64::INFINITY,
             pinned_since: None,
         }
     }
@@ -269,6 +274,7 @@ impl Limiter {
     /// A request that got a usable answer (any status but 429/503), its latency, and how many
     /// were in flight when it started.
     pub fn on_success(&mut self, rtt: Duration, in_flight: usize, now: Instant) {
+        self.busy = self.busy.max(in_flight);
         if rtt >= now.saturating_duration_since(self.window_start) {
             return; // sent before the last decision: it measured the old limit
         }
@@ -294,15 +300,16 @@ impl Limiter {
         }
     }
 
-    /// The server's own queue (vLLM's num_requests_waiting) as last sampled: > 0 means batch lines
-    /// are making interactive requests wait, so back off; 0 lets the limit grow.
-    pub fn on_server_queue(&mut self, waiting: f64, running: f64, now: Instant) {
+    /// The server's own queue (vLLM's `num_requests_waiting`, `num_requests_running`) as last
+    /// sampled, and how many replicas share the server: while these are fresh they steer the
+    /// limit instead of the latency (see the module comment).
+    pub fn on_server_queue(&mut self, waiting: f64, running: f64, replicas: usize, now: Instant) {
         if !waiting.is_finite() || !running.is_finite() || waiting < 0.0 || running < 0.0 {
             return;
         }
         self.metrics_at = Some(now);
-        self.grow_credit = false;
-        self.room = f64::INFINITY;
+        let busy = std::mem::take(&mut self.busy);
+        let replicas = replicas.max(1) as f64;
         if waiting == 0.0 && self.capacity.is_some_and(|c| running > c) {
             self.capacity = None; // more fits than when it last queued
         }
@@ -314,39 +321,55 @@ impl Limiter {
         };
         // What the server holds beyond a full-but-one GPU: the queue and the interactive slot.
         let excess = waiting + running - (capacity - self.cfg.headroom);
-        // This replica's part of what the server holds, for dividing a cut or the room left.
-        let share = (self.limit / (running + waiting).max(1.0)).min(1.0);
         let over = excess > 0.0;
         // One sample over could be an interactive burst about to be scheduled; two are a trend.
+        // In slow start the queue is this limiter's own doubling: no need to wait for a second.
         let sustained = std::mem::replace(&mut self.over_before, over) && over;
         if over {
             self.pinned_since = None;
-            if sustained {
+            if sustained || self.slow_start {
                 if waiting > 0.0 && running >= 1.0 {
                     self.capacity = Some(running);
                 }
                 if now >= self.hold_until {
-                    let cut = (excess * share)
-                        .max(1.0)
-                        .min(self.limit * (1.0 - self.cfg.backoff));
+                    // This replica's part of what the server holds: N replicas together give
+                    // back the excess once, not N times, each in proportion to its limit.
+                    let share = (self.limit / (running + waiting).max(1.0)).min(1.0);
+                    let cut = (excess * share).min(self.limit * (1.0 - self.cfg.backoff));
                     self.pending_cut = None;
                     self.decrease_to(self.limit - cut, now);
                 }
             }
             return;
         }
+        // An idle route proves nothing about the room it would take.
+        let used = busy as f64 * 2.0 >= self.limit;
         if excess <= -1.0 || self.capacity.is_none() {
-            self.room = -excess * share;
             self.pinned_since = None;
-            self.grow_credit = true;
+            if used {
+                // Additive and equal for every replica (its share of the room, whatever its
+                // limit), so that with the proportional cuts above the replicas drift to
+                // equal shares, as AIMD flows do.
+                let step = match (self.slow_start, self.capacity) {
+                    (true, _) => self.limit,
+                    (false, None) => 1.0,
+                    (false, Some(_)) => -excess / replicas,
+                };
+                self.limit = (self.limit + step).min(self.cfg.max as f64);
+            }
             return;
         }
-        // Pinned at the headroom: the server may have grown behind it; probe now and then.
+        // Pinned at the headroom. A replica above an equal share gives a slot back, which the
+        // others below it take as room: without this, whoever grew first would keep the GPU.
+        let fair = (capacity - self.cfg.headroom) / replicas;
+        if self.limit > fair + 1.0 {
+            self.limit = (self.limit - 1.0).max(self.cfg.min as f64);
+        }
+        // The server may have grown behind the headroom; probe now and then.
         let since = *self.pinned_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.cfg.probe_interval {
             self.capacity = None;
             self.pinned_since = None;
-            self.grow_credit = true;
         }
     }
 
@@ -385,6 +408,9 @@ impl Limiter {
             }
         }
 
+        if self.gauges_fresh(now) {
+            return; // the server's own queue steers (on_server_queue), not its latency
+        }
         let base = self.baseline();
         if mean > base.expected() * self.cfg.tolerance + 2.0 * base.se {
             if now >= self.hold_until {
@@ -399,17 +425,11 @@ impl Limiter {
                 });
                 self.decrease_to((knee * self.cfg.margin).max(self.limit / 2.0), now);
             }
-        } else if (w.in_flight_max as f64) * 2.0 >= self.limit && self.may_grow(now) {
+        } else if (w.in_flight_max as f64) * 2.0 >= self.limit {
             let step = if self.slow_start {
                 self.limit
             } else {
                 (self.limit.sqrt() / 4.0).max(1.0)
-            };
-            let step = if self.gauges_fresh(now) {
-                self.grow_credit = false;
-                step.min(self.room.max(1.0))
-            } else {
-                step
             };
             self.limit = (self.limit + step).min(self.cfg.max as f64);
         }
@@ -418,10 +438,6 @@ impl Limiter {
     fn gauges_fresh(&self, now: Instant) -> bool {
         self.metrics_at
             .is_some_and(|at| now.saturating_duration_since(at) <= self.cfg.metrics_stale)
-    }
-
-    fn may_grow(&self, now: Instant) -> bool {
-        !self.gauges_fresh(now) || self.grow_credit
     }
 
     fn decrease_to(&mut self, target: f64, now: Instant) {

@@ -43,7 +43,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const INITIAL_LIMIT: usize = 4;
 /// How often the server's vLLM gauges are read: often enough that a queue an interactive
 /// request joined is seen within a request's time, and well inside the limiter's 5 s staleness.
-const QUEUE_EVERY: Duration = Duration::from_millis(500);
+const QUEUE_EVERY: Duration = Duration::from_millis(250);
 /// An endpoint without gauges is asked again this seldom (it may be restarted with them).
 const NO_QUEUE_EVERY: Duration = Duration::from_secs(60);
 /// The limit is logged when it has moved this share from the last logged value (at least 2).
@@ -181,16 +181,19 @@ pub struct Pool {
 
 /// This replica's share of a cap for the whole cluster: `max(1, cap / replicas)`.
 ///
-/// The count comes from the heartbeats (`cluster.heartbeat_secs`): a replica that joins counts
-/// itself and the others at once, while each of the others learns of it at its next beat. So
-/// for up to one heartbeat after a replica joins (plus the duration of the requests already in
-/// flight, which finish under the old share), an endpoint may see up to
-/// `cap + cap / replicas`; a replica that dies is counted for 3 heartbeats more, during which
-/// the others stay below the cap. With more replicas than `cap`, each still sends one request
-/// at a time, so the endpoint sees up to one per replica. API-only replicas
-/// (`worker.enabled=false`) are counted too: the share is then smaller than it could be, never
-/// larger.
+/// The count comes from the heartbeats (`cluster.heartbeat_secs`, see `crate::cluster`). A
+/// replica that joins a running cluster sends nothing (`replicas` =
+/// [`crate::cluster::JOINING`]: a share of 0) until its second beat, by which time the others
+/// count it; so the only excess over the cap is what the others still have in flight under
+/// their old share when they learn of a newcomer (it finishes within a request's time). A replica that dies is counted for
+/// 3 heartbeats more, during which the others stay below the cap. With more replicas than
+/// `cap`, each still sends one request at a time, so the endpoint sees up to one per replica.
+/// API-only replicas (`worker.enabled=false`) are counted too: the share is then smaller than
+/// it could be, never larger.
 pub fn share(cap: usize, replicas: usize) -> usize {
+    if replicas == crate::cluster::JOINING {
+        return 0;
+    }
     (cap / replicas.max(1)).max(1)
 }
 
@@ -488,8 +491,9 @@ impl Pool {
             let mut state = self.state.lock().expect("not poisoned");
             let s = &mut state[idx];
             let before = self.limit(s);
+            let replicas = self.replicas.load(Ordering::Relaxed);
             s.limiter
-                .on_server_queue(load.waiting, load.running, Instant::now());
+                .on_server_queue(load.waiting, load.running, replicas, Instant::now());
             (self.observe(idx, s), self.limit(s) > before)
         };
         if let Some((from, to)) = moved {
@@ -497,7 +501,7 @@ impl Pool {
                            from, to, waiting = load.waiting, running = load.running,
                            "endpoint limit changed");
         }
-        // Only a higher limit lets waiting lines go; twice a second is too often to wake them
+        // Only a higher limit lets waiting lines go; four times a second is too often to wake them
         // all for nothing.
         if raised {
             self.changed.notify_waiters();
@@ -631,6 +635,7 @@ mod tests {
         assert_eq!(share(40, 3), 13);
         assert_eq!(share(40, 6), 6);
         assert_eq!(share(5, 0), 5);
+        assert_eq!(share(40, crate::cluster::JOINING), 0);
     }
 
     #[tokio::test]

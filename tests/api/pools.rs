@@ -412,3 +412,56 @@ async fn three_replicas_share_one_cap_at_the_endpoint() {
     assert!(peak >= 2, "the replicas ran lines side by side: {peak}");
     drop(replicas);
 }
+
+/// Replicas that join a running batch wait until the others have counted them before sending:
+/// two replicas with a cap of 8 send 4 each; two more joining mid-batch must not add their
+/// share (2 each) before the first two have dropped to theirs, so the endpoint never holds
+/// more than 8. The joiners then take part (they are not simply left idle).
+#[tokio::test]
+async fn replicas_joining_mid_batch_never_push_the_endpoint_past_the_cap() {
+    let (base_url, peak) = counting_upstream(Duration::from_millis(100)).await;
+    let db = TestDb::new();
+    let env = [
+        ("OPENBATCH__UPSTREAM__BASE_URLS", base_url.as_str()),
+        ("OPENBATCH__UPSTREAM__MAX_IN_FLIGHT", "8"),
+        ("OPENBATCH__UPSTREAM__ADAPTIVE", "false"),
+        ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "50"),
+        ("OPENBATCH__WORKER__CHUNK_LINES", "10"),
+        ("OPENBATCH__CLUSTER__HEARTBEAT_SECS", "1"),
+        ("OPENBATCH__BATCHES__CHECK_MODELS", "false"),
+    ];
+    let first = start_replicas_with(2, &db.url, &env).await;
+    let app = TestApp::connect(&first[0].address, &db.url).await;
+    // 8 at once × 100 ms: 80 lines a second, so 800 lines outlast the joiners' wait.
+    let n = 800;
+    let id = app
+        .submit("/v1/chat/completions", to_jsonl(&lines("j", n)))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.batch(&id).await["request_counts"]["completed"]
+        .as_u64()
+        .unwrap_or(0)
+        < 80
+    {
+        assert!(Instant::now() < deadline, "the batch never got going");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 8, "two replicas fill the cap");
+    let joined = start_replicas_with(2, &db.url, &env).await;
+    let batch = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_each_line_once(&app, &batch, n).await;
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 8,
+        "the endpoint saw {peak} requests at once (cap 8)"
+    );
+    let by_joiners = {
+        let mut sum = 0.0;
+        for r in &joined {
+            sum += metric_value(&r.address, "openbatch_lines_processed_total").await;
+        }
+        sum
+    };
+    assert!(by_joiners > 0.0, "the joining replicas ran no line");
+    drop((first, joined));
+}

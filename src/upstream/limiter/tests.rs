@@ -311,6 +311,52 @@ fn gauges_keep_the_server_queue_empty_and_a_slot_free() {
     assert!(tput >= 0.9, "throughput {tput:.3}");
 }
 
+/// Three replicas with the gauges: the slow start's overshoot is cut at the first queued sample,
+/// the limits end near equal shares of a full-but-one GPU, and when one replica runs out of
+/// lines the two left take its room within a few samples (otherwise the batch's last chunks
+/// crawl at whatever small limit their replica had).
+#[test]
+fn replicas_with_gauges_share_equally_and_take_an_idle_ones_room() {
+    let (slots, service, every) = (32, 100 * MS, 250 * MS);
+    let cfg = LimiterConfig::new(4, 1, 1000);
+    let mut sim = Sim::new(Server::new(slots, service), 3, cfg).with_gauges(every);
+    sim.run_until(60_000 * MS);
+    // The doubling overshoots once; the queue it makes is gone within a second.
+    let queued: Vec<_> = sim.gauges.iter().filter(|g| g.1 > 0).collect();
+    let first = queued.first().map_or(0, |g| g.0);
+    let start_peak = queued.iter().map(|g| g.1).max().unwrap_or(0);
+    let late = queued.iter().filter(|g| g.0 > first + 1_000 * MS).count();
+    let limits: Vec<_> = sim.clients.iter().map(|c| c.limiter.limit()).collect();
+    let tput = sim.throughput(30_000 * MS, 60_000 * MS, slots, service);
+    println!(
+        "gauges, 3 replicas: limits {limits:?}, throughput {tput:.3}; slow start queued {start_peak} \
+         at {} ms, then queued in {late} of {} samples",
+        first / MS,
+        sim.gauges.len()
+    );
+    assert!(start_peak <= slots / 2, "slow start queued {start_peak}");
+    assert!(
+        late * 20 <= sim.gauges.len(),
+        "queued in {late} samples after the slow start"
+    );
+    for l in &limits {
+        assert!((9..=12).contains(l), "limits {limits:?}: not near 31 / 3");
+    }
+    assert!(tput >= 0.9, "throughput {tput:.3}");
+
+    sim.clients[2].active = false;
+    sim.run_until(62_000 * MS);
+    sim.run_until(65_000 * MS);
+    let left: usize = sim.clients[..2].iter().map(|c| c.limiter.limit()).sum();
+    let tput = sim.throughput(62_000 * MS, 65_000 * MS, slots, service);
+    println!("one replica idle: the two left have {left}, throughput {tput:.3}");
+    assert!(left >= 29, "the two replicas left have {left} of 31");
+    assert!(
+        tput >= 0.88,
+        "throughput {tput:.3} once one replica went idle"
+    );
+}
+
 #[test]
 fn gauges_find_a_capacity_that_grew() {
     let service = 100 * MS;
@@ -379,7 +425,7 @@ proptest! {
                     limiter.on_success(Duration::from_micros(rtt_us), in_flight, now)
                 }
                 Op::Overload => limiter.on_overload(now),
-                Op::Gauges { waiting, running } => limiter.on_server_queue(waiting, running, now),
+                Op::Gauges { waiting, running } => limiter.on_server_queue(waiting, running, 3, now),
             }
             let limit = limiter.limit();
             prop_assert!(lo <= limit && limit <= hi, "limit {} outside [{}, {}]", limit, lo, hi);

@@ -101,13 +101,16 @@ pub(super) enum Event {
         in_flight: usize,
         ok: bool,
     },
-    Gauges,
+    /// One client reads the gauges (each on its own clock, as replicas do).
+    Gauges(usize),
     Sample,
 }
 
 pub(super) struct Client {
     pub(super) limiter: Limiter,
     pub(super) in_flight: usize,
+    /// Has lines to send (a replica whose chunks ran out sends nothing).
+    pub(super) active: bool,
 }
 
 pub(super) struct Sim {
@@ -139,6 +142,7 @@ impl Sim {
                 .map(|_| Client {
                     limiter: Limiter::new(cfg.clone(), t0),
                     in_flight: 0,
+                    active: true,
                 })
                 .collect(),
             events: BinaryHeap::new(),
@@ -164,7 +168,11 @@ impl Sim {
 
     pub(super) fn with_gauges(mut self, every: u64) -> Self {
         self.gauges_every = Some(every);
-        self.push(0, Event::Gauges);
+        // Replicas read the gauges independently: spread their readings over the period.
+        let n = self.clients.len() as u64;
+        for client in 0..self.clients.len() {
+            self.push(every * client as u64 / n, Event::Gauges(client));
+        }
         self
     }
 
@@ -179,7 +187,9 @@ impl Sim {
 
     pub(super) fn fill(&mut self) {
         for client in 0..self.clients.len() {
-            while self.clients[client].in_flight < self.clients[client].limiter.limit() {
+            while self.clients[client].active
+                && self.clients[client].in_flight < self.clients[client].limiter.limit()
+            {
                 self.clients[client].in_flight += 1;
                 let in_flight = self.clients[client].in_flight;
                 let sent = self.now;
@@ -228,15 +238,18 @@ impl Sim {
                         self.rejected.push(t);
                     }
                 }
-                Event::Gauges => {
+                Event::Gauges(client) => {
                     let (waiting, running) = (self.server.waiting(t), self.server.running(t));
                     self.gauges.push((t, waiting, running));
-                    for c in &mut self.clients {
-                        c.limiter
-                            .on_server_queue(waiting as f64, running as f64, now);
-                    }
+                    let replicas = self.clients.len();
+                    self.clients[client].limiter.on_server_queue(
+                        waiting as f64,
+                        running as f64,
+                        replicas,
+                        now,
+                    );
                     let every = self.gauges_every.expect("gauges on");
-                    self.push(t + every, Event::Gauges);
+                    self.push(t + every, Event::Gauges(client));
                 }
                 Event::Sample => {
                     let total = self.clients.iter().map(|c| c.limiter.limit()).sum();
