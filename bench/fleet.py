@@ -506,7 +506,7 @@ def scenario_batch(fleet, label, replicas, env, a, lines, interactive=True, **kw
 
 def main_scenarios(a):
     only = [s for s in a.only.split(",") if s]
-    known = ["ceiling", "idle", "queue", "gateway", "cap", "pool", "failover"]
+    known = ["ceiling", "idle", "queue", "gateway", "cap", "pool", "failover", "cpu"]
     for s in only:
         if s not in known:
             die(f"unknown scenario {s!r}; known: {', '.join(known)}")
@@ -569,6 +569,24 @@ def main_scenarios(a):
             kill = (a.kill_at, 1) if key == "failover" else None
             results[key] = scenario_batch(fleet, key, a.replicas, env, a, a.pool_lines,
                                           interactive=False, kill=kill, pool_check=True)
+            fleet.stop_fakes()
+        # cpu: the limiter's cost alone. A GPU with room for the whole cap, so that adaptive on
+        # and off run at the same concurrency (the cap) and rate; alternated, `cpu_rounds` each.
+        if want("cpu"):
+            url = fleet.start_gpu(4 * a.cpu_cap, a.service_ms)
+            runs = []
+            for i in range(2 * a.cpu_rounds):
+                adaptive = "true" if i % 2 == 0 else "false"
+                env = {**base_env, "OPENBATCH__UPSTREAM__BASE_URL": f"{url}/v1",
+                       "OPENBATCH__UPSTREAM__MAX_IN_FLIGHT": str(a.cpu_cap),
+                       "OPENBATCH__UPSTREAM__ADAPTIVE": adaptive}
+                r = scenario_batch(fleet, f"cpu-{i}", a.replicas, env, a, a.lines, interactive=False)
+                runs.append({"adaptive": adaptive == "true", "lines_per_s": r["lines_per_s"],
+                             "us_per_line": r["replica_us_per_line"], "other": r["cpu"]["other"],
+                             "failed": r["request_counts"].get("failed", 0)})
+                log(f"cpu: adaptive {adaptive}: {r['lines_per_s']:.0f} lines/s, "
+                    f"{r['replica_us_per_line']:.0f} µs of replica CPU per line")
+            results["cpu"] = {"cap": a.cpu_cap, "gpu_slots": 4 * a.cpu_cap, "runs": runs}
             fleet.stop_fakes()
     finally:
         fleet.stop_all()
@@ -663,6 +681,22 @@ def cmd_report(a):
               f"GPUs {x['cpu']['gpus']:.2f}, PostgreSQL {x['cpu']['postgres']:.2f}, "
               f"bench clients {x['cpu']['clients']:.2f}, other {x['cpu']['other']:.2f} "
               f"{x['cpu']['other_top'] or ''}{extra}")
+    cpu = r.get("cpu")
+    if cpu:
+        def med(xs):
+            xs = sorted(xs)
+            return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+        on = [x for x in cpu["runs"] if x["adaptive"]]
+        off = [x for x in cpu["runs"] if not x["adaptive"]]
+        print(f"\ncpu: a {cpu['gpu_slots']}-slot GPU, max_in_flight={cpu['cap']}, adaptive on and off "
+              f"alternated ({len(on)} runs each), replica CPU per line:")
+        for name, xs in (("on", on), ("off", off)):
+            each = ", ".join(f"{x['us_per_line']:.0f}" for x in xs)
+            print(f"  adaptive {name:3}: median {med([x['us_per_line'] for x in xs]):.0f} µs/line "
+                  f"(runs: {each}), median "
+                  f"{med([x['lines_per_s'] for x in xs]):.0f} lines/s, failed {sum(x['failed'] for x in xs)}")
+        print(f"  difference: {med([x['us_per_line'] for x in on]) - med([x['us_per_line'] for x in off]):+.0f} "
+              "µs/line (on − off)")
     print(f"\nthroughput is a share of the {basis}; p99/idle divides by the interactive client's "
           "p99 alone on the same GPU in this run")
 
@@ -678,6 +712,7 @@ def main():
             ("queue-max", int, 16), ("cap", int, 40), ("cap-replicas", int, 6),
             ("pool-slots", str, "32,16,8"), ("pool-lines", int, 6000), ("kill-at", float, 0.4),
             ("pool-check-s", float, 3.0), ("ceiling-s", float, 5.0), ("idle-s", float, 10.0),
+            ("cpu-cap", int, 64), ("cpu-rounds", int, 2),
             ("poll", float, 0.1), ("timeout", float, 300.0)]:
         s.add_argument(f"--{name}", type=kind, default=default, required=default is None)
     ld = sub.add_parser("load")

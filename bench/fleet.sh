@@ -7,9 +7,9 @@
 #   ./bench/fleet.sh ceiling idle queue   # some of them
 #   FLEET_LINES=2000 ./bench/fleet.sh     # a quick run
 #
-# Scenarios: ceiling idle queue gateway cap pool failover (queue needs idle for its p99 ratio;
-# it runs the interactive client alone anyway when queue is asked for; failover is the pool
-# with its second GPU SIGKILLed mid-batch).
+# Scenarios: ceiling idle queue gateway cap pool failover cpu (queue needs idle for its p99
+# ratio; it runs the interactive client alone anyway when queue is asked for; failover is the
+# pool with its second GPU SIGKILLed mid-batch; cpu is the adaptive limiter's CPU cost alone).
 #
 # Options (environment):
 #   FLEET_SLOTS=32 FLEET_SERVICE_MS=100   the GPU: requests at once, service time of each
@@ -21,6 +21,8 @@
 #   FLEET_POOL_LINES=6000 FLEET_KILL_AT=0.4  pool, failover: batch size; failover: share of lines
 #                                         done when the second GPU is SIGKILLed
 #   FLEET_CEILING_SECONDS=5 FLEET_IDLE_SECONDS=10  the ceiling's load, the idle client's run
+#   FLEET_CPU_CAP=64 FLEET_CPU_ROUNDS=2   cpu: max_in_flight, on a GPU of 4 × that many slots;
+#                                         runs with adaptive on and off, each this many times
 #   FLEET_TIMEOUT=300                     seconds a batch may take before it is cancelled
 #   FLEET_POLL=0.1                        seconds between polls of the batch
 #   BENCH_BIN                             openbatch binary (default: this checkout's release build)
@@ -61,8 +63,10 @@ FLEET_CEILING_SECONDS=${FLEET_CEILING_SECONDS:-5}
 FLEET_IDLE_SECONDS=${FLEET_IDLE_SECONDS:-10}
 FLEET_TIMEOUT=${FLEET_TIMEOUT:-300}
 FLEET_POLL=${FLEET_POLL:-0.1}
+FLEET_CPU_CAP=${FLEET_CPU_CAP:-64}
+FLEET_CPU_ROUNDS=${FLEET_CPU_ROUNDS:-2}
 for v in FLEET_SLOTS FLEET_SERVICE_MS FLEET_REPLICAS FLEET_LINES FLEET_QUEUE_MAX FLEET_CAP \
-    FLEET_CAP_REPLICAS FLEET_POOL_LINES FLEET_TIMEOUT; do
+    FLEET_CAP_REPLICAS FLEET_POOL_LINES FLEET_TIMEOUT FLEET_CPU_CAP FLEET_CPU_ROUNDS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a whole number >= 1 (got '${!v}')"
 done
 [[ "$FLEET_POOL_SLOTS" =~ ^[1-9][0-9]*(,[1-9][0-9]*){1,}$ ]] ||
@@ -121,7 +125,8 @@ python3 "$ROOT/bench/fleet.py" scenarios --bin "$BIN" --fake "$FAKE" --db-url "$
     --cap-replicas "$FLEET_CAP_REPLICAS" --pool-slots "$FLEET_POOL_SLOTS" \
     --pool-lines "$FLEET_POOL_LINES" --kill-at "$FLEET_KILL_AT" \
     --ceiling-s "$FLEET_CEILING_SECONDS" --idle-s "$FLEET_IDLE_SECONDS" \
-    --timeout "$FLEET_TIMEOUT" --poll "$FLEET_POLL" || die "a scenario failed (BENCH_KEEP=1 keeps the logs)"
+    --timeout "$FLEET_TIMEOUT" --poll "$FLEET_POLL" \
+    --cpu-cap "$FLEET_CPU_CAP" --cpu-rounds "$FLEET_CPU_ROUNDS" || die "a scenario failed (BENCH_KEEP=1 keeps the logs)"
 ELAPSED=$(($(date +%s) - START))
 
 if grep -qiE 'warn|error|panic' "$WORK"/replica-*.log 2>/dev/null; then
