@@ -622,6 +622,33 @@ mod tests {
         )
     }
 
+    /// What adaptive concurrency adds to a request's way through the pool (take a slot, give
+    /// it back with an answer): run in release, `cargo test --release --lib lease_cost --
+    /// --ignored --nocapture`. The fleet benchmark's `cpu` scenario measures whole replicas.
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn lease_cost_with_and_without_adaptive() {
+        for adaptive in [false, true] {
+            let p = Pool::new(
+                "u",
+                &["http://a/v1", "http://b/v1"],
+                64,
+                adaptive,
+                Arc::new(AtomicUsize::new(3)),
+                RetryPolicy::fixed(5, Duration::from_millis(100), Duration::from_secs(2)),
+                reqwest::Client::new(),
+            );
+            let n = 1_000_000u32;
+            let started = Instant::now();
+            for _ in 0..n {
+                let lease = p.pick().ok().expect("a free slot");
+                lease.finish(Verdict::Answered);
+            }
+            let per = started.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("adaptive {adaptive}: {per:.0} ns per request through the pool");
+        }
+    }
+
     fn never() -> std::future::Pending<()> {
         std::future::pending()
     }
