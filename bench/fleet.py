@@ -227,7 +227,25 @@ class Fleet:
                 if time.monotonic() > deadline:
                     die(f"replica on port {port} not ready after 60 s")
                 time.sleep(0.1)
-        log(f"{label}: {n} replicas ready ({', '.join(f'{k}={v}' for k, v in extra_env.items())})")
+        # The steady state is measured, not a cluster starting: a replica joining a running
+        # cluster sends nothing upstream for two heartbeats (openbatch_cluster_joining).
+        deadline = time.monotonic() + 30
+        for p, port in self.replicas:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                        text = r.read().decode()
+                except OSError:
+                    text = ""
+                counted = re.search(r"^openbatch_cluster_replicas (\d+)", text, re.M)
+                joining = re.search(r"^openbatch_cluster_joining (\d+)", text, re.M)
+                if counted and int(counted.group(1)) == n and joining and joining.group(1) == "0":
+                    break
+                if time.monotonic() > deadline:
+                    die(f"replica on port {port} did not count {n} replicas and finish joining in 30 s")
+                time.sleep(0.1)
+        log(f"{label}: {n} replicas ready and counting each other "
+            f"({', '.join(f'{k}={v}' for k, v in extra_env.items())})")
 
     def stop_replicas(self):
         for p, _ in self.replicas:

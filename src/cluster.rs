@@ -78,7 +78,9 @@ pub async fn run(
                     .upstream
                     .store(if wait > 0 { JOINING } else { n }, Ordering::Relaxed);
                 joining = Some(wait.saturating_sub(1));
-                crate::metrics::get().cluster_replicas.set(n as i64);
+                let metrics = crate::metrics::get();
+                metrics.cluster_replicas.set(n as i64);
+                metrics.cluster_joining.set(i64::from(wait > 0));
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }

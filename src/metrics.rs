@@ -27,6 +27,7 @@ pub struct Metrics {
     pub auth_key_queries: IntCounter,
     pub auth_key_reloads: IntCounter,
     pub cluster_replicas: IntGauge,
+    pub cluster_joining: IntGauge,
     endpoint_limit: IntGaugeVec,
     endpoint_in_flight: IntGaugeVec,
     endpoint_up: IntGaugeVec,
@@ -91,6 +92,12 @@ pub fn get() -> &'static Metrics {
             cluster_replicas: {
                 let g = IntGauge::new("cluster_replicas", "Live replicas as this replica's last heartbeat counted them (it enforces 1/N of the per-key rate limit).").expect("valid metric");
                 r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            cluster_joining: {
+                let g = IntGauge::new("cluster_joining", "1 while this replica, having joined a running cluster, waits for the others to count it before sending upstream (two heartbeats); else 0.").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g.set(1); // until the first heartbeat says whether others run
                 g
             },
             endpoint_limit: gauge_vec(&r, "upstream_endpoint_limit", "Requests this replica may have outstanding at an upstream endpoint now: its share of max_in_flight, or the adaptive limit when lower.", &["upstream", "endpoint"]),

@@ -64,8 +64,8 @@
 //!   this replica's part of it (`limit / (running + waiting)`, so that N replicas together give
 //!   back the excess once, not N times), once per hold.
 //! - Room (an excess of −1 or less) is taken in equal parts by the replicas that used at least
-//!   half their limit since the last sample (`room / replicas` each, whatever its limit; doubling
-//!   in slow start, one a sample while the capacity is unknown). Equal increases and
+//!   half their limit since the last sample (`room / replicas` each, whatever its limit; × 1.5 a
+//!   sample in slow start, one a sample while the capacity is unknown). Equal increases and
 //!   proportional decreases drift to equal shares, as AIMD flows do.
 //! - Pinned at the headroom (no room, no excess), a replica above the equal share
 //!   `(capacity − headroom) / replicas` gives one back per sample: otherwise whoever grew first
@@ -351,7 +351,9 @@ impl Limiter {
                 // limit), so that with the proportional cuts above the replicas drift to
                 // equal shares, as AIMD flows do.
                 let step = match (self.slow_start, self.capacity) {
-                    (true, _) => self.limit,
+                    // Half, not double: N replicas doubling together overshoot by as much as
+                    // the server holds, and the queue they make is what interactive users wait in.
+                    (true, _) => self.limit / 2.0,
                     (false, None) => 1.0,
                     (false, Some(_)) => -excess / replicas,
                 };
