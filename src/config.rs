@@ -26,7 +26,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
 }
 
-/// Webhook delivery (an OpenBatch extension; see README "Webhooks").
+/// Webhook delivery (an OpenBatch extension; see docs/api.md, "Webhooks").
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookSettings {
     /// Let endpoints point at loopback, private, link-local... addresses (tests, trusted networks).
@@ -244,7 +244,7 @@ pub struct WorkerSettings {
     pub enabled: bool,
     /// Threads of the runtime that runs the engine, the maintainer and webhook deliveries (the
     /// API has its own: `server.workers`). One is enough for ~10,000 lines/s, and costs less
-    /// CPU per line than several, which wake each other for every line (see README).
+    /// CPU per line than several, which wake each other for every line (see bench/RESULTS.md).
     pub threads: usize,
     /// Lines in flight per replica, across all upstreams. A line's slot is freed only once its
     /// result is stored, so a replica that dies loses at most this many executions.

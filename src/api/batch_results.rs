@@ -1,5 +1,5 @@
 //! `GET /v1/batches/{id}/results` (OpenBatch extension): the lines a batch has finished so
-//! far, as JSONL, resumable from a cursor; see README "Results while a batch runs".
+//! far, as JSONL, resumable from a cursor; see docs/api.md, "Results while a batch runs".
 
 use std::time::Duration;
 

@@ -50,7 +50,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
             .min_connections(settings.min_connections)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
             // No ping before every checkout: it doubles the round trips of a one-statement
-            // request (measured: create throughput 44% -> see README). A connection that died
+            // request (measured: create throughput 44% -> bench/RESULTS.md). A connection that died
             // (database restarted) fails its next query instead, which is dropped from the pool
             // and answered 503 (retried by the SDKs) or retried by the worker.
             .test_before_acquire(false)

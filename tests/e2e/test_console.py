@@ -422,7 +422,7 @@ def test_markup_in_names_metadata_and_errors_is_shown_as_text(
 
 def test_batches_page_lists_every_state(driver: WebDriver, server: OpenBatchServer, sdk: openai.OpenAI) -> None:
     """The page a person lands on: the batches so far (completed, cancelled, failed) and a
-    running one; its screenshot is the one shown in the README."""
+    running one; its screenshot is the one shown in README.md (docs/console-batches.png)."""
     f = sdk.files.create(file=("backfill.jsonl", chat_lines(500, "backfill")), purpose="batch")
     stopped = sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
                                  metadata={"job": "backfill"})
