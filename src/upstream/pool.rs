@@ -39,7 +39,7 @@ pub const PROBE_MAX: Duration = Duration::from_secs(10);
 const RECHECK: Duration = Duration::from_secs(1);
 /// A probe's answer must come within this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The adaptive limit of a fresh endpoint; it doubles per round trip until the server queues.
+/// The adaptive limit of a fresh endpoint; it grows fast until the server queues (`limiter`).
 const INITIAL_LIMIT: usize = 4;
 /// The limit is logged when it has moved this share from the last logged value (at least 2).
 const LOG_LIMIT_CHANGE: f64 = 0.2;
