@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod jsonl;
 pub mod local_pg;
 pub mod maintenance;
 pub mod metrics;

@@ -9,10 +9,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::domain::BatchStatus;
+use crate::domain::LineError;
 use crate::store::jobs::{self, GiveUp};
 use crate::store::{chunks, compact, files, leader, results, stats, webhooks};
 use crate::worker::sleep_or_stop;
-use crate::worker::validate::LineError;
 
 /// Any key will do as long as it is OpenBatch's alone.
 const MAINTAINER_LOCK: i64 = 0x0B0B_A7C4_0001;

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use super::order::LiveOrder;
 use super::FinishedLines;
 use crate::domain::{BatchId, ResultsCursor};
+use crate::jsonl::group;
 use crate::store::results;
-use crate::worker::output;
 
 /// Result groups read per query (about; at least one group).
 const PAGE_BYTES: i64 = 512 << 10;
@@ -141,7 +141,7 @@ pub async fn produce(
             // Each group is dropped once encoded: a reader holds one page at most.
             for g in groups {
                 let skip = if g.seq == seq { taken as usize } else { 0 };
-                for (k, stored) in output::decode(&g.lines).enumerate().skip(skip) {
+                for (k, stored) in group::decode(&g.lines).enumerate().skip(skip) {
                     let s = stored?;
                     let cursor = ResultsCursor::Live {
                         seq: g.seq,

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::domain::{BatchId, FileId};
+use crate::jsonl::group::line_id;
+use crate::jsonl::LineSplitter;
 use crate::store::files;
-use crate::worker::output::line_id;
-use crate::worker::validate::LineSplitter;
 
 /// A stored file's non-blank lines, read a part (1 MiB) at a time.
 pub struct FileLines {

@@ -7,9 +7,9 @@ use anyhow::Context;
 use sqlx::PgConnection;
 
 use crate::domain::BatchId;
+use crate::domain::MAX_REQUESTS;
+use crate::jsonl::group;
 use crate::store::results::{self, StoredLiveOrder};
-use crate::worker::output;
-use crate::worker::validate::MAX_REQUESTS;
 
 /// The rank of a line the live stream never served (its result was written by finalization).
 const NEVER: u32 = u32::MAX;
@@ -33,7 +33,7 @@ struct Builder {
 }
 
 impl Builder {
-    /// Adds the next group, as `worker::output::encode` stored it.
+    /// Adds the next group, as `jsonl::group::encode` stored it.
     #[cfg(test)]
     fn push_group(&mut self, seq: i64, lines: &str) -> anyhow::Result<()> {
         self.push_ordinals(seq, &ordinals(lines)?)
@@ -126,7 +126,7 @@ impl LiveOrder {
 
 /// The ordinals of a stored group's lines.
 fn ordinals(lines: &str) -> anyhow::Result<Vec<u32>> {
-    output::decode(lines)
+    group::decode(lines)
         .map(|stored| {
             let line = stored?.line;
             u32::try_from(line)
@@ -175,7 +175,7 @@ mod tests {
     fn group(lines: &[i32]) -> String {
         let mut g = String::new();
         for &l in lines {
-            output::encode(&mut g, l, true, "{}");
+            group::encode(&mut g, l, true, "{}");
         }
         g
     }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use super::{result_id, FileLines};
 use crate::domain::{BatchId, RetryFilter};
-use crate::worker::output::line_id;
+use crate::jsonl::group::line_id;
 use crate::worker::validate::queued;
 
 #[derive(Deserialize)]

@@ -27,7 +27,7 @@ const FLUSH_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct StoredGroup {
     pub seq: i64,
-    /// As `worker::output::encode` wrote them.
+    /// As `jsonl::group::encode` wrote them.
     pub lines: String,
 }
 

@@ -4,7 +4,6 @@
 //! validation, which models each upstream serves (`models`).
 
 mod client;
-mod compact;
 pub mod limiter;
 mod models;
 pub mod pool;
@@ -25,7 +24,6 @@ use client::SendError;
 use pool::{Lease, Pool, Verdict};
 
 use crate::config::{MetricsSource, Secret, Settings, UpstreamSettings};
-pub use compact::compact_json;
 pub use retry::RetryPolicy;
 
 /// One configured upstream: a pool of servers that share its key, timeout and models.
@@ -136,7 +134,7 @@ fn join(base_url: &str, endpoint: &str) -> String {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The upstream answered (any status); `body` is its JSON object, kept as text on one line
-    /// (see `compact`): it is copied into the result file, never rebuilt as a tree.
+    /// (see `crate::jsonl::compact`): it is copied into the result file, never rebuilt as a tree.
     Response {
         status: u16,
         request_id: Option<String>,
@@ -383,7 +381,7 @@ impl Upstreams {
         let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
             // Whatever its formatting: the stored results and the result files are one line
             // per result.
-            Ok(v) if v.get().starts_with('{') => compact::compact(v),
+            Ok(v) if v.get().starts_with('{') => crate::jsonl::compact(v),
             _ if (200..300).contains(&status) => {
                 return (
                     Outcome::Failure {

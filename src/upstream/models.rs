@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::{error_chain, Upstream, Upstreams};
-use crate::worker::validate::{LineError, MAX_REPORTED_ERRORS};
+use crate::domain::{LineError, MAX_REPORTED_ERRORS};
 
 /// The longest a validation waits for a model list (on a cache miss only).
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
-use super::validate::{queued, LineSplitter, Piece};
+use super::validate::queued;
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{Endpoint, ProjectId};
+use crate::jsonl::{group, LineSplitter, Piece};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
 use crate::upstream::{trace_id_for, traceparent_in, Outcome};
@@ -380,7 +381,7 @@ async fn read_lines(
         let mut done = std::collections::HashSet::new();
         let mut groups = chunks::results(&ctx.pool, &c.batch_id, c.idx);
         while let Some((_, group)) = groups.try_next().await? {
-            for stored in output::decode(&group) {
+            for stored in group::decode(&group) {
                 done.insert(stored?.line);
             }
         }
@@ -691,7 +692,7 @@ fn group(buf: &[Done]) -> (Vec<Group>, Vec<Arc<Running>>) {
         } else {
             g.failed += 1;
         }
-        output::encode(&mut g.lines, d.line, d.success, &d.file_line);
+        group::encode(&mut g.lines, d.line, d.success, &d.file_line);
     }
     for (g, u) in groups.iter_mut().zip(usage) {
         g.usage = u.to_array();

@@ -1,9 +1,9 @@
 //! Ending a batch that cannot be finished: its batch-level work keeps failing.
 
 use super::jobs::errors_object;
-use super::validate::LineError;
 use super::Ctx;
 use crate::domain::BatchStatus;
+use crate::domain::LineError;
 use crate::store::jobs::{self, BatchJob};
 
 /// Ends a batch whose validation or finalization failed `max_job_failures` times in a row

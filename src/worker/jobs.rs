@@ -11,9 +11,11 @@ use tokio::sync::watch;
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
-use super::validate::{queued, FileCheck, LineError, LineSplitter, Piece, MAX_INPUT_BYTES};
+use super::validate::{queued, FileCheck};
 use super::{sleep_or_stop, Ctx};
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
+use crate::domain::{LineError, MAX_INPUT_BYTES};
+use crate::jsonl::{group, LineSplitter, Piece};
 use crate::results::order::Served;
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
@@ -542,7 +544,7 @@ async fn passes(
     let mut groups = chunks::results(&mut *conn, &job.id, c.idx);
     while let Some((seq, group)) = groups.try_next().await? {
         served.add(seq, &group)?;
-        for stored in output::decode(&group) {
+        for stored in group::decode(&group) {
             let s = stored?;
             sizes.push((s.line, s.file_line.len()));
             total += s.file_line.len();
@@ -587,7 +589,7 @@ async fn stored_lines(
     let mut lines = Vec::new();
     let mut groups = chunks::results(conn, &job.id, idx);
     while let Some((_, group)) = groups.try_next().await? {
-        for stored in output::decode(&group) {
+        for stored in group::decode(&group) {
             let s = stored?;
             if range.contains(&s.line) {
                 lines.push((s.line, s.success, s.file_line.into_owned()));

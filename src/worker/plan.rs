@@ -2,7 +2,7 @@
 //! `max_lines` requests or `max_bytes` bytes, addressed by byte position so that a worker
 //! reads exactly its chunk's lines back from the file.
 
-use super::validate::{LineSplitter, Piece};
+use crate::jsonl::{LineSplitter, Piece};
 use crate::store::chunks::{NewChunk, Position};
 
 pub struct ChunkPlanner {

@@ -57,7 +57,7 @@ fn group(batch: &BatchId, attempt: i32, lines: &[i32]) -> Group {
         ..Group::default()
     };
     for l in lines {
-        openbatch::worker::output::encode(&mut g.lines, *l, true, "{}");
+        openbatch::jsonl::group::encode(&mut g.lines, *l, true, "{}");
     }
     g
 }

@@ -36,7 +36,7 @@ async fn model_lists(upstream: &FakeUpstream) -> u64 {
 }
 
 /// (code, param, line, message) of each error.
-fn summary(errors: &[openbatch::worker::validate::LineError]) -> Vec<(&str, &str, usize, &str)> {
+fn summary(errors: &[openbatch::domain::LineError]) -> Vec<(&str, &str, usize, &str)> {
     errors
         .iter()
         .map(|e| {

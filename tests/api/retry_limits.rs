@@ -13,7 +13,7 @@ use crate::helpers::{
     batch_body, chat_line, expect_error, spawn_app_with, start_replicas_with, to_jsonl, Expect,
     TestApp, TestDb,
 };
-use openbatch::worker::output::line_id;
+use openbatch::jsonl::group::line_id;
 
 /// A batch of `n` requests put straight into `cancelled` as the worker leaves one that never
 /// ran: its error file holds every request, with `code(i)` as its error code. `extra` goes into
