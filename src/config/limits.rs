@@ -10,7 +10,8 @@ pub struct LimitSettings {
     pub metadata: MetadataLimits,
     /// Unfinished batches a project may have; 0 = no limit.
     pub max_active_batches_per_project: i64,
-    /// Requests per minute per API key, per replica; 0 = no limit.
+    /// Requests per minute per API key across the cluster (each replica enforces its share of
+    /// the live replicas, see `api::RateLimiter`); 0 = no limit.
     pub requests_per_minute_per_key: u32,
     /// Uploads one replica receives at once; more are answered 429 with `Retry-After`.
     pub max_concurrent_uploads: usize,
