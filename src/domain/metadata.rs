@@ -11,7 +11,8 @@ use super::Invalid;
 pub struct Metadata(BTreeMap<String, String>);
 
 /// OpenAI's limits by default; an operator may lower or raise them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct MetadataLimits {
     pub max_pairs: usize,
     pub max_key_chars: usize,
