@@ -16,6 +16,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use secrecy::ExposeSecret;
 
 use crate::config::{Secret, Settings, DEFAULT_DATABASE_URL};
 
@@ -56,7 +57,7 @@ impl LocalPostgres {
 /// none answers, and points `settings` at it. Returns `None` when nothing needed starting.
 pub fn start_if_needed(settings: &mut Settings) -> anyhow::Result<Option<LocalPostgres>> {
     let vars: HashMap<String, String> = std::env::vars().collect();
-    if url_configured(&vars) || settings.database.url.expose() != DEFAULT_DATABASE_URL {
+    if url_configured(&vars) || settings.database.url.expose_secret() != DEFAULT_DATABASE_URL {
         return Ok(None);
     }
     let default: SocketAddr = "127.0.0.1:5432".parse().expect("a socket address");
@@ -76,7 +77,7 @@ pub fn start_if_needed(settings: &mut Settings) -> anyhow::Result<Option<LocalPo
          PostgreSQL (Unix socket only); it stops when openbatch exits. Set \
          OPENBATCH__DATABASE__URL to use another"
     );
-    settings.database.url = Secret::new(url);
+    settings.database.url = Secret::from(url);
     Ok(Some(pg))
 }
 

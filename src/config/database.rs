@@ -24,7 +24,7 @@ pub struct DatabaseSettings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
-            url: Secret::new(DEFAULT_DATABASE_URL),
+            url: Secret::from(DEFAULT_DATABASE_URL),
             max_connections: 16,
             min_connections: 0,
             connect_timeout_secs: 10,

@@ -1,32 +1,14 @@
-use std::fmt;
+//! Secrets in the settings (the database URL carries a password; the upstream's API key) are
+//! `secrecy`'s `SecretString`: never printed by `Debug`, read only through `expose_secret`.
 
-use serde::{Deserialize, Serializer};
-
-/// A value that never prints: the database URL carries a password.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use secrecy::ExposeSecret;
+pub use secrecy::SecretString as Secret;
+use serde::Serializer;
 
 /// Settings serialize (to list their defaults) without their secrets: a URL with its
 /// password masked.
 pub(super) fn serialize_url<S: Serializer>(url: &Secret, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&super::redact_url(url.expose()))
+    s.serialize_str(&super::redact_url(url.expose_secret()))
 }
 
 /// ...and a key as `***` when one is set.

@@ -1,3 +1,5 @@
+use secrecy::ExposeSecret;
+
 use super::*;
 
 fn load(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
@@ -13,7 +15,7 @@ fn defaults_need_no_configuration() {
     let s = load(&[]).unwrap();
     assert_eq!(s.server.host, "127.0.0.1");
     assert_eq!(s.server.port, 8080);
-    assert_eq!(s.database.url.expose(), DEFAULT_DATABASE_URL);
+    assert_eq!(s.database.url.expose_secret(), DEFAULT_DATABASE_URL);
     assert_eq!(s.limits.max_upload_bytes, 512 * 1024 * 1024);
     assert!(!s.webhooks.allow_private_networks);
     assert_eq!(s.webhooks.max_retry_secs, 72 * 3600);
@@ -46,7 +48,7 @@ fn environment_overrides_defaults() {
     .unwrap();
     assert_eq!(s.server.port, 9999);
     assert_eq!(s.server.host, "0.0.0.0");
-    assert_eq!(s.database.url.expose(), "postgres://a@b/c");
+    assert_eq!(s.database.url.expose_secret(), "postgres://a@b/c");
     assert_eq!(s.log.format, LogFormat::Json);
 }
 
@@ -62,7 +64,10 @@ fn allowed_hosts_are_a_comma_separated_list_and_other_values_keep_their_commas()
     ])
     .unwrap();
     assert_eq!(s.server.allowed_hosts, ["batch.internal", "10.0.0.5"]);
-    assert_eq!(s.database.url.expose(), "postgres://x@y/z?options=a,b");
+    assert_eq!(
+        s.database.url.expose_secret(),
+        "postgres://x@y/z?options=a,b"
+    );
 }
 
 #[test]
@@ -95,13 +100,13 @@ fn metrics_url_is_discovered_off_or_one_server_s_url() {
 #[test]
 fn database_url_is_a_fallback_only() {
     let s = load(&[("DATABASE_URL", "postgres://x@y/z")]).unwrap();
-    assert_eq!(s.database.url.expose(), "postgres://x@y/z");
+    assert_eq!(s.database.url.expose_secret(), "postgres://x@y/z");
     let s = load(&[
         ("DATABASE_URL", "postgres://x@y/z"),
         ("OPENBATCH__DATABASE__URL", "postgres://a@b/c"),
     ])
     .unwrap();
-    assert_eq!(s.database.url.expose(), "postgres://a@b/c");
+    assert_eq!(s.database.url.expose_secret(), "postgres://a@b/c");
 }
 
 #[test]
@@ -201,7 +206,10 @@ fn upstream_settings_and_routes() {
     ])
     .unwrap();
     assert_eq!(s.upstream.base_url, "http://vllm:8000/v1");
-    assert_eq!(s.upstream.api_key.as_ref().unwrap().expose(), "sk-upstream");
+    assert_eq!(
+        s.upstream.api_key.as_ref().unwrap().expose_secret(),
+        "sk-upstream"
+    );
     assert_eq!(s.routes["embed"].max_in_flight, 8);
     assert!(!format!("{s:?}").contains("sk-upstream"));
     let err = format!(

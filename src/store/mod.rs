@@ -28,6 +28,7 @@ pub mod webhooks;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
@@ -38,7 +39,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Connects, creating the database first when it is missing and allowed to.
 /// Fails fast with a message that names the setting to fix.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
-    let url = settings.url.expose();
+    let url = settings.url.expose_secret();
     let shown = redact_url(url);
     let options: PgConnectOptions = url.parse().with_context(|| {
         format!("OPENBATCH__DATABASE__URL (or DATABASE_URL) is not a valid PostgreSQL URL: {shown}")

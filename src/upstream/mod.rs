@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
@@ -106,8 +107,8 @@ fn parse_uri(url: &str) -> Result<http::Uri, BoxError> {
 /// `Bearer <key>`, marked sensitive so that no debug output or HTTP/2 header table holds it in
 /// the clear; none for a missing or empty key.
 fn authorization(upstream: &str, key: Option<&Secret>) -> Option<reqwest::header::HeaderValue> {
-    let key = key.filter(|k| !k.expose().is_empty())?;
-    match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+    let key = key.filter(|k| !k.expose_secret().is_empty())?;
+    match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())) {
         Ok(mut value) => {
             value.set_sensitive(true);
             Some(value)

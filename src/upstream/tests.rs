@@ -59,11 +59,11 @@ fn urls_join_without_doubling_the_version() {
 #[test]
 fn the_bearer_header_is_sensitive() {
     assert!(upstream(&[]).auth.is_none());
-    assert!(authorization("u", Some(&Secret::new(""))).is_none());
-    let value = authorization("u", Some(&Secret::new("sk-secret"))).unwrap();
+    assert!(authorization("u", Some(&Secret::from(""))).is_none());
+    let value = authorization("u", Some(&Secret::from("sk-secret"))).unwrap();
     assert!(value.is_sensitive());
     assert!(!format!("{value:?}").contains("sk-secret"));
-    assert!(authorization("u", Some(&Secret::new("bad\nkey"))).is_none());
+    assert!(authorization("u", Some(&Secret::from("bad\nkey"))).is_none());
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -643,7 +644,7 @@ async fn a_metrics_address_in_use_fails_fast_naming_the_setting() {
     let mut settings = crate::helpers::settings_for("postgres://postgres@127.0.0.1:1/none");
     settings.server.metrics_address = Some(taken.local_addr().unwrap().to_string());
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .connect_lazy(settings.database.url.expose())
+        .connect_lazy(settings.database.url.expose_secret())
         .unwrap();
     let err = match openbatch::startup::Application::build_with_pool(&settings, pool) {
         Ok(_) => panic!("started with its metrics address in use"),

@@ -1,3 +1,4 @@
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::helpers::{expect_error, spawn_app, spawn_app_with, Expect};
@@ -118,7 +119,7 @@ async fn an_unreachable_database_is_a_retryable_503_not_a_crash() {
     let settings = crate::helpers::settings_for("postgres://postgres@127.0.0.1:1/none");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_secs(1))
-        .connect_lazy(settings.database.url.expose())
+        .connect_lazy(settings.database.url.expose_secret())
         .unwrap();
     let broken = openbatch::startup::Application::build_with_pool(&settings, pool).unwrap();
     let address = format!("http://127.0.0.1:{}", broken.port());
