@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
 
 use crate::domain::BatchStatus;
 use crate::store::jobs::{self, GiveUp};
 use crate::store::{chunks, compact, files, leader, results, stats, webhooks};
-use crate::worker::sleep_or_stop;
+use crate::tasks::{sleep_or_cancelled, CancellationToken};
 use crate::worker::validate::LineError;
 
 /// Any key will do as long as it is OpenBatch's alone.
@@ -34,7 +33,7 @@ const STUCK_PER_SWEEP: i64 = 100;
 /// never a lock a running replica's heartbeat needs.
 pub async fn run(
     pool: PgPool,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     webhook_log_retention_secs: u64,
     reindex_slack_bytes: u64,
     stuck_grace_secs: u64,
@@ -43,7 +42,7 @@ pub async fn run(
     let mut leader = false;
     let mut round: u32 = 0;
     let mut compactor = Compactor::new(reindex_slack_bytes);
-    while !sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
+    while !sleep_or_cancelled(&stop, Duration::from_secs(1)).await {
         let conn = match &mut lock {
             Some(c) => c,
             None => match pool.acquire().await {

@@ -5,12 +5,15 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::DropGuard;
 
 use crate::api::{self, AppState, FairSlots};
 use crate::config::Settings;
 use crate::error::render_framework_error;
+use crate::notify::Notifications;
+use crate::store::keys;
+use crate::tasks::TaskGroup;
 use crate::upstream::Upstreams;
 use crate::worker::Worker;
 
@@ -21,9 +24,11 @@ pub struct Application {
     metrics_server: Option<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)>,
     worker: Option<Worker>,
     webhooks: crate::webhooks::Deliverer,
-    maintenance: (watch::Sender<bool>, JoinHandle<()>),
-    /// Heartbeat, key reloading and metrics refresh, stopped with maintenance.
-    background: Vec<JoinHandle<()>>,
+    /// Maintenance, heartbeats, key reloading, metrics refresh and the LISTEN connection,
+    /// stopped last; the worker's and webhook delivery's groups are its children.
+    background: TaskGroup,
+    /// Stops every task should this be dropped without `run_until_stopped`.
+    _stop_on_drop: DropGuard,
 }
 
 impl Application {
@@ -38,20 +43,28 @@ impl Application {
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         settings.check_serving()?;
-        let (stop_maintenance, stopped) = watch::channel(false);
-        let maintenance = tokio::spawn(crate::maintenance::run(
+        let background = TaskGroup::new();
+        // Also when this function fails half way: nothing it started outlives it.
+        let stop_on_drop = background.token().drop_guard();
+        let mut notices = Notifications::new();
+        background.spawn(crate::maintenance::run(
             pool.clone(),
-            stopped.clone(),
+            background.token(),
             settings.webhooks.log_retention_secs,
             settings.database.reindex_slack_bytes,
             settings.batches.stuck_grace_secs,
         ));
-        let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
+        background.spawn(crate::metrics::refresh_until_stopped(
             pool.clone(),
             std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
-            stopped.clone(),
+            background.token(),
         ));
-        let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
+        let webhooks = crate::webhooks::Deliverer::start(
+            pool.clone(),
+            settings.webhooks.clone(),
+            &mut notices,
+            background.child(),
+        )?;
         // Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
         // are limits for the whole cluster, split between the live replicas.
         let members = crate::cluster::Members::starting();
@@ -62,6 +75,8 @@ impl Application {
                 upstreams,
                 settings.worker.clone(),
                 settings.batches.clone(),
+                &mut notices,
+                background.child(),
             ))
         } else {
             None
@@ -75,16 +90,17 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let auth = api::Auth::new(&settings.auth);
-        let mut background = vec![tokio::spawn(crate::cluster::run(
+        background.spawn(crate::cluster::run(
             pool.clone(),
             settings.cluster.clone(),
             members.clone(),
-            stopped.clone(),
-        ))];
-        background.push(metrics_refresh);
+            background.token(),
+        ));
         if let Some(keyring) = auth.keyring() {
-            background.push(tokio::spawn(keyring.run(pool.clone(), stopped.clone())));
+            let notices = notices.subscribe(&[keys::KEYS_CHANNEL]);
+            background.spawn(keyring.run(pool.clone(), notices, background.token()));
         }
+        notices.start(pool.clone(), &background);
         let creates = crate::store::create_queue::CreateQueue::start(
             pool.clone(),
             settings.limits.max_active_batches_per_project,
@@ -166,8 +182,8 @@ impl Application {
             metrics_server,
             worker,
             webhooks,
-            maintenance: (stop_maintenance, maintenance),
             background,
+            _stop_on_drop: stop_on_drop,
         })
     }
 
@@ -196,12 +212,9 @@ impl Application {
             worker.shutdown().await;
         }
         self.webhooks.shutdown().await;
-        let (stop, task) = self.maintenance;
-        let _ = stop.send(true);
-        let _ = task.await;
-        for task in self.background {
-            let _ = task.await;
-        }
+        // The heartbeat leaves the replica table on its way out: this replica stops counting
+        // once everything else has stopped.
+        self.background.stop().await;
         served
     }
 }
