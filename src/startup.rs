@@ -43,44 +43,6 @@ impl Application {
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         settings.check_serving()?;
-        let background = TaskGroup::new();
-        // Also when this function fails half way: nothing it started outlives it.
-        let stop_on_drop = background.token().drop_guard();
-        let mut notices = Notifications::new();
-        background.spawn(crate::maintenance::run(
-            pool.clone(),
-            background.token(),
-            settings.webhooks.log_retention_secs,
-            settings.database.reindex_slack_bytes,
-            settings.batches.stuck_grace_secs,
-        ));
-        background.spawn(crate::metrics::refresh_until_stopped(
-            pool.clone(),
-            std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
-            background.token(),
-        ));
-        let webhooks = crate::webhooks::Deliverer::start(
-            pool.clone(),
-            settings.webhooks.clone(),
-            &mut notices,
-            background.child(),
-        )?;
-        // Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
-        // are limits for the whole cluster, split between the live replicas.
-        let members = crate::cluster::Members::starting();
-        let worker = if settings.worker.enabled {
-            let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
-            Some(Worker::start(
-                pool.clone(),
-                upstreams,
-                settings.worker.clone(),
-                settings.batches.clone(),
-                &mut notices,
-                background.child(),
-            ))
-        } else {
-            None
-        };
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| {
             format!(
@@ -90,17 +52,13 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let auth = api::Auth::new(&settings.auth);
-        background.spawn(crate::cluster::run(
-            pool.clone(),
-            settings.cluster.clone(),
-            members.clone(),
-            background.token(),
-        ));
-        if let Some(keyring) = auth.keyring() {
-            let notices = notices.subscribe(&[keys::KEYS_CHANNEL]);
-            background.spawn(keyring.run(pool.clone(), notices, background.token()));
-        }
-        notices.start(pool.clone(), &background);
+        let Background {
+            group: background,
+            stop_on_drop,
+            webhooks,
+            worker,
+            members,
+        } = Background::start(settings, &pool, &auth)?;
         let creates = crate::store::create_queue::CreateQueue::start(
             pool.clone(),
             settings.limits.max_active_batches_per_project,
@@ -134,26 +92,7 @@ impl Application {
         ));
         let public_metrics = settings.server.metrics_address.is_none();
         let metrics_server = match &settings.server.metrics_address {
-            Some(address) => {
-                let listener = TcpListener::bind(address).with_context(|| {
-                    format!(
-                        "cannot listen on {address}; set OPENBATCH__SERVER__METRICS_ADDRESS to a \
-                         free host:port (or unset it to serve /metrics on the API port)"
-                    )
-                })?;
-                let port = listener.local_addr()?.port();
-                let state = state.clone();
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(state.clone())
-                        .configure(api::metrics_routes)
-                })
-                .workers(1)
-                .listen(listener)?;
-                tracing::info!(%address, port, "metrics listening");
-                let server = server.run();
-                Some((port, server.handle(), tokio::spawn(server)))
-            }
+            Some(address) => Some(metrics_server(address, state.clone())?),
             None => None,
         };
         let mut server = HttpServer::new(move || {
@@ -216,5 +155,101 @@ impl Application {
         // once everything else has stopped.
         self.background.stop().await;
         served
+    }
+}
+
+/// `/metrics` alone, on `address`: (its port, its handle, the task serving it).
+fn metrics_server(
+    address: &str,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(address).with_context(|| {
+        format!(
+            "cannot listen on {address}; set OPENBATCH__SERVER__METRICS_ADDRESS to a \
+             free host:port (or unset it to serve /metrics on the API port)"
+        )
+    })?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(api::metrics_routes)
+    })
+    .workers(1)
+    .listen(listener)?;
+    tracing::info!(%address, port, "metrics listening");
+    let server = server.run();
+    Ok((port, server.handle(), tokio::spawn(server)))
+}
+
+/// A replica's tasks besides HTTP.
+struct Background {
+    /// Maintenance, heartbeats, key reloading, metrics refresh and the LISTEN connection; the
+    /// parent of the worker's and webhook delivery's groups.
+    group: TaskGroup,
+    stop_on_drop: DropGuard,
+    webhooks: crate::webhooks::Deliverer,
+    worker: Option<Worker>,
+    /// Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
+    /// are limits for the whole cluster, split between the live replicas.
+    members: crate::cluster::Members,
+}
+
+impl Background {
+    fn start(settings: &Settings, pool: &PgPool, auth: &api::Auth) -> anyhow::Result<Self> {
+        let group = TaskGroup::new();
+        // Also when starting fails half way: nothing started outlives it.
+        let stop_on_drop = group.token().drop_guard();
+        let mut notices = Notifications::new();
+        group.spawn(crate::maintenance::run(
+            pool.clone(),
+            group.token(),
+            settings.webhooks.log_retention_secs,
+            settings.database.reindex_slack_bytes,
+            settings.batches.stuck_grace_secs,
+        ));
+        group.spawn(crate::metrics::refresh_until_stopped(
+            pool.clone(),
+            std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
+            group.token(),
+        ));
+        let webhooks = crate::webhooks::Deliverer::start(
+            pool.clone(),
+            settings.webhooks.clone(),
+            &mut notices,
+            group.child(),
+        )?;
+        let members = crate::cluster::Members::starting();
+        let worker = if settings.worker.enabled {
+            let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
+            Some(Worker::start(
+                pool.clone(),
+                upstreams,
+                settings.worker.clone(),
+                settings.batches.clone(),
+                &mut notices,
+                group.child(),
+            ))
+        } else {
+            None
+        };
+        group.spawn(crate::cluster::run(
+            pool.clone(),
+            settings.cluster.clone(),
+            members.clone(),
+            group.token(),
+        ));
+        if let Some(keyring) = auth.keyring() {
+            let notices = notices.subscribe(&[keys::KEYS_CHANNEL]);
+            group.spawn(keyring.run(pool.clone(), notices, group.token()));
+        }
+        notices.start(pool.clone(), &group);
+        Ok(Self {
+            group,
+            stop_on_drop,
+            webhooks,
+            worker,
+            members,
+        })
     }
 }
