@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::config::ClusterSettings;
+use crate::tasks::{sleep_or_cancelled, CancellationToken};
 
 /// What the upstream pools see instead of a count while this replica joins a cluster that was
 /// already running: it sends nothing upstream until the others have counted it, so that their
@@ -51,7 +51,7 @@ pub async fn run(
     pool: PgPool,
     settings: ClusterSettings,
     members: Members,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let id = format!("replica_{}", uuid::Uuid::new_v4().simple());
     let every = Duration::from_secs(settings.heartbeat_secs);
@@ -84,7 +84,7 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
-        if crate::worker::sleep_or_stop(&mut stop, every).await {
+        if sleep_or_cancelled(&stop, every).await {
             break;
         }
     }

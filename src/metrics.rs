@@ -10,7 +10,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
-use tokio::sync::watch;
+
+use crate::tasks::{sleep_or_cancelled, CancellationToken};
 
 pub struct Metrics {
     registry: Registry,
@@ -231,10 +232,10 @@ impl Metrics {
 }
 
 /// The one task per replica that keeps the database gauges fresh, every `every`, until `stop`.
-pub async fn refresh_until_stopped(pool: PgPool, every: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn refresh_until_stopped(pool: PgPool, every: Duration, stop: CancellationToken) {
     loop {
         get().refresh(&pool).await;
-        if crate::worker::sleep_or_stop(&mut stop, every).await {
+        if sleep_or_cancelled(&stop, every).await {
             return;
         }
     }

@@ -5,12 +5,15 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::DropGuard;
 
 use crate::api::{self, AppState, FairSlots};
 use crate::config::Settings;
 use crate::error::render_framework_error;
+use crate::notify::Notifications;
+use crate::store::keys;
+use crate::tasks::TaskGroup;
 use crate::upstream::Upstreams;
 use crate::worker::Worker;
 
@@ -21,9 +24,11 @@ pub struct Application {
     metrics_server: Option<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)>,
     worker: Option<Worker>,
     webhooks: crate::webhooks::Deliverer,
-    maintenance: (watch::Sender<bool>, JoinHandle<()>),
-    /// Heartbeat, key reloading and metrics refresh, stopped with maintenance.
-    background: Vec<JoinHandle<()>>,
+    /// Maintenance, heartbeats, key reloading, metrics refresh and the LISTEN connection,
+    /// stopped last; the worker's and webhook delivery's groups are its children.
+    background: TaskGroup,
+    /// Stops every task should this be dropped without `run_until_stopped`.
+    _stop_on_drop: DropGuard,
 }
 
 impl Application {
@@ -38,34 +43,6 @@ impl Application {
 
     pub fn build_with_pool(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         settings.check_serving()?;
-        let (stop_maintenance, stopped) = watch::channel(false);
-        let maintenance = tokio::spawn(crate::maintenance::run(
-            pool.clone(),
-            stopped.clone(),
-            settings.webhooks.log_retention_secs,
-            settings.database.reindex_slack_bytes,
-            settings.batches.stuck_grace_secs,
-        ));
-        let metrics_refresh = tokio::spawn(crate::metrics::refresh_until_stopped(
-            pool.clone(),
-            std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
-            stopped.clone(),
-        ));
-        let webhooks = crate::webhooks::Deliverer::start(pool.clone(), settings.webhooks.clone())?;
-        // Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
-        // are limits for the whole cluster, split between the live replicas.
-        let members = crate::cluster::Members::starting();
-        let worker = if settings.worker.enabled {
-            let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
-            Some(Worker::start(
-                pool.clone(),
-                upstreams,
-                settings.worker.clone(),
-                settings.batches.clone(),
-            ))
-        } else {
-            None
-        };
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).with_context(|| {
             format!(
@@ -75,16 +52,13 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let auth = api::Auth::new(&settings.auth);
-        let mut background = vec![tokio::spawn(crate::cluster::run(
-            pool.clone(),
-            settings.cluster.clone(),
-            members.clone(),
-            stopped.clone(),
-        ))];
-        background.push(metrics_refresh);
-        if let Some(keyring) = auth.keyring() {
-            background.push(tokio::spawn(keyring.run(pool.clone(), stopped.clone())));
-        }
+        let Background {
+            group: background,
+            stop_on_drop,
+            webhooks,
+            worker,
+            members,
+        } = Background::start(settings, &pool, &auth)?;
         let creates = crate::store::create_queue::CreateQueue::start(
             pool.clone(),
             settings.limits.max_active_batches_per_project,
@@ -118,26 +92,7 @@ impl Application {
         ));
         let public_metrics = settings.server.metrics_address.is_none();
         let metrics_server = match &settings.server.metrics_address {
-            Some(address) => {
-                let listener = TcpListener::bind(address).with_context(|| {
-                    format!(
-                        "cannot listen on {address}; set OPENBATCH__SERVER__METRICS_ADDRESS to a \
-                         free host:port (or unset it to serve /metrics on the API port)"
-                    )
-                })?;
-                let port = listener.local_addr()?.port();
-                let state = state.clone();
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(state.clone())
-                        .configure(api::metrics_routes)
-                })
-                .workers(1)
-                .listen(listener)?;
-                tracing::info!(%address, port, "metrics listening");
-                let server = server.run();
-                Some((port, server.handle(), tokio::spawn(server)))
-            }
+            Some(address) => Some(metrics_server(address, state.clone())?),
             None => None,
         };
         let mut server = HttpServer::new(move || {
@@ -166,8 +121,8 @@ impl Application {
             metrics_server,
             worker,
             webhooks,
-            maintenance: (stop_maintenance, maintenance),
             background,
+            _stop_on_drop: stop_on_drop,
         })
     }
 
@@ -196,12 +151,105 @@ impl Application {
             worker.shutdown().await;
         }
         self.webhooks.shutdown().await;
-        let (stop, task) = self.maintenance;
-        let _ = stop.send(true);
-        let _ = task.await;
-        for task in self.background {
-            let _ = task.await;
-        }
+        // The heartbeat leaves the replica table on its way out: this replica stops counting
+        // once everything else has stopped.
+        self.background.stop().await;
         served
+    }
+}
+
+/// `/metrics` alone, on `address`: (its port, its handle, the task serving it).
+fn metrics_server(
+    address: &str,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(u16, ServerHandle, JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(address).with_context(|| {
+        format!(
+            "cannot listen on {address}; set OPENBATCH__SERVER__METRICS_ADDRESS to a \
+             free host:port (or unset it to serve /metrics on the API port)"
+        )
+    })?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(api::metrics_routes)
+    })
+    .workers(1)
+    .listen(listener)?;
+    tracing::info!(%address, port, "metrics listening");
+    let server = server.run();
+    Ok((port, server.handle(), tokio::spawn(server)))
+}
+
+/// A replica's tasks besides HTTP.
+struct Background {
+    /// Maintenance, heartbeats, key reloading, metrics refresh and the LISTEN connection; the
+    /// parent of the worker's and webhook delivery's groups.
+    group: TaskGroup,
+    stop_on_drop: DropGuard,
+    webhooks: crate::webhooks::Deliverer,
+    worker: Option<Worker>,
+    /// Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
+    /// are limits for the whole cluster, split between the live replicas.
+    members: crate::cluster::Members,
+}
+
+impl Background {
+    fn start(settings: &Settings, pool: &PgPool, auth: &api::Auth) -> anyhow::Result<Self> {
+        let group = TaskGroup::new();
+        // Also when starting fails half way: nothing started outlives it.
+        let stop_on_drop = group.token().drop_guard();
+        let mut notices = Notifications::new();
+        group.spawn(crate::maintenance::run(
+            pool.clone(),
+            group.token(),
+            settings.webhooks.log_retention_secs,
+            settings.database.reindex_slack_bytes,
+            settings.batches.stuck_grace_secs,
+        ));
+        group.spawn(crate::metrics::refresh_until_stopped(
+            pool.clone(),
+            std::time::Duration::from_secs(settings.server.metrics_refresh_secs),
+            group.token(),
+        ));
+        let webhooks = crate::webhooks::Deliverer::start(
+            pool.clone(),
+            settings.webhooks.clone(),
+            &mut notices,
+            group.child(),
+        )?;
+        let members = crate::cluster::Members::starting();
+        let worker = if settings.worker.enabled {
+            let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
+            Some(Worker::start(
+                pool.clone(),
+                upstreams,
+                settings.worker.clone(),
+                settings.batches.clone(),
+                &mut notices,
+                group.child(),
+            ))
+        } else {
+            None
+        };
+        group.spawn(crate::cluster::run(
+            pool.clone(),
+            settings.cluster.clone(),
+            members.clone(),
+            group.token(),
+        ));
+        if let Some(keyring) = auth.keyring() {
+            let notices = notices.subscribe(&[keys::KEYS_CHANNEL]);
+            group.spawn(keyring.run(pool.clone(), notices, group.token()));
+        }
+        notices.start(pool.clone(), &group);
+        Ok(Self {
+            group,
+            stop_on_drop,
+            webhooks,
+            worker,
+            members,
+        })
     }
 }

@@ -8,37 +8,45 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::WebhookSettings;
 use crate::domain::{is_public, WebhookSecret};
+use crate::notify::{Notice, Notifications, Subscription};
 use crate::store::webhooks::{self as store, Due, Outcome, Policy};
-use crate::worker::sleep_or_stop;
+use crate::tasks::{CancellationToken, TaskGroup};
 
 /// At most this much of a receiver's answer is read (and the first KiB of it logged).
 const MAX_RESPONSE_BYTES: usize = 4096;
 const MAX_LOGGED_CHARS: usize = 1024;
 
 pub struct Deliverer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: TaskGroup,
 }
 
 impl Deliverer {
-    pub fn start(pool: PgPool, settings: WebhookSettings) -> anyhow::Result<Self> {
+    /// Runs in `tasks`, woken by the outbox channel of `notices`.
+    pub fn start(
+        pool: PgPool,
+        settings: WebhookSettings,
+        notices: &mut Notifications,
+        tasks: TaskGroup,
+    ) -> anyhow::Result<Self> {
         let http = client(&settings)?;
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(pool, http, settings, stopped));
-        Ok(Self { stop, task })
+        let wake = Arc::new(Notify::new());
+        tasks.spawn(listen(
+            notices.subscribe(&[store::CHANNEL]),
+            wake.clone(),
+            tasks.token(),
+        ));
+        tasks.spawn(run(pool, http, settings, wake, tasks.token()));
+        Ok(Self { tasks })
     }
 
     /// Stops claiming and lets attempts in flight end (each is bounded by its timeout).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.tasks.stop().await;
     }
 }
 
@@ -96,17 +104,16 @@ async fn run(
     pool: PgPool,
     http: reqwest::Client,
     settings: WebhookSettings,
-    mut stop: watch::Receiver<bool>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
 ) {
-    let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(pool.clone(), wake.clone(), stop.clone()));
     let slots = Arc::new(Semaphore::new(settings.max_in_flight));
     let settings = Arc::new(settings);
     // Long enough for an attempt to time out and its outcome to be written.
     let lease_secs = (settings.timeout_secs + 15) as f64;
     let poll = Duration::from_millis(settings.poll_interval_ms.max(10));
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             break;
         }
         let free = slots.available_permits();
@@ -135,10 +142,9 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
             _ = wake.notified() => {}
-            _ = stop.changed() => {}
+            _ = stop.cancelled() => {}
         }
     }
-    listener.abort();
     // Attempts in flight are bounded by the timeout; one cut short is sent again by another
     // replica when its lease lapses.
     let all = settings.max_in_flight as u32;
@@ -149,32 +155,15 @@ async fn run(
     .await;
 }
 
-async fn listen(pool: PgPool, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Wakes the claiming loop on each NOTIFY of the outbox, and after a gap in them (polling
+/// remains the fallback).
+async fn listen(mut notices: Subscription, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "webhooks: LISTEN connection failed; polling");
-                if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if listener.listen(store::CHANNEL).await.is_err() {
-            if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-                return;
-            }
-            continue;
-        }
-        loop {
-            match listener.try_recv().await {
-                Ok(_) => wake.notify_one(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "webhooks: LISTEN connection lost");
-                    break;
-                }
-            }
+        tokio::select! {
+            n = notices.recv() => if n != Notice::Lost {
+                wake.notify_one();
+            },
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
+use crate::notify::{Notice, Subscription};
 use crate::store::keys::{self, StoredKey};
+use crate::tasks::CancellationToken;
 
 pub struct Keyring {
     period: Duration,
@@ -81,53 +81,45 @@ impl Keyring {
         }
     }
 
-    /// Keeps the copy current until `stop`.
-    pub async fn run(self: Arc<Self>, pool: PgPool, mut stop: watch::Receiver<bool>) {
+    /// Keeps the copy current until `stop`, from the key-change notifications of `notices`.
+    pub async fn run(
+        self: Arc<Self>,
+        pool: PgPool,
+        mut notices: Subscription,
+        stop: CancellationToken,
+    ) {
         if self.period.is_zero() {
             return;
         }
+        // Reloads on a timer only while listening: otherwise a change could be missed and
+        // the copy, freshly stamped, trusted.
+        let mut listening = false;
         loop {
-            let mut listener = match listen(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    self.distrust();
-                    tracing::warn!(error = %e, "cannot LISTEN for key changes; retrying");
-                    if crate::worker::sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-                        return;
-                    }
+            let notice = tokio::select! {
+                n = notices.recv() => n,
+                _ = tokio::time::sleep(self.period), if listening => {
+                    self.reload(&pool).await;
                     continue;
                 }
+                _ = stop.cancelled() => return,
             };
-            // Loaded only once listening, so no change can fall between the two.
-            self.reload(&pool).await;
-            loop {
-                let next = tokio::select! {
-                    n = listener.try_recv() => n,
-                    _ = tokio::time::sleep(self.period) => {
-                        self.reload(&pool).await;
-                        continue;
-                    }
-                    _ = stop.changed() => return,
-                };
-                match next {
-                    Ok(Some(_)) => self.reload(&pool).await,
-                    // The connection dropped: whatever was announced meanwhile is lost. Ask
-                    // the database until a new listener is up and the copy reloaded.
-                    Ok(None) | Err(_) => {
-                        self.distrust();
-                        tracing::info!("LISTEN connection for key changes lost; reconnecting");
-                        break;
-                    }
+            match notice {
+                Notice::Message { .. } => self.reload(&pool).await,
+                // Whatever was announced meanwhile is lost. Ask the database until listening
+                // again and the copy reloaded.
+                Notice::Lost => {
+                    listening = false;
+                    self.distrust();
+                    tracing::info!("LISTEN connection for key changes lost; reconnecting");
+                }
+                // Loaded only once listening, so no change can fall between the two.
+                Notice::Resume => {
+                    listening = true;
+                    self.reload(&pool).await;
                 }
             }
         }
     }
-}
-
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(keys::KEYS_CHANNEL).await?;
-    Ok(listener)
 }
 
 #[cfg(test)]

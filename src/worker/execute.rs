@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, TryStreamExt};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
 use super::validate::queued;
-use super::{sleep_or_stop, Ctx};
+use super::Ctx;
 use crate::domain::{Endpoint, ProjectId};
 use crate::jsonl::{group, LineSplitter, Piece};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
+use crate::tasks::{sleep_or_cancelled, CancellationToken};
 use crate::upstream::{trace_id_for, traceparent_in, Outcome};
 
 /// Most results written in one statement.
@@ -163,7 +164,7 @@ impl Drop for Backlog {
     }
 }
 
-pub(super) async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let limits = Arc::new(Limits::new(ctx.settings.max_in_flight));
     let (tx, rx) = mpsc::channel::<Done>(2 * ctx.settings.max_in_flight);
     let flusher = tokio::spawn(flush(ctx.clone(), rx, limits.clone()));
@@ -227,7 +228,7 @@ impl Queue {
 
 async fn dispatch(
     ctx: Arc<Ctx>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     results: mpsc::Sender<Done>,
     limits: Arc<Limits>,
 ) {
@@ -238,9 +239,9 @@ async fn dispatch(
     loop {
         let slot = tokio::select! {
             p = take(&limits) => p,
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         };
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         for (chunk, n) in queue.drop_stopped() {
@@ -260,7 +261,7 @@ async fn dispatch(
                     tokio::select! {
                         _ = tokio::time::sleep(poll) => {}
                         _ = ctx.wake_lines.notified() => {}
-                        _ = stop.changed() => return,
+                        _ = stop.cancelled() => return,
                     }
                     continue;
                 }
@@ -274,7 +275,7 @@ async fn dispatch(
                     if queue.is_empty() {
                         drop(slot);
                         let backoff = poll * 2_u32.saturating_pow(failures.min(5));
-                        if sleep_or_stop(&mut stop, backoff).await {
+                        if sleep_or_cancelled(&stop, backoff).await {
                             return;
                         }
                         continue;
@@ -287,7 +288,7 @@ async fn dispatch(
                 let (slot, unstored) = slot;
                 tokio::select! {
                     _ = limits.backlog_below_limit() => {}
-                    _ = stop.changed() => return,
+                    _ = stop.cancelled() => return,
                 }
                 let permits = (slot, unstored, limits.clone());
                 tokio::spawn(execute_line(ctx.clone(), line, permits, results.clone()));

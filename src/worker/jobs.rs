@@ -7,12 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
 use super::validate::{queued, FileCheck};
-use super::{sleep_or_stop, Ctx};
+use super::Ctx;
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::domain::{LineError, MAX_INPUT_BYTES};
 use crate::jsonl::{group, LineSplitter, Piece};
@@ -20,6 +19,7 @@ use crate::results::order::Served;
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};
+use crate::tasks::{sleep_or_cancelled, CancellationToken};
 use crate::upstream::Outcome;
 
 /// Chunks read per query while writing result files.
@@ -29,10 +29,10 @@ const CHUNK_PAGE: i64 = 64;
 /// its lines, so memory stays bounded by this (plus one line) whatever the responses weigh.
 const FINALIZE_BUDGET: usize = 8 << 20;
 
-pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let poll = Duration::from_millis(ctx.settings.poll_interval_ms);
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         match jobs::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await {
@@ -97,12 +97,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = ctx.wake_jobs.notified() => {}
-                    _ = stop.changed() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming batch work failed");
-                if sleep_or_stop(&mut stop, poll * 4).await {
+                if sleep_or_cancelled(&stop, poll * 4).await {
                     return;
                 }
             }

@@ -14,14 +14,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::config::{BatchSettings, WorkerSettings};
 use crate::domain::BatchId;
+use crate::notify::{Notice, Notifications, Subscription};
 use crate::store::{chunks, jobs as job_store};
+use crate::tasks::{CancellationToken, TaskGroup};
 use crate::upstream::Upstreams;
 
 /// What the worker's tasks share.
@@ -45,16 +45,22 @@ struct Ctx {
 
 pub struct Worker {
     ctx: Arc<Ctx>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Everything but the heartbeat, which keeps the claims alive while these drain.
+    draining: TaskGroup,
+    /// The heartbeat; the parent of `draining`.
+    tasks: TaskGroup,
 }
 
 impl Worker {
+    /// Runs in `tasks` (stopped by [`shutdown`](Self::shutdown), or with its parent group),
+    /// woken by the work and cancellation channels of `notices`.
     pub fn start(
         pool: PgPool,
         upstreams: Arc<Upstreams>,
         settings: WorkerSettings,
         batches: BatchSettings,
+        notices: &mut Notifications,
+        tasks: TaskGroup,
     ) -> Self {
         let owner = format!(
             "{}-{}-{}",
@@ -74,14 +80,17 @@ impl Worker {
             job: Mutex::new(None),
             held: Mutex::new(HashMap::new()),
         });
-        let (stop, stopped) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(execute::run(ctx.clone(), stopped.clone())),
-            tokio::spawn(jobs::run(ctx.clone(), stopped.clone())),
-            tokio::spawn(listen(ctx.clone(), stopped.clone())),
-            tokio::spawn(heartbeat(ctx.clone(), stopped)),
-        ];
-        Self { ctx, stop, tasks }
+        let draining = tasks.child();
+        let notices = notices.subscribe(&[job_store::WORK_CHANNEL, job_store::CANCEL_CHANNEL]);
+        draining.spawn(execute::run(ctx.clone(), draining.token()));
+        draining.spawn(jobs::run(ctx.clone(), draining.token()));
+        draining.spawn(listen(ctx.clone(), notices, draining.token()));
+        tasks.spawn(heartbeat(ctx.clone(), draining.token(), tasks.token()));
+        Self {
+            ctx,
+            draining,
+            tasks,
+        }
     }
 
     /// Wakes this replica's batch-level loop (a batch was just created here).
@@ -92,15 +101,11 @@ impl Worker {
     /// Stops claiming, lets in-flight lines finish (up to the grace period) and hands back
     /// whatever is left, so another replica can take it over at once.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
         let grace = Duration::from_secs(self.ctx.settings.shutdown_grace_secs);
-        let mut tasks = self.tasks;
-        let heartbeat = tasks.pop().expect("heartbeat task");
-        let drained = tokio::time::timeout(grace, futures_util::future::join_all(tasks)).await;
-        if drained.is_err() {
+        if !self.draining.stop_within(grace).await {
             tracing::warn!("in-flight lines did not finish within the shutdown grace period");
         }
-        heartbeat.abort();
+        self.tasks.stop().await;
         let job = self.ctx.job.lock().expect("not poisoned").clone();
         let released = async {
             chunks::release(&self.ctx.pool, &self.ctx.owner).await?;
@@ -119,113 +124,86 @@ impl Worker {
 /// Keeps this replica's claims alive: exactly the chunks it is executing, under their tokens,
 /// and its batch-level work. A replica that stops heartbeating (killed, partitioned) loses its
 /// claims after `lease_secs`, and others take the work over.
-async fn heartbeat(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+async fn heartbeat(ctx: Arc<Ctx>, draining: CancellationToken, stop: CancellationToken) {
     let every = Duration::from_secs(ctx.settings.lease_secs) / 3;
+    // Renewed at once when the drain starts, then as usual until the lines in flight are
+    // done; stopped wherever it is then.
+    let mut drain_seen = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => {}
+            _ = draining.cancelled(), if !drain_seen => drain_seen = true,
+            _ = stop.cancelled() => return,
         }
-        // Keep renewing through shutdown until the lines in flight are done; `shutdown`
-        // aborts this task at the end.
-        let held: Vec<Arc<execute::Running>> = ctx
-            .held
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
-        let claims: Vec<chunks::Held> = held.iter().map(|r| r.held.clone()).collect();
-        match chunks::renew(&ctx.pool, &claims, ctx.settings.lease_secs).await {
-            Ok(renewed) => {
-                for r in &held {
-                    let h = &r.held;
-                    match renewed
-                        .iter()
-                        .find(|x| x.batch_id.as_str() == h.batch_id && x.idx == h.idx)
-                    {
-                        Some(x) if x.live => {}
-                        // Cancelled: start nothing more of it.
-                        Some(_) => r.stop(),
-                        // Taken over or closed: nothing of it is ours any more.
-                        None => {
-                            r.stop();
-                            ctx.held.lock().expect("not poisoned").remove(&r.key());
-                        }
+        tokio::select! {
+            _ = renew(&ctx) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Renews exactly the chunks this replica is executing, under their tokens, and its
+/// batch-level work; lets go of the chunks that were cancelled or taken over.
+async fn renew(ctx: &Ctx) {
+    let held: Vec<Arc<execute::Running>> = ctx
+        .held
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .cloned()
+        .collect();
+    let claims: Vec<chunks::Held> = held.iter().map(|r| r.held.clone()).collect();
+    match chunks::renew(&ctx.pool, &claims, ctx.settings.lease_secs).await {
+        Ok(renewed) => {
+            for r in &held {
+                let h = &r.held;
+                match renewed
+                    .iter()
+                    .find(|x| x.batch_id.as_str() == h.batch_id && x.idx == h.idx)
+                {
+                    Some(x) if x.live => {}
+                    // Cancelled: start nothing more of it.
+                    Some(_) => r.stop(),
+                    // Taken over or closed: nothing of it is ours any more.
+                    None => {
+                        r.stop();
+                        ctx.held.lock().expect("not poisoned").remove(&r.key());
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not renew chunk claims"),
         }
-        let job = ctx.job.lock().expect("not poisoned").clone();
-        if let Some(id) = job {
-            if let Err(e) =
-                job_store::renew(&ctx.pool, &id, &ctx.owner, ctx.settings.lease_secs).await
-            {
-                tracing::warn!(error = %e, "could not renew a batch claim");
-            }
+        Err(e) => tracing::warn!(error = %e, "could not renew chunk claims"),
+    }
+    let job = ctx.job.lock().expect("not poisoned").clone();
+    if let Some(id) = job {
+        if let Err(e) = job_store::renew(&ctx.pool, &id, &ctx.owner, ctx.settings.lease_secs).await
+        {
+            tracing::warn!(error = %e, "could not renew a batch claim");
         }
     }
 }
 
 /// LISTEN/NOTIFY: wakes the dispatcher when a batch gets chunks to claim, and stops starting
 /// lines of a batch being cancelled. Polling remains the fallback while the listener is down.
-async fn listen(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+async fn listen(ctx: Arc<Ctx>, mut notices: Subscription, stop: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(&ctx.pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "LISTEN connection failed; polling meanwhile");
-                if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
+        let notice = tokio::select! {
+            n = notices.recv() => n,
+            _ = stop.cancelled() => return,
         };
-        if let Err(e) = listener
-            .listen_all([job_store::WORK_CHANNEL, job_store::CANCEL_CHANNEL])
-            .await
-        {
-            tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
-            if sleep_or_stop(&mut stop, Duration::from_secs(1)).await {
-                return;
-            }
-            continue;
-        }
-        loop {
-            let n = tokio::select! {
-                n = listener.try_recv() => n,
-                _ = stop.changed() => return,
-            };
-            match n {
-                Ok(Some(n)) if n.channel() == job_store::CANCEL_CHANNEL => {
-                    for r in ctx.held.lock().expect("not poisoned").values() {
-                        if r.held.batch_id == n.payload() {
-                            r.stop();
-                        }
+        match notice {
+            Notice::Message { channel, payload } if channel == job_store::CANCEL_CHANNEL => {
+                for r in ctx.held.lock().expect("not poisoned").values() {
+                    if r.held.batch_id == payload {
+                        r.stop();
                     }
-                    ctx.wake_jobs.notify_one();
                 }
-                Ok(Some(_)) => ctx.wake_lines.notify_one(),
-                // The connection dropped (and notifications may have been missed): look for
-                // work now, then listen again.
-                Ok(None) => ctx.wake_lines.notify_one(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "LISTEN connection lost; reconnecting");
-                    break;
-                }
+                ctx.wake_jobs.notify_one();
             }
+            Notice::Message { .. } => ctx.wake_lines.notify_one(),
+            // Notifications may have been missed: look for work now.
+            Notice::Resume => ctx.wake_lines.notify_one(),
+            Notice::Lost => {}
         }
-    }
-}
-
-/// Sleeps, or returns early (true) when asked to stop.
-pub(crate) async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    if *stop.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
     }
 }

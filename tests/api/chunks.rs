@@ -14,7 +14,7 @@ use openbatch::domain::BatchId;
 use openbatch::store::chunks::{self, Group, Held, NewChunk, Position};
 
 /// A batch put straight into `in_progress` with one chunk of `n` lines, as validation leaves it.
-async fn running_batch(app: &TestApp, n: usize) -> BatchId {
+pub async fn running_batch(app: &TestApp, n: usize) -> BatchId {
     let content = to_jsonl(
         &(0..n)
             .map(|i| chat_line(&format!("l{i}"), json!({})))

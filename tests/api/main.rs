@@ -24,6 +24,7 @@ mod helpers;
 mod hostile_http;
 mod idempotency;
 mod live_results;
+mod maintenance;
 mod memory;
 mod models;
 mod openapi;

@@ -1,0 +1,174 @@
+//! Each maintenance chore run once, by the test, on an app whose maintainer never leads (the
+//! test holds its lock). The chores' effect through the running maintainer is tested where
+//! the behaviour lives: purging and reindexing in `chunks`, live orders in `live_results`,
+//! stuck batches in `wedge`, the webhook log in `webhooks`; compaction (its rebuild runs in
+//! the background, one at a time) only there.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::chunks::running_batch;
+use crate::helpers::{chat_line, settings_for, to_jsonl, Expect, TestApp, TestDb};
+use openbatch::maintenance::{self, leases, live_orders, purge, statistics, stuck, webhook_log};
+use openbatch::startup::Application;
+use openbatch::store::chunks;
+
+/// An app (no worker) and the connection that holds the maintainer's lock while it lives.
+async fn app_without_maintainer() -> (TestApp, PgConnection) {
+    let db = TestDb::new();
+    let settings = settings_for(&db.url);
+    let pool = openbatch::store::connect(&settings.database).await.unwrap();
+    openbatch::store::migrate(&pool).await.unwrap();
+    let mut lock = PgConnection::connect(&db.url).await.unwrap();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(maintenance::MAINTAINER_LOCK)
+        .fetch_one(&mut lock)
+        .await
+        .unwrap();
+    assert!(locked);
+    let app = Application::build_with_pool(&settings, pool).unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool: PgPool::connect(&db.url).await.unwrap(),
+        _db: Some(db),
+    };
+    (app, lock)
+}
+
+#[tokio::test]
+async fn lapsed_claims_are_requeued() {
+    let (app, _lock) = app_without_maintainer().await;
+    running_batch(&app, 2).await;
+    let a = chunks::claim(&app.pool, "replica-a", 30, &[])
+        .await
+        .unwrap()
+        .expect("a pending chunk");
+    assert_eq!(leases::run(&app.pool).await, 0, "the claim is alive");
+    sqlx::query("UPDATE batch_chunks SET lease_until = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(leases::run(&app.pool).await, 1);
+    let b = chunks::claim(&app.pool, "replica-b", 30, &[])
+        .await
+        .unwrap()
+        .expect("the requeued chunk");
+    assert_eq!((b.idx, b.attempt), (a.idx, a.attempt + 1));
+}
+
+#[tokio::test]
+async fn expired_files_lose_their_content() {
+    let (app, _lock) = app_without_maintainer().await;
+    let f: Value = app
+        .upload("batch", "old.jsonl", to_jsonl(&[chat_line("x", json!({}))]))
+        .expect(200)
+        .await;
+    let id = f["id"].as_str().unwrap();
+    assert_eq!(purge::run(&app.pool).await, 0, "nothing has expired");
+    sqlx::query("UPDATE files SET expires_at = unix_now() - 1 WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(purge::run(&app.pool).await, 1);
+    let purged: bool = sqlx::query_scalar("SELECT purged FROM files WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(purged);
+    assert_eq!(purge::run(&app.pool).await, 0);
+}
+
+#[tokio::test]
+async fn batches_past_their_window_and_grace_are_ended() {
+    let (app, _lock) = app_without_maintainer().await;
+    let id = running_batch(&app, 1).await;
+    assert_eq!(stuck::run(&app.pool, 0).await, 0, "within its window");
+    sqlx::query("UPDATE batches SET expires_at = unix_now() - 100 WHERE id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stuck::run(&app.pool, 3600).await, 0, "within its grace");
+    assert_eq!(stuck::run(&app.pool, 10).await, 1);
+    let b = app.get_json(&format!("/v1/batches/{id}")).await;
+    assert_eq!(b["status"], "expired");
+    assert_eq!(b["errors"]["data"][0]["code"], "stuck_past_window");
+}
+
+#[tokio::test]
+async fn a_table_that_outgrew_its_statistics_is_analyzed() {
+    let (app, _lock) = app_without_maintainer().await;
+    sqlx::query(
+        "INSERT INTO api_keys (prefix, project_id, key_hash)
+         SELECT 'obk_' || i, 'proj_default', '\\x00' FROM generate_series(1, 3000) i",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Row counts reach the statistics a moment after the commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if statistics::run(&app.pool).await.contains(&"api_keys") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "api_keys was never analyzed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!statistics::run(&app.pool).await.contains(&"api_keys"));
+}
+
+#[tokio::test]
+async fn the_orders_of_results_gone_are_pruned() {
+    let (app, _lock) = app_without_maintainer().await;
+    let running = running_batch(&app, 1).await;
+    sqlx::query(
+        "INSERT INTO batch_live_order (batch_id, group_seqs, group_starts, ranks)
+         VALUES ($1, '{}', '{}', ''), ('batch_gone', '{}', '{}', '')",
+    )
+    .bind(&running)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(live_orders::run(&app.pool).await, 1);
+    let kept: Vec<String> = sqlx::query_scalar("SELECT batch_id FROM batch_live_order")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, [running.as_str()]);
+}
+
+#[tokio::test]
+async fn finished_deliveries_leave_the_log_after_their_retention() {
+    let (app, _lock) = app_without_maintainer().await;
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
+         VALUES ('we_1', 'proj_default', 'https://example.com/', '{}', 's')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries
+             (endpoint_id, event_id, event_type, batch_id, payload, state, finished_at)
+         VALUES ('we_1', 'old', 'batch.completed', 'b', '{}', 'delivered', now() - interval '2 minutes'),
+                ('we_1', 'new', 'batch.completed', 'b', '{}', 'failed', now()),
+                ('we_1', 'due', 'batch.completed', 'b', '{}', 'pending', now() - interval '2 minutes')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(webhook_log::run(&app.pool, 60).await, 1);
+    let mut kept: Vec<String> = sqlx::query_scalar("SELECT event_id FROM webhook_deliveries")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    kept.sort();
+    assert_eq!(kept, ["due", "new"]);
+}
