@@ -6,11 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::openapi::ErrorResponse;
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
 use crate::domain::{EventType, EventTypes, Invalid, WebhookEndpointId, WebhookSecret, WebhookUrl};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::store::webhooks::{self as store, DeliveryRecord, EndpointRecord};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -91,21 +90,13 @@ async fn create(
     let max = state.webhooks.max_endpoints_per_project;
     let endpoint = store::create(&state.pool, &project, &url, &events, &secret, max)
         .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "This project already has {max} webhook endpoints, the most it may have. \
-                 Delete one before registering another."
-            ))
-            .with_code("webhook_endpoint_limit_exceeded")
-        })?;
+        .ok_or(ApiError::WebhookEndpointLimit { max })?;
     tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("No webhook endpoint found with id '{id}'."))
-        .with_param("endpoint_id")
-        .with_code("webhook_endpoint_not_found")
+    ApiError::WebhookEndpointNotFound { id: id.to_owned() }
 }
 
 fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
