@@ -56,7 +56,7 @@ pub use request_id::{middleware as request_id_middleware, RequestId};
 
 pub use auth::{Auth, RateLimiter};
 pub use host_guard::{middleware as host_guard_middleware, HostGuard};
-pub use slots::{FairSlots, Full};
+pub use slots::FairSlots;
 
 /// What every handler may use.
 pub struct AppState {

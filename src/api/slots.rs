@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::domain::ProjectId;
+use crate::error::Full;
 
 /// The slots of one kind on this replica.
 #[derive(Clone)]
@@ -25,15 +26,6 @@ struct Held {
     all: usize,
     /// Only projects holding a slot: the map is never larger than `total`.
     by_project: HashMap<ProjectId, usize>,
-}
-
-/// Why a slot was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
-    /// The project holds its share already (the replica may have room for others).
-    Project { share: usize, total: usize },
-    /// Every slot of the replica is taken.
-    Replica { total: usize },
 }
 
 /// A project's default share: half the replica's slots, rounded up (all of one slot), so that

@@ -6,8 +6,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::ResponseError;
 use strum::{EnumMessage, IntoEnumIterator};
 
-use super::{ApiError, ErrorKind, NoRetry, RetryFile};
-use crate::api::Full;
+use super::{ApiError, ErrorKind, Full, NoRetry, RetryFile};
 use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid};
 
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md");

@@ -13,7 +13,6 @@ mod wire;
 
 use actix_web::http::{Method, StatusCode};
 
-use crate::api::Full;
 use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid};
 
 pub use database::{is_data_exception, is_transient, is_transient_sqlstate};
@@ -154,6 +153,15 @@ pub enum ApiError {
     SpoolFailed,
     /// Another error the framework produced before a handler ran.
     Framework { status: StatusCode },
+}
+
+/// Why a slot of the replica's fair shares (`api::slots`) was refused: said in the 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The project holds its share already (the replica may have room for others).
+    Project { share: usize, total: usize },
+    /// Every slot of the replica is taken.
+    Replica { total: usize },
 }
 
 /// Why a retry has no line to run.

@@ -3,7 +3,6 @@ use actix_web::http::StatusCode;
 use actix_web::ResponseError;
 
 use super::*;
-use crate::api::Full;
 
 #[test]
 fn database_hiccups_are_transient_and_bugs_are_not() {

@@ -9,8 +9,7 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
 use utoipa::ToSchema;
 
-use super::{ApiError, NoRetry, RetryFile};
-use crate::api::Full;
+use super::{ApiError, Full, NoRetry, RetryFile};
 
 /// An OpenAI error envelope: every error the server answers is one.
 #[derive(Serialize, utoipa::ToSchema)]
