@@ -13,7 +13,7 @@ use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id, BatchObject};
+use super::batches::{parse_batch_id, BatchObject};
 
 use super::{AppState, Project};
 use crate::error::{ApiError, ErrorResponse};
@@ -80,7 +80,7 @@ async fn events(
     let id = parse_batch_id(&path)?;
     let mut batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     // Held by the task below, which ends when the client goes (`tx.closed()`).
     let slot = state
         .event_streams

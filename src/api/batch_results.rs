@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id};
+use super::batches::parse_batch_id;
 
 use super::{AppState, Project};
 use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
@@ -138,7 +138,7 @@ async fn results(
     let id = parse_batch_id(&path)?;
     let batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     // Held by the producer below, which ends when the response does: served, its client gone,
     // or cut off after `limits.live_read_idle_timeout_secs` without reading.
     let slot = state

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id, BatchObject, IdempotencyKeyHeader};
+use super::batches::{parse_batch_id, BatchObject, IdempotencyKeyHeader};
 use super::spool::{spool_failed, Spool};
 use super::{body, AppState, Project};
 use crate::domain::{
@@ -121,7 +121,7 @@ async fn retry_batch(
     let key = body.idempotency_key(&req)?;
     let origin = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     let hash = filter.fingerprint(&id);
     // A replay answers before any file is built.
     if let Some(key) = &key {

@@ -215,14 +215,9 @@ async fn create(
     }
 }
 
-/// OpenAI's answer for a batch it does not know (files keep OpenAI's `No such File object`).
-/// Another project's batch gets the same answer: it does not exist for the caller.
-pub(super) fn batch_not_found(id: &str) -> ApiError {
-    ApiError::BatchNotFound { id: id.to_owned() }
-}
-
 pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
-    let id = BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))?;
+    let id = BatchId::parse("batch_id", raw)
+        .map_err(|_| ApiError::BatchNotFound { id: raw.to_owned() })?;
     record_path_id("batch_id", id.as_str());
     Ok(id)
 }
@@ -247,7 +242,7 @@ async fn retrieve(
     let id = parse_batch_id(&path)?;
     let batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(BatchObject::new(&batch)))
 }
 
@@ -277,7 +272,7 @@ async fn cancel(
         Cancelled::Refused(batch) => Err(ApiError::CannotCancel {
             status: batch.status,
         }),
-        Cancelled::NotFound => Err(batch_not_found(id.as_str())),
+        Cancelled::NotFound => Err(ApiError::BatchNotFound { id: id.to_string() }),
     }
 }
 

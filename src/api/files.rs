@@ -339,13 +339,9 @@ fn parse_expires_after(
     }
 }
 
-/// OpenAI's answer for a file it does not know; another project's file gets the same answer.
-fn file_not_found(id: &str) -> ApiError {
-    ApiError::FileNotFound { id: id.to_owned() }
-}
-
 fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
-    let id = FileId::parse("file_id", raw).map_err(|_| file_not_found(raw))?;
+    let id =
+        FileId::parse("file_id", raw).map_err(|_| ApiError::FileNotFound { id: raw.to_owned() })?;
     record_path_id("file_id", id.as_str());
     Ok(id)
 }
@@ -354,7 +350,7 @@ async fn find(state: &AppState, project: &ProjectId, raw: &str) -> Result<FileRe
     let id = parse_file_id(raw)?;
     store::get(&state.pool, project, &id)
         .await?
-        .ok_or_else(|| file_not_found(raw))
+        .ok_or_else(|| ApiError::FileNotFound { id: raw.to_owned() })
 }
 
 #[utoipa::path(
@@ -433,7 +429,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_file_id(&path)?;
     if !store::delete(&state.pool, &project, &id).await? {
-        return Err(file_not_found(&path));
+        return Err(ApiError::FileNotFound { id: id.to_string() });
     }
     Ok(HttpResponse::Ok().json(DeletedFile {
         id: id.as_str().to_owned(),

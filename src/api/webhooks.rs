@@ -95,12 +95,9 @@ async fn create(
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::WebhookEndpointNotFound { id: id.to_owned() }
-}
-
 fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
-    WebhookEndpointId::parse("endpoint_id", raw).map_err(|_| not_found(raw))
+    WebhookEndpointId::parse("endpoint_id", raw)
+        .map_err(|_| ApiError::WebhookEndpointNotFound { id: raw.to_owned() })
 }
 
 #[utoipa::path(
@@ -124,7 +121,7 @@ async fn retrieve(
     let id = parse_id(&path)?;
     let endpoint = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -148,7 +145,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     if !store::delete(&state.pool, &project, &id).await? {
-        return Err(not_found(id.as_str()));
+        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
     }
     Ok(HttpResponse::Ok().json(DeletedEndpoint {
         id: id.as_str().to_owned(),
@@ -229,7 +226,7 @@ async fn rotate(
     let secret = WebhookSecret::generate();
     let endpoint = store::rotate(&state.pool, &project, &id, &secret, grace)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     tracing::info!(endpoint_id = %endpoint.id, grace, "webhook secret rotated");
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
@@ -257,7 +254,7 @@ async fn enable(
     let id = parse_id(&path)?;
     let endpoint = store::enable(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -317,7 +314,7 @@ async fn deliveries(
     // Event ids: an unknown one is found out by the store.
     let page = query.parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| Ok::<_, ()>(raw.to_owned()))?;
     if store::get(&state.pool, &project, &id).await?.is_none() {
-        return Err(not_found(id.as_str()));
+        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
     }
     let found = store::deliveries(&state.pool, &id, page.after.as_deref(), page.limit)
         .await?
