@@ -87,21 +87,15 @@ impl Auth {
             });
         }
         let Some(value) = authorization else {
-            return Err(ApiError::unauthorized(
-                "You didn't provide an API key. You need to provide your API key in an \
-                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            ));
+            return Err(ApiError::MissingApiKey);
         };
         let presented = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .unwrap_or("");
-        let wrong = || {
-            ApiError::unauthorized(format!(
-                "Incorrect API key provided: {}.",
-                ApiKey::mask(presented)
-            ))
+        let wrong = || ApiError::IncorrectApiKey {
+            masked: ApiKey::mask(presented),
         };
         let key = ApiKey::parse(presented).ok_or_else(wrong)?;
         let stored = match self.keyring.lookup(&key.prefix) {
@@ -192,14 +186,10 @@ pub async fn middleware(
     };
     if let Some(prefix) = &identity.key_prefix {
         if let Err(wait) = state.rate.check(prefix) {
-            let e = ApiError::too_many_requests(
-                format!(
-                    "Rate limit reached for this API key: {} requests per minute. Retry after {wait} s.",
-                    state.limits.requests_per_minute_per_key
-                ),
-                "rate_limit_exceeded",
-            )
-            .retry_after(wait);
+            let e = ApiError::RateLimited {
+                per_minute: state.limits.requests_per_minute_per_key,
+                wait_secs: wait,
+            };
             return Ok(req.into_response(e.error_response()).map_into_right_body());
         }
     }

@@ -13,10 +13,10 @@ use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id, BatchObject};
-use super::openapi::ErrorResponse;
+use super::batches::{parse_batch_id, BatchObject};
+
 use super::{AppState, Project};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::store::batches as store;
 
 const POLL: Duration = Duration::from_millis(500);
@@ -80,15 +80,12 @@ async fn events(
     let id = parse_batch_id(&path)?;
     let mut batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     // Held by the task below, which ends when the client goes (`tx.closed()`).
-    let slot = state.event_streams.take(&project).map_err(|full| {
-        full.error(
-            "open event streams",
-            "too_many_event_streams",
-            "Retry later, or poll GET /v1/batches/{batch_id} instead.",
-        )
-    })?;
+    let slot = state
+        .event_streams
+        .take(&project)
+        .map_err(ApiError::TooManyEventStreams)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let pool = state.pool.clone();
     actix_web::rt::spawn(async move {

@@ -7,11 +7,11 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id};
-use super::openapi::ErrorResponse;
+use super::batches::parse_batch_id;
+
 use super::{AppState, Project};
 use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::results::live::{self, ReadLive, Source};
 use crate::results::order::LiveOrder;
 use crate::results::{FileLines, FinishedLines};
@@ -35,12 +35,7 @@ async fn result_file(
     id: Option<&FileId>,
 ) -> Result<Option<FileLines>, ApiError> {
     let Some(id) = id else { return Ok(None) };
-    let missing = || {
-        ApiError::batch_state(
-            "results_unavailable",
-            format!("The batch's result file {id} was deleted or has expired; its results can no longer be served."),
-        )
-    };
+    let missing = || ApiError::ResultsUnavailable { file: id.clone() };
     let file = files::get(&state.pool, project, id)
         .await?
         .ok_or_else(missing)?;
@@ -52,19 +47,10 @@ async fn result_file(
 async fn live_order(state: &AppState, id: &BatchId) -> Result<LiveOrder, ApiError> {
     let stored = results_store::live_order(&state.pool, id)
         .await?
-        .ok_or_else(|| {
-            ApiError::bad_cursor(
-                "cursor_expired",
-                format!(
-                    "Batch {id} ended without a record of the order its results were served in while \
-                     it ran, so this cursor can no longer be followed. Read its results again without \
-                     'after' and skip the records whose 'line' you already have."
-                ),
-            )
-        })?;
+        .ok_or_else(|| ApiError::CursorExpired { batch: id.clone() })?;
     LiveOrder::from_stored(stored).map_err(|e| {
         tracing::error!(batch_id = %id, error = format!("{e:#}"), "unreadable live order");
-        ApiError::internal()
+        ApiError::Internal
     })
 }
 
@@ -152,16 +138,13 @@ async fn results(
     let id = parse_batch_id(&path)?;
     let batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     // Held by the producer below, which ends when the response does: served, its client gone,
     // or cut off after `limits.live_read_idle_timeout_secs` without reading.
-    let slot = state.live_readers.take(&project).map_err(|full| {
-        full.error(
-            "results responses being served",
-            "too_many_results_readers",
-            "Retry later, or read the batch's result files once it has ended.",
-        )
-    })?;
+    let slot = state
+        .live_readers
+        .take(&project)
+        .map_err(ApiError::TooManyResultsReaders)?;
     let cursor = match query.after.as_deref().filter(|a| !a.is_empty()) {
         Some(raw) => Some(ResultsCursor::parse(&id, raw)?),
         None => None,
@@ -173,10 +156,7 @@ async fn results(
         (false, None) => Source::Live { seq: 0, taken: 0 },
         (false, Some(ResultsCursor::Live { seq, taken })) => Source::Live { seq, taken },
         (false, Some(ResultsCursor::Final { .. } | ResultsCursor::Resumed { .. })) => {
-            return Err(ApiError::bad_cursor(
-                "invalid_cursor",
-                "Invalid 'after': this cursor was not issued for this batch's present state.",
-            ))
+            return Err(ApiError::CursorNotForState)
         }
         (true, cursor) => {
             // Both files first: results that are gone are said so whatever the cursor.

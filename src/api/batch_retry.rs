@@ -7,15 +7,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::batches::{batch_not_found, parse_batch_id, BatchObject, IdempotencyKeyHeader};
-use super::openapi::ErrorResponse;
+use super::batches::{parse_batch_id, BatchObject, IdempotencyKeyHeader};
 use super::spool::{spool_failed, Spool};
 use super::{body, AppState, Project};
 use crate::domain::{
     BatchId, BatchSpec, BatchStatus, ExpiresAfter, FileId, IdempotencyKey, Invalid, Metadata,
     Purpose, RetryFilter,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse, NoRetry, RetryFile};
 use crate::results::retry::RetryInput;
 use crate::results::FileLines;
 use crate::store::batches::{self as store, BatchRecord, Created};
@@ -58,14 +57,10 @@ impl RetryBody {
 }
 
 fn conflict(key: &IdempotencyKey, existing: &BatchRecord) -> ApiError {
-    ApiError::conflict(format!(
-        "Idempotency key conflict: the key '{}' was already used to create batch {} with \
-         different parameters. Retry with the identical parameters, or use a new key.",
-        key.as_str(),
-        existing.id
-    ))
-    .with_param("idempotency_key")
-    .with_code("idempotency_key_conflict")
+    ApiError::IdempotencyConflict {
+        key: key.clone(),
+        batch: existing.id.clone(),
+    }
 }
 
 fn replayed(batch: &BatchRecord) -> HttpResponse {
@@ -126,7 +121,7 @@ async fn retry_batch(
     let key = body.idempotency_key(&req)?;
     let origin = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     let hash = filter.fingerprint(&id);
     // A replay answers before any file is built.
     if let Some(key) = &key {
@@ -138,26 +133,20 @@ async fn retry_batch(
         }
     }
     if !origin.status.is_terminal() {
-        return Err(ApiError::batch_state(
-            "batch_not_finished",
-            format!(
-                "Batch {id} is still {}; only an ended batch (completed, failed, expired or \
-                 cancelled) can be retried.",
-                origin.status.as_str()
-            ),
-        ));
+        return Err(ApiError::BatchNotFinished {
+            batch: id,
+            status: origin.status,
+        });
     }
-    let nothing = |why: &str| {
-        ApiError::batch_state(
-            "nothing_to_retry",
-            format!("Batch {id} has no lines to retry: {why}."),
-        )
+    let nothing = |reason| ApiError::NothingToRetry {
+        batch: id.clone(),
+        reason,
     };
     let Some(error_file) = origin.error_file_id.clone() else {
         return Err(nothing(if origin.status == BatchStatus::Failed {
-            "it failed validation, so none of its lines ran (fix the input file and create a new batch)"
+            NoRetry::FailedValidation
         } else {
-            "every line succeeded"
+            NoRetry::EverythingSucceeded
         }));
     };
     // The new batch's parameters are checked as a creation checks them: the limits may have
@@ -173,20 +162,16 @@ async fn retry_batch(
     // Building the file is an upload made by the server: it takes one of the project's upload
     // slots on this replica, so that any number of retries at once hold no more of the pool and
     // the disk than uploads may, and one project's retries leave the others room.
-    let _slot = state.uploads.take(&project).map_err(|full| {
-        full.error(
-            "uploads being received (or retries being built)",
-            "too_many_uploads",
-            "Please retry shortly.",
-        )
-    })?;
-    let unavailable = |what: &str, file: &FileId| {
-        ApiError::batch_state(
-            "retry_input_unavailable",
-            format!("Batch {id} cannot be retried: its {what} {file} was deleted or has expired."),
-        )
+    let _slot = state
+        .uploads
+        .take(&project)
+        .map_err(ApiError::TooManyRetryBuilds)?;
+    let unavailable = |role, file: &FileId| ApiError::RetryInputUnavailable {
+        batch: id.clone(),
+        role,
+        file: file.clone(),
     };
-    let stored = |what: &'static str, file: FileId| {
+    let stored = |what: RetryFile, file: FileId| {
         let state = state.clone();
         let project = project.clone();
         async move {
@@ -196,11 +181,11 @@ async fn retry_batch(
             Ok::<_, ApiError>(FileLines::new(rec.id, rec.bytes))
         }
     };
-    let errors = stored("error file", error_file).await?;
-    let input = stored("input file", origin.input_file_id.clone()).await?;
+    let errors = stored(RetryFile::Errors, error_file).await?;
+    let input = stored(RetryFile::Input, origin.input_file_id.clone()).await?;
     let (mut spool, lines) = select(&state, &id, input, errors, &filter).await?;
     if lines == 0 {
-        return Err(nothing("no failed line matches the filter"));
+        return Err(nothing(NoRetry::NoMatch));
     }
     let bytes = spool.bytes();
     let quota = Some(state.limits.max_stored_bytes_per_project).filter(|&q| q > 0);
@@ -208,11 +193,11 @@ async fn retry_batch(
         // A cheap early answer; `finish` checks again under a lock.
         let stored = files::stored_bytes(&state.pool, &project).await?;
         if stored as u64 + bytes > quota {
-            return Err(ApiError::storage_quota_exceeded(
-                quota,
-                stored as u64,
-                bytes,
-            ));
+            return Err(ApiError::StorageQuota {
+                limit: quota,
+                stored: stored as u64,
+                upload: bytes,
+            });
         }
     }
     // Only now is a connection held, by one transaction, at disk speed.
@@ -239,11 +224,11 @@ async fn retry_batch(
     let (file, mut tx) = match finished {
         Finished::Stored(file, tx) => (file, tx),
         Finished::OverQuota { stored } => {
-            return Err(ApiError::storage_quota_exceeded(
-                quota.unwrap_or_default(),
-                stored.max(0) as u64,
-                bytes,
-            ))
+            return Err(ApiError::StorageQuota {
+                limit: quota.unwrap_or_default(),
+                stored: stored.max(0) as u64,
+                upload: bytes,
+            })
         }
     };
     let spec = BatchSpec {
@@ -282,9 +267,9 @@ async fn retry_batch(
         // A concurrent retry with the same key won; its file is the one kept.
         Created::Replayed(batch) => Ok(replayed(&batch)),
         Created::Conflict(batch) => Err(conflict(key.as_ref().expect("keyed"), &batch)),
-        Created::LimitReached => Err(super::batches::limit_reached(
-            state.limits.max_active_batches_per_project,
-        )),
+        Created::LimitReached => Err(ApiError::BatchLimit {
+            limit: state.limits.max_active_batches_per_project,
+        }),
     }
 }
 
@@ -303,7 +288,7 @@ async fn select(
         Ok(e) => ApiError::from(e),
         Err(e) => {
             tracing::error!(batch_id = %id, error = format!("{e:#}"), "building a retry failed");
-            ApiError::internal()
+            ApiError::Internal
         }
     };
     let mut spool = Spool::create(state.limits.upload_spool_dir.as_deref())

@@ -5,14 +5,13 @@ use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::Required;
 use utoipa::ToSchema;
 
-use super::openapi::ErrorResponse;
 use super::pagination::{list_type, ListTag, PageParams, PageQuery};
 use super::{body, record_path_id, AppState, Project};
 use crate::domain::{
     id_schema, BatchId, BatchSpec, BatchStatus, CompletionWindow, Endpoint, ExpiresAfter, FileId,
     IdempotencyKey, Invalid, Metadata, MetadataLimits,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::store::batches::{self as store, BatchRecord, Cancelled, Created};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -207,41 +206,18 @@ async fn create(
         Created::Conflict(batch) => {
             crate::metrics::get().idempotency_conflicts.inc();
             let key = key.expect("only keyed creations conflict");
-            Err(ApiError::conflict(format!(
-                "Idempotency key conflict: the key '{}' was already used to create batch {} with \
-                 different parameters. Retry with the identical parameters, or use a new key.",
-                key.as_str(),
-                batch.id
-            ))
-            .with_param("idempotency_key")
-            .with_code("idempotency_key_conflict"))
+            Err(ApiError::IdempotencyConflict {
+                key,
+                batch: batch.id,
+            })
         }
-        Created::LimitReached => Err(limit_reached(limit)),
+        Created::LimitReached => Err(ApiError::BatchLimit { limit }),
     }
 }
 
-pub(super) fn limit_reached(limit: i64) -> ApiError {
-    // Retrying at once cannot help; the SDKs would otherwise retry a 429.
-    ApiError::too_many_requests(
-        format!(
-            "This project already has {limit} unfinished batches, the most it may have. \
-             Wait for some to finish, or cancel some, before creating more."
-        ),
-        "batch_limit_exceeded",
-    )
-    .no_retry()
-}
-
-/// OpenAI's answer for a batch it does not know (files keep OpenAI's `No such File object`).
-/// Another project's batch gets the same answer: it does not exist for the caller.
-pub(super) fn batch_not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("No batch found with id '{id}'."))
-        .with_param("batch_id")
-        .with_code("batch_not_found")
-}
-
 pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
-    let id = BatchId::parse("batch_id", raw).map_err(|_| batch_not_found(raw))?;
+    let id = BatchId::parse("batch_id", raw)
+        .map_err(|_| ApiError::BatchNotFound { id: raw.to_owned() })?;
     record_path_id("batch_id", id.as_str());
     Ok(id)
 }
@@ -266,7 +242,7 @@ async fn retrieve(
     let id = parse_batch_id(&path)?;
     let batch = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| batch_not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(BatchObject::new(&batch)))
 }
 
@@ -293,11 +269,10 @@ async fn cancel(
     let id = parse_batch_id(&path)?;
     match store::cancel(&state.pool, &project, &id).await? {
         Cancelled::Accepted(batch) => Ok(HttpResponse::Ok().json(BatchObject::new(&batch))),
-        Cancelled::Refused(batch) => Err(ApiError::conflict(format!(
-            "Cannot cancel a batch with status '{}'.",
-            batch.status.as_str()
-        ))),
-        Cancelled::NotFound => Err(batch_not_found(id.as_str())),
+        Cancelled::Refused(batch) => Err(ApiError::CannotCancel {
+            status: batch.status,
+        }),
+        Cancelled::NotFound => Err(ApiError::BatchNotFound { id: id.to_string() }),
     }
 }
 

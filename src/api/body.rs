@@ -27,11 +27,7 @@ pub async fn read_limited(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
-    let too_large = || {
-        ApiError::payload_too_large(format!(
-            "Request body too large: the limit is {limit} bytes."
-        ))
-    };
+    let too_large = || ApiError::BodyTooLarge { limit };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -42,8 +38,9 @@ pub async fn read_limited(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::BodyUnreadable {
+            detail: e.to_string(),
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -59,10 +56,7 @@ pub async fn json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     if !is_json(req) {
-        return Err(ApiError::unsupported_media_type(format!(
-            "Unsupported Content-Type {}: this endpoint expects 'application/json'.",
-            content_type(req).map_or("(none)".to_owned(), |c| format!("'{c}'"))
-        )));
+        return Err(not_json(req));
     }
     let body = read_limited(req, payload, limit).await?;
     parse(&body)
@@ -80,20 +74,14 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
         return Ok(T::default());
     }
     if !is_json(req) {
-        return Err(ApiError::unsupported_media_type(format!(
-            "Unsupported Content-Type {}: this endpoint expects 'application/json'.",
-            content_type(req).map_or("(none)".to_owned(), |c| format!("'{c}'"))
-        )));
+        return Err(not_json(req));
     }
     parse(&body)
 }
 
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "The request body is empty; this endpoint expects a JSON object.",
-        )
-        .with_code("invalid_json"));
+        return Err(ApiError::EmptyBody);
     }
     // serde would accept an array for a struct; the API takes objects only.
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -101,8 +89,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                 Err(e) if !e.is_data() => invalid_json(&e),
-                _ => ApiError::bad_request("The request body must be a JSON object.")
-                    .with_code("invalid_type"),
+                _ => ApiError::BodyNotObject,
             },
         );
     }
@@ -116,16 +103,10 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = e.into_inner();
     if inner.is_data() {
         let msg = strip_position(&inner.to_string());
-        let err = ApiError::bad_request(if path == "." {
-            format!("Invalid request body: {msg}.")
-        } else {
-            format!("Invalid type for '{path}': {msg}.")
-        })
-        .with_code("invalid_type");
         if path == "." {
-            err
+            ApiError::InvalidBody { detail: msg }
         } else {
-            err.with_param(path)
+            ApiError::InvalidFieldType { path, detail: msg }
         }
     } else {
         invalid_json(&inner)
@@ -133,11 +114,15 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 }
 
 fn invalid_json(e: &serde_json::Error) -> ApiError {
-    ApiError::bad_request(format!(
-        "We could not parse the JSON body of your request ({e}). The API expects a JSON object; \
-         make sure the body is valid UTF-8 JSON."
-    ))
-    .with_code("invalid_json")
+    ApiError::InvalidJson {
+        detail: e.to_string(),
+    }
+}
+
+fn not_json(req: &HttpRequest) -> ApiError {
+    ApiError::NotJson {
+        content_type: content_type(req).map(str::to_owned),
+    }
 }
 
 /// serde_json appends " at line 1 column 20"; the position is noise once the path is known.
@@ -163,8 +148,8 @@ mod tests {
     #[test]
     fn syntax_errors_are_invalid_json() {
         let err = parse::<Req>(b"{\"endpoint\": ").unwrap_err();
-        assert_eq!(err.code.as_deref(), Some("invalid_json"));
-        assert_eq!(err.status.as_u16(), 400);
+        assert_eq!(err.code(), Some("invalid_json"));
+        assert_eq!(err.status().as_u16(), 400);
         assert!(parse::<Req>(b"  ").is_err());
         assert!(parse::<Req>(b"{\"endpoint\": \"\xff\"}").is_err());
     }
@@ -172,13 +157,13 @@ mod tests {
     #[test]
     fn type_errors_name_the_field() {
         let err = parse::<Req>(br#"{"endpoint": 5}"#).unwrap_err();
-        assert_eq!(err.param.as_deref(), Some("endpoint"));
-        assert_eq!(err.code.as_deref(), Some("invalid_type"));
+        assert_eq!(err.param().as_deref(), Some("endpoint"));
+        assert_eq!(err.code(), Some("invalid_type"));
         let err = parse::<Req>(br#"{"metadata": {"k": 1}}"#).unwrap_err();
-        assert_eq!(err.param.as_deref(), Some("metadata.k"));
+        assert_eq!(err.param().as_deref(), Some("metadata.k"));
         let err = parse::<Req>(b"[1]").unwrap_err();
-        assert_eq!(err.param, None);
-        assert_eq!(err.code.as_deref(), Some("invalid_type"));
+        assert_eq!(err.param(), None);
+        assert_eq!(err.code(), Some("invalid_type"));
     }
 }
 
@@ -202,14 +187,14 @@ mod fuzz {
         #[test]
         fn any_body_is_a_value_or_a_client_error(raw in prop::collection::vec(any::<u8>(), 0..200)) {
             if let Err(e) = parse::<Req>(&raw) {
-                prop_assert!(e.status.is_client_error());
+                prop_assert!(e.status().is_client_error());
             }
         }
 
         #[test]
         fn json_shaped_bodies_too(raw in r#"\{("[a-z_]{1,14}": ?(null|true|1|-2.5e3|"[^"\\]{0,8}"|\[\]|\{\}),? ?){0,4}\}"#) {
             if let Err(e) = parse::<Req>(raw.as_bytes()) {
-                prop_assert!(e.status.is_client_error());
+                prop_assert!(e.status().is_client_error());
             }
         }
     }

@@ -11,14 +11,11 @@ use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{PartialSchema, ToSchema};
 
-use super::openapi::ErrorResponse;
 use super::pagination::{list_type, PageParams, PageQuery};
-use super::spool::{
-    file_too_large, spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES,
-};
-use super::{body, no_such, record_path_id, AppState, Project};
+use super::spool::{spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES};
+use super::{body, record_path_id, AppState, Project};
 use crate::domain::{string_enum, ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::store::files::{
     self as store, Committed, FileRecord, ListQuery, NewFile, Order, Upload, CHUNK_BYTES,
 };
@@ -43,8 +40,9 @@ const MAX_FILENAME_CHARS: usize = 255;
 const MAX_PARTS: usize = 16;
 
 fn malformed(e: MultipartError) -> ApiError {
-    ApiError::bad_request(format!("Malformed multipart/form-data body: {e}."))
-        .with_code("invalid_multipart")
+    ApiError::MalformedMultipart {
+        detail: e.to_string(),
+    }
 }
 
 /// A small text part such as `purpose`.
@@ -107,7 +105,7 @@ async fn receive_file(
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(|e| guard.explain(malformed(e)))?;
         if spool.bytes() + chunk.len() as u64 > max {
-            return Err(file_too_large(max));
+            return Err(ApiError::FileTooLarge { max });
         }
         utf8.feed(&chunk);
         // Known to be a batch file already: stop at the first bad byte, not after 512 MB.
@@ -189,9 +187,7 @@ async fn upload(
     let is_multipart = body::content_type(&req)
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
-        return Err(ApiError::unsupported_media_type(
-            "This endpoint expects a multipart/form-data body with 'file' and 'purpose' parts.",
-        ));
+        return Err(ApiError::NotMultipart);
     }
     let limits = &state.limits;
     // Refused before a byte of the body is read.
@@ -201,15 +197,14 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_upload_bytes.saturating_add(FORM_OVERHEAD_BYTES)) {
-        return Err(file_too_large(limits.max_upload_bytes));
+        return Err(ApiError::FileTooLarge {
+            max: limits.max_upload_bytes,
+        });
     }
-    let _slot = state.uploads.take(&project).map_err(|full| {
-        full.error(
-            "uploads being received",
-            "too_many_uploads",
-            "Please retry shortly.",
-        )
-    })?;
+    let _slot = state
+        .uploads
+        .take(&project)
+        .map_err(ApiError::TooManyUploads)?;
     let (guard, stream) = Guard::wrap(
         payload,
         GuardSettings {
@@ -228,10 +223,7 @@ async fn upload(
         let mut field = field.map_err(|e| guard.explain(malformed(e)))?;
         parts += 1;
         if parts > MAX_PARTS {
-            return Err(ApiError::bad_request(format!(
-                "Too many parts in the multipart form: at most {MAX_PARTS} are accepted."
-            ))
-            .with_code("too_many_parts"));
+            return Err(ApiError::TooManyParts { max: MAX_PARTS });
         }
         let name = field
             .content_disposition()
@@ -284,11 +276,11 @@ async fn upload(
         // A cheap early answer; the commit checks again under a lock.
         let stored = store::stored_bytes(&state.pool, &project).await?;
         if stored as u64 + bytes > quota {
-            return Err(ApiError::storage_quota_exceeded(
-                quota,
-                stored as u64,
-                bytes,
-            ));
+            return Err(ApiError::StorageQuota {
+                limit: quota,
+                stored: stored as u64,
+                upload: bytes,
+            });
         }
     }
     received.spool.rewind().await.map_err(spool_failed)?;
@@ -318,11 +310,11 @@ async fn upload(
     let file = match committed {
         Committed::Stored(file) => file,
         Committed::OverQuota { stored } => {
-            return Err(ApiError::storage_quota_exceeded(
-                quota.unwrap_or_default(),
-                stored.max(0) as u64,
-                bytes,
-            ))
+            return Err(ApiError::StorageQuota {
+                limit: quota.unwrap_or_default(),
+                stored: stored.max(0) as u64,
+                upload: bytes,
+            })
         }
     };
     tracing::Span::current().record("file_id", file.id.as_str());
@@ -348,7 +340,8 @@ fn parse_expires_after(
 }
 
 fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
-    let id = FileId::parse("file_id", raw).map_err(|_| no_such("File", raw, "id"))?;
+    let id =
+        FileId::parse("file_id", raw).map_err(|_| ApiError::FileNotFound { id: raw.to_owned() })?;
     record_path_id("file_id", id.as_str());
     Ok(id)
 }
@@ -357,7 +350,7 @@ async fn find(state: &AppState, project: &ProjectId, raw: &str) -> Result<FileRe
     let id = parse_file_id(raw)?;
     store::get(&state.pool, project, &id)
         .await?
-        .ok_or_else(|| no_such("File", raw, "id"))
+        .ok_or_else(|| ApiError::FileNotFound { id: raw.to_owned() })
 }
 
 #[utoipa::path(
@@ -436,7 +429,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_file_id(&path)?;
     if !store::delete(&state.pool, &project, &id).await? {
-        return Err(no_such("File", &path, "id"));
+        return Err(ApiError::FileNotFound { id: id.to_string() });
     }
     Ok(HttpResponse::Ok().json(DeletedFile {
         id: id.as_str().to_owned(),

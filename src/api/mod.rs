@@ -119,7 +119,7 @@ impl FromRequest for Project {
             .map(|i| i.project.clone());
         ready(identity.map(Project).ok_or_else(|| {
             tracing::error!("a /v1 handler ran without the authentication middleware");
-            ApiError::internal()
+            ApiError::Internal
         }))
     }
 }
@@ -128,9 +128,4 @@ impl FromRequest for Project {
 /// may hold a decoded newline, which would forge lines in text logs.
 fn record_path_id(field: &'static str, id: &str) {
     tracing::Span::current().record(field, id);
-}
-
-/// A resource that is missing, or belongs to another project (indistinguishable by design).
-fn no_such(kind: &str, id: &str, param: &str) -> ApiError {
-    ApiError::not_found(format!("No such {kind} object: {id}")).with_param(param)
 }

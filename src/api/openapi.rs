@@ -6,13 +6,12 @@ use std::sync::LazyLock;
 
 use actix_web::{get, HttpResponse};
 use utoipa::openapi::extensions::ExtensionsBuilder;
-use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
-use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
+use utoipa::openapi::{Ref, RefOr, Response};
+use utoipa::{Modify, OpenApi, ToResponse};
 
 use super::{batch_events, batch_results, batch_retry, batches, files, health, webhooks};
-use crate::error::Envelope;
+use crate::error::ErrorResponse;
 
 /// The marker on each operation (and schema) that OpenAI's API does not have.
 pub const EXTENSION: &str = "x-openbatch-extension";
@@ -76,22 +75,6 @@ pub async fn document() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(DOCUMENT.as_str())
-}
-
-/// An error answer: an OpenAI error envelope (`#/components/responses/Error`).
-pub struct ErrorResponse;
-
-impl<'r> utoipa::ToResponse<'r> for ErrorResponse {
-    fn response() -> (&'r str, RefOr<Response>) {
-        let content = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name(Envelope::name())))
-            .build();
-        let response = ResponseBuilder::new()
-            .description("An OpenAI error envelope")
-            .content("application/json", content)
-            .build();
-        ("Error", response.into())
-    }
 }
 
 /// What holds for every operation, so that no handler has to repeat it.
@@ -551,7 +534,7 @@ mod tests {
             inner["required"],
             serde_json::json!(["message", "type", "param", "code"])
         );
-        let sample = crate::error::ApiError::not_found("gone").to_json();
+        let sample = crate::error::ApiError::Internal.to_json();
         let members: BTreeSet<_> = sample["error"].as_object().unwrap().keys().collect();
         let documented: BTreeSet<_> = inner["properties"].as_object().unwrap().keys().collect();
         assert_eq!(members, documented);

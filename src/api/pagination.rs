@@ -35,11 +35,10 @@ impl PageParams {
             Some(raw) => match raw.parse::<u32>() {
                 Ok(n) if (1..=max_limit).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::bad_request(format!(
-                    "Invalid 'limit': expected an integer between 1 and {max_limit}, got '{raw}'."
-                ))
-                    .with_param("limit")
-                    .with_code("invalid_value"))
+                    return Err(ApiError::InvalidLimit {
+                        max: max_limit,
+                        raw: raw.to_owned(),
+                    })
                 }
             },
         };
@@ -62,11 +61,9 @@ impl PageParams {
 }
 
 fn unknown_cursor(raw: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "Invalid 'after': '{raw}' is not an object in this list."
-    ))
-    .with_param("after")
-    .with_code("invalid_value")
+    ApiError::UnknownCursor {
+        raw: raw.to_owned(),
+    }
 }
 
 /// The `after` and `limit` query parameters of a list whose `limit` defaults to `DEFAULT` and

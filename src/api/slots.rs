@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::domain::ProjectId;
-use crate::error::ApiError;
+use crate::error::Full;
 
 /// The slots of one kind on this replica.
 #[derive(Clone)]
@@ -26,15 +26,6 @@ struct Held {
     all: usize,
     /// Only projects holding a slot: the map is never larger than `total`.
     by_project: HashMap<ProjectId, usize>,
-}
-
-/// Why a slot was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
-    /// The project holds its share already (the replica may have room for others).
-    Project { share: usize, total: usize },
-    /// Every slot of the replica is taken.
-    Replica { total: usize },
 }
 
 /// A project's default share: half the replica's slots, rounded up (all of one slot), so that
@@ -116,27 +107,6 @@ impl Drop for Slot {
     }
 }
 
-impl Full {
-    /// The 429 (with `Retry-After`) for a refused slot. `what` names the slots as in "this
-    /// server already has 8 {what}"; `advice` ends the message.
-    pub fn error(self, what: &str, code: &str, advice: &str) -> ApiError {
-        let message = match self {
-            Full::Project { share, total } => format!(
-                "This project already has {share} {what} on this server, its share of the \
-                 server's {total}. {advice}"
-            ),
-            Full::Replica { total: 0 } => {
-                format!("This server is set to allow no {what} (its limit is 0). {advice}")
-            }
-            Full::Replica { total } => format!(
-                "This server already has {total} {what}, as many as it allows for all projects. \
-                 {advice}"
-            ),
-        };
-        ApiError::too_many_requests(message, code)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,24 +175,6 @@ mod tests {
         assert_eq!(
             capped.take(&a).err(),
             Some(Full::Project { share: 2, total: 2 })
-        );
-    }
-
-    #[test]
-    fn the_refusal_says_which_limit_was_reached() {
-        let own = Full::Project { share: 2, total: 4 }.error("uploads", "too_many_uploads", "x");
-        assert!(
-            own.message.contains("This project already has 2 uploads"),
-            "{}",
-            own.message
-        );
-        assert_eq!(own.code.as_deref(), Some("too_many_uploads"));
-        assert_eq!(own.status.as_u16(), 429);
-        let all = Full::Replica { total: 4 }.error("uploads", "too_many_uploads", "x");
-        assert!(
-            all.message.contains("This server already has 4 uploads"),
-            "{}",
-            all.message
         );
     }
 }

@@ -99,30 +99,20 @@ impl Guard {
     pub fn explain(&self, otherwise: ApiError) -> ApiError {
         match self.shared.breach.get() {
             None => otherwise,
-            Some(Breach::Idle) => ApiError::request_timeout(format!(
-                "The upload stalled: nothing was received for {} seconds.",
-                self.idle.as_secs()
-            )),
-            Some(Breach::Deadline) => ApiError::request_timeout(format!(
-                "The upload took longer than the {} seconds allowed.",
-                self.total.as_secs()
-            )),
-            Some(Breach::TooLarge) => file_too_large(self.max_file_bytes),
-            Some(Breach::OverheadTooLarge) => ApiError::payload_too_large(format!(
-                "The multipart form's parts other than the file's content (preamble, part \
-                 headers, other parts) exceed {FORM_OVERHEAD_BYTES} bytes."
-            ))
-            .with_code("form_too_large"),
+            Some(Breach::Idle) => ApiError::UploadStalled {
+                idle_secs: self.idle.as_secs(),
+            },
+            Some(Breach::Deadline) => ApiError::UploadTooSlow {
+                limit_secs: self.total.as_secs(),
+            },
+            Some(Breach::TooLarge) => ApiError::FileTooLarge {
+                max: self.max_file_bytes,
+            },
+            Some(Breach::OverheadTooLarge) => ApiError::FormTooLarge {
+                max: FORM_OVERHEAD_BYTES,
+            },
         }
     }
-}
-
-pub fn file_too_large(max: u64) -> ApiError {
-    ApiError::payload_too_large(format!(
-        "File too large: the maximum upload size is {max} bytes."
-    ))
-    .with_param("file")
-    .with_code("file_too_large")
 }
 
 /// The request body as the multipart parser sees it: it ends in an error as soon as the
@@ -278,5 +268,5 @@ async fn remove(path: &Path) -> io::Result<()> {
 /// another replica, or this one later, may have room.
 pub fn spool_failed(e: io::Error) -> ApiError {
     tracing::error!(error = %e, "cannot spool an upload to local disk; check limits.upload_spool_dir");
-    ApiError::unavailable("The server could not store the upload temporarily. Please retry.")
+    ApiError::SpoolFailed
 }

@@ -6,11 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::openapi::ErrorResponse;
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
 use crate::domain::{EventType, EventTypes, Invalid, WebhookEndpointId, WebhookSecret, WebhookUrl};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::store::webhooks::{self as store, DeliveryRecord, EndpointRecord};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -91,25 +90,14 @@ async fn create(
     let max = state.webhooks.max_endpoints_per_project;
     let endpoint = store::create(&state.pool, &project, &url, &events, &secret, max)
         .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "This project already has {max} webhook endpoints, the most it may have. \
-                 Delete one before registering another."
-            ))
-            .with_code("webhook_endpoint_limit_exceeded")
-        })?;
+        .ok_or(ApiError::WebhookEndpointLimit { max })?;
     tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("No webhook endpoint found with id '{id}'."))
-        .with_param("endpoint_id")
-        .with_code("webhook_endpoint_not_found")
-}
-
 fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
-    WebhookEndpointId::parse("endpoint_id", raw).map_err(|_| not_found(raw))
+    WebhookEndpointId::parse("endpoint_id", raw)
+        .map_err(|_| ApiError::WebhookEndpointNotFound { id: raw.to_owned() })
 }
 
 #[utoipa::path(
@@ -133,7 +121,7 @@ async fn retrieve(
     let id = parse_id(&path)?;
     let endpoint = store::get(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -157,7 +145,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     if !store::delete(&state.pool, &project, &id).await? {
-        return Err(not_found(id.as_str()));
+        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
     }
     Ok(HttpResponse::Ok().json(DeletedEndpoint {
         id: id.as_str().to_owned(),
@@ -238,7 +226,7 @@ async fn rotate(
     let secret = WebhookSecret::generate();
     let endpoint = store::rotate(&state.pool, &project, &id, &secret, grace)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     tracing::info!(endpoint_id = %endpoint.id, grace, "webhook secret rotated");
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
@@ -266,7 +254,7 @@ async fn enable(
     let id = parse_id(&path)?;
     let endpoint = store::enable(&state.pool, &project, &id)
         .await?
-        .ok_or_else(|| not_found(id.as_str()))?;
+        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -326,7 +314,7 @@ async fn deliveries(
     // Event ids: an unknown one is found out by the store.
     let page = query.parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| Ok::<_, ()>(raw.to_owned()))?;
     if store::get(&state.pool, &project, &id).await?.is_none() {
-        return Err(not_found(id.as_str()));
+        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
     }
     let found = store::deliveries(&state.pool, &id, page.after.as_deref(), page.limit)
         .await?

@@ -136,8 +136,8 @@ async fn data_exceptions_from_postgres_are_client_errors() {
         assert_eq!(code.as_deref(), Some(sqlstate), "{what}: {e}");
         assert!(openbatch::error::is_data_exception(&e), "{what}");
         let api = ApiError::from(e);
-        assert_eq!(api.status.as_u16(), 400, "{what}: {api}");
-        assert_eq!(api.should_retry, Some(false), "{what}");
+        assert_eq!(api.status().as_u16(), 400, "{what}: {api}");
+        assert_eq!(api.should_retry(), Some(false), "{what}");
         assert_eq!(api.to_json()["error"]["type"], "invalid_request_error");
     }
 }
