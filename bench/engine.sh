@@ -17,8 +17,9 @@
 # Each run gets freshly started replicas, so their VmHWM (peak RSS) belongs to that run alone.
 #
 # Environment (defaults):
-#   IN_FLIGHT=64            OPENBATCH__WORKER__MAX_IN_FLIGHT per replica (the upstream
-#                           per-replica limit is set to the same value)
+#   IN_FLIGHT=64            OPENBATCH__WORKER__MAX_IN_FLIGHT per replica; the upstream's
+#                           max_in_flight, a cap for the whole cluster since issue 21, is set
+#                           to IN_FLIGHT x BENCH_REPLICAS so that each replica's share is IN_FLIGHT
 #   BENCH_LINES=50000       lines per batch (the batch limit is 50,000)
 #   BENCH_LATENCY_MS=50     fake-upstream --latency-ms
 #   BENCH_REPLICAS=3        openbatch serve processes
@@ -191,7 +192,7 @@ start_replicas() {
             OPENBATCH__DATABASE__URL="$DB_URL" \
             OPENBATCH__UPSTREAM__BASE_URL="$upstream/v1" \
             OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
-            OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$IN_FLIGHT" \
+            OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$((IN_FLIGHT * BENCH_REPLICAS))" \
             "${FLUSH_ENV[@]}" \
             RUST_LOG="${BENCH_RUST_LOG:-warn}" \
             ${BENCH_REPLICA_ENV:-} \
@@ -210,6 +211,21 @@ start_replicas() {
         done
         replica_logs "$run"
         die "replica $((i + 1)) (port $port) not ready after 60s"
+    done
+    # The steady state is measured, not a cluster starting: a replica that joins a running
+    # cluster sends nothing upstream until the others count it (two heartbeats).
+    for i in "${!PORTS[@]}"; do
+        port=${PORTS[$i]}
+        for _ in $(seq 1 300); do
+            metrics=$(curl -s "http://127.0.0.1:$port/metrics" || true)
+            if grep -qx "openbatch_cluster_replicas $BENCH_REPLICAS" <<<"$metrics" &&
+                grep -qx "openbatch_cluster_joining 0" <<<"$metrics"; then
+                continue 2
+            fi
+            sleep 0.1
+        done
+        replica_logs "$run"
+        die "replica $((i + 1)) (port $port) did not count $BENCH_REPLICAS replicas and finish joining in 30s"
     done
     log "$run: $BENCH_REPLICAS replicas ready on ports ${PORTS[*]} (pids ${REPLICA_PIDS[*]})"
 }
