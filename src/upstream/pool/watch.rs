@@ -26,7 +26,11 @@ impl Pool {
             let mut state = self.state.lock().expect("not poisoned");
             let s = &mut state[idx];
             let before = self.limit(s);
-            let replicas = self.replicas.load(Ordering::Relaxed);
+            // While joining this replica sends nothing; its limiter learns as if alone.
+            let replicas = match self.replicas.load(Ordering::Relaxed) {
+                crate::cluster::JOINING => 1,
+                n => n,
+            };
             s.limiter
                 .on_server_queue(load.waiting, load.running, replicas, Instant::now());
             (self.observe(idx, s), self.limit(s) > before)
