@@ -13,6 +13,19 @@ fn pool(urls: &[&str], cap: usize, replicas: usize) -> Arc<Pool> {
     )
 }
 
+/// An adaptive pool whose pauses are short (a millisecond or two).
+fn adaptive_pool(urls: &[&str], cap: usize, replicas: usize) -> Arc<Pool> {
+    Pool::new(
+        "u",
+        urls,
+        cap,
+        true,
+        Arc::new(AtomicUsize::new(replicas)),
+        RetryPolicy::fixed(5, Duration::from_millis(1), Duration::from_millis(2)),
+        reqwest::Client::new(),
+    )
+}
+
 /// What adaptive concurrency adds to a request's way through the pool (take a slot, give
 /// it back with an answer): run in release, `cargo test --release --lib lease_cost --
 /// --ignored --nocapture`. The fleet benchmark's `cpu` scenario measures whole replicas.
@@ -20,15 +33,12 @@ fn pool(urls: &[&str], cap: usize, replicas: usize) -> Arc<Pool> {
 #[ignore = "a measurement: run it in release"]
 fn lease_cost_with_and_without_adaptive() {
     for adaptive in [false, true] {
-        let p = Pool::new(
-            "u",
-            &["http://a/v1", "http://b/v1"],
-            64,
-            adaptive,
-            Arc::new(AtomicUsize::new(3)),
-            RetryPolicy::fixed(5, Duration::from_millis(100), Duration::from_secs(2)),
-            reqwest::Client::new(),
-        );
+        let urls = ["http://a/v1", "http://b/v1"];
+        let p = if adaptive {
+            adaptive_pool(&urls, 64, 3)
+        } else {
+            pool(&urls, 64, 3)
+        };
         let n = 1_000_000u32;
         let started = Instant::now();
         for _ in 0..n {
@@ -155,15 +165,7 @@ async fn a_freed_slot_wakes_a_waiting_line() {
 /// (the others would wait for the 1 s re-check).
 #[tokio::test]
 async fn a_raised_limit_wakes_every_line_that_fits() {
-    let p = Pool::new(
-        "u",
-        &["http://a/v1"],
-        64,
-        true,
-        Arc::new(AtomicUsize::new(1)),
-        RetryPolicy::fixed(5, Duration::from_millis(1), Duration::from_millis(2)),
-        reqwest::Client::new(),
-    );
+    let p = adaptive_pool(&["http://a/v1"], 64, 1);
     let limit = |p: &Arc<Pool>| p.limit(&p.state.lock().unwrap()[0]);
     // 15 answers at the full initial limit: one short of the first window of slow start.
     for _ in 0..3 {
@@ -249,15 +251,7 @@ async fn answers_to_requests_sent_before_a_pause_do_not_escalate_it() {
 
 #[test]
 fn an_adaptive_endpoint_starts_low_and_an_overload_lowers_it_below_the_share() {
-    let adaptive = Pool::new(
-        "u",
-        &["http://a:1/v1"],
-        64,
-        true,
-        Arc::new(AtomicUsize::new(1)),
-        RetryPolicy::fixed(5, Duration::from_millis(1), Duration::from_millis(2)),
-        reqwest::Client::new(),
-    );
+    let adaptive = adaptive_pool(&["http://a:1/v1"], 64, 1);
     let limit = |p: &Arc<Pool>| p.limit(&p.state.lock().unwrap()[0]);
     assert_eq!(limit(&adaptive), INITIAL_LIMIT);
     let leases: Vec<_> = (0..INITIAL_LIMIT)
