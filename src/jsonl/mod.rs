@@ -1,11 +1,14 @@
 //! The line formats, below the engine and the results, which both read them: splitting a
 //! byte stream into lines with a cap on what one line may hold (here), JSON made one line
-//! (`compact`), and the stored result groups (`group`).
+//! (`compact`), an accepted input line read back (`input`), and the stored result groups
+//! (`group`).
 
 mod compact;
 pub mod group;
+mod input;
 
 pub use compact::{compact, compact_json};
+pub use input::{queued, ValidLine};
 
 /// A line longer than the cap: its bytes were counted, not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

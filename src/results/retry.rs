@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::{result_id, FileLines};
 use crate::domain::{BatchId, RetryFilter};
 use crate::jsonl::group::line_id;
-use crate::worker::validate::queued;
+use crate::jsonl::queued;
 
 #[derive(Deserialize)]
 struct ErrorLine {

@@ -14,10 +14,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::output::{self, Usage};
-use super::validate::queued;
 use super::Ctx;
 use crate::domain::{Endpoint, ProjectId};
-use crate::jsonl::{group, LineSplitter, Piece};
+use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
 use crate::tasks::{sleep_or_cancelled, CancellationToken};

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
-use super::validate::{queued, FileCheck};
+use super::validate::FileCheck;
 use super::Ctx;
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::domain::{LineError, MAX_INPUT_BYTES};
-use crate::jsonl::{group, LineSplitter, Piece};
+use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::results::order::Served;
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};

@@ -8,15 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::domain::{Endpoint, LineError, MAX_REPORTED_ERRORS, MAX_REQUESTS};
-use crate::jsonl::Piece;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidLine {
-    pub custom_id: String,
-    pub model: String,
-    /// The request body, as written.
-    pub body: String,
-}
+use crate::jsonl::{Piece, ValidLine};
 
 /// The fields each endpoint cannot do without.
 fn required_body_fields(endpoint: Endpoint) -> &'static [&'static str] {
@@ -164,28 +156,6 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
         custom_id,
         model,
         body: raw_body.get().to_owned(),
-    })
-}
-
-/// What execution needs of a line that validation accepted, read without building a JSON tree;
-/// the body is forwarded exactly as written.
-pub fn queued(raw: &[u8]) -> Result<ValidLine, serde_json::Error> {
-    #[derive(serde::Deserialize)]
-    struct Line<'a> {
-        custom_id: String,
-        #[serde(borrow)]
-        body: &'a serde_json::value::RawValue,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        model: String,
-    }
-    let line: Line = serde_json::from_slice(raw)?;
-    let body: Body = serde_json::from_str(line.body.get())?;
-    Ok(ValidLine {
-        custom_id: line.custom_id,
-        model: body.model,
-        body: line.body.get().to_owned(),
     })
 }
 

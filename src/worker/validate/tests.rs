@@ -1,5 +1,5 @@
 use super::*;
-use crate::jsonl::TooLong;
+use crate::jsonl::{queued, TooLong};
 use serde_json::json;
 
 fn line(v: Value) -> Vec<u8> {
