@@ -11,11 +11,11 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::order::LiveOrder;
 use super::FinishedLines;
 use crate::domain::{BatchId, ResultsCursor};
 use crate::jsonl::group;
 use crate::store::results;
+use crate::worker::order::LiveOrder;
 
 /// Result groups read per query (about; at least one group).
 const PAGE_BYTES: i64 = 512 << 10;

@@ -3,7 +3,6 @@
 //! as a new batch. Memory stays bounded by a file part or a page of groups, never the batch.
 
 pub mod live;
-pub mod order;
 pub mod retry;
 
 use std::collections::VecDeque;

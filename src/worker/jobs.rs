@@ -8,6 +8,7 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
+use super::order::Served;
 use super::output::{self, Usage};
 use super::plan::ChunkPlanner;
 use super::validate::FileCheck;
@@ -15,7 +16,6 @@ use super::Ctx;
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::domain::{LineError, MAX_INPUT_BYTES};
 use crate::jsonl::{group, queued, LineSplitter, Piece};
-use crate::results::order::Served;
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
 use crate::store::jobs::{self, BatchJob, Ending};

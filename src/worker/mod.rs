@@ -6,6 +6,7 @@
 mod execute;
 mod give_up;
 mod jobs;
+pub mod order;
 pub mod output;
 mod plan;
 pub mod validate;
