@@ -38,7 +38,7 @@
 #   BENCH_BIN               the openbatch binary to measure (default: this checkout's release
 #                           build), e.g. a copy of another commit's for a paired comparison
 #   BENCH_CEIL_POLL=0.05    seconds between polls of the ceiling run
-#   BENCH_RUST_LOG=warn     RUST_LOG of the replicas, e.g. "warn,openbatch::worker=info" to log
+#   BENCH_RUST_LOG=warn     RUST_LOG of the replicas, e.g. "warn,openbatch::engine=info" to log
 #                           how long each batch's validation and finalizing took (took_ms)
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a

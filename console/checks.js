@@ -1,4 +1,4 @@
-// The line checks the server applies to a batch input file (src/worker/validate.rs), run
+// The line checks the server applies to a batch input file (src/engine/validation.rs), run
 // in the browser before uploading so problems show with their line numbers at once.
 
 export const ENDPOINTS = ['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/responses', '/v1/moderations'];

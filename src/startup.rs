@@ -10,12 +10,12 @@ use tokio_util::sync::DropGuard;
 
 use crate::api::{self, AppState, FairSlots};
 use crate::config::Settings;
+use crate::engine::upstream::Upstreams;
+use crate::engine::Worker;
 use crate::error::render_framework_error;
 use crate::notify::Notifications;
 use crate::store::keys;
 use crate::tasks::TaskGroup;
-use crate::upstream::Upstreams;
-use crate::worker::Worker;
 
 pub struct Application {
     port: u16,

@@ -11,13 +11,13 @@ use super::batches::parse_batch_id;
 
 use super::{AppState, Project};
 use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
+use crate::engine::order::LiveOrder;
 use crate::error::{ApiError, ErrorResponse};
 use crate::results::live::{self, ReadLive, Source};
 use crate::results::{FileLines, FinishedLines};
 use crate::store::batches as store;
 use crate::store::files;
 use crate::store::results as results_store;
-use crate::worker::order::LiveOrder;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));

@@ -4,7 +4,7 @@ use sqlx::PgPool;
 
 use crate::domain::BatchStatus;
 use crate::domain::LineError;
-use crate::store::jobs::{self, GiveUp};
+use crate::store::leases::{self, GiveUp};
 
 /// Rounds between runs: each reads the unfinished batches, and the grace they are given is an
 /// hour by default.
@@ -40,7 +40,7 @@ async fn end_stuck(pool: &PgPool, grace_secs: u64) -> Result<u64, sqlx::Error> {
     // Keeps `expires_at + grace` far from overflowing in SQL.
     let grace = grace_secs.min(100 * 365 * 86_400) as i64;
     let mut ended = 0;
-    for b in jobs::stuck(pool, grace, PER_RUN).await? {
+    for b in leases::stuck(pool, grace, PER_RUN).await? {
         let to = match b.status {
             BatchStatus::Cancelling => BatchStatus::Cancelled,
             _ => BatchStatus::Expired,
@@ -59,7 +59,7 @@ async fn end_stuck(pool: &PgPool, grace_secs: u64) -> Result<u64, sqlx::Error> {
             owner: None,
             errors: serde_json::json!({"object": "list", "data": [error]}),
         };
-        if jobs::give_up(pool, &b.id, ending).await? {
+        if leases::give_up(pool, &b.id, ending).await? {
             tracing::warn!(batch_id = %b.id, from = b.status.as_str(), to = to.as_str(),
                            "ended a batch stuck past its completion window");
             crate::metrics::get()

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 
 use super::FinishedLines;
 use crate::domain::{BatchId, ResultsCursor};
+use crate::engine::order::LiveOrder;
 use crate::jsonl::group;
 use crate::store::results;
-use crate::worker::order::LiveOrder;
 
 /// Result groups read per query (about; at least one group).
 const PAGE_BYTES: i64 = 512 << 10;

@@ -477,7 +477,7 @@ pub async fn cancel(
             id.as_str(),
             BatchStatus::Cancelling.as_str(),
             &cancellable as &[&str],
-            crate::store::jobs::CANCEL_CHANNEL,
+            crate::store::leases::CANCEL_CHANNEL,
         )
         .fetch_optional(pool)
         .await?;

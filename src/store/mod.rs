@@ -17,9 +17,9 @@ pub mod chunks;
 pub mod compact;
 pub mod create_queue;
 pub mod files;
-pub mod jobs;
 pub mod keys;
 pub mod leader;
+pub mod leases;
 pub mod replicas;
 pub mod results;
 pub mod stats;
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn the_statements_spelling_out_the_unfinished_statuses_use_this_list() {
         let spelled_out = [
-            ("jobs.rs", include_str!("jobs.rs"), "b.status IN "),
+            ("leases.rs", include_str!("leases.rs"), "b.status IN "),
             ("batches.rs", include_str!("batches.rs"), "WHERE status IN "),
             (
                 "0016_batch_admission.sql",

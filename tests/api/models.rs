@@ -3,7 +3,7 @@
 //! not serve: `model_not_found`, before any line runs.
 
 use openbatch::config::{Settings, UpstreamSettings};
-use openbatch::upstream::Upstreams;
+use openbatch::engine::upstream::Upstreams;
 use serde_json::{json, Value};
 
 use crate::helpers::{chat_line, settings_for, spawn_engine, to_jsonl, FakeUpstream};

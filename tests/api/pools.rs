@@ -196,7 +196,7 @@ async fn the_model_list_comes_from_an_endpoint_that_answers() {
         format!("http://127.0.0.1:{}/v1", closed_port()),
         live.base_url.clone(),
     ]);
-    let up = openbatch::upstream::Upstreams::new(&s).unwrap();
+    let up = openbatch::engine::upstream::Upstreams::new(&s).unwrap();
     let errors = up
         .unknown_models([("fake-model", 1), ("typo-model", 2)])
         .await;

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::engine::upstream::Outcome;
 use crate::jsonl::group::line_id;
-use crate::upstream::Outcome;
 
 #[derive(Serialize)]
 struct FileLine<'a> {

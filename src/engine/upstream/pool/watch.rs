@@ -18,7 +18,7 @@ const QUEUE_IDLE_EVERY: Duration = Duration::from_secs(1);
 const NO_QUEUE_EVERY: Duration = Duration::from_secs(60);
 impl Pool {
     /// The server's own queue, as its vLLM gauges say, for the endpoint's limiter.
-    fn server_queue(&self, idx: usize, load: crate::upstream::vllm::VllmLoad) {
+    fn server_queue(&self, idx: usize, load: crate::engine::upstream::vllm::VllmLoad) {
         let metrics = &self.endpoints[idx].metrics;
         metrics.server_waiting.set(load.waiting);
         metrics.server_running.set(load.running);
@@ -113,7 +113,7 @@ pub async fn watch_server_queue(pool: Weak<Pool>, idx: usize, url: String) {
             if !res.status().is_success() {
                 return None;
             }
-            crate::upstream::vllm::parse(&res.text().await.ok()?)
+            crate::engine::upstream::vllm::parse(&res.text().await.ok()?)
         }
         .await;
         let endpoint = &p.endpoints[idx].base_url;

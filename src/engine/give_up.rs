@@ -1,10 +1,10 @@
 //! Ending a batch that cannot be finished: its batch-level work keeps failing.
 
-use super::jobs::errors_object;
+use super::lifecycle::errors_object;
 use super::Ctx;
 use crate::domain::BatchStatus;
 use crate::domain::LineError;
-use crate::store::jobs::{self, BatchJob};
+use crate::store::leases::{self, BatchJob};
 
 /// Ends a batch whose validation or finalization failed `max_job_failures` times in a row
 /// (counted across replicas and restarts): a failure that recurs on every try (a stored result
@@ -19,7 +19,7 @@ pub(super) async fn failing(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         BatchStatus::Validating => (BatchStatus::Validating, BatchStatus::Failed),
         BatchStatus::InProgress if job.expired => (BatchStatus::InProgress, BatchStatus::Expired),
         BatchStatus::InProgress => {
-            if !jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
+            if !leases::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
                 return Ok(());
             }
             (BatchStatus::Finalizing, BatchStatus::Failed)
@@ -40,13 +40,13 @@ pub(super) async fn failing(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
             job.failed_attempts
         ),
     );
-    let ending = jobs::GiveUp {
+    let ending = leases::GiveUp {
         from,
         to,
         owner: Some(&ctx.owner),
         errors: errors_object(vec![error]),
     };
-    if jobs::give_up(&ctx.pool, &job.id, ending).await? {
+    if leases::give_up(&ctx.pool, &job.id, ending).await? {
         crate::metrics::get()
             .batches_finished
             .with_label_values(&[to.as_str()])

@@ -3,13 +3,14 @@
 //! work (validation, finalization, cancellation, expiry) is claimed the same way.
 //! Nothing here depends on HTTP handling; a replica may run the API, the worker, or both.
 
-mod execute;
+mod chunking;
 mod give_up;
-mod jobs;
+mod lifecycle;
+mod line_pipeline;
 pub mod order;
 pub mod output;
-mod plan;
-pub mod validate;
+pub mod upstream;
+pub mod validation;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +21,10 @@ use tokio::sync::Notify;
 
 use crate::config::{BatchSettings, WorkerSettings};
 use crate::domain::BatchId;
+use crate::engine::upstream::Upstreams;
 use crate::notify::{Notice, Notifications, Subscription};
-use crate::store::{chunks, jobs as job_store};
+use crate::store::{chunks, leases};
 use crate::tasks::{CancellationToken, TaskGroup};
-use crate::upstream::Upstreams;
 
 /// What the worker's tasks share.
 struct Ctx {
@@ -41,7 +42,7 @@ struct Ctx {
     /// The batch whose batch-level work this replica holds, if any.
     job: Mutex<Option<BatchId>>,
     /// The chunks this replica is executing, by (batch id, chunk index).
-    held: Mutex<HashMap<(String, i32), Arc<execute::Running>>>,
+    held: Mutex<HashMap<(String, i32), Arc<line_pipeline::Running>>>,
 }
 
 pub struct Worker {
@@ -82,9 +83,9 @@ impl Worker {
             held: Mutex::new(HashMap::new()),
         });
         let draining = tasks.child();
-        let notices = notices.subscribe(&[job_store::WORK_CHANNEL, job_store::CANCEL_CHANNEL]);
-        draining.spawn(execute::run(ctx.clone(), draining.token()));
-        draining.spawn(jobs::run(ctx.clone(), draining.token()));
+        let notices = notices.subscribe(&[leases::WORK_CHANNEL, leases::CANCEL_CHANNEL]);
+        draining.spawn(line_pipeline::run(ctx.clone(), draining.token()));
+        draining.spawn(lifecycle::run(ctx.clone(), draining.token()));
         draining.spawn(listen(ctx.clone(), notices, draining.token()));
         tasks.spawn(heartbeat(ctx.clone(), draining.token(), tasks.token()));
         Self {
@@ -111,7 +112,7 @@ impl Worker {
         let released = async {
             chunks::release(&self.ctx.pool, &self.ctx.owner).await?;
             match job {
-                Some(id) => job_store::release(&self.ctx.pool, &id, &self.ctx.owner).await,
+                Some(id) => leases::release(&self.ctx.pool, &id, &self.ctx.owner).await,
                 None => Ok(()),
             }
         };
@@ -146,7 +147,7 @@ async fn heartbeat(ctx: Arc<Ctx>, draining: CancellationToken, stop: Cancellatio
 /// Renews exactly the chunks this replica is executing, under their tokens, and its
 /// batch-level work; lets go of the chunks that were cancelled or taken over.
 async fn renew(ctx: &Ctx) {
-    let held: Vec<Arc<execute::Running>> = ctx
+    let held: Vec<Arc<line_pipeline::Running>> = ctx
         .held
         .lock()
         .expect("not poisoned")
@@ -177,8 +178,7 @@ async fn renew(ctx: &Ctx) {
     }
     let job = ctx.job.lock().expect("not poisoned").clone();
     if let Some(id) = job {
-        if let Err(e) = job_store::renew(&ctx.pool, &id, &ctx.owner, ctx.settings.lease_secs).await
-        {
+        if let Err(e) = leases::renew(&ctx.pool, &id, &ctx.owner, ctx.settings.lease_secs).await {
             tracing::warn!(error = %e, "could not renew a batch claim");
         }
     }
@@ -193,7 +193,7 @@ async fn listen(ctx: Arc<Ctx>, mut notices: Subscription, stop: CancellationToke
             _ = stop.cancelled() => return,
         };
         match notice {
-            Notice::Message { channel, payload } if channel == job_store::CANCEL_CHANNEL => {
+            Notice::Message { channel, payload } if channel == leases::CANCEL_CHANNEL => {
                 for r in ctx.held.lock().expect("not poisoned").values() {
                     if r.held.batch_id == payload {
                         r.stop();

@@ -8,19 +8,19 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
+use super::chunking::ChunkPlanner;
 use super::order::Served;
 use super::output::{self, Usage};
-use super::plan::ChunkPlanner;
-use super::validate::FileCheck;
+use super::validation::FileCheck;
 use super::Ctx;
 use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
 use crate::domain::{LineError, MAX_INPUT_BYTES};
+use crate::engine::upstream::Outcome;
 use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
-use crate::store::jobs::{self, BatchJob, Ending};
+use crate::store::leases::{self, BatchJob, Ending};
 use crate::tasks::{sleep_or_cancelled, CancellationToken};
-use crate::upstream::Outcome;
 
 /// Chunks read per query while writing result files.
 const CHUNK_PAGE: i64 = 64;
@@ -35,7 +35,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         if stop.is_cancelled() {
             return;
         }
-        match jobs::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await {
+        match leases::claim(&ctx.pool, &ctx.owner, ctx.settings.lease_secs).await {
             Ok(Some(job)) => {
                 let id = job.id.clone();
                 *ctx.job.lock().expect("not poisoned") = Some(id.clone());
@@ -80,7 +80,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                         // `give_up::failing`); backing off meanwhile.
                         let retry_in = 2.0 * 2_f64.powi(job.failed_attempts.clamp(0, 5));
                         if let Err(e) =
-                            jobs::record_failure(&ctx.pool, &id, &ctx.owner, retry_in).await
+                            leases::record_failure(&ctx.pool, &id, &ctx.owner, retry_in).await
                         {
                             tracing::warn!(batch_id = %id, error = %e, "could not record a batch job's failure");
                         }
@@ -88,7 +88,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                     }
                 };
                 // A no-op after `record_failure`, which let go already.
-                if let Err(e) = jobs::defer(&ctx.pool, &id, &ctx.owner, retry_in).await {
+                if let Err(e) = leases::defer(&ctx.pool, &id, &ctx.owner, retry_in).await {
                     tracing::warn!(batch_id = %id, error = %e, "could not release a batch claim; it will lapse");
                 }
                 *ctx.job.lock().expect("not poisoned") = None;
@@ -133,7 +133,7 @@ async fn handle(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         BatchStatus::Validating => validate(ctx, job).await,
         BatchStatus::InProgress if job.expired => finalize(ctx, job, BatchStatus::Expired).await,
         BatchStatus::InProgress => {
-            if jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
+            if leases::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await? {
                 finalize(ctx, job, BatchStatus::Completed).await
             } else {
                 Ok(())
@@ -146,7 +146,7 @@ async fn handle(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
             let in_flight = chunks::running(&ctx.pool, &job.id).await?;
             if in_flight > 0 && job.cancelling_for.unwrap_or(i64::MAX) < grace {
                 // Let the lines in flight land in the output file; look again shortly.
-                jobs::defer(&ctx.pool, &job.id, &ctx.owner, 0.5).await?;
+                leases::defer(&ctx.pool, &job.id, &ctx.owner, 0.5).await?;
                 return Ok(());
             }
             finalize(ctx, job, BatchStatus::Cancelled).await
@@ -166,7 +166,7 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         _ => return handle(ctx, job).await,
     }
     if job.status == BatchStatus::InProgress
-        && !jobs::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await?
+        && !leases::begin_finalizing(&ctx.pool, &job.id, &ctx.owner).await?
     {
         return Ok(());
     }
@@ -181,7 +181,7 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     );
     let mut tx = ctx.pool.begin().await?;
     chunks::delete_work(&mut tx, &job.id).await?;
-    if jobs::fail(
+    if leases::fail(
         &mut *tx,
         &job.id,
         &ctx.owner,
@@ -205,7 +205,7 @@ pub(super) fn errors_object(errors: Vec<LineError>) -> Value {
 
 async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Result<()> {
     tracing::info!(errors = errors.len(), "batch failed validation");
-    if jobs::fail(
+    if leases::fail(
         &ctx.pool,
         &job.id,
         &ctx.owner,
@@ -259,7 +259,7 @@ async fn queue(
     let total = i32::try_from(total).context("request count")?;
     let mut tx = ctx.pool.begin().await?;
     chunks::insert(&mut tx, &job.id, file.as_str(), planned).await?;
-    if jobs::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
+    if leases::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
         tx.commit().await?;
         tracing::info!(
             requests = total,
@@ -485,7 +485,7 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
     // Before the groups go: a cursor its readers took from them must still be honoured.
     served.save(&mut tx, &job.id).await?;
     chunks::delete_work(&mut tx, &job.id).await?;
-    let ended = jobs::end(
+    let ended = leases::end(
         &mut tx,
         &job.id,
         &ctx.owner,

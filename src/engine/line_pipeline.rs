@@ -16,11 +16,11 @@ use tracing::Instrument;
 use super::output::{self, Usage};
 use super::Ctx;
 use crate::domain::{Endpoint, ProjectId};
+use crate::engine::upstream::{trace_id_for, traceparent_in, Outcome};
 use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
 use crate::store::files;
 use crate::tasks::{sleep_or_cancelled, CancellationToken};
-use crate::upstream::{trace_id_for, traceparent_in, Outcome};
 
 /// Most results written in one statement.
 const MAX_FLUSH: usize = 256;
