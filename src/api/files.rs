@@ -514,7 +514,7 @@ async fn list(
     )
     .await?
     .ok_or_else(|| query.page.unknown_cursor())?;
-    let data = found.files.iter().map(FileObject::new).collect();
+    let data = found.items.iter().map(FileObject::new).collect();
     Ok(HttpResponse::Ok().json(FileList::new(data, found.has_more)))
 }
 
