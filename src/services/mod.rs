@@ -2,3 +2,4 @@
 //! only extract, call one function here and render, and the engine and the store below.
 
 pub mod files;
+pub mod webhooks;
