@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod results;
+pub mod services;
 pub mod startup;
 pub mod store;
 pub mod tasks;

@@ -300,7 +300,7 @@ async fn list(
     let found = store::list(&state.pool, &project, page.after.as_ref(), page.limit)
         .await?
         .ok_or_else(|| query.unknown_cursor())?;
-    let data = found.batches.iter().map(BatchObject::new).collect();
+    let data = found.items.iter().map(BatchObject::new).collect();
     Ok(HttpResponse::Ok().json(BatchList::new(data, found.has_more)))
 }
 

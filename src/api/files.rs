@@ -3,7 +3,7 @@ use std::time::Duration;
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
@@ -12,13 +12,12 @@ use utoipa::openapi::{RefOr, Required};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::pagination::{list_type, PageParams, PageQuery};
-use super::spool::{spool_failed, Guard, GuardSettings, Spool, FORM_OVERHEAD_BYTES};
+use super::spool::{Guard, GuardSettings, FORM_OVERHEAD_BYTES};
 use super::{body, record_path_id, AppState, Project};
-use crate::domain::{string_enum, ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
+use crate::config::LimitSettings;
+use crate::domain::{string_enum, ExpiresAfter, FileId, Invalid, Purpose};
 use crate::error::{ApiError, ErrorResponse};
-use crate::store::files::{
-    self as store, Committed, FileRecord, ListQuery, NewFile, Order, Upload, CHUNK_BYTES,
-};
+use crate::services::files::{self, FileRecord, Incoming, ListQuery, NewUpload, Order};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -35,7 +34,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 const MAX_TEXT_FIELD_BYTES: usize = 1024;
-const MAX_FILENAME_CHARS: usize = 255;
 /// Parts a form may have (OpenAI's upload has four); each costs a header parse.
 const MAX_PARTS: usize = 16;
 
@@ -69,66 +67,26 @@ async fn read_text(guard: &Guard, field: &mut Field, name: &str) -> Result<Strin
         })
 }
 
-/// The file part, spooled to local disk (see `spool`): no database connection is held while
-/// the client sends it.
-struct Received {
-    spool: Spool,
-    filename: String,
-    utf8: Utf8Check,
-}
-
+/// The file part, spooled as it arrives (`files::Incoming`).
 async fn receive_file(
-    state: &AppState,
+    limits: &LimitSettings,
     guard: &Guard,
     field: &mut Field,
     purpose: Option<Purpose>,
-) -> Result<Received, ApiError> {
+) -> Result<Incoming, ApiError> {
     let filename = field
         .content_disposition()
         .and_then(|cd| cd.get_filename())
         .unwrap_or("file")
         .to_owned();
-    if filename.chars().count() > MAX_FILENAME_CHARS || filename.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "file",
-            "invalid_value",
-            format!("The file name must be at most {MAX_FILENAME_CHARS} printable characters."),
-        )
-        .into());
-    }
-    let max = state.limits.max_upload_bytes;
-    let mut spool = Spool::create(state.limits.upload_spool_dir.as_deref())
-        .await
-        .map_err(spool_failed)?;
-    let mut utf8 = Utf8Check::default();
+    let mut incoming = Incoming::start(limits, filename, purpose).await?;
     guard.set_in_file(true);
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(|e| guard.explain(malformed(e)))?;
-        if spool.bytes() + chunk.len() as u64 > max {
-            return Err(ApiError::FileTooLarge { max });
-        }
-        utf8.feed(&chunk);
-        // Known to be a batch file already: stop at the first bad byte, not after 512 MB.
-        if purpose == Some(Purpose::Batch) && utf8.has_failed() {
-            return Err(not_jsonl());
-        }
-        spool.write(&chunk).await.map_err(spool_failed)?;
+        incoming.write(&chunk).await?;
     }
     guard.set_in_file(false);
-    Ok(Received {
-        spool,
-        filename,
-        utf8,
-    })
-}
-
-fn not_jsonl() -> ApiError {
-    Invalid::new(
-        "file",
-        "invalid_file_format",
-        "Invalid file format for Batch API: the file must be UTF-8 encoded JSONL.",
-    )
-    .into()
+    Ok(incoming)
 }
 
 // The form `upload` reads part by part; this type only documents it.
@@ -184,13 +142,25 @@ async fn upload(
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let is_multipart = body::content_type(&req)
+    refuse_early(&req, &state.limits)?;
+    let _slot = state
+        .uploads
+        .take(&project)
+        .map_err(ApiError::TooManyUploads)?;
+    let form = read_form(&req, payload, &state.limits).await?;
+    let file = files::upload(&state.pool, &state.limits, &project, form).await?;
+    tracing::Span::current().record("file_id", file.id.as_str());
+    tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
+    Ok(HttpResponse::Ok().json(FileObject::new(&file)))
+}
+
+/// Refused before a byte of the body is read.
+fn refuse_early(req: &HttpRequest, limits: &LimitSettings) -> Result<(), ApiError> {
+    let is_multipart = body::content_type(req)
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
         return Err(ApiError::NotMultipart);
     }
-    let limits = &state.limits;
-    // Refused before a byte of the body is read.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -201,10 +171,24 @@ async fn upload(
             max: limits.max_upload_bytes,
         });
     }
-    let _slot = state
-        .uploads
-        .take(&project)
-        .map_err(ApiError::TooManyUploads)?;
+    Ok(())
+}
+
+/// The parts of an upload form read so far.
+#[derive(Default)]
+struct Parts {
+    purpose: Option<Purpose>,
+    anchor: Option<String>,
+    seconds: Option<String>,
+    file: Option<Incoming>,
+}
+
+/// Reads the whole form through a [`Guard`], the file part into a spool.
+async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: &LimitSettings,
+) -> Result<NewUpload, ApiError> {
     let (guard, stream) = Guard::wrap(
         payload,
         GuardSettings {
@@ -214,39 +198,51 @@ async fn upload(
         },
     );
     let mut form = Multipart::new(req.headers(), stream);
-    let mut purpose: Option<Purpose> = None;
-    let mut anchor: Option<String> = None;
-    let mut seconds: Option<String> = None;
-    let mut received: Option<Received> = None;
-    let mut parts = 0;
+    let mut parts = Parts::default();
+    let mut count = 0;
     while let Some(field) = form.next().await {
         let mut field = field.map_err(|e| guard.explain(malformed(e)))?;
-        parts += 1;
-        if parts > MAX_PARTS {
+        count += 1;
+        if count > MAX_PARTS {
             return Err(ApiError::TooManyParts { max: MAX_PARTS });
         }
+        parts.read(limits, &guard, &mut field).await?;
+    }
+    Ok(NewUpload {
+        file: parts.file.ok_or_else(|| Invalid::missing("file"))?,
+        purpose: parts.purpose.ok_or_else(|| Invalid::missing("purpose"))?,
+        expires_after: parse_expires_after(parts.anchor, parts.seconds)?,
+    })
+}
+
+impl Parts {
+    async fn read(
+        &mut self,
+        limits: &LimitSettings,
+        guard: &Guard,
+        field: &mut Field,
+    ) -> Result<(), ApiError> {
         let name = field
             .content_disposition()
             .and_then(|cd| cd.get_name())
             .unwrap_or_default()
             .to_owned();
         match name.as_str() {
-            "file" if received.is_some() => {
+            "file" if self.file.is_some() => {
                 return Err(
                     Invalid::new("file", "invalid_value", "Send exactly one 'file' part.").into(),
                 )
             }
-            "file" => received = Some(receive_file(&state, &guard, &mut field, purpose).await?),
+            "file" => self.file = Some(receive_file(limits, guard, field, self.purpose).await?),
             "purpose" => {
-                purpose = Some(Purpose::parse_upload(
-                    &read_text(&guard, &mut field, "purpose").await?,
-                )?)
+                let raw = read_text(guard, field, "purpose").await?;
+                self.purpose = Some(Purpose::parse_upload(&raw)?)
             }
             "expires_after[anchor]" => {
-                anchor = Some(read_text(&guard, &mut field, "expires_after[anchor]").await?)
+                self.anchor = Some(read_text(guard, field, "expires_after[anchor]").await?)
             }
             "expires_after[seconds]" => {
-                seconds = Some(read_text(&guard, &mut field, "expires_after[seconds]").await?)
+                self.seconds = Some(read_text(guard, field, "expires_after[seconds]").await?)
             }
             // Unknown parts are ignored, as JSON bodies ignore unknown fields (their bytes
             // count as form overhead).
@@ -259,67 +255,8 @@ async fn upload(
                 {}
             }
         }
+        Ok(())
     }
-    let mut received = received.ok_or_else(|| Invalid::missing("file"))?;
-    let purpose = purpose.ok_or_else(|| Invalid::missing("purpose"))?;
-    let expires_after = parse_expires_after(anchor, seconds)?;
-    let bytes = received.spool.bytes();
-    if bytes == 0 {
-        return Err(Invalid::new("file", "invalid_value", "The uploaded file is empty.").into());
-    }
-    if purpose == Purpose::Batch && !received.utf8.is_valid() {
-        return Err(not_jsonl());
-    }
-    // Only now is the database involved, at disk speed.
-    let quota = Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0);
-    if let Some(quota) = quota {
-        // A cheap early answer; the commit checks again under a lock.
-        let stored = store::stored_bytes(&state.pool, &project).await?;
-        if stored as u64 + bytes > quota {
-            return Err(ApiError::StorageQuota {
-                limit: quota,
-                stored: stored as u64,
-                upload: bytes,
-            });
-        }
-    }
-    received.spool.rewind().await.map_err(spool_failed)?;
-    let mut upload = Upload::begin(&state.pool).await?;
-    loop {
-        let piece = received
-            .spool
-            .read(CHUNK_BYTES)
-            .await
-            .map_err(spool_failed)?;
-        if piece.is_empty() {
-            break;
-        }
-        upload.write_chunk(piece).await?;
-    }
-    let committed = upload
-        .commit(
-            NewFile {
-                project: &project,
-                filename: &received.filename,
-                purpose,
-                expires_after_seconds: expires_after.map(ExpiresAfter::seconds),
-            },
-            quota,
-        )
-        .await?;
-    let file = match committed {
-        Committed::Stored(file) => file,
-        Committed::OverQuota { stored } => {
-            return Err(ApiError::StorageQuota {
-                limit: quota.unwrap_or_default(),
-                stored: stored.max(0) as u64,
-                upload: bytes,
-            })
-        }
-    };
-    tracing::Span::current().record("file_id", file.id.as_str());
-    tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
-    Ok(HttpResponse::Ok().json(FileObject::new(&file)))
 }
 
 fn parse_expires_after(
@@ -346,13 +283,6 @@ fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
     Ok(id)
 }
 
-async fn find(state: &AppState, project: &ProjectId, raw: &str) -> Result<FileRecord, ApiError> {
-    let id = parse_file_id(raw)?;
-    store::get(&state.pool, project, &id)
-        .await?
-        .ok_or_else(|| ApiError::FileNotFound { id: raw.to_owned() })
-}
-
 #[utoipa::path(
     get,
     path = "/v1/files/{file_id}",
@@ -370,7 +300,8 @@ async fn retrieve(
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let file = find(&state, &project, &path).await?;
+    let id = parse_file_id(&path)?;
+    let file = files::get(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok().json(FileObject::new(&file)))
 }
 
@@ -393,17 +324,8 @@ async fn content(
     state: web::Data<AppState>,
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
-    let file = find(&state, &project, &path).await?;
-    let pool = state.pool.clone();
-    let id = file.id.clone();
-    let chunks = futures_util::stream::try_unfold(0_i32, move |idx| {
-        let pool = pool.clone();
-        let id = id.clone();
-        async move {
-            let data = store::chunk(&pool, &id, idx).await?;
-            Ok::<_, sqlx::Error>(data.map(|d| (Bytes::from(d), idx + 1)))
-        }
-    });
+    let id = parse_file_id(&path)?;
+    let (file, chunks) = files::content(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .no_chunking(file.bytes as u64)
@@ -428,9 +350,7 @@ async fn delete(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_file_id(&path)?;
-    if !store::delete(&state.pool, &project, &id).await? {
-        return Err(ApiError::FileNotFound { id: id.to_string() });
-    }
+    files::delete(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok().json(DeletedFile {
         id: id.as_str().to_owned(),
         object: FileTag::Tag,
@@ -502,19 +422,14 @@ async fn list(
         .as_deref()
         .map(Purpose::parse_filter)
         .transpose()?;
-    let found = store::list(
-        &state.pool,
-        &project,
-        ListQuery {
-            purpose,
-            after: page.after.as_ref(),
-            limit: page.limit,
-            order,
-        },
-    )
-    .await?
-    .ok_or_else(|| query.page.unknown_cursor())?;
-    let data = found.files.iter().map(FileObject::new).collect();
+    let listing = ListQuery {
+        purpose,
+        after: page.after.as_ref(),
+        limit: page.limit,
+        order,
+    };
+    let found = files::list(&state.pool, &project, listing).await?;
+    let data = found.items.iter().map(FileObject::new).collect();
     Ok(HttpResponse::Ok().json(FileList::new(data, found.has_more)))
 }
 

@@ -8,9 +8,9 @@ use utoipa::ToSchema;
 
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
-use crate::domain::{EventType, EventTypes, Invalid, WebhookEndpointId, WebhookSecret, WebhookUrl};
+use crate::domain::{EventType, WebhookEndpointId, WebhookUrl};
 use crate::error::{ApiError, ErrorResponse};
-use crate::store::webhooks::{self as store, DeliveryRecord, EndpointRecord};
+use crate::services::webhooks::{self as service, DeliveryRecord, EndpointRecord, MAX_GRACE_SECS};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -83,15 +83,9 @@ async fn create(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateEndpoint = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
-    let raw = body.url.as_deref().ok_or_else(|| Invalid::missing("url"))?;
-    let url = WebhookUrl::parse(raw, state.webhooks.allow_private_networks)?;
-    let events = EventTypes::from_json(&body.events)?;
-    let secret = WebhookSecret::generate();
-    let max = state.webhooks.max_endpoints_per_project;
-    let endpoint = store::create(&state.pool, &project, &url, &events, &secret, max)
-        .await?
-        .ok_or(ApiError::WebhookEndpointLimit { max })?;
-    tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
+    let url = body.url.as_deref();
+    let endpoint =
+        service::create(&state.pool, &state.webhooks, &project, url, &body.events).await?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -119,9 +113,7 @@ async fn retrieve(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let endpoint = store::get(&state.pool, &project, &id)
-        .await?
-        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
+    let endpoint = service::get(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -144,9 +136,7 @@ async fn delete(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    if !store::delete(&state.pool, &project, &id).await? {
-        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
-    }
+    service::delete(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok().json(DeletedEndpoint {
         id: id.as_str().to_owned(),
         object: DeletedEndpointTag::Tag,
@@ -163,9 +153,6 @@ struct Rotate {
     #[schema(schema_with = grace_schema)]
     grace_period_seconds: Option<i64>,
 }
-
-/// At most a week: the old secret is meant to be retired.
-const MAX_GRACE_SECS: i64 = 7 * 24 * 3600;
 
 fn grace_schema() -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
@@ -208,26 +195,7 @@ async fn rotate(
     } else {
         body::parse::<Rotate>(&raw)?.grace_period_seconds
     };
-    let grace = match grace {
-        None => state
-            .webhooks
-            .rotation_grace_secs
-            .min(MAX_GRACE_SECS as u64) as i64,
-        Some(g) if (0..=MAX_GRACE_SECS).contains(&g) => g,
-        Some(g) => {
-            return Err(Invalid::new(
-                "grace_period_seconds",
-                "invalid_value",
-                format!("Invalid 'grace_period_seconds': expected 0 to {MAX_GRACE_SECS}, got {g}."),
-            )
-            .into())
-        }
-    };
-    let secret = WebhookSecret::generate();
-    let endpoint = store::rotate(&state.pool, &project, &id, &secret, grace)
-        .await?
-        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
-    tracing::info!(endpoint_id = %endpoint.id, grace, "webhook secret rotated");
+    let endpoint = service::rotate(&state.pool, &state.webhooks, &project, &id, grace).await?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -252,9 +220,7 @@ async fn enable(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let endpoint = store::enable(&state.pool, &project, &id)
-        .await?
-        .ok_or_else(|| ApiError::WebhookEndpointNotFound { id: id.to_string() })?;
+    let endpoint = service::enable(&state.pool, &project, &id).await?;
     Ok(HttpResponse::Ok().json(EndpointObject::new(&endpoint)))
 }
 
@@ -282,9 +248,7 @@ async fn list(
     let page = query.parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| {
         WebhookEndpointId::parse("after", raw)
     })?;
-    let found = store::list(&state.pool, &project, page.after.as_ref(), page.limit)
-        .await?
-        .ok_or_else(|| query.unknown_cursor())?;
+    let found = service::list(&state.pool, &project, page.after.as_ref(), page.limit).await?;
     let data = found.items.iter().map(EndpointObject::new).collect();
     Ok(HttpResponse::Ok().json(WebhookEndpointList::new(data, found.has_more)))
 }
@@ -311,14 +275,10 @@ async fn deliveries(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    // Event ids: an unknown one is found out by the store.
+    // Event ids: an unknown one is found out by the service.
     let page = query.parse(DEFAULT_LIMIT, MAX_LIMIT, |raw| Ok::<_, ()>(raw.to_owned()))?;
-    if store::get(&state.pool, &project, &id).await?.is_none() {
-        return Err(ApiError::WebhookEndpointNotFound { id: id.to_string() });
-    }
-    let found = store::deliveries(&state.pool, &id, page.after.as_deref(), page.limit)
-        .await?
-        .ok_or_else(|| query.unknown_cursor())?;
+    let after = page.after.as_deref();
+    let found = service::deliveries(&state.pool, &project, &id, after, page.limit).await?;
     let data = found.items.iter().map(DeliveryObject::new).collect();
     Ok(HttpResponse::Ok().json(WebhookDeliveryList::new(data, found.has_more)))
 }

@@ -403,11 +403,6 @@ pub async fn get(
     .await
 }
 
-pub struct Page {
-    pub batches: Vec<BatchRecord>,
-    pub has_more: bool,
-}
-
 /// Newest first. The cursor is the position (`seq`) of the `after` batch, so pages stay
 /// stable while batches are being created. `None` when `after` names no batch of the project.
 #[tracing::instrument(skip_all, name = "db.batches.list")]
@@ -416,34 +411,25 @@ pub async fn list(
     project: &ProjectId,
     after: Option<&BatchId>,
     limit: u32,
-) -> Result<Option<Page>, sqlx::Error> {
-    let before_seq: i64 = match after {
-        None => i64::MAX,
-        Some(id) => {
-            let seq: Option<i64> = sqlx::query_scalar!(
-                "SELECT seq FROM batches WHERE project_id = $1 AND id = $2",
-                project.as_str(),
-                id.as_str(),
-            )
-            .fetch_optional(pool)
-            .await?;
-            match seq {
-                Some(seq) => seq,
-                None => return Ok(None),
-            }
-        }
-    };
-    let mut batches: Vec<BatchRecord> = batch_query!(
-        live: "WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-        project.as_str(),
-        before_seq,
-        i64::from(limit) + 1,
-    )
-    .fetch_all(pool)
-    .await?;
-    let has_more = batches.len() > limit as usize;
-    batches.truncate(limit as usize);
-    Ok(Some(Page { batches, has_more }))
+) -> Result<Option<super::keyset::Page<BatchRecord>>, sqlx::Error> {
+    let cursor = after.map(|id| {
+        sqlx::query_scalar!(
+            "SELECT seq FROM batches WHERE project_id = $1 AND id = $2",
+            project.as_str(),
+            id.as_str(),
+        )
+        .fetch_optional(pool)
+    });
+    super::keyset::page(cursor, limit, |after, fetch| {
+        batch_query!(
+            live: "WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+            project.as_str(),
+            after.unwrap_or(i64::MAX),
+            fetch,
+        )
+        .fetch_all(pool)
+    })
+    .await
 }
 
 pub enum Cancelled {

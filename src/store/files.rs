@@ -2,6 +2,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FileId, ProjectId, Purpose};
 use crate::store::chunks::Position;
+use crate::store::keyset::{self, Page};
 
 #[derive(Debug, Clone)]
 pub struct FileRecord {
@@ -224,11 +225,6 @@ pub struct ListQuery<'a> {
     pub order: Order,
 }
 
-pub struct Page {
-    pub files: Vec<FileRecord>,
-    pub has_more: bool,
-}
-
 /// Keyset pagination on `(project_id, seq)`. `None` when `after` names no file of the project
 /// (deleted files keep their position, so a listing survives deletions mid-way).
 #[tracing::instrument(skip_all, name = "db.files.list")]
@@ -236,27 +232,32 @@ pub async fn list(
     pool: &PgPool,
     project: &ProjectId,
     q: ListQuery<'_>,
-) -> Result<Option<Page>, sqlx::Error> {
-    let cursor: Option<i64> = match q.after {
-        None => None,
-        Some(id) => {
-            let seq: Option<i64> = sqlx::query_scalar!(
-                "SELECT seq FROM files WHERE project_id = $1 AND id = $2",
-                project.as_str(),
-                id.as_str(),
-            )
-            .fetch_optional(pool)
-            .await?;
-            match seq {
-                Some(seq) => Some(seq),
-                None => return Ok(None),
-            }
-        }
-    };
+) -> Result<Option<Page<FileRecord>>, sqlx::Error> {
+    let cursor = q.after.map(|id| {
+        sqlx::query_scalar!(
+            "SELECT seq FROM files WHERE project_id = $1 AND id = $2",
+            project.as_str(),
+            id.as_str(),
+        )
+        .fetch_optional(pool)
+    });
     let purpose = q.purpose.map(Purpose::as_str);
-    let fetch = i64::from(q.limit) + 1;
-    // One statement per direction, so that both are checked at compile time.
-    let mut files: Vec<FileRecord> = match q.order {
+    keyset::page(cursor, q.limit, |after, fetch| {
+        rows(pool, project, purpose, q.order, after, fetch)
+    })
+    .await
+}
+
+// One statement per direction, so that both are checked at compile time.
+async fn rows(
+    pool: &PgPool,
+    project: &ProjectId,
+    purpose: Option<&str>,
+    order: Order,
+    after: Option<i64>,
+    fetch: i64,
+) -> Result<Vec<FileRecord>, sqlx::Error> {
+    match order {
         Order::Asc => {
             sqlx::query_as!(
                 FileRecord,
@@ -268,12 +269,12 @@ pub async fn list(
                      AND seq > $2 AND ($3::text IS NULL OR purpose = $3)
                    ORDER BY seq ASC LIMIT $4"#,
                 project.as_str(),
-                cursor.unwrap_or(i64::MIN),
+                after.unwrap_or(i64::MIN),
                 purpose,
                 fetch,
             )
             .fetch_all(pool)
-            .await?
+            .await
         }
         Order::Desc => {
             sqlx::query_as!(
@@ -286,17 +287,14 @@ pub async fn list(
                      AND seq < $2 AND ($3::text IS NULL OR purpose = $3)
                    ORDER BY seq DESC LIMIT $4"#,
                 project.as_str(),
-                cursor.unwrap_or(i64::MAX),
+                after.unwrap_or(i64::MAX),
                 purpose,
                 fetch,
             )
             .fetch_all(pool)
-            .await?
+            .await
         }
-    };
-    let has_more = files.len() > q.limit as usize;
-    files.truncate(q.limit as usize);
-    Ok(Some(Page { files, has_more }))
+    }
 }
 
 // A file's content is kept, after the file is deleted or expires, while a batch still reads

@@ -18,6 +18,7 @@ pub mod compact;
 pub mod create_queue;
 pub mod files;
 pub mod keys;
+pub mod keyset;
 pub mod leader;
 pub mod leases;
 pub mod replicas;

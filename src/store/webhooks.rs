@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use crate::domain::{
     BatchId, EventType, EventTypes, ProjectId, WebhookEndpointId, WebhookSecret, WebhookUrl,
 };
+use crate::store::keyset::{self, Page};
 
 /// LISTEN/NOTIFY channel: deliveries were enqueued (sent by the trigger at commit).
 pub const CHANNEL: &str = "openbatch_webhooks";
@@ -78,11 +79,6 @@ pub async fn get(
     .await
 }
 
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub has_more: bool,
-}
-
 /// Newest first, after the endpoint `after` (None: it is not one of the project's).
 pub async fn list(
     pool: &PgPool,
@@ -90,23 +86,16 @@ pub async fn list(
     after: Option<&WebhookEndpointId>,
     limit: u32,
 ) -> Result<Option<Page<EndpointRecord>>, sqlx::Error> {
-    let before_seq = match after {
-        None => i64::MAX,
-        Some(id) => {
-            let seq: Option<i64> = sqlx::query_scalar!(
-                "SELECT seq FROM webhook_endpoints WHERE project_id = $1 AND id = $2",
-                project.as_str(),
-                id.as_str(),
-            )
-            .fetch_optional(pool)
-            .await?;
-            match seq {
-                Some(s) => s,
-                None => return Ok(None),
-            }
-        }
-    };
-    let mut items: Vec<EndpointRecord> = sqlx::query_as!(
+    let cursor = after.map(|id| {
+        sqlx::query_scalar!(
+            "SELECT seq FROM webhook_endpoints WHERE project_id = $1 AND id = $2",
+            project.as_str(),
+            id.as_str(),
+        )
+        .fetch_optional(pool)
+    });
+    keyset::page(cursor, limit, |after, fetch| {
+        sqlx::query_as!(
         EndpointRecord,
         r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
                      disabled_reason, disabled_at, consecutive_failures, created_at,
@@ -115,15 +104,13 @@ pub async fn list(
                   NULL::text AS secret
            FROM webhook_endpoints
            WHERE project_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"#,
-        project.as_str(),
-        before_seq,
-        i64::from(limit) + 1,
-    )
-    .fetch_all(pool)
-    .await?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Some(Page { items, has_more }))
+            project.as_str(),
+            after.unwrap_or(i64::MAX),
+            fetch,
+        )
+        .fetch_all(pool)
+    })
+    .await
 }
 
 /// Deletes the endpoint and its delivery log; pending deliveries go with it.
@@ -217,23 +204,16 @@ pub async fn deliveries(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Option<Page<DeliveryRecord>>, sqlx::Error> {
-    let before_seq = match after {
-        None => i64::MAX,
-        Some(event) => {
-            let seq: Option<i64> = sqlx::query_scalar!(
-                "SELECT seq FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
-                endpoint.as_str(),
-                event,
-            )
-            .fetch_optional(pool)
-            .await?;
-            match seq {
-                Some(s) => s,
-                None => return Ok(None),
-            }
-        }
-    };
-    let mut items: Vec<DeliveryRecord> = sqlx::query_as!(
+    let cursor = after.map(|event| {
+        sqlx::query_scalar!(
+            "SELECT seq FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+            endpoint.as_str(),
+            event,
+        )
+        .fetch_optional(pool)
+    });
+    keyset::page(cursor, limit, |after, fetch| {
+        sqlx::query_as!(
         DeliveryRecord,
         r#"SELECT event_id, event_type AS "event_type: EventType", batch_id AS "batch_id: BatchId",
                   created_at, state, attempts, last_attempt_at, last_status_code, last_error,
@@ -243,15 +223,13 @@ pub async fn deliveries(
                       AS next_attempt_at
            FROM webhook_deliveries
            WHERE endpoint_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"#,
-        endpoint.as_str(),
-        before_seq,
-        i64::from(limit) + 1,
-    )
-    .fetch_all(pool)
-    .await?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Some(Page { items, has_more }))
+            endpoint.as_str(),
+            after.unwrap_or(i64::MAX),
+            fetch,
+        )
+        .fetch_all(pool)
+    })
+    .await
 }
 
 /// A delivery claimed for one attempt.
