@@ -15,8 +15,8 @@ use crate::domain::{
     Purpose, RetryFilter,
 };
 use crate::error::{ApiError, ErrorResponse, NoRetry, RetryFile};
-use crate::results::retry::RetryInput;
-use crate::results::FileLines;
+use crate::services::results::retry::RetryInput;
+use crate::services::results::FileLines;
 use crate::store::batches::{self as store, BatchRecord, Created};
 use crate::store::files::{self, Finished, NewFile, Upload, CHUNK_BYTES};
 

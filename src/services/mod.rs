@@ -1,0 +1,4 @@
+//! The rules of the API, between the HTTP handlers (`api`) and the engine and the store: each
+//! handler calls one function here.
+
+pub mod results;
