@@ -1,6 +1,6 @@
 //! What every batch route shares: the batch as they answer it (the OpenAI Batch object), the
-//! path's batch id, the idempotency key of a creation or a retry, and the batch services as
-//! this replica's state holds them.
+//! path's batch id, the idempotency key of a creation or a retry, the answer to either, and
+//! what the batch services need of this replica.
 
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -13,10 +13,9 @@ use super::pagination::ListTag;
 use super::{record_path_id, AppState};
 use crate::domain::{BatchId, BatchStatus, CompletionWindow, Endpoint, IdempotencyKey, Invalid};
 use crate::error::ApiError;
-use crate::services::batches::BatchRecord;
-use crate::services::batches::{Creation, Creator};
+use crate::services::batches::{BatchRecord, Creation, Creator};
 
-/// The batch services of this replica.
+/// What the batch services need of this replica to create a batch.
 pub(super) fn creator(state: &AppState) -> Creator<'_> {
     Creator {
         pool: &state.pool,
@@ -38,6 +37,7 @@ pub(super) fn created(creation: Creation) -> HttpResponse {
     }
 }
 
+/// The path's batch id; one that cannot be an id is a batch not found.
 pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
     let id = BatchId::parse("batch_id", raw)
         .map_err(|_| ApiError::BatchNotFound { id: raw.to_owned() })?;
