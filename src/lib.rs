@@ -12,7 +12,6 @@ pub mod local_pg;
 pub mod maintenance;
 pub mod metrics;
 pub mod notify;
-pub mod results;
 pub mod services;
 pub mod startup;
 pub mod store;

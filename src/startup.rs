@@ -59,7 +59,7 @@ impl Application {
             worker,
             members,
         } = Background::start(settings, &pool, &auth)?;
-        let creates = crate::store::create_queue::CreateQueue::start(
+        let creates = crate::services::batches::create_queue::CreateQueue::start(
             pool.clone(),
             settings.limits.max_active_batches_per_project,
         );

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
+use futures_util::Stream;
+use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use super::batches::{parse_batch_id, BatchObject};
-
+use super::batch_object::{parse_batch_id, BatchObject};
 use super::{AppState, Project};
+use crate::domain::{BatchId, ProjectId};
 use crate::error::{ApiError, ErrorResponse};
-use crate::store::batches as store;
+use crate::services::batches::{self, BatchRecord};
 
 const POLL: Duration = Duration::from_millis(500);
 /// A comment line this often keeps proxies from closing a quiet stream.
@@ -78,16 +80,30 @@ async fn events(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_batch_id(&path)?;
-    let mut batch = store::get(&state.pool, &project, &id)
-        .await?
-        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
-    // Held by the task below, which ends when the client goes (`tx.closed()`).
+    let batch = batches::get(&state.pool, &project, &id).await?;
+    // Held by the task below, which ends when the client goes.
     let slot = state
         .event_streams
         .take(&project)
         .map_err(ApiError::TooManyEventStreams)?;
+    let body = stream(state.pool.clone(), project, id, batch, slot);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// The events of a batch, first as `batch` is: a task polls it and sends it whenever it
+/// changes, until it ends, is gone, or the client goes (`tx.closed()`), holding `slot` till then.
+fn stream<S: 'static>(
+    pool: PgPool,
+    project: ProjectId,
+    id: BatchId,
+    mut batch: BatchRecord,
+    slot: S,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let pool = state.pool.clone();
     actix_web::rt::spawn(async move {
         let _slot = slot;
         let mut sent: Option<BatchObject> = None;
@@ -118,9 +134,9 @@ async fn events(
                 }
                 wrote = Instant::now();
             }
-            match store::get(&pool, &project, &id).await {
-                Ok(Some(b)) => batch = b,
-                Ok(None) => return,
+            match batches::get(&pool, &project, &id).await {
+                Ok(b) => batch = b,
+                Err(ApiError::BatchNotFound { .. }) => return,
                 // The database may come back; the client keeps its stream meanwhile.
                 Err(e) => {
                     tracing::warn!(batch_id = %id, error = %e, "event stream: reading the batch failed")
@@ -128,9 +144,5 @@ async fn events(
             }
         }
     });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

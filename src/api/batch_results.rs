@@ -7,17 +7,11 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::batches::parse_batch_id;
-
+use super::batch_object::parse_batch_id;
 use super::{AppState, Project};
-use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
-use crate::engine::order::LiveOrder;
+use crate::domain::BatchStatus;
 use crate::error::{ApiError, ErrorResponse};
-use crate::results::live::{self, ReadLive, Source};
-use crate::results::{FileLines, FinishedLines};
-use crate::store::batches as store;
-use crate::store::files;
-use crate::store::results as results_store;
+use crate::services::results;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));
@@ -26,32 +20,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize)]
 struct Params {
     after: Option<String>,
-}
-
-/// A result file of an ended batch, ready to be read; `None` when the batch has none.
-async fn result_file(
-    state: &AppState,
-    project: &ProjectId,
-    id: Option<&FileId>,
-) -> Result<Option<FileLines>, ApiError> {
-    let Some(id) = id else { return Ok(None) };
-    let missing = || ApiError::ResultsUnavailable { file: id.clone() };
-    let file = files::get(&state.pool, project, id)
-        .await?
-        .ok_or_else(missing)?;
-    Ok(Some(FileLines::new(file.id, file.bytes)))
-}
-
-/// The order an ended batch's lines were served in while it ran, which a cursor taken then
-/// needs; refused when it was not kept (the batch ended before this version kept it).
-async fn live_order(state: &AppState, id: &BatchId) -> Result<LiveOrder, ApiError> {
-    let stored = results_store::live_order(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::CursorExpired { batch: id.clone() })?;
-    LiveOrder::from_stored(stored).map_err(|e| {
-        tracing::error!(batch_id = %id, error = format!("{e:#}"), "unreadable live order");
-        ApiError::Internal
-    })
 }
 
 /// Which result file a record comes from.
@@ -136,76 +104,25 @@ async fn results(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_batch_id(&path)?;
-    let batch = store::get(&state.pool, &project, &id)
-        .await?
-        .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
-    // Held by the producer below, which ends when the response does: served, its client gone,
-    // or cut off after `limits.live_read_idle_timeout_secs` without reading.
-    let slot = state
-        .live_readers
-        .take(&project)
-        .map_err(ApiError::TooManyResultsReaders)?;
-    let cursor = match query.after.as_deref().filter(|a| !a.is_empty()) {
-        Some(raw) => Some(ResultsCursor::parse(&id, raw)?),
-        None => None,
+    // The slot is held by the task serving the response, which ends when the response does:
+    // served, its client gone, or cut off after `limits.live_read_idle_timeout_secs`.
+    let take_slot = || {
+        state
+            .live_readers
+            .take(&project)
+            .map_err(ApiError::TooManyResultsReaders)
     };
-    // A batch's status and its stored groups change in one transaction (finalization writes
-    // the files and deletes the groups), so the status read here says where its results are.
-    let ended = batch.status.is_terminal();
-    let source = match (ended, cursor) {
-        (false, None) => Source::Live { seq: 0, taken: 0 },
-        (false, Some(ResultsCursor::Live { seq, taken })) => Source::Live { seq, taken },
-        (false, Some(ResultsCursor::Final { .. } | ResultsCursor::Resumed { .. })) => {
-            return Err(ApiError::CursorNotForState)
-        }
-        (true, cursor) => {
-            // Both files first: results that are gone are said so whatever the cursor.
-            let output = result_file(&state, &project, batch.output_file_id.as_ref()).await?;
-            let errors = result_file(&state, &project, batch.error_file_id.as_ref()).await?;
-            let (next, read_live) = match cursor {
-                // No result file (a batch that failed): nothing to serve, whatever was read.
-                _ if output.is_none() && errors.is_none() => (0, None),
-                None => (0, None),
-                Some(ResultsCursor::Final { next }) => (next, None),
-                Some(ResultsCursor::Live { seq, taken }) => {
-                    let order = live_order(&state, &id).await?;
-                    let position = order.position(seq, taken);
-                    (0, Some(ReadLive { order, position }))
-                }
-                Some(ResultsCursor::Resumed { seen, next }) => {
-                    let order = live_order(&state, &id).await?;
-                    let read = ReadLive {
-                        order,
-                        position: seen,
-                    };
-                    (next, Some(read))
-                }
-            };
-            Source::Final {
-                lines: Box::new(FinishedLines::new(id.clone(), output, errors)),
-                next,
-                read_live,
-            }
-        }
-    };
-    let (out, body) = live::outbox(Duration::from_secs(
-        state.limits.live_read_idle_timeout_secs,
-    ));
-    let pool = state.pool.clone();
-    let batch_id = id.clone();
-    actix_web::rt::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = live::produce(pool, batch_id.clone(), source, &out).await {
-            tracing::error!(batch_id = %batch_id, error = format!("{e:#}"), "serving results failed");
-            out.abort();
-        }
-    });
+    let after = query.after.as_deref();
+    let opened = results::open(&state.pool, &project, &id, after, take_slot).await?;
+    let (status, complete) = (opened.status, opened.complete());
+    let idle = Duration::from_secs(state.limits.live_read_idle_timeout_secs);
+    let body = results::serve(state.pool.clone(), id, opened, idle);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
-        .insert_header(("OpenBatch-Batch-Status", batch.status.as_str()))
+        .insert_header(("OpenBatch-Batch-Status", status.as_str()))
         .insert_header((
             "OpenBatch-Results-Complete",
-            if ended { "true" } else { "false" },
+            if complete { "true" } else { "false" },
         ))
         .streaming(body))
 }

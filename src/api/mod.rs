@@ -27,6 +27,7 @@ macro_rules! tag {
 
 mod auth;
 mod batch_events;
+mod batch_object;
 mod batch_results;
 mod batch_retry;
 mod batches;
@@ -61,8 +62,8 @@ pub use slots::FairSlots;
 /// What every handler may use.
 pub struct AppState {
     pub pool: PgPool,
-    /// Batch creations, written to the database together (`store::create_queue`).
-    pub creates: crate::store::create_queue::CreateQueue,
+    /// Batch creations, written to the database together (`services::batches::create_queue`).
+    pub creates: crate::services::batches::create_queue::CreateQueue,
     pub limits: LimitSettings,
     pub auth: Auth,
     pub rate: RateLimiter,

@@ -18,7 +18,6 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
-pub use crate::services::files::{spool_failed, Spool};
 
 /// Bytes of a multipart request that are not the file's content (preamble, boundaries, part
 /// headers, the small text parts, ignored parts) that a request may carry. The parser buffers

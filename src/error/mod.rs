@@ -186,13 +186,3 @@ impl From<Invalid> for ApiError {
         ApiError::InvalidParameter(e)
     }
 }
-
-impl From<crate::store::create_queue::CreateError> for ApiError {
-    fn from(e: crate::store::create_queue::CreateError) -> Self {
-        use crate::store::create_queue::CreateError;
-        match e {
-            CreateError::Database(e) => e.into(),
-            CreateError::OutcomeUnknown => ApiError::CreationOutcomeUnknown,
-        }
-    }
-}

@@ -53,20 +53,6 @@ fn a_limit_no_retry_can_lift_still_says_so() {
 }
 
 #[test]
-fn a_creation_of_unknown_outcome_is_a_503_the_sdks_retry() {
-    use crate::store::create_queue::CreateError;
-    let e = ApiError::from(CreateError::OutcomeUnknown);
-    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(e.to_json()["error"]["type"], "server_error");
-    let res = e.error_response();
-    assert_eq!(res.headers().get("x-should-retry").unwrap(), "true");
-    assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
-    // A refused statement keeps its own answer.
-    let e = ApiError::from(CreateError::Database(sqlx::Error::PoolTimedOut));
-    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-}
-
-#[test]
 fn unauthorized_is_an_invalid_key_not_worth_retrying() {
     let e = ApiError::IncorrectApiKey {
         masked: "sk-****".into(),

@@ -114,13 +114,13 @@ const COLUMNS: &str = "id, endpoint, input_file_id, completion_window, status, m
     completed_at, failed_at, expired_at, cancelling_at, cancelled_at, request_total, \
     request_completed, request_failed, usage, metadata, params_hash, retry_of";
 
-pub enum Created {
+/// What an insert did. Whether a taken key means a replay or a conflict is the services' to
+/// decide (`services::batches::resolve`).
+pub enum Inserted {
     New(BatchRecord),
-    /// Same key, same parameters: the batch as it is now.
-    Replayed(BatchRecord),
-    /// Same key, different parameters.
-    Conflict(BatchRecord),
-    /// The project has as many unfinished batches as it may.
+    /// Nothing inserted: the key is taken, by this batch.
+    KeyTaken(BatchRecord),
+    /// Nothing inserted: the project has as many unfinished batches as it may.
     LimitReached,
 }
 
@@ -134,12 +134,12 @@ pub struct Options<'a> {
     pub trace_context: Option<&'a str>,
     /// A retry: the batch it retries.
     pub retry_of: Option<&'a BatchId>,
-    /// What idempotency compares instead of the spec's fingerprint (a retry's input file is
-    /// new every time; its parameters are the origin and the filters).
-    pub params_hash: Option<&'a str>,
+    /// What idempotency compares: the spec's fingerprint, or for a retry (whose input file is
+    /// new every time) that of the origin and the filters.
+    pub params_hash: &'a str,
 }
 
-/// Inserts a batch, or finds the one created earlier under the same idempotency key.
+/// Inserts a batch, or finds the one holding its idempotency key.
 ///
 /// `INSERT ... ON CONFLICT DO NOTHING` on the per-project unique key; when that inserts
 /// nothing, a read of the row that holds the key.
@@ -149,7 +149,7 @@ pub async fn create(
     project: &ProjectId,
     spec: &BatchSpec,
     opts: Options<'_>,
-) -> Result<Created, sqlx::Error> {
+) -> Result<Inserted, sqlx::Error> {
     let Options {
         key,
         expires_in_secs,
@@ -158,7 +158,6 @@ pub async fn create(
         retry_of,
         params_hash,
     } = opts;
-    let hash = params_hash.map_or_else(|| spec.fingerprint(), str::to_owned);
     let admission = admission("$2", max_active);
     // Built at run time: the admission limit is part of the text (`admission`). A plain insert: the
     // read of an existing row is a second statement, paid only by replays and conflicts (one
@@ -183,26 +182,22 @@ pub async fn create(
         .bind(spec.metadata.as_ref().map(|m| m.to_json()))
         .bind(spec.output_expires_after.map(|e| e.seconds()))
         .bind(key.map(IdempotencyKey::as_str))
-        .bind(&hash)
+        .bind(params_hash)
         .bind(trace_context)
         .bind(retry_of)
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(batch) = inserted {
-        return Ok(Created::New(batch));
+        return Ok(Inserted::New(batch));
     }
     // Nothing inserted: the key is taken (ON CONFLICT waited for its inserter to commit, so this
     // fresh statement sees its row), or the project is at its limit.
     let Some(key) = key else {
-        return Ok(Created::LimitReached);
+        return Ok(Inserted::LimitReached);
     };
-    let Some(batch) = find_by_key(&mut *conn, project, key).await? else {
-        return Ok(Created::LimitReached);
-    };
-    Ok(if batch.params_hash == hash {
-        Created::Replayed(batch)
-    } else {
-        Created::Conflict(batch)
+    Ok(match find_by_key(&mut *conn, project, key).await? {
+        Some(batch) => Inserted::KeyTaken(batch),
+        None => Inserted::LimitReached,
     })
 }
 
@@ -250,64 +245,13 @@ pub async fn insert_many(
     max_active: i64,
 ) -> Result<Vec<BatchRecord>, sqlx::Error> {
     let mut order: Vec<&NewBatch> = batches.to_vec();
-    order.sort_by(|a, b| {
+    order.sort_by_key(|b| {
         (
-            a.project.as_str(),
-            a.key.as_ref().map(IdempotencyKey::as_str),
+            b.project.as_str(),
+            b.key.as_ref().map(IdempotencyKey::as_str),
         )
-            .cmp(&(
-                b.project.as_str(),
-                b.key.as_ref().map(IdempotencyKey::as_str),
-            ))
     });
-    // One array per column: the statement's text, and so its plan, is the same for any count.
-    let ids: Vec<&str> = order.iter().map(|b| b.id.as_str()).collect();
-    let projects: Vec<&str> = order.iter().map(|b| b.project.as_str()).collect();
-    let endpoints: Vec<&str> = order.iter().map(|b| b.spec.endpoint.as_str()).collect();
-    let inputs: Vec<&str> = order
-        .iter()
-        .map(|b| b.spec.input_file_id.as_str())
-        .collect();
-    let windows: Vec<&str> = order
-        .iter()
-        .map(|b| b.spec.completion_window.as_str())
-        .collect();
-    let expires: Vec<i64> = order.iter().map(|b| b.expires_in_secs).collect();
-    let metadata: Vec<Option<String>> = order
-        .iter()
-        .map(|b| b.spec.metadata.as_ref().map(|m| m.to_json().to_string()))
-        .collect();
-    let output_expiry: Vec<Option<i64>> = order
-        .iter()
-        .map(|b| b.spec.output_expires_after.map(|e| e.seconds()))
-        .collect();
-    let keys: Vec<Option<&str>> = order
-        .iter()
-        .map(|b| b.key.as_ref().map(IdempotencyKey::as_str))
-        .collect();
-    let hashes: Vec<&str> = order.iter().map(|b| b.hash.as_str()).collect();
-    let traces: Vec<Option<&str>> = order.iter().map(|b| b.trace_context.as_deref()).collect();
-    // With a limit, each project of the statement is counted once, under its admission lock
-    // (migration 0016), the projects in ascending order so that statements locking several
-    // cannot deadlock; every count is taken before the first row goes in, since the sort by
-    // `ord` reads all its input first. A row is admitted when its project's count plus its rank
-    // among the project's rows here is within the limit.
-    let (active, admitted) = if max_active > 0 {
-        (
-            format!(
-                ", active AS MATERIALIZED (
-                    SELECT p.project_id,
-                           batch_admission_count(p.project_id, {max_active}) AS taken
-                    FROM (SELECT DISTINCT project_id FROM n ORDER BY project_id) p)"
-            ),
-            format!(
-                "JOIN active a ON a.project_id = n.project_id
-                 WHERE a.taken + n.nth <= {max_active}"
-            ),
-        )
-    } else {
-        (String::new(), String::new())
-    };
+    let (active, admitted) = admission_many(max_active);
     let sql = format!(
         "WITH n AS (
             SELECT u.*, row_number() OVER (PARTITION BY u.project_id ORDER BY u.ord) AS nth
@@ -328,21 +272,62 @@ pub async fn insert_many(
         ON CONFLICT (project_id, idempotency_key) DO NOTHING
         RETURNING {COLUMNS}"
     );
+    // One array per column: the statement's text, and so its plan, is the same for any count.
+    let column = |f: fn(&NewBatch) -> Option<&str>| order.iter().map(|b| f(b)).collect::<Vec<_>>();
     sqlx::query_as::<_, BatchRecord>(&sql)
         .bind(BatchStatus::Validating)
-        .bind(ids)
-        .bind(projects)
-        .bind(endpoints)
-        .bind(inputs)
-        .bind(windows)
-        .bind(expires)
-        .bind(metadata)
-        .bind(output_expiry)
-        .bind(keys)
-        .bind(hashes)
-        .bind(traces)
+        .bind(column(|b| Some(b.id.as_str())))
+        .bind(column(|b| Some(b.project.as_str())))
+        .bind(column(|b| Some(b.spec.endpoint.as_str())))
+        .bind(column(|b| Some(b.spec.input_file_id.as_str())))
+        .bind(column(|b| Some(b.spec.completion_window.as_str())))
+        .bind(
+            order
+                .iter()
+                .map(|b| b.expires_in_secs)
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            order
+                .iter()
+                .map(|b| b.spec.metadata.as_ref().map(|m| m.to_json().to_string()))
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(
+            order
+                .iter()
+                .map(|b| b.spec.output_expires_after.map(|e| e.seconds()))
+                .collect::<Vec<Option<i64>>>(),
+        )
+        .bind(column(|b| b.key.as_ref().map(IdempotencyKey::as_str)))
+        .bind(column(|b| Some(b.hash.as_str())))
+        .bind(column(|b| b.trace_context.as_deref()))
         .fetch_all(conn)
         .await
+}
+
+/// The admission check of `insert_many`: with a limit, each project of the statement is counted
+/// once, under its admission lock (migration 0016), the projects in ascending order so that
+/// statements locking several cannot deadlock; every count is taken before the first row goes
+/// in, since the sort by `ord` reads all its input first. A row is admitted when its project's
+/// count plus its rank among the project's rows here is within the limit. Returns the `active`
+/// CTE and the clause that joins it; both empty without a limit.
+fn admission_many(max_active: i64) -> (String, String) {
+    if max_active <= 0 {
+        return (String::new(), String::new());
+    }
+    (
+        format!(
+            ", active AS MATERIALIZED (
+                    SELECT p.project_id,
+                           batch_admission_count(p.project_id, {max_active}) AS taken
+                    FROM (SELECT DISTINCT project_id FROM n ORDER BY project_id) p)"
+        ),
+        format!(
+            "JOIN active a ON a.project_id = n.project_id
+                 WHERE a.taken + n.nth <= {max_active}"
+        ),
+    )
 }
 
 /// The batch created under an idempotency key, if any (a retry looks before it builds a file; a

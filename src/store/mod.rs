@@ -15,7 +15,6 @@ macro_rules! unfinished_statuses {
 pub mod batches;
 pub mod chunks;
 pub mod compact;
-pub mod create_queue;
 pub mod files;
 pub mod keys;
 pub mod keyset;

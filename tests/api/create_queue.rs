@@ -1,6 +1,7 @@
-//! Creations that arrive together are written in one statement (`store::create_queue`), and
-//! each still gets the answer it would have got alone. The tests run on a current-thread
-//! runtime: every creation joined below is queued before a writer runs, so they go together.
+//! Creations that arrive together are written in one statement
+//! (`services::batches::create_queue`), and each still gets the answer it would have got alone.
+//! The tests run on a current-thread runtime: every creation joined below is queued before a
+//! writer runs, so they go together.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,11 @@ use crate::helpers::{spawn_app, TestApp};
 use openbatch::domain::{
     BatchId, BatchSpec, CompletionWindow, Endpoint, FileId, IdempotencyKey, ProjectId,
 };
-use openbatch::store::batches::{Created, NewBatch};
-use openbatch::store::create_queue::{statement_outcome, CreateError, CreateQueue, Outcome};
+use openbatch::services::batches::create_queue::{
+    statement_outcome, CreateError, CreateQueue, Outcome,
+};
+use openbatch::services::batches::Created;
+use openbatch::store::batches::NewBatch;
 
 fn new_batch(project: &str, key: Option<&str>, input: &str) -> NewBatch {
     let spec = BatchSpec {

@@ -1,5 +1,5 @@
-//! An upload's content on local disk until the whole request is in; only then does the upload
-//! take a database connection, and it copies at disk speed.
+//! Content on its way to the database (an upload, a retry's input) on local disk until the whole
+//! of it is in; only then does it take a database connection, and it copies at disk speed.
 //!
 //! Why spool rather than write chunks in short transactions: the network-paced part then
 //! touches no shared resource but local disk, an abandoned upload leaves nothing in the

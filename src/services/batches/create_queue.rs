@@ -18,7 +18,9 @@ use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::batches::{self, Created, NewBatch, Options};
+use super::{resolve, Created};
+use crate::error::ApiError;
+use crate::store::batches::{self, NewBatch, Options};
 
 /// Statements in flight at once per replica.
 const WRITERS: usize = 4;
@@ -62,6 +64,15 @@ pub enum CreateError {
 impl From<sqlx::Error> for CreateError {
     fn from(e: sqlx::Error) -> Self {
         Self::Database(e)
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Database(e) => e.into(),
+            CreateError::OutcomeUnknown => ApiError::CreationOutcomeUnknown,
+        }
     }
 }
 
@@ -121,10 +132,7 @@ impl CreateQueue {
                 Ok(Reply::Inserted(record)) => return Ok(Created::New(*record)),
                 Ok(Reply::NotInserted(batch)) => match &batch.key {
                     Some(key) => match batches::by_key(pool, &batch.project, key).await? {
-                        Some(found) if found.params_hash == batch.hash => {
-                            return Ok(Created::Replayed(found))
-                        }
-                        Some(found) => return Ok(Created::Conflict(found)),
+                        Some(found) => return Ok(resolve(found, &batch.hash)),
                         // Refused by the limit: alone, the count is this batch's own.
                         None => batch,
                     },
@@ -154,17 +162,18 @@ impl CreateQueue {
                 max_active: self.max_active,
                 trace_context: batch.trace_context.as_deref(),
                 retry_of: None,
-                params_hash: Some(&batch.hash),
+                params_hash: &batch.hash,
             },
         )
         .await;
-        created.map_err(|e| match statement_outcome(&e) {
+        let created = created.map_err(|e| match statement_outcome(&e) {
             Outcome::NotApplied => CreateError::Database(e),
             Outcome::Unknown => {
                 tracing::warn!(error = %e, "the connection was lost while creating a batch");
                 CreateError::OutcomeUnknown
             }
-        })
+        })?;
+        Ok(Created::from_insert(created, &batch.hash))
     }
 }
 
@@ -229,5 +238,26 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>, max_active: i64) {
             Some(record) => Reply::Inserted(Box::new(record)),
             None => Reply::NotInserted(job.batch),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::{header, StatusCode};
+    use actix_web::ResponseError;
+
+    use super::*;
+
+    #[test]
+    fn a_creation_of_unknown_outcome_is_a_503_the_sdks_retry() {
+        let e = ApiError::from(CreateError::OutcomeUnknown);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.to_json()["error"]["type"], "server_error");
+        let res = e.error_response();
+        assert_eq!(res.headers().get("x-should-retry").unwrap(), "true");
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        // A refused statement keeps its own answer.
+        let e = ApiError::from(CreateError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

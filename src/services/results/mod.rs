@@ -4,6 +4,9 @@
 
 pub mod live;
 pub mod retry;
+mod serve;
+
+pub use serve::{open, serve, Opened};
 
 use std::collections::VecDeque;
 
