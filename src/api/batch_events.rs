@@ -9,9 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use bytes::Bytes;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batches::{parse_batch_id, BatchObject};
 
@@ -23,8 +24,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/events").route(web::get().to(events)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(events);
 }
 
 fn event(batch: &BatchObject) -> Bytes {
@@ -52,8 +53,6 @@ struct BatchEvent {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}/events",
     operation_id = "batchEvents",
     tag = "batches",
     summary = "Server-Sent Events: the batch whenever its status or request_counts change \
@@ -72,6 +71,7 @@ struct BatchEvent {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/batches/{batch_id}/events")]
 async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batches::parse_batch_id;
 
@@ -19,8 +20,8 @@ use crate::store::batches as store;
 use crate::store::files;
 use crate::store::results as results_store;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(results);
 }
 
 #[derive(Deserialize)]
@@ -86,8 +87,6 @@ pub(super) struct ResultRecord {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}/results",
     operation_id = "batchResults",
     tag = "batches",
     summary = "The lines a batch has finished so far, as JSONL (OpenBatch extension)",
@@ -129,6 +128,7 @@ pub(super) struct ResultRecord {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/batches/{batch_id}/results")]
 async fn results(
     path: web::Path<String>,
     query: web::Query<Params>,

@@ -2,10 +2,11 @@
 //! ended batch that failed, expired or were cancelled, optionally filtered; idempotent like
 //! batch creation.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batches::{parse_batch_id, BatchObject, IdempotencyKeyHeader};
 use super::spool::{spool_failed, Spool};
@@ -20,8 +21,8 @@ use crate::results::FileLines;
 use crate::store::batches::{self as store, BatchRecord, Created};
 use crate::store::files::{self, Finished, NewFile, Upload, CHUNK_BYTES};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/retry").route(web::post().to(retry_batch)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(retry_batch);
 }
 
 /// The (optional) body of a retry: which failed lines to run again (all when both lists are
@@ -71,8 +72,6 @@ fn replayed(batch: &BatchRecord) -> HttpResponse {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches/{batch_id}/retry",
     operation_id = "retryBatch",
     tag = "batches",
     summary = "A new batch of the failed lines of an ended batch (OpenBatch extension)",
@@ -107,6 +106,7 @@ fn replayed(batch: &BatchRecord) -> HttpResponse {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[post("/batches/{batch_id}/retry")]
 async fn retry_batch(
     req: HttpRequest,
     path: web::Path<String>,

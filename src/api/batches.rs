@@ -1,9 +1,10 @@
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::Required;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::pagination::{list_type, ListTag, PageParams, PageQuery};
 use super::{body, record_path_id, AppState, Project};
@@ -14,14 +15,11 @@ use crate::domain::{
 use crate::error::{ApiError, ErrorResponse};
 use crate::store::batches::{self as store, BatchRecord, Cancelled, Created};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/batches")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(web::resource("/batches/{batch_id}").route(web::get().to(retrieve)))
-    .service(web::resource("/batches/{batch_id}/cancel").route(web::post().to(cancel)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(create)
+        .service(list)
+        .service(retrieve)
+        .service(cancel);
 }
 
 // Fields are read leniently (absent, `null` or of the wrong type) so that `spec` can answer
@@ -133,8 +131,6 @@ pub(super) fn idempotency_key(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches",
     operation_id = "createBatch",
     tag = "batches",
     summary = "Create a batch",
@@ -158,6 +154,7 @@ pub(super) fn idempotency_key(
         (status = 415, response = ErrorResponse),
     )
 )]
+#[post("/batches")]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -223,8 +220,6 @@ pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}",
     operation_id = "retrieveBatch",
     tag = "batches",
     summary = "A batch",
@@ -234,6 +229,7 @@ pub(super) fn parse_batch_id(raw: &str) -> Result<BatchId, ApiError> {
         (status = 404, response = ErrorResponse),
     )
 )]
+#[get("/batches/{batch_id}")]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -247,8 +243,6 @@ async fn retrieve(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches/{batch_id}/cancel",
     operation_id = "cancelBatch",
     tag = "batches",
     summary = "Cancel a batch",
@@ -260,6 +254,7 @@ async fn retrieve(
         (status = 409, response = ErrorResponse),
     )
 )]
+#[post("/batches/{batch_id}/cancel")]
 async fn cancel(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -280,8 +275,6 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches",
     operation_id = "listBatches",
     tag = "batches",
     summary = "The project's batches, newest first",
@@ -291,6 +284,7 @@ const MAX_LIMIT: u32 = 100;
         (status = 400, response = ErrorResponse),
     )
 )]
+#[get("/batches")]
 async fn list(
     query: web::Query<PageParams>,
     state: web::Data<AppState>,
