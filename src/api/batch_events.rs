@@ -29,27 +29,40 @@ pub fn routes(cfg: &mut ServiceConfig) {
 }
 
 fn event(batch: &BatchObject) -> Bytes {
-    let data = serde_json::to_string(batch).expect("the batch object is plain data");
-    Bytes::from(format!("event: batch\ndata: {data}\n\n"))
+    BatchEvent::of(batch).into_bytes()
 }
 
-// The name of every event of the stream; this type only documents it.
+// The name of every event of the stream.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 enum EventName {
     #[schema(rename = "batch")]
     Batch,
 }
 
-// Sent as `event:` and `data:` lines; this type only documents it.
+// Sent as its `event:` and `data:` lines (`into_bytes`).
 /// One event of the stream.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 struct BatchEvent {
     #[schema(inline)]
     event: EventName,
     /// The batch object (JSON).
     data: String,
+}
+
+impl BatchEvent {
+    fn of(batch: &BatchObject) -> Self {
+        Self {
+            event: EventName::Batch,
+            data: serde_json::to_string(batch).expect("the batch object is plain data"),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        let name = match self.event {
+            EventName::Batch => "batch",
+        };
+        Bytes::from(format!("event: {name}\ndata: {}\n\n", self.data))
+    }
 }
 
 #[utoipa::path(

@@ -6,7 +6,7 @@ use utoipa::openapi::Required;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::pagination::{list_type, ListTag, PageParams, PageQuery};
+use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, record_path_id, AppState, Project};
 use crate::domain::{
     id_schema, BatchId, BatchSpec, BatchStatus, CompletionWindow, Endpoint, ExpiresAfter, FileId,
@@ -311,7 +311,7 @@ pub(super) struct BatchObject {
     #[schema(required = true)]
     model: Option<String>,
     /// Why the batch failed validation.
-    #[schema(required = true, value_type = Option<BatchErrors>)]
+    #[schema(required = true, value_type = Option<crate::domain::BatchErrors>)]
     errors: Option<Value>,
     input_file_id: String,
     completion_window: CompletionWindow,
@@ -339,7 +339,7 @@ pub(super) struct BatchObject {
     #[schema(inline)]
     request_counts: RequestCounts,
     /// Tokens used by the successful requests, once the batch has ended.
-    #[schema(required = true, value_type = Option<BatchUsage>)]
+    #[schema(required = true, value_type = Option<crate::engine::output::BatchUsage>)]
     usage: Option<Value>,
     #[schema(required = true, value_type = Option<HashMap<String, String>>)]
     metadata: Option<Value>,
@@ -393,52 +393,3 @@ impl BatchObject {
 }
 
 list_type!(BatchList, BatchObject, "A page of batches.");
-
-// As the worker stores it; this type only documents it.
-/// Why a batch failed validation.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchErrors {
-    #[schema(inline)]
-    object: ListTag,
-    #[schema(inline)]
-    data: Vec<BatchError>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchError {
-    code: String,
-    message: String,
-    #[schema(required = true)]
-    param: Option<String>,
-    /// The input line (1-based) the error is about, if one.
-    #[schema(required = true)]
-    line: Option<i64>,
-}
-
-// As the worker stores it; this type only documents it.
-/// The tokens a batch's successful requests used.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchUsage {
-    input_tokens: i64,
-    #[schema(inline)]
-    input_tokens_details: InputTokensDetails,
-    output_tokens: i64,
-    #[schema(inline)]
-    output_tokens_details: OutputTokensDetails,
-    total_tokens: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct InputTokensDetails {
-    cached_tokens: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct OutputTokensDetails {
-    reasoning_tokens: i64,
-}
