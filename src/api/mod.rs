@@ -95,6 +95,7 @@ fn register(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openapi::document)
+        // Static pages, not the API: served, not documented.
         .map(|cfg| cfg.configure(console::routes))
         .service(
             scope("/v1")

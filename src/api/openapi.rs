@@ -1,6 +1,7 @@
 //! The OpenAPI description of every route this server implements, generated from the handlers'
-//! `#[utoipa::path]` attributes and the types they send and read, so that it cannot drift from
-//! the code (schemathesis checks the server against it in the test suite).
+//! `#[utoipa::path]` attributes and the types they send and read, and collected by registering
+//! the server's own routes (`super::routes`), so that it cannot drift from the code
+//! (schemathesis checks the server against it in the test suite).
 
 use std::sync::LazyLock;
 
