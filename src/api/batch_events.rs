@@ -9,11 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
 use sqlx::PgPool;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batch_object::{parse_batch_id, BatchObject};
 use super::{AppState, Project};
@@ -25,27 +26,24 @@ const POLL: Duration = Duration::from_millis(500);
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/events").route(web::get().to(events)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(events);
 }
 
 fn event(batch: &BatchObject) -> Bytes {
-    let data = serde_json::to_string(batch).expect("the batch object is plain data");
-    Bytes::from(format!("event: batch\ndata: {data}\n\n"))
+    BatchEvent::of(batch).into_bytes()
 }
 
-// The name of every event of the stream; this type only documents it.
+// The name of every event of the stream.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 enum EventName {
     #[schema(rename = "batch")]
     Batch,
 }
 
-// Sent as `event:` and `data:` lines; this type only documents it.
+// Sent as its `event:` and `data:` lines (`into_bytes`).
 /// One event of the stream.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 struct BatchEvent {
     #[schema(inline)]
     event: EventName,
@@ -53,9 +51,23 @@ struct BatchEvent {
     data: String,
 }
 
+impl BatchEvent {
+    fn of(batch: &BatchObject) -> Self {
+        Self {
+            event: EventName::Batch,
+            data: serde_json::to_string(batch).expect("the batch object is plain data"),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        let name = match self.event {
+            EventName::Batch => "batch",
+        };
+        Bytes::from(format!("event: {name}\ndata: {}\n\n", self.data))
+    }
+}
+
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}/events",
     operation_id = "batchEvents",
     tag = "batches",
     summary = "Server-Sent Events: the batch whenever its status or request_counts change \
@@ -74,6 +86,7 @@ struct BatchEvent {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/batches/{batch_id}/events")]
 async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,

@@ -9,7 +9,6 @@ use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::Required;
 use utoipa::ToSchema;
 
-use super::pagination::ListTag;
 use super::{record_path_id, AppState};
 use crate::domain::{BatchId, BatchStatus, CompletionWindow, Endpoint, IdempotencyKey, Invalid};
 use crate::error::ApiError;
@@ -105,7 +104,7 @@ pub(super) struct BatchObject {
     #[schema(required = true)]
     model: Option<String>,
     /// Why the batch failed validation.
-    #[schema(required = true, value_type = Option<BatchErrors>)]
+    #[schema(required = true, value_type = Option<crate::domain::BatchErrors>)]
     errors: Option<Value>,
     input_file_id: String,
     completion_window: CompletionWindow,
@@ -133,7 +132,7 @@ pub(super) struct BatchObject {
     #[schema(inline)]
     request_counts: RequestCounts,
     /// Tokens used by the successful requests, once the batch has ended.
-    #[schema(required = true, value_type = Option<BatchUsage>)]
+    #[schema(required = true, value_type = Option<crate::engine::output::BatchUsage>)]
     usage: Option<Value>,
     #[schema(required = true, value_type = Option<HashMap<String, String>>)]
     metadata: Option<Value>,
@@ -184,53 +183,4 @@ impl BatchObject {
             retries: b.retries.iter().map(|id| id.as_str().to_owned()).collect(),
         }
     }
-}
-
-// As the worker stores it; this type only documents it.
-/// Why a batch failed validation.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchErrors {
-    #[schema(inline)]
-    object: ListTag,
-    #[schema(inline)]
-    data: Vec<BatchError>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchError {
-    code: String,
-    message: String,
-    #[schema(required = true)]
-    param: Option<String>,
-    /// The input line (1-based) the error is about, if one.
-    #[schema(required = true)]
-    line: Option<i64>,
-}
-
-// As the worker stores it; this type only documents it.
-/// The tokens a batch's successful requests used.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BatchUsage {
-    input_tokens: i64,
-    #[schema(inline)]
-    input_tokens_details: InputTokensDetails,
-    output_tokens: i64,
-    #[schema(inline)]
-    output_tokens_details: OutputTokensDetails,
-    total_tokens: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct InputTokensDetails {
-    cached_tokens: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct OutputTokensDetails {
-    reasoning_tokens: i64,
 }

@@ -3,18 +3,19 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batch_object::parse_batch_id;
 use super::{AppState, Project};
 use crate::domain::BatchStatus;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::results;
+use crate::services::results as service;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/results").route(web::get().to(results)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(results);
 }
 
 #[derive(Deserialize)]
@@ -54,8 +55,6 @@ pub(super) struct ResultRecord {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}/results",
     operation_id = "batchResults",
     tag = "batches",
     summary = "The lines a batch has finished so far, as JSONL (OpenBatch extension)",
@@ -97,6 +96,7 @@ pub(super) struct ResultRecord {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/batches/{batch_id}/results")]
 async fn results(
     path: web::Path<String>,
     query: web::Query<Params>,
@@ -113,10 +113,10 @@ async fn results(
             .map_err(ApiError::TooManyResultsReaders)
     };
     let after = query.after.as_deref();
-    let opened = results::open(&state.pool, &project, &id, after, take_slot).await?;
+    let opened = service::open(&state.pool, &project, &id, after, take_slot).await?;
     let (status, complete) = (opened.status, opened.complete());
     let idle = Duration::from_secs(state.limits.live_read_idle_timeout_secs);
-    let body = results::serve(state.pool.clone(), id, opened, idle);
+    let body = service::serve(state.pool.clone(), id, opened, idle);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("OpenBatch-Batch-Status", status.as_str()))

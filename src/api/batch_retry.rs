@@ -2,10 +2,11 @@
 //! ended batch that failed, expired or were cancelled, optionally filtered; idempotent like
 //! batch creation.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batch_object::{
     created, creator, idempotency_key, parse_batch_id, BatchObject, IdempotencyKeyHeader,
@@ -15,8 +16,8 @@ use crate::domain::{IdempotencyKey, Invalid, RetryFilter};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::batches::retry::RetryRequest;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/batches/{batch_id}/retry").route(web::post().to(retry_batch)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(retry_batch);
 }
 
 /// The (optional) body of a retry: which failed lines to run again (all when both lists are
@@ -52,8 +53,6 @@ impl RetryBody {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches/{batch_id}/retry",
     operation_id = "retryBatch",
     tag = "batches",
     summary = "A new batch of the failed lines of an ended batch (OpenBatch extension)",
@@ -88,6 +87,7 @@ impl RetryBody {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[post("/batches/{batch_id}/retry")]
 async fn retry_batch(
     req: HttpRequest,
     path: web::Path<String>,

@@ -1,9 +1,10 @@
 //! `/v1/batches`: create, retrieve, cancel and list batches.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batch_object::{
     created, creator, idempotency_key, parse_batch_id, BatchObject, IdempotencyKeyHeader,
@@ -17,14 +18,11 @@ use crate::domain::{
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::batches;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/batches")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(web::resource("/batches/{batch_id}").route(web::get().to(retrieve)))
-    .service(web::resource("/batches/{batch_id}/cancel").route(web::post().to(cancel)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(create)
+        .service(list)
+        .service(retrieve)
+        .service(cancel);
 }
 
 // Fields are read leniently (absent, `null` or of the wrong type) so that `spec` can answer
@@ -89,8 +87,6 @@ impl CreateBatch {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches",
     operation_id = "createBatch",
     tag = "batches",
     summary = "Create a batch",
@@ -114,6 +110,7 @@ impl CreateBatch {
         (status = 415, response = ErrorResponse),
     )
 )]
+#[post("/batches")]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -128,8 +125,6 @@ async fn create(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches/{batch_id}",
     operation_id = "retrieveBatch",
     tag = "batches",
     summary = "A batch",
@@ -139,6 +134,7 @@ async fn create(
         (status = 404, response = ErrorResponse),
     )
 )]
+#[get("/batches/{batch_id}")]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -150,8 +146,6 @@ async fn retrieve(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/batches/{batch_id}/cancel",
     operation_id = "cancelBatch",
     tag = "batches",
     summary = "Cancel a batch",
@@ -163,6 +157,7 @@ async fn retrieve(
         (status = 409, response = ErrorResponse),
     )
 )]
+#[post("/batches/{batch_id}/cancel")]
 async fn cancel(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -178,8 +173,6 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 #[utoipa::path(
-    get,
-    path = "/v1/batches",
     operation_id = "listBatches",
     tag = "batches",
     summary = "The project's batches, newest first",
@@ -189,6 +182,7 @@ const MAX_LIMIT: u32 = 100;
         (status = 400, response = ErrorResponse),
     )
 )]
+#[get("/batches")]
 async fn list(
     query: web::Query<PageParams>,
     state: web::Data<AppState>,

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{RefOr, Required};
 use utoipa::{PartialSchema, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::spool::{Guard, GuardSettings, FORM_OVERHEAD_BYTES};
@@ -19,18 +20,12 @@ use crate::domain::{string_enum, ExpiresAfter, FileId, Invalid, Purpose};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::files::{self, FileRecord, Incoming, ListQuery, NewUpload, Order};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/files")
-            .route(web::post().to(upload))
-            .route(web::get().to(list)),
-    )
-    .service(
-        web::resource("/files/{file_id}")
-            .route(web::get().to(retrieve))
-            .route(web::delete().to(delete)),
-    )
-    .service(web::resource("/files/{file_id}/content").route(web::get().to(content)));
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(upload)
+        .service(list)
+        .service(retrieve)
+        .service(delete)
+        .service(content);
 }
 
 const MAX_TEXT_FIELD_BYTES: usize = 1024;
@@ -115,8 +110,6 @@ struct UploadForm {
 /// `limits.max_concurrent_uploads_per_project` of them (429), and the database is
 /// used only once the request is fully in.
 #[utoipa::path(
-    post,
-    path = "/v1/files",
     operation_id = "createFile",
     tag = "files",
     summary = "Upload a file",
@@ -136,6 +129,7 @@ struct UploadForm {
         (status = 415, response = ErrorResponse),
     )
 )]
+#[post("/files")]
 async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -284,8 +278,6 @@ fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/files/{file_id}",
     operation_id = "retrieveFile",
     tag = "files",
     summary = "A file's object",
@@ -295,6 +287,7 @@ fn parse_file_id(raw: &str) -> Result<FileId, ApiError> {
         (status = 404, response = ErrorResponse),
     )
 )]
+#[get("/files/{file_id}")]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -307,8 +300,6 @@ async fn retrieve(
 
 /// Streams the content from the database one chunk at a time.
 #[utoipa::path(
-    get,
-    path = "/v1/files/{file_id}/content",
     operation_id = "downloadFile",
     tag = "files",
     summary = "A file's content",
@@ -319,6 +310,7 @@ async fn retrieve(
         (status = 404, response = ErrorResponse),
     )
 )]
+#[get("/files/{file_id}/content")]
 async fn content(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -333,8 +325,6 @@ async fn content(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/files/{file_id}",
     operation_id = "deleteFile",
     tag = "files",
     summary = "Delete a file",
@@ -344,6 +334,7 @@ async fn content(
         (status = 404, response = ErrorResponse),
     )
 )]
+#[delete("/files/{file_id}")]
 async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -395,8 +386,6 @@ const DEFAULT_LIMIT: u32 = 10_000;
 const MAX_LIMIT: u32 = 10_000;
 
 #[utoipa::path(
-    get,
-    path = "/v1/files",
     operation_id = "listFiles",
     tag = "files",
     summary = "The project's files",
@@ -406,6 +395,7 @@ const MAX_LIMIT: u32 = 10_000;
         (status = 400, response = ErrorResponse),
     )
 )]
+#[get("/files")]
 async fn list(
     query: web::Query<ListParams>,
     state: web::Data<AppState>,

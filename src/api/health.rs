@@ -19,8 +19,6 @@ pub struct Health {
 
 /// The process is up.
 #[utoipa::path(
-    get,
-    path = "/healthz",
     operation_id = "healthz",
     tag = "health",
     responses((status = 200, description = "The process is up", body = Health))
@@ -35,8 +33,6 @@ pub async fn healthz() -> HttpResponse {
 
 /// Prometheus text format.
 #[utoipa::path(
-    get,
-    path = "/metrics",
     operation_id = "metrics",
     tag = "health",
     description = "Served on the API port unless server.metrics_address is set, in which case it \
@@ -58,8 +54,6 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// The process can serve: its database answers.
 #[utoipa::path(
-    get,
-    path = "/readyz",
     operation_id = "readyz",
     tag = "health",
     responses(

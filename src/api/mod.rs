@@ -48,6 +48,7 @@ use std::future::{ready, Ready};
 
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use sqlx::PgPool;
+use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
 use crate::config::LimitSettings;
 use crate::domain::ProjectId;
@@ -84,13 +85,23 @@ pub struct AppState {
     pub live_readers: FairSlots,
 }
 
+/// Every route but `/metrics`. A handler is registered once, here or in its module's `routes`:
+/// its route attribute (`#[get("/files")]`) and `#[utoipa::path]` above it also make its
+/// operation in the OpenAPI document, which `openapi` builds by registering the same routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    register(&mut ServiceConfig::new(cfg));
+}
+
+fn register(cfg: &mut ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(openapi::document)
-        .configure(console::routes)
+        // Static pages, not the API: served, not documented.
+        .map(|cfg| cfg.configure(console::routes))
         .service(
-            web::scope("/v1")
+            scope("/v1")
+                // A documented path with another method is a 405, as a resource answers it.
+                .default_service(web::to(openapi::unrouted))
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
                 .configure(batches::routes)
@@ -103,6 +114,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// `/metrics`: on the public port, or alone on `server.metrics_address` when that is set.
 pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    register_metrics(&mut ServiceConfig::new(cfg));
+}
+
+fn register_metrics(cfg: &mut ServiceConfig) {
     cfg.service(health::metrics);
 }
 

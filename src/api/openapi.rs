@@ -1,16 +1,19 @@
 //! The OpenAPI description of every route this server implements, generated from the handlers'
-//! `#[utoipa::path]` attributes and the types they send and read, so that it cannot drift from
-//! the code (schemathesis checks the server against it in the test suite).
+//! `#[utoipa::path]` attributes and the types they send and read, and collected by registering
+//! the server's own routes (`super::routes`), so that it cannot drift from the code
+//! (schemathesis checks the server against it in the test suite).
 
 use std::sync::LazyLock;
 
-use actix_web::{get, HttpResponse};
+use actix_web::dev::ResourceDef;
+use actix_web::http::{header, Method};
+use actix_web::{get, HttpRequest, HttpResponse};
 use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Ref, RefOr, Response};
+use utoipa::openapi::{PathItem, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa_actix_web::AppExt;
 
-use super::{batch_events, batch_results, batch_retry, batches, files, health, webhooks};
 use crate::error::ErrorResponse;
 
 /// The marker on each operation (and schema) that OpenAI's API does not have.
@@ -24,48 +27,65 @@ pub const EXTENSION: &str = "x-openbatch-extension";
                        envelope; every response carries an `x-request-id` header."
     ),
     servers((url = "/")),
-    paths(
-        health::healthz,
-        health::readyz,
-        document,
-        files::upload,
-        files::list,
-        files::retrieve,
-        files::delete,
-        files::content,
-        batches::create,
-        batches::list,
-        batches::retrieve,
-        batches::cancel,
-        batch_results::results,
-        batch_events::events,
-        batch_retry::retry_batch,
-        health::metrics,
-        webhooks::create,
-        webhooks::list,
-        webhooks::retrieve,
-        webhooks::delete,
-        webhooks::rotate,
-        webhooks::enable,
-        webhooks::deliveries,
-    ),
-    components(schemas(batch_results::ResultRecord), responses(ErrorResponse)),
-    security(("bearerAuth" = [])),
-    modifiers(&Conventions)
+    components(schemas(super::batch_results::ResultRecord), responses(ErrorResponse)),
+    security(("bearerAuth" = []))
 )]
 pub struct ApiDoc;
 
-/// The document, built once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_json()
-        .expect("the OpenAPI document serialises")
+/// The document, built once by registering every route on an app that is never served:
+/// registering a handler adds its operation (`super::routes`).
+static OPENAPI: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
+    let (_, mut doc) = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(super::register)
+        .configure(super::register_metrics)
+        .split_for_parts();
+    Conventions.modify(&mut doc);
+    doc
 });
+
+static DOCUMENT: LazyLock<String> =
+    LazyLock::new(|| OPENAPI.to_json().expect("the OpenAPI document serialises"));
+
+/// Each documented path as the router matches it, with its methods.
+static DOCUMENTED: LazyLock<Vec<(ResourceDef, Vec<Method>)>> = LazyLock::new(|| {
+    let methods = |item: &PathItem| {
+        [
+            (&item.get, Method::GET),
+            (&item.post, Method::POST),
+            (&item.put, Method::PUT),
+            (&item.patch, Method::PATCH),
+            (&item.delete, Method::DELETE),
+        ]
+        .into_iter()
+        .filter_map(|(op, method)| op.as_ref().map(|_| method))
+        .collect()
+    };
+    (OPENAPI.paths.paths.iter())
+        .map(|(path, item)| (ResourceDef::new(path.as_str()), methods(item)))
+        .collect()
+});
+
+/// What no route took: a documented path with another method is a 405 naming the methods it
+/// has (each method is a route of its own, so the router alone would answer 404), anything
+/// else a 404; the framework's error handler writes both as the error envelope.
+pub async fn unrouted(req: HttpRequest) -> HttpResponse {
+    let allowed: Vec<Method> = (DOCUMENTED.iter())
+        .filter(|(path, _)| path.is_match(req.path()))
+        .flat_map(|(_, methods)| methods.iter().cloned())
+        .collect();
+    if allowed.is_empty() {
+        HttpResponse::NotFound().finish()
+    } else {
+        HttpResponse::MethodNotAllowed()
+            .insert_header(header::Allow(allowed))
+            .finish()
+    }
+}
 
 /// This document.
 #[utoipa::path(
-    get,
-    path = "/openapi.json",
     operation_id = "openapi",
     tag = "health",
     responses((status = 200, description = "This document", body = Object))
@@ -250,113 +270,6 @@ mod tests {
             }
         }
         found
-    }
-
-    /// The sources of the modules whose routes `super::routes` and `super::metrics_routes`
-    /// register, with the scope each is registered under. The console (static pages, not the
-    /// API) is left out on purpose.
-    const ROUTE_SOURCES: [(&str, &str, &str); 8] = [
-        ("health", "", include_str!("health.rs")),
-        ("openapi", "", include_str!("openapi.rs")),
-        ("files", "/v1", include_str!("files.rs")),
-        ("batches", "/v1", include_str!("batches.rs")),
-        ("webhooks", "/v1", include_str!("webhooks.rs")),
-        ("batch_results", "/v1", include_str!("batch_results.rs")),
-        ("batch_events", "/v1", include_str!("batch_events.rs")),
-        ("batch_retry", "/v1", include_str!("batch_retry.rs")),
-    ];
-    const UNDOCUMENTED_MODULES: [&str; 1] = ["console"];
-
-    /// `(method, path)` of every route a module's source (its unit tests left out) registers:
-    /// with actix's attribute macros such as `get`, or as a `web::resource` with `.route`s.
-    fn registered(scope: &str, source: &str) -> BTreeSet<(String, String)> {
-        let source = source.split("#[cfg(test)]").next().unwrap();
-        let mut found = BTreeSet::new();
-        for method in ["get", "post", "put", "patch", "delete"] {
-            let attribute = format!("#[{method}(\"");
-            for (at, _) in source.match_indices(&attribute) {
-                let rest = &source[at + attribute.len()..];
-                let path = &rest[..rest.find('"').unwrap()];
-                found.insert((method.to_uppercase(), format!("{scope}{path}")));
-            }
-        }
-        let resources: Vec<usize> = source
-            .match_indices("web::resource(\"")
-            .map(|(at, _)| at)
-            .collect();
-        for (i, &at) in resources.iter().enumerate() {
-            let rest = &source[at + "web::resource(\"".len()..];
-            let path = &rest[..rest.find('"').unwrap()];
-            // Its routes: up to the next resource, or the end of the function.
-            let end = resources
-                .get(i + 1)
-                .map(|&next| next - at)
-                .or_else(|| source[at..].find("\n}\n"))
-                .unwrap();
-            let body = &source[at..at + end];
-            let mut any = false;
-            for method in ["get", "post", "put", "patch", "delete"] {
-                if body.contains(&format!("web::{method}()")) {
-                    found.insert((method.to_uppercase(), format!("{scope}{path}")));
-                    any = true;
-                }
-            }
-            assert!(any, "no method found for the resource {path}");
-        }
-        found
-    }
-
-    #[test]
-    fn every_registered_route_is_documented_and_every_documented_one_registered() {
-        // Each module `routes` wires in is read here (or deliberately left out).
-        let wiring = include_str!("mod.rs");
-        let wiring = &wiring[wiring.find("pub fn routes(").unwrap()..];
-        let wiring = &wiring[..wiring.find("\n}\n").unwrap()];
-        let metrics = include_str!("mod.rs");
-        let metrics = &metrics[metrics.find("pub fn metrics_routes(").unwrap()..];
-        let metrics = &metrics[..metrics.find("\n}\n").unwrap()];
-        for text in [wiring, metrics] {
-            for call in [".configure(", ".service("] {
-                for (at, _) in text.match_indices(call) {
-                    let rest = text[at + call.len()..].trim_start();
-                    let Some(module) = rest.split_once("::").map(|(m, _)| m) else {
-                        continue;
-                    };
-                    if module.starts_with("web") {
-                        continue;
-                    }
-                    assert!(
-                        ROUTE_SOURCES.iter().any(|(m, _, _)| *m == module)
-                            || UNDOCUMENTED_MODULES.contains(&module),
-                        "routes from module {module} are not checked against the document"
-                    );
-                }
-            }
-        }
-
-        let mut routes = BTreeSet::new();
-        for (_, scope, source) in ROUTE_SOURCES {
-            routes.extend(registered(scope, source));
-        }
-        assert_eq!(routes.len(), 23, "{routes:#?}");
-        assert_eq!(documented(&document()), routes);
-    }
-
-    #[test]
-    fn the_route_scan_sees_both_ways_of_registering() {
-        let source = "fn routes() {\n    cfg.service(web::resource(\"/a/{id}\")\n        \
-                      .route(web::get().to(a))\n        .route(web::delete().to(b)));\n}\n\
-                      #[post(\"/b\")]\nasync fn b() {}\n";
-        let found = registered("/v1", source);
-        let expected: BTreeSet<_> = [
-            ("GET", "/v1/a/{id}"),
-            ("DELETE", "/v1/a/{id}"),
-            ("POST", "/v1/b"),
-        ]
-        .into_iter()
-        .map(|(m, p)| (m.to_owned(), p.to_owned()))
-        .collect();
-        assert_eq!(found, expected);
     }
 
     /// The operation ids the tests and clients use, and which operations are OpenBatch's own.

@@ -1,10 +1,11 @@
 //! Webhook endpoints (an OpenBatch extension): register, list, get, delete, rotate the signing
 //! secret, re-enable, and read the delivery log. Everything is per project.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
@@ -12,26 +13,14 @@ use crate::domain::{EventType, WebhookEndpointId, WebhookUrl};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::webhooks::{self as service, DeliveryRecord, EndpointRecord, MAX_GRACE_SECS};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/webhook_endpoints")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .service(
-        web::resource("/webhook_endpoints/{endpoint_id}")
-            .route(web::get().to(retrieve))
-            .route(web::delete().to(delete)),
-    )
-    .service(
-        web::resource("/webhook_endpoints/{endpoint_id}/rotate_secret")
-            .route(web::post().to(rotate)),
-    )
-    .service(web::resource("/webhook_endpoints/{endpoint_id}/enable").route(web::post().to(enable)))
-    .service(
-        web::resource("/webhook_endpoints/{endpoint_id}/deliveries")
-            .route(web::get().to(deliveries)),
-    );
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(create)
+        .service(list)
+        .service(retrieve)
+        .service(delete)
+        .service(rotate)
+        .service(enable)
+        .service(deliveries);
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -46,8 +35,6 @@ struct CreateEndpoint {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/webhook_endpoints",
     operation_id = "createWebhookEndpoint",
     tag = "webhooks",
     summary = "Register a webhook endpoint (OpenBatch extension)",
@@ -76,6 +63,7 @@ struct CreateEndpoint {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[post("/webhook_endpoints")]
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -95,8 +83,6 @@ fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/webhook_endpoints/{endpoint_id}",
     operation_id = "retrieveWebhookEndpoint",
     tag = "webhooks",
     summary = "A webhook endpoint, without its secret (OpenBatch extension)",
@@ -107,6 +93,7 @@ fn parse_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/webhook_endpoints/{endpoint_id}")]
 async fn retrieve(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -118,8 +105,6 @@ async fn retrieve(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/webhook_endpoints/{endpoint_id}",
     operation_id = "deleteWebhookEndpoint",
     tag = "webhooks",
     summary = "Delete a webhook endpoint, its pending deliveries and its log (OpenBatch extension)",
@@ -130,6 +115,7 @@ async fn retrieve(
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[delete("/webhook_endpoints/{endpoint_id}")]
 async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -163,8 +149,6 @@ fn grace_schema() -> utoipa::openapi::schema::Object {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
     operation_id = "rotateWebhookEndpointSecret",
     tag = "webhooks",
     summary = "Issue a new signing secret (OpenBatch extension)",
@@ -180,6 +164,7 @@ fn grace_schema() -> utoipa::openapi::schema::Object {
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[post("/webhook_endpoints/{endpoint_id}/rotate_secret")]
 async fn rotate(
     req: HttpRequest,
     payload: web::Payload,
@@ -200,8 +185,6 @@ async fn rotate(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/webhook_endpoints/{endpoint_id}/enable",
     operation_id = "enableWebhookEndpoint",
     tag = "webhooks",
     summary = "Re-enable a webhook endpoint (OpenBatch extension)",
@@ -214,6 +197,7 @@ async fn rotate(
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[post("/webhook_endpoints/{endpoint_id}/enable")]
 async fn enable(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -228,8 +212,6 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 #[utoipa::path(
-    get,
-    path = "/v1/webhook_endpoints",
     operation_id = "listWebhookEndpoints",
     tag = "webhooks",
     summary = "This project's webhook endpoints, newest first (OpenBatch extension)",
@@ -240,6 +222,7 @@ const MAX_LIMIT: u32 = 100;
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/webhook_endpoints")]
 async fn list(
     query: web::Query<PageParams>,
     state: web::Data<AppState>,
@@ -254,8 +237,6 @@ async fn list(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/webhook_endpoints/{endpoint_id}/deliveries",
     operation_id = "listWebhookDeliveries",
     tag = "webhooks",
     summary = "A webhook endpoint's delivery log, newest first (OpenBatch extension)",
@@ -268,6 +249,7 @@ async fn list(
     ),
     extensions(("x-openbatch-extension" = json!(true)))
 )]
+#[get("/webhook_endpoints/{endpoint_id}/deliveries")]
 async fn deliveries(
     path: web::Path<String>,
     query: web::Query<PageParams>,

@@ -106,7 +106,7 @@ pub use idempotency::IdempotencyKey;
 pub use ids::{
     id_schema, BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
 };
-pub use line_error::{LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
+pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
 pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::chunking::ChunkPlanner;
 use super::order::Served;
@@ -200,7 +200,7 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
 }
 
 pub(super) fn errors_object(errors: Vec<LineError>) -> Value {
-    json!({"object": "list", "data": errors})
+    crate::domain::BatchErrors::json(errors)
 }
 
 async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Result<()> {

@@ -4,7 +4,8 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::engine::upstream::Outcome;
 use crate::jsonl::group::line_id;
@@ -149,14 +150,42 @@ impl Usage {
     }
 
     pub fn to_json(self) -> Value {
-        json!({
-            "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens},
-            "output_tokens": self.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.total_tokens,
-        })
+        let usage = BatchUsage {
+            input_tokens: self.input_tokens,
+            input_tokens_details: InputTokensDetails {
+                cached_tokens: self.cached_tokens,
+            },
+            output_tokens: self.output_tokens,
+            output_tokens_details: OutputTokensDetails {
+                reasoning_tokens: self.reasoning_tokens,
+            },
+            total_tokens: self.total_tokens,
+        };
+        serde_json::to_value(usage).expect("plain data serialises")
     }
+}
+
+// As a batch stores it once ended, and the Batch object shows it.
+/// The tokens a batch's successful requests used.
+#[derive(Serialize, ToSchema)]
+pub struct BatchUsage {
+    input_tokens: i64,
+    #[schema(inline)]
+    input_tokens_details: InputTokensDetails,
+    output_tokens: i64,
+    #[schema(inline)]
+    output_tokens_details: OutputTokensDetails,
+    total_tokens: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct InputTokensDetails {
+    cached_tokens: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OutputTokensDetails {
+    reasoning_tokens: i64,
 }
 
 /// The members of a `usage` object that are summed; both naming schemes.
@@ -273,6 +302,7 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ShapeOf<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::borrow::Cow;
 
     use crate::jsonl::group::{decode, encode, Stored};

@@ -57,7 +57,7 @@ async fn end_stuck(pool: &PgPool, grace_secs: u64) -> Result<u64, sqlx::Error> {
             from: b.status,
             to,
             owner: None,
-            errors: serde_json::json!({"object": "list", "data": [error]}),
+            errors: crate::domain::BatchErrors::json(vec![error]),
         };
         if leases::give_up(pool, &b.id, ending).await? {
             tracing::warn!(batch_id = %b.id, from = b.status.as_str(), to = to.as_str(),

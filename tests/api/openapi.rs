@@ -1,6 +1,6 @@
 //! `/openapi.json` against the router it describes, at run time: every documented operation
-//! is served, and no other method on a documented path is. (`src/api/openapi.rs` checks the
-//! document against the routes the sources register; this checks the running server.)
+//! is served, and no other method on a documented path is. (The document is built by
+//! registering the same handlers the server registers, `src/api/openapi.rs`.)
 
 use serde_json::Value;
 
