@@ -390,6 +390,7 @@ pub async fn with_retries(send: impl Fn() -> reqwest::RequestBuilder) -> reqwest
                 "still refused at the deadline: {other:?}"
             ),
         }
+        // Backoff between retries, as an SDK's.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -71,6 +71,7 @@ async fn wait_for_status(apps: &[&TestApp], status: u16, what: &str) {
                 "{what}: {} never answered {status}",
                 app.address
             );
+            // A replica's reload of its keys is seen only by asking it.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -325,6 +326,7 @@ async fn the_per_key_rate_limit_holds_for_the_cluster() {
                 "{} never saw 2 replicas",
                 r.address
             );
+            // Heartbeats notify nothing: the count is read from /metrics.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

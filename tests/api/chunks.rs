@@ -290,6 +290,7 @@ async fn wait_purged(pool: &PgPool, file_id: &str) {
             break;
         }
         assert!(Instant::now() < deadline, "{file_id} was never purged");
+        // The janitor announces nothing: its work is polled.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
@@ -475,6 +476,7 @@ async fn a_batch_running_on_the_old_engine_completes_after_the_upgrade() {
             Instant::now() < deadline,
             "the rebuilt input was never purged"
         );
+        // The janitor announces nothing: its work is polled.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -532,6 +534,7 @@ async fn a_deleted_files_space_goes_back_to_the_file_system() {
                  live and dead slices: {live:?})"
             );
         }
+        // The maintainer announces nothing: the index size is polled.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Content stored afterwards is still read back whole.

@@ -117,6 +117,7 @@ async fn postgresql_restarted_mid_batch_and_the_batch_still_completes() {
             std::time::Instant::now() < deadline,
             "readyz never said 503"
         );
+        // The replica's view of the database is seen only by asking it.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.start_again();

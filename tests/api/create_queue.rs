@@ -237,6 +237,7 @@ async fn waiting_writer(pool: &PgPool) -> i32 {
             Instant::now() < deadline,
             "the insert never waited for the lock"
         );
+        // A lock wait is seen only in pg_stat_activity: polled.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -68,6 +68,7 @@ async fn until_status(
             res.status()
         );
         drop(res);
+        // A slot's release is seen only by asking again.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -297,7 +298,7 @@ async fn a_live_read_never_holds_up_the_batch_s_result_writes() {
         (0..4).map(|i| chat_line(&format!("s{i}"), json!({"fake": {"latency_ms": 15_000}}))),
     );
     let id = a.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    a.wait_until(&id, |b| {
+    a.wait_for_progress(&id, |b| {
         b["request_counts"]["completed"].as_i64() >= Some(240)
     })
     .await;

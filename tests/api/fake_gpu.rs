@@ -45,6 +45,7 @@ async fn wait_for_gpu(upstream: &FakeUpstream, what: &str, cond: impl Fn(&Value)
             Instant::now() < deadline,
             "timed out waiting for {what}: {gpu}"
         );
+        // The fake's stats are polled: it announces nothing.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -22,6 +22,7 @@ ready=""
 for _ in $(seq 1 600); do
     if "$OB" batches list >/dev/null 2>&1; then ready=1; break; fi
     kill -0 "$pid" || break
+    # Readiness is announced nowhere: the server is asked.
     sleep 0.1
 done
 [ -n "$ready" ] || {{ echo "server never answered"; exit 1; }}

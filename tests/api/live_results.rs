@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use crate::helpers::{
     chat_line, engine_env, expect_error, start_replicas_with, to_jsonl, FakeUpstream, TestApp,
@@ -54,7 +55,7 @@ impl Running {
         let replicas = start_replicas_with(1, &db.url, &env).await;
         let app = TestApp::connect(&replicas[0].address, &db.url).await;
         let id = app.submit("/v1/chat/completions", input()).await;
-        app.wait_until(&id, |b| {
+        app.wait_for_progress(&id, |b| {
             let c = &b["request_counts"];
             c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 33
         })
@@ -184,6 +185,7 @@ async fn results_are_read_while_the_batch_runs_and_resumed_across_its_end() {
             break;
         }
         assert!(Instant::now() < deadline, "batch stuck");
+        // Part of the test: a reader following the batch live, at its own pace.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ended = app.batch(id).await;
@@ -360,7 +362,7 @@ async fn a_live_cursor_gets_the_unread_and_the_cancelled_lines_after_a_cancel() 
         })
         .collect();
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
-    app.wait_until(&id, |b| {
+    app.wait_for_progress(&id, |b| {
         b["request_counts"]["completed"].as_i64().unwrap_or(0) >= QUICK as i64
     })
     .await;
@@ -473,12 +475,14 @@ async fn results_refuse_unknown_batches_and_bad_cursors() {
             Instant::now() < deadline,
             "the live order outlived its files"
         );
+        // Pruning announces nothing: the orders are polled.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Reads Server-Sent Events until the stream ends; returns the batch objects they carried.
-async fn read_events(app: &TestApp, id: &str) -> Vec<Value> {
+/// `opened` is notified once the stream has answered.
+async fn read_events(app: &TestApp, id: &str, opened: &Notify) -> Vec<Value> {
     let res = app
         .get(&format!("/v1/batches/{id}/events"))
         .send()
@@ -486,6 +490,7 @@ async fn read_events(app: &TestApp, id: &str) -> Vec<Value> {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
+    opened.notify_one();
     let mut body = res.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -523,10 +528,12 @@ async fn events_push_progress_and_end_after_the_final_status() {
     let app = TestApp::connect(&replicas[0].address, &db.url).await;
     let id = app.submit("/v1/chat/completions", input()).await;
 
-    let (events, refused) = tokio::join!(read_events(&app, &id), async {
+    let opened = Notify::new();
+    let (events, refused) = tokio::join!(read_events(&app, &id, &opened), async {
         // The one stream this replica allows is open (the batch runs for seconds yet): a
         // second is refused.
-        app.wait_until(&id, |b| b["status"] == "in_progress").await;
+        app.wait_for(&id, &["in_progress"]).await;
+        opened.notified().await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let res = app
@@ -537,7 +544,7 @@ async fn events_push_progress_and_end_after_the_final_status() {
             if res.status() == 429 {
                 return expect_error(res, 429).await;
             }
-            // The first stream may not be open yet.
+            // The first stream answered, so its slot is taken; this retry is only a guard.
             drop(res);
             assert!(Instant::now() < deadline, "no 429 for a second stream");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -572,7 +579,7 @@ async fn events_push_progress_and_end_after_the_final_status() {
     }
 
     // The slot is given back when a stream ends: an ended batch's stream is its final state.
-    let again = read_events(&app, &id).await;
+    let again = read_events(&app, &id, &Notify::new()).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0]["status"], "completed");
 }
@@ -639,6 +646,7 @@ async fn reading_100_mb_of_results_keeps_a_replica_small() {
             break;
         }
         assert!(Instant::now() < deadline, "batch stuck");
+        // Part of the test: a reader following the batch live, at its own pace.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(live > 0, "nothing read while it ran");

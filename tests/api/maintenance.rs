@@ -119,6 +119,7 @@ async fn a_table_that_outgrew_its_statistics_is_analyzed() {
             break;
         }
         assert!(Instant::now() < deadline, "api_keys was never analyzed");
+        // The statistics announce nothing: polled.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!statistics::run(&app.pool).await.contains(&"api_keys"));

@@ -366,6 +366,7 @@ async fn a_chunk_in_a_crash_loop_is_given_up() {
                 .execute(&app.pool)
                 .await
                 .unwrap();
+                // Part of the attack: the chunk is requeued every 20 ms.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -655,7 +656,7 @@ async fn retry_after_1e20_is_clamped_and_the_line_ends() {
             let started = Instant::now();
             let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
             let running = app
-                .wait_until(&id, |b| {
+                .wait_for_progress(&id, |b| {
                     let ended = !matches!(b["status"].as_str(), Some("validating" | "in_progress"));
                     b["request_counts"]["completed"] == 2 || ended
                 })

@@ -134,6 +134,7 @@ async fn a_pool_down_for_20_seconds_holds_its_lines_and_completes_when_back() {
         let batch = app.batch(&id).await;
         assert_eq!(batch["status"], "in_progress", "{batch}");
         assert_eq!(batch["request_counts"]["failed"], 0, "{batch}");
+        // Part of the test: the batch holds, unfailed, for all 20 s of the outage.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _a = FakeUpstream::start(&["--latency-ms", "100", "--port", &ports[0]]);
@@ -256,19 +257,10 @@ async fn slots_are_free(app: &TestApp) {
     let id = app
         .submit("/v1/chat/completions", to_jsonl(&lines("after", 3)))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let b = app.batch(&id).await;
-        if b["status"] == "completed" {
-            assert_eq!(b["request_counts"]["completed"], 3, "{b}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the waiting lines still hold the replica's slots: {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let b = tokio::time::timeout(Duration::from_secs(60), app.wait_for(&id, &["completed"]))
+        .await
+        .unwrap_or_else(|_| panic!("the waiting lines still hold the replica's slots"));
+    assert_eq!(b["request_counts"]["completed"], 3, "{b}");
 }
 
 #[tokio::test]
@@ -277,7 +269,7 @@ async fn lines_waiting_for_a_dead_pool_end_when_their_batch_is_cancelled() {
     let app = engine_with_a_dead_route(&upstream, |_| {}).await;
     let id = app.submit("/v1/chat/completions", dead_lines(4)).await;
     app.wait_for(&id, &["in_progress"]).await;
-    // Give the lines time to reach the pool and wait there.
+    // Part of the test: 2 s for the lines to reach the dead pool and wait there, none failing.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(app.batch(&id).await["request_counts"]["failed"], 0);
     app.post(&format!("/v1/batches/{id}/cancel"))
@@ -348,6 +340,7 @@ async fn counting_upstream(latency: Duration) -> (String, Arc<AtomicUsize>) {
                     let body = if inference {
                         let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(at_once, Ordering::SeqCst);
+                        // The fake's latency.
                         tokio::time::sleep(latency).await;
                         now.fetch_sub(1, Ordering::SeqCst);
                         r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
@@ -397,6 +390,7 @@ async fn three_replicas_share_one_cap_at_the_endpoint() {
                 "{} never saw 3 replicas",
                 r.address
             );
+            // Heartbeats notify nothing: the count is read from /metrics.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -444,6 +438,7 @@ async fn replicas_joining_mid_batch_never_push_the_endpoint_past_the_cap() {
         < 80
     {
         assert!(Instant::now() < deadline, "the batch never got going");
+        // Progress notifies nothing (flushes do not NOTIFY): polled.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(peak.load(Ordering::SeqCst), 8, "two replicas fill the cap");

@@ -12,10 +12,11 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use tokio::sync::Notify;
 
 use crate::helpers::{
     batch_body, chat_line, spawn_app_with, spawn_engine, start_replicas_with, to_jsonl, Expect,
-    FakeUpstream, TestApp, TestDb,
+    FakeUpstream, TestApp, TestDb, FALLBACK,
 };
 
 /// What the receiver does with the next request.
@@ -45,18 +46,21 @@ struct Script {
     received: Vec<Received>,
 }
 
+/// The script, and the signal that a request arrived.
+#[derive(Default)]
+struct Inbox {
+    script: Mutex<Script>,
+    arrived: Notify,
+}
+
 /// A local HTTP server standing in for a user's webhook endpoint.
 struct Receiver {
     url: String,
     port: u16,
-    script: Arc<Mutex<Script>>,
+    inbox: Arc<Inbox>,
 }
 
-async fn receive(
-    req: HttpRequest,
-    body: web::Bytes,
-    script: web::Data<Mutex<Script>>,
-) -> HttpResponse {
+async fn receive(req: HttpRequest, body: web::Bytes, inbox: web::Data<Inbox>) -> HttpResponse {
     let header = |n: &str| {
         req.headers()
             .get(n)
@@ -65,7 +69,7 @@ async fn receive(
             .to_owned()
     };
     let reply = {
-        let mut s = script.lock().unwrap();
+        let mut s = inbox.script.lock().unwrap();
         s.received.push(Received {
             path: req.path().to_owned(),
             id: header("webhook-id"),
@@ -76,6 +80,7 @@ async fn receive(
         let otherwise = Reply::Status(s.otherwise.unwrap_or(200));
         s.replies.pop_front().unwrap_or(otherwise)
     };
+    inbox.arrived.notify_waiters();
     match reply {
         Reply::Status(code) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
@@ -85,6 +90,7 @@ async fn receive(
             .insert_header(("location", "/followed"))
             .finish(),
         Reply::Hang => {
+            // The reply under test: a receiver that never answers.
             tokio::time::sleep(Duration::from_secs(3600)).await;
             HttpResponse::Ok().finish()
         }
@@ -93,11 +99,14 @@ async fn receive(
 
 impl Receiver {
     fn start(replies: &[Reply]) -> Self {
-        let script = Arc::new(Mutex::new(Script {
-            replies: replies.iter().copied().collect(),
-            ..Script::default()
-        }));
-        let data = web::Data::from(script.clone());
+        let inbox = Arc::new(Inbox {
+            script: Mutex::new(Script {
+                replies: replies.iter().copied().collect(),
+                ..Script::default()
+            }),
+            arrived: Notify::new(),
+        });
+        let data = web::Data::from(inbox.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -111,30 +120,35 @@ impl Receiver {
         Self {
             url: format!("http://127.0.0.1:{port}/hook"),
             port,
-            script,
+            inbox,
         }
     }
 
     fn received(&self) -> Vec<Received> {
-        self.script.lock().unwrap().received.clone()
+        self.inbox.script.lock().unwrap().received.clone()
     }
 
     fn answer_from_now_on(&self, code: u16) {
-        let mut s = self.script.lock().unwrap();
+        let mut s = self.inbox.script.lock().unwrap();
         s.replies.clear();
         s.otherwise = Some(code);
     }
 
-    /// Polls until `done` holds for what was received; the deadline only guards against a hang.
+    /// Waits until `done` holds for what was received, checking again as each request
+    /// arrives; the deadline only guards against a hang.
     async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            // Registered before the check, so a request arriving in between still wakes it.
+            let arrived = self.inbox.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             let got = self.received();
             if done(&got) {
                 return got;
             }
             assert!(Instant::now() < deadline, "waiting for {what}: got {got:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout(FALLBACK, arrived).await;
         }
     }
 }
@@ -175,6 +189,7 @@ async fn wait_for_delivery(app: &TestApp, endpoint: &str, done: impl Fn(&Value) 
             return d.clone();
         }
         assert!(Instant::now() < deadline, "delivery log: {log:?}");
+        // Delivery attempts notify nothing: the log is polled.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -475,6 +490,7 @@ async fn only_subscribed_events_are_sent_and_an_endpoint_that_keeps_failing_is_d
             break e;
         }
         assert!(Instant::now() < deadline, "never disabled: {e}");
+        // Disabling an endpoint notifies nothing: it is polled.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let reason = disabled["disabled_reason"].as_str().unwrap();
@@ -790,6 +806,7 @@ async fn the_maintainer_prunes_finished_deliveries_but_never_pending_ones() {
             Instant::now() < deadline,
             "the delivered entry was never pruned"
         );
+        // Pruning announces nothing: the log is polled.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pending = deliveries(&app, failing_ep["id"].as_str().unwrap()).await;

@@ -81,7 +81,7 @@ async fn a_pretty_printing_upstream_gives_one_line_per_result() {
     lines.push(chat_line("slow", json!({"fake": {"latency_ms": 8000}})));
     let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
 
-    app.wait_until(&id, |b| {
+    app.wait_for_progress(&id, |b| {
         let c = &b["request_counts"];
         c["completed"].as_i64().unwrap_or(0) + c["failed"].as_i64().unwrap_or(0) >= 19
             || !["validating", "in_progress"].contains(&b["status"].as_str().unwrap())

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use super::db::TestDb;
+use super::signals::{StatusChanges, FALLBACK};
 
 pub fn settings_for(database_url: &str) -> Settings {
     Settings::load_from(
@@ -217,32 +218,46 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Polls the batch until `done` holds. The deadline only guards against a hang; no
-    /// assertion depends on speed.
+    /// Waits until `done` holds for the batch, checking it again at each of its status changes
+    /// (the service notifies them) and at least every second. For a condition on progress,
+    /// which nothing announces, use [`TestApp::wait_for_progress`]. The deadline only guards
+    /// against a hang; no assertion depends on speed.
     pub async fn wait_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait_on(id, FALLBACK, done).await
+    }
+
+    /// Waits until the batch reaches one of `statuses`.
+    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+        self.wait_until(id, |b| statuses.iter().any(|s| b["status"] == *s))
+            .await
+    }
+
+    /// Waits until `done` holds for the batch's progress (`request_counts`), polled every 50 ms:
+    /// progress is written by flushes, which notify nothing (nor does the events stream, which
+    /// polls too). Status changes still wake it at once.
+    pub async fn wait_for_progress(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait_on(id, Duration::from_millis(50), done).await
+    }
+
+    /// Waits until at least `n` lines have completed (or the whole batch has).
+    pub async fn wait_for_completed(&self, id: &str, n: i64) -> Value {
+        self.wait_for_progress(id, |b| {
+            b["request_counts"]["completed"].as_i64() >= Some(n) || b["status"] == "completed"
+        })
+        .await
+    }
+
+    async fn wait_on(&self, id: &str, every: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
+        let mut changes = StatusChanges::listen(&self.pool, id).await;
         loop {
             let b = self.batch(id).await;
             if done(&b) {
                 return b;
             }
             assert!(Instant::now() < deadline, "batch stuck: {b}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            changes.next(every).await;
         }
-    }
-
-    /// Polls until the batch reaches one of `statuses`.
-    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
-        self.wait_until(id, |b| statuses.iter().any(|s| b["status"] == *s))
-            .await
-    }
-
-    /// Polls until at least `n` lines have completed (or the whole batch has).
-    pub async fn wait_for_completed(&self, id: &str, n: i64) -> Value {
-        self.wait_until(id, |b| {
-            b["request_counts"]["completed"].as_i64() >= Some(n) || b["status"] == "completed"
-        })
-        .await
     }
 
     /// A new batch put straight into `status`, as the worker would leave it.

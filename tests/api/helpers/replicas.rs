@@ -132,6 +132,7 @@ pub async fn start_replicas_with(
                 "replica {} never became ready",
                 r.address
             );
+            // Readiness is announced nowhere: the replica is asked.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -163,6 +164,7 @@ pub async fn start_replica_logging_to(
         .is_ok_and(|res| res.status().is_success())
     {
         assert!(Instant::now() < deadline, "replica never became ready");
+        // Readiness is announced nowhere: the replica is asked.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     replica
@@ -180,6 +182,7 @@ pub async fn assert_all_ready(replicas: &[Replica]) {
                 break;
             }
             assert!(Instant::now() < deadline, "{} not ready", r.address);
+            // Readiness is announced nowhere: the replica is asked.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
