@@ -185,6 +185,49 @@ impl TryFrom<String> for BatchStatus {
     }
 }
 
+/// A status change `can_become` allows: what the store takes to move a batch. Its UPDATE is
+/// guarded by `from` in SQL, so two replicas racing for one change cannot both win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    from: Vec<BatchStatus>,
+    to: BatchStatus,
+}
+
+impl Transition {
+    /// `to` from any of `from`; `None` unless every one of them may become `to`.
+    pub fn new(from: &[BatchStatus], to: BatchStatus) -> Option<Self> {
+        (!from.is_empty() && from.iter().all(|s| s.can_become(to))).then(|| Self {
+            from: from.to_vec(),
+            to,
+        })
+    }
+
+    /// `to` from whichever of `candidates` may become it (none: a change that matches no row).
+    pub fn from_any(candidates: &[BatchStatus], to: BatchStatus) -> Self {
+        Self {
+            from: candidates
+                .iter()
+                .copied()
+                .filter(|s| s.can_become(to))
+                .collect(),
+            to,
+        }
+    }
+
+    pub fn from(&self) -> &[BatchStatus] {
+        &self.from
+    }
+
+    pub fn to(&self) -> BatchStatus {
+        self.to
+    }
+
+    /// The `from` side as SQL compares it (`status = ANY($n)`).
+    pub fn from_text(&self) -> Vec<&'static str> {
+        self.from.iter().map(|s| s.as_str()).collect()
+    }
+}
+
 /// The validated parameters of a batch creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchSpec {
@@ -269,6 +312,20 @@ mod tests {
             assert_eq!(BatchStatus::try_from(s.as_str().to_owned()), Ok(s));
         }
         assert!(BatchStatus::try_from("done".to_owned()).is_err());
+    }
+
+    #[test]
+    fn a_transition_holds_only_changes_can_become_allows() {
+        use BatchStatus::*;
+        let t = Transition::new(&[Validating, Finalizing], Failed).unwrap();
+        assert_eq!(
+            (t.from_text(), t.to()),
+            (vec!["validating", "finalizing"], Failed)
+        );
+        assert_eq!(Transition::new(&[Validating, Completed], Failed), None);
+        assert_eq!(Transition::new(&[], Failed), None);
+        let any = Transition::from_any(&BatchStatus::ALL, Completed);
+        assert_eq!(any.from(), &[Finalizing]);
     }
 
     use crate::domain::{ExpiresAfter, FileId, Metadata};

@@ -98,7 +98,7 @@ mod retry;
 mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
-pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
+pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, Transition};
 pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};

@@ -13,13 +13,13 @@ use super::order::Served;
 use super::output::{self, Usage};
 use super::validation::FileCheck;
 use super::Ctx;
-use crate::domain::{BatchStatus, Endpoint, FileId, Purpose};
+use crate::domain::{BatchStatus, Endpoint, FileId, Purpose, Transition};
 use crate::domain::{LineError, MAX_INPUT_BYTES};
 use crate::engine::upstream::Outcome;
 use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ChunkSummary, NewChunk};
 use crate::store::files::{self, FileRecord, NewContent, NewFile, CHUNK_BYTES};
-use crate::store::leases::{self, BatchJob, Ending};
+use crate::store::leases::{self, BatchJob, Ending, Failure};
 use crate::tasks::{sleep_or_cancelled, CancellationToken};
 
 /// Chunks read per query while writing result files.
@@ -186,7 +186,7 @@ async fn abandon(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         &job.id,
         &ctx.owner,
         errors_object(vec![error]),
-        &[BatchStatus::Validating, BatchStatus::Finalizing],
+        Failure::Abandoned,
     )
     .await?
     {
@@ -210,7 +210,7 @@ async fn fail(ctx: &Ctx, job: &BatchJob, errors: Vec<LineError>) -> anyhow::Resu
         &job.id,
         &ctx.owner,
         errors_object(errors),
-        &[BatchStatus::Validating],
+        Failure::Validation,
     )
     .await?
     {
@@ -490,13 +490,15 @@ async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyhow::Result<
         &job.id,
         &ctx.owner,
         Ending {
-            from: &[
-                BatchStatus::Validating,
-                BatchStatus::InProgress,
-                BatchStatus::Finalizing,
-                BatchStatus::Cancelling,
-            ],
-            to,
+            change: Transition::from_any(
+                &[
+                    BatchStatus::Validating,
+                    BatchStatus::InProgress,
+                    BatchStatus::Finalizing,
+                    BatchStatus::Cancelling,
+                ],
+                to,
+            ),
             output_file_id: output_file_id.as_ref(),
             error_file_id: error_file_id.as_ref(),
             completed,
