@@ -1,12 +1,39 @@
 use super::Invalid;
 
 /// The inference routes a batch may target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum Endpoint {
+    #[strum(serialize = "/v1/responses")]
+    #[serde(rename = "/v1/responses")]
+    #[sqlx(rename = "/v1/responses")]
     Responses,
+    #[strum(serialize = "/v1/chat/completions")]
+    #[serde(rename = "/v1/chat/completions")]
+    #[sqlx(rename = "/v1/chat/completions")]
     ChatCompletions,
+    #[strum(serialize = "/v1/embeddings")]
+    #[serde(rename = "/v1/embeddings")]
+    #[sqlx(rename = "/v1/embeddings")]
     Embeddings,
+    #[strum(serialize = "/v1/completions")]
+    #[serde(rename = "/v1/completions")]
+    #[sqlx(rename = "/v1/completions")]
     Completions,
+    #[strum(serialize = "/v1/moderations")]
+    #[serde(rename = "/v1/moderations")]
+    #[sqlx(rename = "/v1/moderations")]
     Moderations,
 }
 
@@ -20,13 +47,7 @@ impl Endpoint {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::Responses => "/v1/responses",
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Moderations => "/v1/moderations",
-        }
+        self.into()
     }
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
@@ -37,9 +58,6 @@ impl Endpoint {
     }
 }
 
-stored_as_text!(Endpoint, |raw| Endpoint::parse(raw).map_err(|e| e.message));
-text_enum!(Endpoint, "Endpoint", Endpoint::ALL);
-
 impl TryFrom<String> for Endpoint {
     type Error = Invalid;
     fn try_from(s: String) -> Result<Self, Invalid> {
@@ -48,8 +66,23 @@ impl TryFrom<String> for Endpoint {
 }
 
 /// OpenAI accepts only a 24-hour window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum CompletionWindow {
+    #[strum(serialize = "24h")]
+    #[serde(rename = "24h")]
+    #[sqlx(rename = "24h")]
     Hours24,
 }
 
@@ -64,17 +97,13 @@ impl CompletionWindow {
     }
 
     pub fn as_str(self) -> &'static str {
-        "24h"
+        self.into()
     }
 
     pub fn seconds(self) -> i64 {
         24 * 3600
     }
 }
-
-stored_as_text!(CompletionWindow, |raw| CompletionWindow::parse(raw)
-    .map_err(|e| e.message));
-text_enum!(CompletionWindow, "CompletionWindow", CompletionWindow::ALL);
 
 impl TryFrom<String> for CompletionWindow {
     type Error = Invalid;
@@ -83,7 +112,21 @@ impl TryFrom<String> for CompletionWindow {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,
     Failed,
@@ -108,16 +151,7 @@ pub enum CancelDecision {
 
 impl BatchStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            BatchStatus::Validating => "validating",
-            BatchStatus::Failed => "failed",
-            BatchStatus::InProgress => "in_progress",
-            BatchStatus::Finalizing => "finalizing",
-            BatchStatus::Completed => "completed",
-            BatchStatus::Expired => "expired",
-            BatchStatus::Cancelling => "cancelling",
-            BatchStatus::Cancelled => "cancelled",
-        }
+        self.into()
     }
 
     pub fn is_terminal(self) -> bool {
@@ -171,9 +205,6 @@ impl BatchStatus {
         BatchStatus::Cancelled,
     ];
 }
-
-stored_as_text!(BatchStatus, |raw| BatchStatus::try_from(raw.to_owned()));
-text_enum!(BatchStatus, "BatchStatus", BatchStatus::ALL);
 
 impl TryFrom<String> for BatchStatus {
     type Error = String;
@@ -261,6 +292,16 @@ impl BatchSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod endpoint {
+        text_enum_tests!(super::Endpoint);
+    }
+    mod completion_window {
+        text_enum_tests!(super::CompletionWindow);
+    }
+    mod batch_status {
+        text_enum_tests!(super::BatchStatus);
+    }
 
     #[test]
     fn endpoints_round_trip_and_unknown_ones_list_the_supported() {
