@@ -189,24 +189,7 @@ fn start(bindir: &Path, base: &Path) -> anyhow::Result<(LocalPostgres, String)> 
         }
     }
     if as_postgres_user {
-        let id = |flag: &str| -> anyhow::Result<u32> {
-            let out = output({
-                let mut c = Command::new("id");
-                c.args([flag, "postgres"]);
-                c
-            })
-            .context("running as root, PostgreSQL needs the 'postgres' user, which is missing")?;
-            Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-        };
-        let (uid, gid) = (id("-u")?, id("-g")?);
-        for dir in [&data, &run] {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-        }
-        let log = base.join("postgres.log");
-        if !log.exists() {
-            std::fs::write(&log, b"")?;
-        }
-        std::os::unix::fs::chown(&log, Some(uid), Some(gid))?;
+        hand_to_postgres_user(base, &[&data, &run])?;
     }
     let mut pg = LocalPostgres {
         pg_ctl: bindir.join("pg_ctl"),
@@ -215,25 +198,7 @@ fn start(bindir: &Path, base: &Path) -> anyhow::Result<(LocalPostgres, String)> 
         owned: false,
     };
     if !data.join("PG_VERSION").exists() {
-        tracing::info!(data = %data.display(), "creating a private PostgreSQL cluster (first run)");
-        let mut initdb = as_owner(&bindir.join("initdb"), as_postgres_user);
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-        ]);
-        output(initdb).context("initdb failed")?;
-        let conf = format!(
-            "\n# openbatch: a private server, reached through a Unix socket only\n\
-             listen_addresses = ''\nunix_socket_directories = '{}'\n",
-            run.display().to_string().replace('\'', "''")
-        );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut file, conf.as_bytes())?;
+        init_cluster(bindir, &data, &run, as_postgres_user)?;
     }
     let socket_dir = run.display().to_string();
     let url = format!(
@@ -263,6 +228,59 @@ fn start(bindir: &Path, base: &Path) -> anyhow::Result<(LocalPostgres, String)> 
     }
     pg.owned = true;
     Ok((pg, url))
+}
+
+/// Running as root: the data directories and the log belong to the `postgres` user, whom
+/// PostgreSQL runs as.
+fn hand_to_postgres_user(base: &Path, dirs: &[&PathBuf]) -> anyhow::Result<()> {
+    let id = |flag: &str| -> anyhow::Result<u32> {
+        let out = output({
+            let mut c = Command::new("id");
+            c.args([flag, "postgres"]);
+            c
+        })
+        .context("running as root, PostgreSQL needs the 'postgres' user, which is missing")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    let (uid, gid) = (id("-u")?, id("-g")?);
+    for dir in dirs {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    let log = base.join("postgres.log");
+    if !log.exists() {
+        std::fs::write(&log, b"")?;
+    }
+    std::os::unix::fs::chown(&log, Some(uid), Some(gid))?;
+    Ok(())
+}
+
+/// Creates the cluster (first run), reached through a Unix socket in `run` only.
+fn init_cluster(
+    bindir: &Path,
+    data: &Path,
+    run: &Path,
+    as_postgres_user: bool,
+) -> anyhow::Result<()> {
+    tracing::info!(data = %data.display(), "creating a private PostgreSQL cluster (first run)");
+    let mut initdb = as_owner(&bindir.join("initdb"), as_postgres_user);
+    initdb.arg("-D").arg(data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--locale=C",
+    ]);
+    output(initdb).context("initdb failed")?;
+    let conf = format!(
+        "\n# openbatch: a private server, reached through a Unix socket only\n\
+         listen_addresses = ''\nunix_socket_directories = '{}'\n",
+        run.display().to_string().replace('\'', "''")
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))?;
+    std::io::Write::write_all(&mut file, conf.as_bytes())?;
+    Ok(())
 }
 
 /// Enough encoding for a filesystem path inside a URL query.

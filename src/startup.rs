@@ -1,4 +1,6 @@
 use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -31,6 +33,40 @@ pub struct Application {
     _stop_on_drop: DropGuard,
 }
 
+/// What every request handler shares: the pool, the admission queue, limits and slots.
+fn app_state(
+    settings: &Settings,
+    pool: PgPool,
+    auth: api::Auth,
+    live: Arc<AtomicUsize>,
+    wake_worker: Option<Arc<tokio::sync::Notify>>,
+) -> web::Data<AppState> {
+    let creates = crate::services::batches::create_queue::CreateQueue::start(
+        pool.clone(),
+        settings.limits.max_active_batches_per_project,
+    );
+    let limits = &settings.limits;
+    web::Data::new(AppState {
+        pool,
+        creates,
+        limits: settings.limits.clone(),
+        auth,
+        rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, live),
+        expiry_override_secs: settings.batches.expiry_override_secs,
+        wake_worker,
+        uploads: FairSlots::new(
+            limits.max_concurrent_uploads,
+            limits.max_concurrent_uploads_per_project,
+        ),
+        webhooks: settings.webhooks.clone(),
+        event_streams: FairSlots::new(
+            limits.max_event_streams,
+            limits.max_event_streams_per_project,
+        ),
+        live_readers: FairSlots::new(limits.max_live_readers, limits.max_live_readers_per_project),
+    })
+}
+
 impl Application {
     /// Connects to the database (creating it if allowed), applies migrations and binds.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
@@ -59,33 +95,8 @@ impl Application {
             worker,
             members,
         } = Background::start(settings, &pool, &auth)?;
-        let creates = crate::services::batches::create_queue::CreateQueue::start(
-            pool.clone(),
-            settings.limits.max_active_batches_per_project,
-        );
-        let limits = &settings.limits;
-        let state = web::Data::new(AppState {
-            pool,
-            creates,
-            limits: settings.limits.clone(),
-            auth,
-            rate: api::RateLimiter::new(settings.limits.requests_per_minute_per_key, members.live),
-            expiry_override_secs: settings.batches.expiry_override_secs,
-            wake_worker: worker.as_ref().map(Worker::waker),
-            uploads: FairSlots::new(
-                limits.max_concurrent_uploads,
-                limits.max_concurrent_uploads_per_project,
-            ),
-            webhooks: settings.webhooks.clone(),
-            event_streams: FairSlots::new(
-                limits.max_event_streams,
-                limits.max_event_streams_per_project,
-            ),
-            live_readers: FairSlots::new(
-                limits.max_live_readers,
-                limits.max_live_readers_per_project,
-            ),
-        });
+        let wake_worker = worker.as_ref().map(Worker::waker);
+        let state = app_state(settings, pool, auth, members.live, wake_worker);
         let host_guard = web::Data::new(api::HostGuard::new(
             settings.auth.enabled,
             &settings.server.allowed_hosts,

@@ -2,25 +2,23 @@
 //! `batches …`, `files …`. It only speaks the public `/v1` API, like the SDKs, and reads the
 //! same `OPENAI_BASE_URL` / `OPENAI_API_KEY`.
 
+mod batches;
 mod client;
+mod files;
 mod output;
 mod submit;
 mod wait;
 mod webhooks;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 pub use client::{Client, ServerError};
 pub use submit::SubmitArgs;
 pub use wait::{EXIT_BATCH_FAILED, EXIT_DETACHED};
 
-use wait::{InputOrder, WaitOptions};
 pub use webhooks::WebhooksCommand;
 
 /// Where the server is and how to talk to it (shared by every client command).
@@ -170,243 +168,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn batches(args: BatchesArgs) -> anyhow::Result<i32> {
-    let client = args.client.client()?;
-    let json = args.client.json;
-    match args.command {
-        BatchesCommand::List { limit, after } => {
-            let page = client.list_batches(limit, after.as_deref()).await?;
-            if json {
-                output::print_json(&page);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = data(&page)
-                .iter()
-                .map(|b| {
-                    vec![
-                        output::text(&b["id"]),
-                        output::status(b["status"].as_str().unwrap_or("?")),
-                        output::progress(b),
-                        output::text(&b["model"]),
-                        output::time(&b["created_at"]),
-                        output::text(&b["endpoint"]),
-                        output::metadata(&b["metadata"]),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
-                eprintln!("no batches");
-            } else {
-                output::table(
-                    &[
-                        "id", "status", "progress", "model", "created", "endpoint", "metadata",
-                    ],
-                    &rows,
-                );
-                more_hint(&page, "openbatch batches list --after");
-            }
-        }
-        BatchesCommand::Get { id } => {
-            let b = client.get_batch(&id).await?;
-            if json {
-                output::print_json(&b);
-            } else {
-                output::batch_detail(&b);
-            }
-        }
-        BatchesCommand::Wait {
-            id,
-            output: out,
-            cancel_on_interrupt,
-            poll_interval,
-        } => {
-            let opts = WaitOptions {
-                cancel_on_interrupt,
-                poll: Duration::from_secs_f64(poll_interval.max(0.05)),
-                events: true,
-            };
-            return wait::wait_and_report(
-                &client,
-                &id,
-                &opts,
-                out.as_deref(),
-                InputOrder::Server,
-                json,
-            )
-            .await;
-        }
-        BatchesCommand::Cancel { id } => {
-            let b = client.cancel_batch(&id).await?;
-            if json {
-                output::print_json(&b);
-            } else {
-                println!(
-                    "{id} {}",
-                    output::status(b["status"].as_str().unwrap_or("?"))
-                );
-            }
-        }
-        BatchesCommand::Retry {
-            id,
-            mut error_codes,
-            mut status_codes,
-            wait: follow,
-            output: out,
-            poll_interval,
-        } => {
-            error_codes.sort();
-            status_codes.sort_unstable();
-            let body =
-                serde_json::json!({"error_codes": error_codes, "status_codes": status_codes});
-            let created = client
-                .retry_batch(&id, &body, &retry_key(&id, &body))
-                .await?;
-            let b = &created.batch;
-            let new_id = output::text(&b["id"]);
-            if !follow {
-                if json {
-                    output::print_json(b);
-                } else {
-                    let how = if created.replayed {
-                        "already retried as"
-                    } else {
-                        "retrying as"
-                    };
-                    eprintln!("{id}: {how} {new_id}");
-                    println!("{new_id}");
-                }
-                return Ok(0);
-            }
-            eprintln!("{id}: retrying as {new_id}");
-            let opts = WaitOptions {
-                cancel_on_interrupt: false,
-                poll: Duration::from_secs_f64(poll_interval.max(0.05)),
-                events: true,
-            };
-            return wait::wait_and_report(
-                &client,
-                &new_id,
-                &opts,
-                out.as_deref(),
-                InputOrder::Server,
-                json,
-            )
-            .await;
-        }
-        BatchesCommand::Results { id, output: out } => {
-            let b = client.get_batch(&id).await?;
-            anyhow::ensure!(
-                wait::is_terminal(&b),
-                "batch {id} is still {}; wait for it with: openbatch batches wait {id}",
-                output::text(&b["status"])
-            );
-            let outcome = match &out {
-                Some(path) => {
-                    let mut f = std::io::BufWriter::new(
-                        std::fs::File::create(path)
-                            .with_context(|| format!("cannot write {}", path.display()))?,
-                    );
-                    wait::write_results(&client, &b, InputOrder::Server, &mut f).await?
-                }
-                None => {
-                    let mut stdout = std::io::stdout().lock();
-                    wait::write_results(&client, &b, InputOrder::Server, &mut stdout).await?
-                }
-            };
-            eprintln!("{} succeeded, {} failed", outcome.succeeded, outcome.failed);
-        }
-    }
-    Ok(0)
+    batches::run(args).await
 }
 
 pub async fn files(args: FilesArgs) -> anyhow::Result<i32> {
-    let client = args.client.client()?;
-    let json = args.client.json;
-    match args.command {
-        FilesCommand::List {
-            purpose,
-            limit,
-            after,
-        } => {
-            let page = client
-                .list_files(purpose.as_deref(), limit, "desc", after.as_deref())
-                .await?;
-            if json {
-                output::print_json(&page);
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = data(&page)
-                .iter()
-                .map(|f| {
-                    vec![
-                        output::text(&f["id"]),
-                        output::text(&f["purpose"]),
-                        output::bytes(&f["bytes"]),
-                        output::time(&f["created_at"]),
-                        output::time(&f["expires_at"]),
-                        output::text(&f["filename"]),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
-                eprintln!("no files");
-            } else {
-                output::table(
-                    &["id", "purpose", "size", "created", "expires", "filename"],
-                    &rows,
-                );
-                more_hint(&page, "openbatch files list --after");
-            }
-        }
-        FilesCommand::Upload { path, purpose } => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("the path names no file")?
-                .to_owned();
-            let f = client.upload(&path, &name, &purpose).await?;
-            if json {
-                output::print_json(&f);
-            } else {
-                println!("{}", output::text(&f["id"]));
-            }
-        }
-        FilesCommand::Download { id, output: out } => match out {
-            Some(path) => {
-                // Into a temporary name first, so an interrupted download leaves no partial file
-                // under the name asked for.
-                let tmp = PathBuf::from(format!("{}.part", path.display()));
-                let mut f = tokio::fs::File::create(&tmp)
-                    .await
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                let n = client.download_to(&id, &mut f).await?;
-                f.sync_all().await?;
-                tokio::fs::rename(&tmp, &path).await?;
-                eprintln!("wrote {n} bytes to {}", path.display());
-            }
-            None => {
-                let mut stdout = tokio::io::stdout();
-                client.download_to(&id, &mut stdout).await?;
-                stdout.flush().await?;
-            }
-        },
-        FilesCommand::Delete { id } => {
-            let d = client.delete_file(&id).await?;
-            if json {
-                output::print_json(&d);
-            } else {
-                println!("deleted {id}");
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// The same retry command (batch and filters) sends the same key, so running it again after a
-/// dropped connection re-attaches instead of retrying twice.
-fn retry_key(id: &str, body: &Value) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{id}\n{body}").as_bytes());
-    format!("openbatch-cli-retry-{}", hex::encode(&digest[..16]))
+    files::run(args).await
 }
 
 fn data(page: &Value) -> Vec<Value> {

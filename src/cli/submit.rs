@@ -21,9 +21,9 @@ use clap::Args;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::client::ServerError;
+use super::client::{Created, ServerError};
 use super::wait::{self, InputOrder, WaitOptions};
-use super::{output, ClientOpts};
+use super::{output, Client, ClientOpts};
 
 #[derive(Args)]
 pub struct SubmitArgs {
@@ -153,36 +153,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
         derived_key(&d.sha256, &endpoint, &args.completion_window, &metadata)
     };
 
-    let filename = tagged_filename(&args.file, &d.sha256);
-    let existing = client.all_files("batch").await?.into_iter().find(|f| {
-        f["filename"] == filename.as_str()
-            && f["bytes"].as_u64() == Some(d.bytes)
-            && !matches!(f["status"].as_str(), Some("deleted" | "error"))
-    });
-    let file = match existing {
-        Some(f) => {
-            if human {
-                eprintln!(
-                    "{} already uploaded as {}",
-                    args.file.display(),
-                    output::text(&f["id"])
-                );
-            }
-            f
-        }
-        None => {
-            let f = client.upload(&args.file, &filename, "batch").await?;
-            if human {
-                eprintln!(
-                    "uploaded {} ({}) as {}",
-                    args.file.display(),
-                    output::bytes(&f["bytes"]),
-                    output::text(&f["id"])
-                );
-            }
-            f
-        }
-    };
+    let file = upload_once(&client, &args.file, &d, human).await?;
     let file_id = file["id"].as_str().context("the upload answer has no id")?;
 
     let mut body = json!({
@@ -194,20 +165,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
     if !metadata.is_empty() {
         body["metadata"] = json!(metadata);
     }
-    let created = match client.create_batch(&body).await {
-        Ok(c) => c,
-        Err(e) => {
-            if e.downcast_ref::<ServerError>()
-                .is_some_and(|s| s.code.as_deref() == Some("idempotency_key_conflict"))
-            {
-                return Err(e.context(
-                    "this file was submitted before with these parameters, from an upload that \
-                     no longer matches (deleted?); pass --new to create a fresh batch",
-                ));
-            }
-            return Err(e);
-        }
-    };
+    let created = create(&client, &body).await?;
     let batch = created.batch;
     let id = batch["id"]
         .as_str()
@@ -250,6 +208,63 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
         json,
     )
     .await
+}
+
+/// The file's earlier upload (same name, hash-tagged, and size), or a new one.
+async fn upload_once(
+    client: &Client,
+    file: &Path,
+    d: &Digested,
+    human: bool,
+) -> anyhow::Result<Value> {
+    let filename = tagged_filename(file, &d.sha256);
+    let existing = client.all_files("batch").await?.into_iter().find(|f| {
+        f["filename"] == filename.as_str()
+            && f["bytes"].as_u64() == Some(d.bytes)
+            && !matches!(f["status"].as_str(), Some("deleted" | "error"))
+    });
+    Ok(match existing {
+        Some(f) => {
+            if human {
+                eprintln!(
+                    "{} already uploaded as {}",
+                    file.display(),
+                    output::text(&f["id"])
+                );
+            }
+            f
+        }
+        None => {
+            let f = client.upload(file, &filename, "batch").await?;
+            if human {
+                eprintln!(
+                    "uploaded {} ({}) as {}",
+                    file.display(),
+                    output::bytes(&f["bytes"]),
+                    output::text(&f["id"])
+                );
+            }
+            f
+        }
+    })
+}
+
+/// Creates the batch, explaining a key conflict (the idempotency key is derived from the file).
+async fn create(client: &Client, body: &Value) -> anyhow::Result<Created> {
+    match client.create_batch(body).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if e.downcast_ref::<ServerError>()
+                .is_some_and(|s| s.code.as_deref() == Some("idempotency_key_conflict"))
+            {
+                return Err(e.context(
+                    "this file was submitted before with these parameters, from an upload that \
+                     no longer matches (deleted?); pass --new to create a fresh batch",
+                ));
+            }
+            Err(e)
+        }
+    }
 }
 
 fn default_results_path(input: &Path) -> PathBuf {

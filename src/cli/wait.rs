@@ -112,13 +112,7 @@ pub async fn wait(client: &Client, id: &str, opts: &WaitOptions) -> anyhow::Resu
     let mut first_poll = true;
     loop {
         let streaming = events.is_some();
-        let pause = if failures > 0 {
-            Duration::from_millis(500 * u64::from(failures.min(10)))
-        } else if first_poll {
-            Duration::ZERO
-        } else {
-            opts.poll
-        };
+        let pause = poll_pause(failures, first_poll, opts.poll);
         let next = async {
             match events.as_mut() {
                 Some(stream) => stream.next().await,
@@ -174,6 +168,17 @@ pub async fn wait(client: &Client, id: &str, opts: &WaitOptions) -> anyhow::Resu
             events = Events::open(client, id).await;
             reopen_at = Instant::now() + REOPEN_EVENTS;
         }
+    }
+}
+
+/// How long a poll waits: longer after each failure in a row, not at all for the first one.
+fn poll_pause(failures: u32, first_poll: bool, poll: Duration) -> Duration {
+    if failures > 0 {
+        Duration::from_millis(500 * u64::from(failures.min(10)))
+    } else if first_poll {
+        Duration::ZERO
+    } else {
+        poll
     }
 }
 

@@ -45,130 +45,155 @@ pub enum WebhooksCommand {
 }
 
 pub async fn run(client: &Client, command: WebhooksCommand, json: bool) -> anyhow::Result<()> {
+    // `None`: shown as text already.
     let shown = match command {
-        WebhooksCommand::Create { url, events } => {
-            let mut body = json!({ "url": url });
-            if !events.is_empty() {
-                body["events"] = json!(events);
-            }
-            let e = client.post_json("/webhook_endpoints", &body).await?;
-            if !json {
-                eprintln!(
-                    "created {} for {}",
-                    output::text(&e["id"]),
-                    output::text(&e["url"])
-                );
-                eprintln!("signing secret (shown only now; verify with client.webhooks.unwrap):");
-                println!("{}", output::text(&e["secret"]));
-                return Ok(());
-            }
-            e
-        }
-        WebhooksCommand::List { limit, after } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(after.map(|a| ("after", a)));
-            let page = client.get_json("/webhook_endpoints", &query).await?;
-            if json {
-                page
-            } else {
-                let rows: Vec<Vec<String>> = data(&page).iter().map(endpoint_row).collect();
-                if rows.is_empty() {
-                    eprintln!("no webhook endpoints");
-                } else {
-                    output::table(&["id", "status", "url", "events", "created"], &rows);
-                    more_hint(&page, "openbatch webhooks list --after");
-                }
-                return Ok(());
-            }
-        }
+        WebhooksCommand::Create { url, events } => create(client, json, url, events).await?,
+        WebhooksCommand::List { limit, after } => list(client, json, limit, after).await?,
         WebhooksCommand::Get { id } => {
             let e = client
                 .get_json(&format!("/webhook_endpoints/{id}"), &[])
                 .await?;
-            if !json {
-                print_endpoint(&e);
-                return Ok(());
-            }
-            e
+            shown_unless(json, e, print_endpoint)
         }
         WebhooksCommand::Delete { id } => {
             let d = client
                 .delete_json(&format!("/webhook_endpoints/{id}"))
                 .await?;
-            if !json {
-                println!("deleted {id}");
-                return Ok(());
-            }
-            d
+            shown_unless(json, d, |_| println!("deleted {id}"))
         }
         WebhooksCommand::Rotate {
             id,
             grace_period_seconds,
-        } => {
-            let body = match grace_period_seconds {
-                Some(g) => json!({ "grace_period_seconds": g }),
-                None => json!({}),
-            };
-            let e = client
-                .post_json(&format!("/webhook_endpoints/{id}/rotate_secret"), &body)
-                .await?;
-            if !json {
-                eprintln!(
-                    "rotated; the previous secret signs until {}",
-                    output::time(&e["previous_secret_expires_at"])
-                );
-                println!("{}", output::text(&e["secret"]));
-                return Ok(());
-            }
-            e
-        }
+        } => rotate(client, json, &id, grace_period_seconds).await?,
         WebhooksCommand::Enable { id } => {
             let e = client
                 .post_json(&format!("/webhook_endpoints/{id}/enable"), &json!({}))
                 .await?;
-            if !json {
-                print_endpoint(&e);
-                return Ok(());
-            }
-            e
+            shown_unless(json, e, print_endpoint)
         }
         WebhooksCommand::Deliveries { id, limit, after } => {
-            let mut query = vec![("limit", limit.to_string())];
-            query.extend(after.map(|a| ("after", a)));
-            let page = client
-                .get_json(&format!("/webhook_endpoints/{id}/deliveries"), &query)
-                .await?;
-            if json {
-                page
-            } else {
-                let rows: Vec<Vec<String>> = data(&page).iter().map(delivery_row).collect();
-                if rows.is_empty() {
-                    eprintln!("no deliveries");
-                } else {
-                    output::table(
-                        &[
-                            "event",
-                            "type",
-                            "batch",
-                            "status",
-                            "attempts",
-                            "last",
-                            "next",
-                            "delivered",
-                        ],
-                        &rows,
-                    );
-                    more_hint(
-                        &page,
-                        &format!("openbatch webhooks deliveries {id} --after"),
-                    );
-                }
-                return Ok(());
-            }
+            deliveries(client, json, &id, limit, after).await?
         }
     };
-    output::print_json(&shown);
+    if let Some(v) = shown {
+        output::print_json(&v);
+    }
     Ok(())
+}
+
+/// The object to print as JSON, or `None` once `text` has shown it.
+fn shown_unless(json: bool, v: Value, text: impl FnOnce(&Value)) -> Option<Value> {
+    if json {
+        return Some(v);
+    }
+    text(&v);
+    None
+}
+
+fn page_query(limit: u32, after: Option<String>) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(after.map(|a| ("after", a)));
+    query
+}
+
+async fn create(
+    client: &Client,
+    json: bool,
+    url: String,
+    events: Vec<String>,
+) -> anyhow::Result<Option<Value>> {
+    let mut body = json!({ "url": url });
+    if !events.is_empty() {
+        body["events"] = json!(events);
+    }
+    let e = client.post_json("/webhook_endpoints", &body).await?;
+    Ok(shown_unless(json, e, |e| {
+        eprintln!(
+            "created {} for {}",
+            output::text(&e["id"]),
+            output::text(&e["url"])
+        );
+        eprintln!("signing secret (shown only now; verify with client.webhooks.unwrap):");
+        println!("{}", output::text(&e["secret"]));
+    }))
+}
+
+async fn list(
+    client: &Client,
+    json: bool,
+    limit: u32,
+    after: Option<String>,
+) -> anyhow::Result<Option<Value>> {
+    let page = client
+        .get_json("/webhook_endpoints", &page_query(limit, after))
+        .await?;
+    Ok(shown_unless(json, page, |page| {
+        let rows: Vec<Vec<String>> = data(page).iter().map(endpoint_row).collect();
+        if rows.is_empty() {
+            eprintln!("no webhook endpoints");
+        } else {
+            output::table(&["id", "status", "url", "events", "created"], &rows);
+            more_hint(page, "openbatch webhooks list --after");
+        }
+    }))
+}
+
+async fn rotate(
+    client: &Client,
+    json: bool,
+    id: &str,
+    grace_period_seconds: Option<i64>,
+) -> anyhow::Result<Option<Value>> {
+    let body = match grace_period_seconds {
+        Some(g) => json!({ "grace_period_seconds": g }),
+        None => json!({}),
+    };
+    let e = client
+        .post_json(&format!("/webhook_endpoints/{id}/rotate_secret"), &body)
+        .await?;
+    Ok(shown_unless(json, e, |e| {
+        eprintln!(
+            "rotated; the previous secret signs until {}",
+            output::time(&e["previous_secret_expires_at"])
+        );
+        println!("{}", output::text(&e["secret"]));
+    }))
+}
+
+async fn deliveries(
+    client: &Client,
+    json: bool,
+    id: &str,
+    limit: u32,
+    after: Option<String>,
+) -> anyhow::Result<Option<Value>> {
+    let page = client
+        .get_json(
+            &format!("/webhook_endpoints/{id}/deliveries"),
+            &page_query(limit, after),
+        )
+        .await?;
+    Ok(shown_unless(json, page, |page| {
+        let rows: Vec<Vec<String>> = data(page).iter().map(delivery_row).collect();
+        if rows.is_empty() {
+            eprintln!("no deliveries");
+        } else {
+            output::table(
+                &[
+                    "event",
+                    "type",
+                    "batch",
+                    "status",
+                    "attempts",
+                    "last",
+                    "next",
+                    "delivered",
+                ],
+                &rows,
+            );
+            more_hint(page, &format!("openbatch webhooks deliveries {id} --after"));
+        }
+    }))
 }
 
 fn events(e: &Value) -> String {

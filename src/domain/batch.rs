@@ -1,12 +1,39 @@
 use super::Invalid;
 
 /// The inference routes a batch may target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum Endpoint {
+    #[strum(serialize = "/v1/responses")]
+    #[serde(rename = "/v1/responses")]
+    #[sqlx(rename = "/v1/responses")]
     Responses,
+    #[strum(serialize = "/v1/chat/completions")]
+    #[serde(rename = "/v1/chat/completions")]
+    #[sqlx(rename = "/v1/chat/completions")]
     ChatCompletions,
+    #[strum(serialize = "/v1/embeddings")]
+    #[serde(rename = "/v1/embeddings")]
+    #[sqlx(rename = "/v1/embeddings")]
     Embeddings,
+    #[strum(serialize = "/v1/completions")]
+    #[serde(rename = "/v1/completions")]
+    #[sqlx(rename = "/v1/completions")]
     Completions,
+    #[strum(serialize = "/v1/moderations")]
+    #[serde(rename = "/v1/moderations")]
+    #[sqlx(rename = "/v1/moderations")]
     Moderations,
 }
 
@@ -20,13 +47,7 @@ impl Endpoint {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::Responses => "/v1/responses",
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Moderations => "/v1/moderations",
-        }
+        self.into()
     }
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
@@ -37,9 +58,6 @@ impl Endpoint {
     }
 }
 
-stored_as_text!(Endpoint, |raw| Endpoint::parse(raw).map_err(|e| e.message));
-text_enum!(Endpoint, "Endpoint", Endpoint::ALL);
-
 impl TryFrom<String> for Endpoint {
     type Error = Invalid;
     fn try_from(s: String) -> Result<Self, Invalid> {
@@ -48,8 +66,23 @@ impl TryFrom<String> for Endpoint {
 }
 
 /// OpenAI accepts only a 24-hour window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum CompletionWindow {
+    #[strum(serialize = "24h")]
+    #[serde(rename = "24h")]
+    #[sqlx(rename = "24h")]
     Hours24,
 }
 
@@ -64,17 +97,13 @@ impl CompletionWindow {
     }
 
     pub fn as_str(self) -> &'static str {
-        "24h"
+        self.into()
     }
 
     pub fn seconds(self) -> i64 {
         24 * 3600
     }
 }
-
-stored_as_text!(CompletionWindow, |raw| CompletionWindow::parse(raw)
-    .map_err(|e| e.message));
-text_enum!(CompletionWindow, "CompletionWindow", CompletionWindow::ALL);
 
 impl TryFrom<String> for CompletionWindow {
     type Error = Invalid;
@@ -83,7 +112,21 @@ impl TryFrom<String> for CompletionWindow {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,
     Failed,
@@ -108,16 +151,7 @@ pub enum CancelDecision {
 
 impl BatchStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            BatchStatus::Validating => "validating",
-            BatchStatus::Failed => "failed",
-            BatchStatus::InProgress => "in_progress",
-            BatchStatus::Finalizing => "finalizing",
-            BatchStatus::Completed => "completed",
-            BatchStatus::Expired => "expired",
-            BatchStatus::Cancelling => "cancelling",
-            BatchStatus::Cancelled => "cancelled",
-        }
+        self.into()
     }
 
     pub fn is_terminal(self) -> bool {
@@ -172,9 +206,6 @@ impl BatchStatus {
     ];
 }
 
-stored_as_text!(BatchStatus, |raw| BatchStatus::try_from(raw.to_owned()));
-text_enum!(BatchStatus, "BatchStatus", BatchStatus::ALL);
-
 impl TryFrom<String> for BatchStatus {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -182,6 +213,49 @@ impl TryFrom<String> for BatchStatus {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| format!("unknown batch status '{s}' in the database"))
+    }
+}
+
+/// A status change `can_become` allows: what the store takes to move a batch. Its UPDATE is
+/// guarded by `from` in SQL, so two replicas racing for one change cannot both win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    from: Vec<BatchStatus>,
+    to: BatchStatus,
+}
+
+impl Transition {
+    /// `to` from any of `from`; `None` unless every one of them may become `to`.
+    pub fn new(from: &[BatchStatus], to: BatchStatus) -> Option<Self> {
+        (!from.is_empty() && from.iter().all(|s| s.can_become(to))).then(|| Self {
+            from: from.to_vec(),
+            to,
+        })
+    }
+
+    /// `to` from whichever of `candidates` may become it (none: a change that matches no row).
+    pub fn from_any(candidates: &[BatchStatus], to: BatchStatus) -> Self {
+        Self {
+            from: candidates
+                .iter()
+                .copied()
+                .filter(|s| s.can_become(to))
+                .collect(),
+            to,
+        }
+    }
+
+    pub fn from(&self) -> &[BatchStatus] {
+        &self.from
+    }
+
+    pub fn to(&self) -> BatchStatus {
+        self.to
+    }
+
+    /// The `from` side as SQL compares it (`status = ANY($n)`).
+    pub fn from_text(&self) -> Vec<&'static str> {
+        self.from.iter().map(|s| s.as_str()).collect()
     }
 }
 
@@ -218,6 +292,16 @@ impl BatchSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod endpoint {
+        text_enum_tests!(super::Endpoint);
+    }
+    mod completion_window {
+        text_enum_tests!(super::CompletionWindow);
+    }
+    mod batch_status {
+        text_enum_tests!(super::BatchStatus);
+    }
 
     #[test]
     fn endpoints_round_trip_and_unknown_ones_list_the_supported() {
@@ -269,6 +353,20 @@ mod tests {
             assert_eq!(BatchStatus::try_from(s.as_str().to_owned()), Ok(s));
         }
         assert!(BatchStatus::try_from("done".to_owned()).is_err());
+    }
+
+    #[test]
+    fn a_transition_holds_only_changes_can_become_allows() {
+        use BatchStatus::*;
+        let t = Transition::new(&[Validating, Finalizing], Failed).unwrap();
+        assert_eq!(
+            (t.from_text(), t.to()),
+            (vec!["validating", "finalizing"], Failed)
+        );
+        assert_eq!(Transition::new(&[Validating, Completed], Failed), None);
+        assert_eq!(Transition::new(&[], Failed), None);
+        let any = Transition::from_any(&BatchStatus::ALL, Completed);
+        assert_eq!(any.from(), &[Finalizing]);
     }
 
     use crate::domain::{ExpiresAfter, FileId, Metadata};

@@ -1,11 +1,28 @@
 use super::Invalid;
 
 /// Why a file was uploaded. `batch_output` is ours to assign, never a client's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Purpose {
     Assistants,
     Batch,
     BatchOutput,
+    #[strum(serialize = "fine-tune")]
+    #[serde(rename = "fine-tune")]
+    #[sqlx(rename = "fine-tune")]
     FineTune,
     Vision,
     UserData,
@@ -33,15 +50,7 @@ impl Purpose {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Assistants => "assistants",
-            Purpose::Batch => "batch",
-            Purpose::BatchOutput => "batch_output",
-            Purpose::FineTune => "fine-tune",
-            Purpose::Vision => "vision",
-            Purpose::UserData => "user_data",
-            Purpose::Evals => "evals",
-        }
+        self.into()
     }
 
     /// A purpose a client may upload with.
@@ -65,10 +74,6 @@ impl Purpose {
         Self::parse_upload(raw)
     }
 }
-
-stored_as_text!(Purpose, |raw| Purpose::parse_filter(raw)
-    .map_err(|e| e.message));
-text_enum!(Purpose, "Purpose", Purpose::ALL);
 
 impl TryFrom<String> for Purpose {
     type Error = String;
@@ -128,6 +133,8 @@ impl Utf8Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    text_enum_tests!(Purpose);
 
     #[test]
     fn purposes() {

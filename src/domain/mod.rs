@@ -1,10 +1,9 @@
 //! Values that can only exist in a valid state: each is built by a `parse` that
 //! returns `Invalid` (rendered as a 400 by `crate::error`) for anything else.
 
-/// Stores a domain type as PostgreSQL `text`: written as its `as_str`, read back through its
-/// parser, so a row holding something the type cannot hold is a decode error (`sqlx::Error`),
-/// never an invalid value. One mapping, the type's own, rather than a second one in
-/// `#[sqlx(rename)]` attributes that could drift from it.
+/// Stores an id as PostgreSQL `text`: written as its `as_str`, read back through its parser, so
+/// a row holding something the type cannot hold is a decode error (`sqlx::Error`), never an
+/// invalid value. (The closed sets derive `sqlx::Type` instead.)
 macro_rules! stored_as_text {
     ($ty:ty, |$raw:ident| $parse:expr) => {
         impl sqlx::Type<sqlx::Postgres> for $ty {
@@ -49,28 +48,23 @@ macro_rules! stored_as_text {
     };
 }
 
-/// A closed set of values written as their `as_str`, as the API sends and documents them:
-/// serialised with `as_str` and described in the OpenAPI document as a string enum of `$all`
-/// mapped through `as_str`. One mapping, the type's own, so the document cannot list a value
-/// the server does not send (or miss one it does).
-macro_rules! text_enum {
-    ($ty:ty, $name:literal, $all:expr) => {
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
+/// The derives of a closed set of values the API sends and the database stores as text, each
+/// variant spelt once per derive (`strum` for `as_str`, serde for the wire, utoipa for the
+/// document, sqlx for the column); `spellings_agree` in each type's tests holds them together.
+#[cfg(test)]
+macro_rules! text_enum_tests {
+    ($ty:ty) => {
+        #[test]
+        fn spellings_agree() {
+            use strum::IntoEnumIterator;
+            let all: Vec<&str> = <$ty>::iter().map(<$ty>::as_str).collect();
+            for v in <$ty>::iter() {
+                assert_eq!(serde_json::to_value(v).unwrap(), v.as_str(), "{v:?}");
             }
-        }
-
-        impl utoipa::PartialSchema for $ty {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                $crate::domain::string_enum($all.into_iter().map(<$ty>::as_str)).into()
-            }
-        }
-
-        impl utoipa::ToSchema for $ty {
-            fn name() -> std::borrow::Cow<'static, str> {
-                std::borrow::Cow::Borrowed($name)
-            }
+            // The document lists exactly what is sent (with the type's doc as its description).
+            let schema = serde_json::to_value(<$ty as utoipa::PartialSchema>::schema()).unwrap();
+            assert_eq!(schema["type"], "string");
+            assert_eq!(schema["enum"], serde_json::json!(all));
         }
     };
 }
@@ -98,7 +92,7 @@ mod retry;
 mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
-pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint};
+pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, Transition};
 pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};

@@ -12,11 +12,36 @@ use sha2::Sha256;
 use super::Invalid;
 
 /// The events a batch produces when it reaches a terminal status, named as OpenAI names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+    sqlx::Type,
+)]
+#[sqlx(type_name = "text")]
 pub enum EventType {
+    #[strum(serialize = "batch.completed")]
+    #[serde(rename = "batch.completed")]
+    #[sqlx(rename = "batch.completed")]
     BatchCompleted,
+    #[strum(serialize = "batch.failed")]
+    #[serde(rename = "batch.failed")]
+    #[sqlx(rename = "batch.failed")]
     BatchFailed,
+    #[strum(serialize = "batch.expired")]
+    #[serde(rename = "batch.expired")]
+    #[sqlx(rename = "batch.expired")]
     BatchExpired,
+    #[strum(serialize = "batch.cancelled")]
+    #[serde(rename = "batch.cancelled")]
+    #[sqlx(rename = "batch.cancelled")]
     BatchCancelled,
 }
 
@@ -29,12 +54,7 @@ impl EventType {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::BatchCompleted => "batch.completed",
-            EventType::BatchFailed => "batch.failed",
-            EventType::BatchExpired => "batch.expired",
-            EventType::BatchCancelled => "batch.cancelled",
-        }
+        self.into()
     }
 
     pub fn parse(param: &str, raw: &str) -> Result<Self, Invalid> {
@@ -44,10 +64,6 @@ impl EventType {
             .ok_or_else(|| Invalid::unsupported(param, raw, Self::ALL.map(EventType::as_str)))
     }
 }
-
-stored_as_text!(EventType, |raw| EventType::parse("event_type", raw)
-    .map_err(|e| e.message));
-text_enum!(EventType, "EventType", EventType::ALL);
 
 /// A non-empty set of event types, in a stable order without duplicates. Absent means all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +278,8 @@ impl WebhookSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    text_enum_tests!(EventType);
 
     #[test]
     fn private_and_special_addresses_are_not_public() {

@@ -2,8 +2,8 @@
 
 use super::lifecycle::errors_object;
 use super::Ctx;
-use crate::domain::BatchStatus;
 use crate::domain::LineError;
+use crate::domain::{BatchStatus, Transition};
 use crate::store::leases::{self, BatchJob};
 
 /// Ends a batch whose validation or finalization failed `max_job_failures` times in a row
@@ -40,9 +40,11 @@ pub(super) async fn failing(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
             job.failed_attempts
         ),
     );
+    let Some(change) = Transition::new(&[from], to) else {
+        return Ok(());
+    };
     let ending = leases::GiveUp {
-        from,
-        to,
+        change,
         owner: Some(&ctx.owner),
         errors: errors_object(vec![error]),
     };

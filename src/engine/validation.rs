@@ -49,16 +49,31 @@ fn nul(line: usize, param: &str) -> LineError {
     )
 }
 
+fn missing(line: usize, param: &str) -> LineError {
+    LineError::at(
+        line,
+        "missing_required_parameter",
+        param,
+        format!("Missing required parameter: '{param}'."),
+    )
+}
+
 /// Checks one non-blank line (`line` is its 1-based number in the file).
 pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLine, LineError> {
-    let missing = |param: &str| {
-        LineError::at(
-            line,
-            "missing_required_parameter",
-            param,
-            format!("Missing required parameter: '{param}'."),
-        )
-    };
+    let obj = line_object(raw, line)?;
+    let custom_id = custom_id(&obj, line)?;
+    check_request(&obj, line, endpoint)?;
+    let raw_body = present(&obj, "body").ok_or_else(|| missing(line, "body"))?;
+    let model = check_body(raw_body, line, endpoint)?;
+    Ok(ValidLine {
+        custom_id,
+        model,
+        body: raw_body.get().to_owned(),
+    })
+}
+
+/// The line read as a JSON object.
+fn line_object(raw: &[u8], line: usize) -> Result<Members<'_>, LineError> {
     let not_json = |e: &dyn std::fmt::Display| {
         LineError::at(
             line,
@@ -68,7 +83,7 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
         )
     };
     let text = std::str::from_utf8(raw).map_err(|e| not_json(&e))?;
-    let obj = members(text).map_err(|e| {
+    members(text).map_err(|e| {
         if e.is_data() {
             // Valid JSON, but not an object.
             LineError::at(
@@ -80,22 +95,27 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
         } else {
             not_json(&e)
         }
-    })?;
-    let custom_id = match present(&obj, "custom_id").map(scalar) {
-        None => return Err(missing("custom_id")),
-        Some(Value::String(s)) if s.contains('\0') => return Err(nul(line, "custom_id")),
-        Some(Value::String(s)) if !s.is_empty() => s,
-        Some(_) => {
-            return Err(LineError::at(
-                line,
-                "invalid_request",
-                "custom_id",
-                "'custom_id' must be a non-empty string.",
-            ))
-        }
-    };
-    match present(&obj, "method") {
-        None => return Err(missing("method")),
+    })
+}
+
+fn custom_id(obj: &Members<'_>, line: usize) -> Result<String, LineError> {
+    match present(obj, "custom_id").map(scalar) {
+        None => Err(missing(line, "custom_id")),
+        Some(Value::String(s)) if s.contains('\0') => Err(nul(line, "custom_id")),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(LineError::at(
+            line,
+            "invalid_request",
+            "custom_id",
+            "'custom_id' must be a non-empty string.",
+        )),
+    }
+}
+
+/// The request's `method` and `url`: a POST to the batch's endpoint.
+fn check_request(obj: &Members<'_>, line: usize, endpoint: Endpoint) -> Result<(), LineError> {
+    match present(obj, "method") {
+        None => return Err(missing(line, "method")),
         Some(m) if scalar(m) == "POST" => {}
         Some(other) => {
             return Err(LineError::at(
@@ -109,23 +129,25 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
             ))
         }
     }
-    match present(&obj, "url") {
-        None => return Err(missing("url")),
-        Some(u) if scalar(u) == endpoint.as_str() => {}
-        Some(other) => {
-            return Err(LineError::at(
-                line,
-                "invalid_url",
-                "url",
-                format!(
-                    "The URL {} does not match the batch's endpoint '{}'.",
-                    other.get(),
-                    endpoint.as_str()
-                ),
-            ))
-        }
+    match present(obj, "url") {
+        None => Err(missing(line, "url")),
+        Some(u) if scalar(u) == endpoint.as_str() => Ok(()),
+        Some(other) => Err(LineError::at(
+            line,
+            "invalid_url",
+            "url",
+            format!(
+                "The URL {} does not match the batch's endpoint '{}'.",
+                other.get(),
+                endpoint.as_str()
+            ),
+        )),
     }
-    let raw_body = present(&obj, "body").ok_or_else(|| missing("body"))?;
+}
+
+/// The request body: an object naming a model, not streamed, with the endpoint's fields.
+/// Returns the model.
+fn check_body(raw_body: &RawValue, line: usize, endpoint: Endpoint) -> Result<String, LineError> {
     let body = members(raw_body.get()).map_err(|_| {
         LineError::at(
             line,
@@ -137,7 +159,7 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
     let model = match present(&body, "model").map(scalar) {
         Some(Value::String(m)) if m.contains('\0') => return Err(nul(line, "body.model")),
         Some(Value::String(m)) if !m.is_empty() => m,
-        _ => return Err(missing("body.model")),
+        _ => return Err(missing(line, "body.model")),
     };
     if present(&body, "stream").is_some_and(|s| s.get() == "true") {
         return Err(LineError::at(
@@ -149,14 +171,10 @@ pub fn check_line(raw: &[u8], line: usize, endpoint: Endpoint) -> Result<ValidLi
     }
     for field in required_body_fields(endpoint) {
         if present(&body, field).is_none() {
-            return Err(missing(&format!("body.{field}")));
+            return Err(missing(line, &format!("body.{field}")));
         }
     }
-    Ok(ValidLine {
-        custom_id,
-        model,
-        body: raw_body.get().to_owned(),
-    })
+    Ok(model)
 }
 
 /// File-level rules that need to see every line: unique ids, one model, size limits.

@@ -16,11 +16,64 @@ const END: &str = "<!-- END error catalogue -->";
 
 /// One example of each variant; the match makes a new variant fail to compile until it has one.
 fn example(kind: ErrorKind) -> ApiError {
+    use ErrorKind as K;
+    match kind {
+        K::InvalidParameter
+        | K::EmptyBody
+        | K::InvalidJson
+        | K::BodyNotObject
+        | K::InvalidBody
+        | K::InvalidFieldType
+        | K::BodyUnreadable
+        | K::MalformedMultipart
+        | K::TooManyParts
+        | K::InvalidLimit
+        | K::UnknownCursor
+        | K::UnstorableValue
+        | K::InvalidUrl
+        | K::MethodNotAllowed
+        | K::BodyTooLarge
+        | K::FileTooLarge
+        | K::FormTooLarge
+        | K::NotJson
+        | K::NotMultipart
+        | K::UploadStalled
+        | K::UploadTooSlow => request(kind),
+        K::MissingApiKey
+        | K::IncorrectApiKey
+        | K::HostNotAllowed
+        | K::CrossSiteRequest
+        | K::BatchNotFound
+        | K::FileNotFound
+        | K::WebhookEndpointNotFound => access(kind),
+        K::CursorExpired
+        | K::CursorNotForState
+        | K::IdempotencyConflict
+        | K::CannotCancel
+        | K::ResultsUnavailable
+        | K::BatchNotFinished
+        | K::NothingToRetry
+        | K::RetryInputUnavailable => state(kind),
+        K::WebhookEndpointLimit
+        | K::StorageQuota
+        | K::RateLimited
+        | K::BatchLimit
+        | K::TooManyUploads
+        | K::TooManyRetryBuilds
+        | K::TooManyEventStreams
+        | K::TooManyResultsReaders => capacity(kind),
+        K::Internal
+        | K::DatabaseUnavailable
+        | K::CreationOutcomeUnknown
+        | K::SpoolFailed
+        | K::Framework => server(kind),
+    }
+}
+
+/// A request the API cannot take as sent (its form, its size, its route).
+fn request(kind: ErrorKind) -> ApiError {
     use ApiError as E;
     let s = || "…".to_owned();
-    let batch = || BatchId::parse("batch_id", "batch_abc").unwrap();
-    let file = || FileId::parse("file_id", "file-abc").unwrap();
-    let full = Full::Project { share: 4, total: 8 };
     match kind {
         ErrorKind::InvalidParameter => E::InvalidParameter(Invalid::new("…", "…", "…")),
         ErrorKind::EmptyBody => E::EmptyBody,
@@ -36,24 +89,7 @@ fn example(kind: ErrorKind) -> ApiError {
         ErrorKind::TooManyParts => E::TooManyParts { max: 16 },
         ErrorKind::InvalidLimit => E::InvalidLimit { max: 100, raw: s() },
         ErrorKind::UnknownCursor => E::UnknownCursor { raw: s() },
-        ErrorKind::CursorExpired => E::CursorExpired { batch: batch() },
-        ErrorKind::CursorNotForState => E::CursorNotForState,
-        ErrorKind::WebhookEndpointLimit => E::WebhookEndpointLimit { max: 100 },
         ErrorKind::UnstorableValue => E::UnstorableValue,
-        ErrorKind::MissingApiKey => E::MissingApiKey,
-        ErrorKind::IncorrectApiKey => E::IncorrectApiKey {
-            masked: "obk_…".into(),
-        },
-        ErrorKind::HostNotAllowed => E::HostNotAllowed { host: s() },
-        ErrorKind::CrossSiteRequest => E::CrossSiteRequest,
-        ErrorKind::StorageQuota => E::StorageQuota {
-            limit: 1000,
-            stored: 900,
-            upload: 200,
-        },
-        ErrorKind::BatchNotFound => E::BatchNotFound { id: s() },
-        ErrorKind::FileNotFound => E::FileNotFound { id: s() },
-        ErrorKind::WebhookEndpointNotFound => E::WebhookEndpointNotFound { id: s() },
         ErrorKind::InvalidUrl => E::InvalidUrl {
             method: Method::GET,
             path: "/v1/…".into(),
@@ -62,6 +98,45 @@ fn example(kind: ErrorKind) -> ApiError {
             method: Method::PUT,
             path: "/v1/…".into(),
         },
+        ErrorKind::BodyTooLarge => E::BodyTooLarge { limit: 1_048_576 },
+        ErrorKind::FileTooLarge => E::FileTooLarge { max: 536_870_912 },
+        ErrorKind::FormTooLarge => E::FormTooLarge { max: 1_048_576 },
+        ErrorKind::NotJson => E::NotJson {
+            content_type: Some("text/plain".into()),
+        },
+        ErrorKind::NotMultipart => E::NotMultipart,
+        ErrorKind::UploadStalled => E::UploadStalled { idle_secs: 60 },
+        ErrorKind::UploadTooSlow => E::UploadTooSlow { limit_secs: 3600 },
+        other => unreachable!("{other:?} is not in this group"),
+    }
+}
+
+/// Who may ask, and what they may see.
+fn access(kind: ErrorKind) -> ApiError {
+    use ApiError as E;
+    let s = || "…".to_owned();
+    match kind {
+        ErrorKind::MissingApiKey => E::MissingApiKey,
+        ErrorKind::IncorrectApiKey => E::IncorrectApiKey {
+            masked: "obk_…".into(),
+        },
+        ErrorKind::HostNotAllowed => E::HostNotAllowed { host: s() },
+        ErrorKind::CrossSiteRequest => E::CrossSiteRequest,
+        ErrorKind::BatchNotFound => E::BatchNotFound { id: s() },
+        ErrorKind::FileNotFound => E::FileNotFound { id: s() },
+        ErrorKind::WebhookEndpointNotFound => E::WebhookEndpointNotFound { id: s() },
+        other => unreachable!("{other:?} is not in this group"),
+    }
+}
+
+/// A request the batch's (or cursor's) state refuses.
+fn state(kind: ErrorKind) -> ApiError {
+    use ApiError as E;
+    let batch = || BatchId::parse("batch_id", "batch_abc").unwrap();
+    let file = || FileId::parse("file_id", "file-abc").unwrap();
+    match kind {
+        ErrorKind::CursorExpired => E::CursorExpired { batch: batch() },
+        ErrorKind::CursorNotForState => E::CursorNotForState,
         ErrorKind::IdempotencyConflict => E::IdempotencyConflict {
             key: IdempotencyKey::from_sources(&[("idempotency_key", Some("…"))])
                 .unwrap()
@@ -85,15 +160,21 @@ fn example(kind: ErrorKind) -> ApiError {
             role: RetryFile::Input,
             file: file(),
         },
-        ErrorKind::UploadStalled => E::UploadStalled { idle_secs: 60 },
-        ErrorKind::UploadTooSlow => E::UploadTooSlow { limit_secs: 3600 },
-        ErrorKind::BodyTooLarge => E::BodyTooLarge { limit: 1_048_576 },
-        ErrorKind::FileTooLarge => E::FileTooLarge { max: 536_870_912 },
-        ErrorKind::FormTooLarge => E::FormTooLarge { max: 1_048_576 },
-        ErrorKind::NotJson => E::NotJson {
-            content_type: Some("text/plain".into()),
+        other => unreachable!("{other:?} is not in this group"),
+    }
+}
+
+/// A quota, a rate or a concurrency limit reached.
+fn capacity(kind: ErrorKind) -> ApiError {
+    use ApiError as E;
+    let full = Full::Project { share: 4, total: 8 };
+    match kind {
+        ErrorKind::WebhookEndpointLimit => E::WebhookEndpointLimit { max: 100 },
+        ErrorKind::StorageQuota => E::StorageQuota {
+            limit: 1000,
+            stored: 900,
+            upload: 200,
         },
-        ErrorKind::NotMultipart => E::NotMultipart,
         ErrorKind::RateLimited => E::RateLimited {
             per_minute: 6000,
             wait_secs: 3,
@@ -103,6 +184,14 @@ fn example(kind: ErrorKind) -> ApiError {
         ErrorKind::TooManyRetryBuilds => E::TooManyRetryBuilds(full),
         ErrorKind::TooManyEventStreams => E::TooManyEventStreams(full),
         ErrorKind::TooManyResultsReaders => E::TooManyResultsReaders(full),
+        other => unreachable!("{other:?} is not in this group"),
+    }
+}
+
+/// The server's own failures.
+fn server(kind: ErrorKind) -> ApiError {
+    use ApiError as E;
+    match kind {
         ErrorKind::Internal => E::Internal,
         ErrorKind::DatabaseUnavailable => E::DatabaseUnavailable,
         ErrorKind::CreationOutcomeUnknown => E::CreationOutcomeUnknown,
@@ -110,6 +199,7 @@ fn example(kind: ErrorKind) -> ApiError {
         ErrorKind::Framework => E::Framework {
             status: StatusCode::BAD_REQUEST,
         },
+        other => unreachable!("{other:?} is not in this group"),
     }
 }
 

@@ -2,8 +2,8 @@
 
 use sqlx::PgPool;
 
-use crate::domain::BatchStatus;
 use crate::domain::LineError;
+use crate::domain::{BatchStatus, Transition};
 use crate::store::leases::{self, GiveUp};
 
 /// Rounds between runs: each reads the unfinished batches, and the grace they are given is an
@@ -53,9 +53,11 @@ async fn end_stuck(pool: &PgPool, grace_secs: u64) -> Result<u64, sqlx::Error> {
                 b.status.as_str()
             ),
         );
+        let Some(change) = Transition::new(&[b.status], to) else {
+            continue;
+        };
         let ending = GiveUp {
-            from: b.status,
-            to,
+            change,
             owner: None,
             errors: crate::domain::BatchErrors::json(vec![error]),
         };

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{BatchId, BatchStatus, Endpoint, FileId, ProjectId};
+use crate::domain::{BatchId, BatchStatus, Endpoint, FileId, ProjectId, Transition};
 
 /// LISTEN/NOTIFY channel: a batch has chunks to claim (payload: its id).
 pub const WORK_CHANNEL: &str = "openbatch_work";
@@ -117,6 +117,39 @@ pub async fn record_failure(
     Ok(())
 }
 
+/// `validating` → `in_progress`: validation queued the chunks.
+const START: (&[BatchStatus], BatchStatus) = (&[BatchStatus::Validating], BatchStatus::InProgress);
+/// `in_progress` → `finalizing`: every line is done, or the batch is being given up.
+const FINALIZE: (&[BatchStatus], BatchStatus) =
+    (&[BatchStatus::InProgress], BatchStatus::Finalizing);
+
+/// One of this module's fixed status changes (`every_store_transition_is_allowed` checks that
+/// `can_become` allows each).
+fn fixed((from, to): (&[BatchStatus], BatchStatus)) -> Transition {
+    Transition::new(from, to).expect("a fixed store transition that can_become allows")
+}
+
+/// Why a batch is failed, which says from which statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Its input file failed validation.
+    Validation,
+    /// Given up after a crash loop, while validating or writing its result files.
+    Abandoned,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 2] = [Failure::Validation, Failure::Abandoned];
+
+    fn change(self) -> Transition {
+        let from: &[BatchStatus] = match self {
+            Failure::Validation => &[BatchStatus::Validating],
+            Failure::Abandoned => &[BatchStatus::Validating, BatchStatus::Finalizing],
+        };
+        fixed((from, BatchStatus::Failed))
+    }
+}
+
 /// `validating` → `in_progress`, in the transaction that queued the chunks; every replica's
 /// idle dispatcher is woken when it commits.
 #[tracing::instrument(skip_all, name = "db.jobs.start")]
@@ -127,12 +160,13 @@ pub async fn start(
     model: &str,
     total: i32,
 ) -> Result<bool, sqlx::Error> {
+    let change = fixed(START);
     Ok(sqlx::query!(
         "WITH started AS (
-            UPDATE batches SET status = 'in_progress', in_progress_at = unix_now(), model = $3,
+            UPDATE batches SET status = $6, in_progress_at = unix_now(), model = $3,
                                request_total = $4, lease_owner = NULL, lease_until = NULL,
                                failed_attempts = 0
-            WHERE id = $1 AND lease_owner = $2 AND status = 'validating'
+            WHERE id = $1 AND lease_owner = $2 AND status = ANY($7)
             RETURNING id
          )
          SELECT pg_notify($5, id) FROM started",
@@ -141,6 +175,8 @@ pub async fn start(
         model,
         total,
         WORK_CHANNEL,
+        change.to().as_str(),
+        &change.from_text() as &[&str],
     )
     .execute(conn)
     .await?
@@ -148,25 +184,25 @@ pub async fn start(
         == 1)
 }
 
-/// → `failed` with OpenAI-style `errors`, from one of `from`: `validating` for a file that failed
-/// validation; also `finalizing` for a batch given up after a crash loop.
+/// → `failed` with OpenAI-style `errors`, from the statuses `why` allows.
 #[tracing::instrument(skip_all, name = "db.jobs.fail")]
 pub async fn fail<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     id: &BatchId,
     owner: &str,
     errors: Value,
-    from: &[BatchStatus],
+    why: Failure,
 ) -> Result<bool, sqlx::Error> {
-    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    let change = why.change();
     Ok(sqlx::query!(
-        "UPDATE batches SET status = 'failed', failed_at = unix_now(), errors = $3,
+        "UPDATE batches SET status = $5, failed_at = unix_now(), errors = $3,
                             lease_owner = NULL, lease_until = NULL
          WHERE id = $1 AND lease_owner = $2 AND status = ANY($4)",
         id.as_str(),
         owner,
         errors,
-        &from as &[&str],
+        &change.from_text() as &[&str],
+        change.to().as_str(),
     )
     .execute(conn)
     .await?
@@ -181,11 +217,14 @@ pub async fn begin_finalizing(
     id: &BatchId,
     owner: &str,
 ) -> Result<bool, sqlx::Error> {
+    let change = fixed(FINALIZE);
     Ok(sqlx::query!(
-        "UPDATE batches SET status = 'finalizing', finalizing_at = unix_now()
-         WHERE id = $1 AND lease_owner = $2 AND status = 'in_progress'",
+        "UPDATE batches SET status = $3, finalizing_at = unix_now()
+         WHERE id = $1 AND lease_owner = $2 AND status = ANY($4)",
         id.as_str(),
         owner,
+        change.to().as_str(),
+        &change.from_text() as &[&str],
     )
     .execute(pool)
     .await?
@@ -194,8 +233,8 @@ pub async fn begin_finalizing(
 }
 
 pub struct Ending<'a> {
-    pub from: &'a [BatchStatus],
-    pub to: BatchStatus,
+    /// To a final status.
+    pub change: Transition,
     pub output_file_id: Option<&'a FileId>,
     pub error_file_id: Option<&'a FileId>,
     pub completed: i32,
@@ -212,19 +251,13 @@ pub async fn end(
     owner: &str,
     e: Ending<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let stamp = match e.to {
+    let stamp = match e.change.to() {
         BatchStatus::Completed => "completed_at",
         BatchStatus::Expired => "expired_at",
         BatchStatus::Cancelled => "cancelled_at",
         BatchStatus::Failed => "failed_at",
         other => unreachable!("{other:?} is not a final status"),
     };
-    let from: Vec<&str> = e
-        .from
-        .iter()
-        .filter(|s| s.can_become(e.to))
-        .map(|s| s.as_str())
-        .collect();
     // Built at run time: the column stamped depends on the final status.
     Ok(sqlx::query(&format!(
         "UPDATE batches SET status = $3, {stamp} = unix_now(), output_file_id = $5, error_file_id = $6,
@@ -234,8 +267,8 @@ pub async fn end(
     ))
     .bind(id)
     .bind(owner)
-    .bind(e.to.as_str())
-    .bind(from)
+    .bind(e.change.to().as_str())
+    .bind(e.change.from_text())
     .bind(e.output_file_id)
     .bind(e.error_file_id)
     .bind(e.completed)
@@ -284,8 +317,7 @@ pub async fn release(pool: &PgPool, id: &BatchId, owner: &str) -> Result<(), sql
 
 /// How a batch is ended without result files (see `give_up`).
 pub struct GiveUp<'a> {
-    pub from: BatchStatus,
-    pub to: BatchStatus,
+    pub change: Transition,
     /// The claim the batch must still be under; `None` for the maintenance sweep, which ends a
     /// batch whoever holds it.
     pub owner: Option<&'a str>,
@@ -293,15 +325,12 @@ pub struct GiveUp<'a> {
     pub errors: Value,
 }
 
-/// `from` → `to` without result files, for a batch that cannot be finished: its work failed
+/// The change `g` makes, without result files, for a batch that cannot be finished: its work failed
 /// too often, or it is stuck past its completion window. Its request counts keep what its
 /// chunks summed, and its work rows (chunks and stored results) go in the same transaction, so
 /// any replica still running a line of it finds its claim gone. False if the batch moved.
 #[tracing::instrument(skip_all, name = "db.jobs.give_up")]
 pub async fn give_up(pool: &PgPool, id: &BatchId, g: GiveUp<'_>) -> Result<bool, sqlx::Error> {
-    if !g.from.can_become(g.to) {
-        return Ok(false);
-    }
     let mut tx = pool.begin().await?;
     let ended = sqlx::query!(
         "UPDATE batches
@@ -315,10 +344,10 @@ pub async fn give_up(pool: &PgPool, id: &BatchId, g: GiveUp<'_>) -> Result<bool,
              request_failed = coalesce((SELECT sum(c.failed)::int FROM batch_chunks c
                                         WHERE c.batch_id = $1), request_failed),
              lease_owner = NULL, lease_until = NULL
-         WHERE id = $1 AND status = $2 AND ($4::text IS NULL OR lease_owner = $4)",
+         WHERE id = $1 AND status = ANY($2) AND ($4::text IS NULL OR lease_owner = $4)",
         id.as_str(),
-        g.from.as_str(),
-        g.to.as_str(),
+        &g.change.from_text() as &[&str],
+        g.change.to().as_str(),
         g.owner,
         g.errors,
     )
@@ -357,4 +386,19 @@ pub async fn stuck(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<Stu
     )
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_store_transition_is_allowed() {
+        for (from, to) in [START, FINALIZE] {
+            assert!(Transition::new(from, to).is_some(), "{from:?} -> {to:?}");
+        }
+        for why in Failure::ALL {
+            assert_eq!(why.change().to(), BatchStatus::Failed, "{why:?}");
+        }
+    }
 }

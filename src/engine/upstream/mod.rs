@@ -3,6 +3,7 @@
 //! per attempt, and retries with backoff for a line's own transient failures; and, for
 //! validation, which models each upstream serves (`models`).
 
+mod answer;
 mod client;
 pub mod limiter;
 mod models;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::header::HeaderMap;
 use secrecy::ExposeSecret;
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -264,7 +264,7 @@ impl Upstreams {
             let retryable = match &outcome {
                 Outcome::Response { status, .. } => RetryPolicy::retryable_status(*status),
                 // The same request would get the same huge answer.
-                Outcome::Failure { code, .. } => *code != RESPONSE_TOO_LARGE,
+                Outcome::Failure { code, .. } => *code != answer::RESPONSE_TOO_LARGE,
             };
             if !retryable || attempt >= self.retry.max_attempts {
                 return Some(outcome);
@@ -336,7 +336,7 @@ impl Upstreams {
             Ok(uri) => uri,
             Err(e) => {
                 let e = SendError::Transport(e);
-                return (transport_failure(&e), Verdict::Answered, None);
+                return (answer::transport_failure(&e), Verdict::Answered, None);
             }
         };
         let body = match upstream.priority {
@@ -354,67 +354,12 @@ impl Upstreams {
                 upstream.max_response_bytes,
             )
             .await;
-        let (status, headers, bytes) = match answer {
-            Ok(a) => (a.status, a.headers, a.body),
-            Err(SendError::TooLarge) => {
-                return (
-                    too_large(upstream.max_response_bytes),
-                    Verdict::Answered,
-                    None,
-                )
-            }
-            Err(e) => {
-                let verdict = match e {
-                    SendError::Connect(_) => Verdict::Refused,
-                    SendError::Timeout => Verdict::TimedOut,
-                    _ => Verdict::Dropped,
-                };
-                return (transport_failure(&e), verdict, None);
-            }
-        };
-        let retry_after = retry::retry_after(&headers);
-        let verdict = if RetryPolicy::is_backpressure(status) {
-            Verdict::Overloaded(retry_after)
-        } else {
-            Verdict::Answered
-        };
-        let request_id = header_str(&headers, "x-request-id");
-        let body = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
-            // Whatever its formatting: the stored results and the result files are one line
-            // per result.
-            Ok(v) if v.get().starts_with('{') => crate::jsonl::compact(v),
-            _ if (200..300).contains(&status) => {
-                return (
-                    Outcome::Failure {
-                        code: "invalid_upstream_response",
-                        message: format!(
-                            "The upstream answered {status} with a body that is not a JSON object."
-                        ),
-                    },
-                    verdict,
-                    None,
-                )
-            }
-            // Keep a non-JSON error body readable in the error file, but short: an HTML error
-            // page or a proxy's dump has no business filling tenants' files.
-            _ => serde_json::value::to_raw_value(
-                &serde_json::json!({"error": {"message": non_json_message(&bytes)}}),
-            )
-            .expect("a JSON value serialises"),
-        };
-        (
-            Outcome::Response {
-                status,
-                request_id,
-                body,
-            },
-            verdict,
-            retry_after,
-        )
+        match answer {
+            Ok(a) => answer::read(a.status, &a.headers, &a.body),
+            Err(e) => answer::failed(e, upstream.max_response_bytes),
+        }
     }
 }
-
-const RESPONSE_TOO_LARGE: &str = "response_too_large";
 
 /// A line's body (a JSON object, as validation checked) with vLLM's `priority` member put first:
 /// a `priority` the line sets itself comes later in the object and wins, as the last of
@@ -432,68 +377,6 @@ fn with_priority(body: &bytes::Bytes, priority: i64) -> bytes::Bytes {
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(rest);
     out.into()
-}
-
-fn too_large(limit: usize) -> Outcome {
-    Outcome::Failure {
-        code: RESPONSE_TOO_LARGE,
-        message: format!(
-            "The upstream's response was larger than the limit of {limit} bytes; it was not kept."
-        ),
-    }
-}
-
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// At most this many characters of a non-JSON error body reach the error file.
-const NON_JSON_BODY_CHARS: usize = 512;
-
-fn non_json_message(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut shown: String = text.chars().take(NON_JSON_BODY_CHARS).collect();
-    if shown.len() < text.len() {
-        shown.push_str(&format!("… ({} bytes in all)", bytes.len()));
-    }
-    shown
-}
-
-/// The error file is read by tenants: it gets a generic message, never the upstream's URL or
-/// address (the HTTP stack's messages name them). The detail goes to the server's log.
-fn transport_failure(e: &SendError) -> Outcome {
-    let timeout = matches!(e, SendError::Timeout);
-    match e {
-        SendError::Transport(e) | SendError::Connect(e) => {
-            tracing::warn!(error = error_chain(e.as_ref()), "upstream call failed")
-        }
-        _ => tracing::warn!(timeout, "upstream call failed"),
-    }
-    if timeout {
-        Outcome::Failure {
-            code: "upstream_timeout",
-            message: "The upstream did not answer in time.".to_owned(),
-        }
-    } else {
-        Outcome::Failure {
-            code: "upstream_unreachable",
-            message: "Could not get a response from the upstream.".to_owned(),
-        }
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
 }
 
 /// The trace id of a batch's upstream calls when tracing is off, derived from the batch so that

@@ -14,7 +14,8 @@ use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{error_chain, Upstream, Upstreams};
+use super::answer::error_chain;
+use super::{Upstream, Upstreams};
 use crate::domain::{LineError, MAX_REPORTED_ERRORS};
 
 /// The longest a validation waits for a model list (on a cache miss only).

@@ -1,3 +1,4 @@
+use super::answer::{non_json_message, NON_JSON_BODY_CHARS};
 use super::*;
 
 fn upstream(models: &[&str]) -> Upstream {

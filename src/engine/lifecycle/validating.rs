@@ -1,0 +1,152 @@
+//! A `validating` batch: its input file checked line by line and planned into chunks, queued
+//! in the transaction that moves it to `in_progress` (or failed with the errors found).
+
+use anyhow::Context;
+
+use super::fail;
+use crate::domain::{Endpoint, FileId, LineError, Purpose, MAX_INPUT_BYTES};
+use crate::engine::chunking::ChunkPlanner;
+use crate::engine::validation::FileCheck;
+use crate::engine::Ctx;
+use crate::jsonl::Piece;
+use crate::store::chunks::{self, NewChunk};
+use crate::store::files::{self, FileRecord};
+use crate::store::leases::{self, BatchJob};
+
+/// Streams the input file once: checks every line and queues the valid ones, all in one
+/// transaction that also moves the batch to `in_progress`, so a crash leaves it `validating`.
+pub(super) async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let endpoint = job.endpoint;
+    let file = match input_file(ctx, job).await? {
+        Ok(file) => file,
+        Err(error) => return fail(ctx, job, vec![error]).await,
+    };
+    let mut scan = InputScan::new(ctx, endpoint);
+    scan.read(ctx, &file.id).await?;
+    let InputScan { planner, lines } = scan;
+    let mut check = lines.check;
+    let total = check.requests;
+    if check.errors.is_empty() {
+        let unknown = ctx.upstreams.unknown_models(check.models()).await;
+        check.errors.extend(unknown);
+    }
+    match check.finish() {
+        Err(errors) => fail(ctx, job, errors).await,
+        Ok(model) => queue(ctx, job, &file.id, &planner.chunks, &model, total, started).await,
+    }
+}
+
+/// Queues the chunks of a file that passed and moves the batch to `in_progress`, at once.
+async fn queue(
+    ctx: &Ctx,
+    job: &BatchJob,
+    file: &FileId,
+    planned: &[NewChunk],
+    model: &str,
+    total: usize,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let total = i32::try_from(total).context("request count")?;
+    let mut tx = ctx.pool.begin().await?;
+    chunks::insert(&mut tx, &job.id, file.as_str(), planned).await?;
+    if leases::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
+        tx.commit().await?;
+        tracing::info!(
+            requests = total,
+            chunks = planned.len(),
+            %model,
+            took_ms = started.elapsed().as_millis() as u64,
+            "batch validated"
+        );
+    }
+    // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
+    Ok(())
+}
+
+/// The batch's input file, or the error that fails the batch before a line is read.
+async fn input_file(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<Result<FileRecord, LineError>> {
+    let file_error = |code, message| LineError::file(code, Some("input_file_id"), message);
+    let missing = || {
+        file_error(
+            "invalid_request",
+            format!("Cannot find file {}.", job.input_file_id),
+        )
+    };
+    // Another project's file is, for this batch, a file that does not exist.
+    let Some(file) = files::get(&ctx.pool, &job.project(), &job.input_file_id).await? else {
+        return Ok(Err(missing()));
+    };
+    if file.purpose != Purpose::Batch {
+        return Ok(Err(file_error(
+            "invalid_request",
+            format!(
+                "File {} has purpose '{}'; a batch's input file must have purpose 'batch'.",
+                file.id,
+                file.purpose.as_str()
+            ),
+        )));
+    }
+    if file.bytes as u64 > MAX_INPUT_BYTES {
+        return Ok(Err(file_error(
+            "file_too_large",
+            format!("The input file is larger than the {MAX_INPUT_BYTES}-byte limit for a batch."),
+        )));
+    }
+    Ok(Ok(file))
+}
+
+/// One pass over an input file: every line is checked and placed in a chunk. The checks are
+/// a field apart from the planner so that the planner's callback can borrow them while the
+/// planner itself is borrowed.
+struct InputScan {
+    planner: ChunkPlanner,
+    lines: NumberedCheck,
+}
+
+/// The file-level checks, fed the lines in order.
+struct NumberedCheck {
+    check: FileCheck,
+    /// The number of the last line seen, blank ones included, as errors name lines.
+    line_no: usize,
+}
+
+impl NumberedCheck {
+    fn take(&mut self, piece: Piece<'_>) {
+        self.line_no += 1;
+        self.check.piece(piece, self.line_no);
+    }
+}
+
+impl InputScan {
+    fn new(ctx: &Ctx, endpoint: Endpoint) -> Self {
+        Self {
+            planner: ChunkPlanner::new(
+                ctx.settings.chunk_lines,
+                ctx.settings.chunk_bytes,
+                ctx.batches.max_line_bytes,
+            ),
+            lines: NumberedCheck {
+                check: FileCheck::new(endpoint),
+                line_no: 0,
+            },
+        }
+    }
+
+    /// Reads the file's stored parts in order, stopping early once the batch is sure to fail.
+    async fn read(&mut self, ctx: &Ctx, file: &FileId) -> anyhow::Result<()> {
+        for idx in 0.. {
+            let Some(part) = files::chunk(&ctx.pool, file, idx).await? else {
+                break;
+            };
+            self.planner
+                .feed(idx, &part, |piece| self.lines.take(piece));
+            if self.lines.check.is_saturated() {
+                // The batch fails; enough problems are reported already.
+                break;
+            }
+        }
+        self.planner.finish(|piece| self.lines.take(piece));
+        Ok(())
+    }
+}
