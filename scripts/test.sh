@@ -89,8 +89,9 @@ cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
 section "doc links (README.md, docs/, bench/)"
 python3 scripts/check-doc-links.py || die "a relative link in the Markdown points nowhere"
 
-section "structure (import layers of src/ and the console)"
+section "structure (import layers of src/ and the console, size limits)"
 python3 scripts/check-layers.py || die "an import runs up a layer or closes a circle (docs/architecture.md)"
+python3 scripts/check-sizes.py || die "a file, function or handler in src/ is over its size limit (docs/architecture.md)"
 
 section "cargo clippy --all-targets -- -D warnings, and .sqlx/ up to date"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"

@@ -12,11 +12,11 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use sqlx::PgPool;
 
-use super::keyring::{Keyring, Lookup};
 use super::AppState;
 use crate::config::AuthSettings;
 use crate::domain::{constant_time_eq, ApiKey, ProjectId};
 use crate::error::ApiError;
+use crate::services::keys::Keyring;
 
 /// Who a request acts for.
 #[derive(Debug, Clone)]
@@ -98,14 +98,10 @@ impl Auth {
             masked: ApiKey::mask(presented),
         };
         let key = ApiKey::parse(presented).ok_or_else(wrong)?;
-        let stored = match self.keyring.lookup(&key.prefix) {
-            Lookup::Known(Some(stored)) => Some(stored),
-            Lookup::Known(None) if !self.may_look_up_unknown() => None,
-            Lookup::Known(None) | Lookup::Unsure => {
-                crate::metrics::get().auth_key_queries.inc();
-                crate::store::keys::find(pool, &key.prefix).await?
-            }
-        };
+        let stored = self
+            .keyring
+            .find(pool, &key.prefix, self.may_look_up_unknown())
+            .await?;
         let stored = stored.ok_or_else(wrong)?;
         if !constant_time_eq(&stored.hash, &key.hash) {
             return Err(wrong());

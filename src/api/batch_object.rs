@@ -132,7 +132,7 @@ pub(super) struct BatchObject {
     #[schema(inline)]
     request_counts: RequestCounts,
     /// Tokens used by the successful requests, once the batch has ended.
-    #[schema(required = true, value_type = Option<crate::engine::output::BatchUsage>)]
+    #[schema(required = true, value_type = Option<crate::services::batches::BatchUsage>)]
     usage: Option<Value>,
     #[schema(required = true, value_type = Option<HashMap<String, String>>)]
     metadata: Option<Value>,

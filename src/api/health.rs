@@ -63,9 +63,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 )]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let ok = tokio::time::timeout(Duration::from_secs(2), crate::store::ping(&state.pool))
-        .await
-        .unwrap_or(false);
+    let ok = crate::services::database_answers(&state.pool, Duration::from_secs(2)).await;
     if ok {
         HttpResponse::Ok().json(Health {
             status: "ok",

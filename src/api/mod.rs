@@ -36,7 +36,6 @@ mod console;
 mod files;
 mod health;
 mod host_guard;
-mod keyring;
 mod openapi;
 mod pagination;
 mod request_id;

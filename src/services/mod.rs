@@ -3,5 +3,13 @@
 
 pub mod batches;
 pub mod files;
+pub mod keys;
 pub mod results;
 pub mod webhooks;
+
+/// Whether the database answers within `within`: what a replica's readiness means.
+pub async fn database_answers(pool: &sqlx::PgPool, within: std::time::Duration) -> bool {
+    tokio::time::timeout(within, crate::store::ping(pool))
+        .await
+        .unwrap_or(false)
+}

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::config::LimitSettings;
 use crate::domain::{BatchId, BatchSpec, IdempotencyKey, ProjectId};
+pub use crate::engine::output::BatchUsage;
 use crate::error::ApiError;
 pub use crate::store::batches::BatchRecord;
 use crate::store::batches::{self as store, Cancelled, Inserted, NewBatch};

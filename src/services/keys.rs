@@ -57,6 +57,24 @@ impl Keyring {
         }
     }
 
+    /// The stored key with `prefix`: from the copy when it can be trusted, else from the
+    /// database. `ask_unknown`: whether a prefix the trusted copy lacks is still worth a query.
+    pub async fn find(
+        &self,
+        pool: &PgPool,
+        prefix: &str,
+        ask_unknown: bool,
+    ) -> Result<Option<StoredKey>, sqlx::Error> {
+        match self.lookup(prefix) {
+            Lookup::Known(Some(stored)) => Ok(Some(stored)),
+            Lookup::Known(None) if !ask_unknown => Ok(None),
+            Lookup::Known(None) | Lookup::Unsure => {
+                crate::metrics::get().auth_key_queries.inc();
+                keys::find(pool, prefix).await
+            }
+        }
+    }
+
     fn replace(&self, keys: Vec<(String, StoredKey)>, loaded_at: Instant) {
         let mut copy = self.copy.write().expect("not poisoned");
         copy.by_prefix = keys.into_iter().collect();
