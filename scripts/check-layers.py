@@ -98,6 +98,22 @@ def js_circles():
     return circles
 
 
+def table(edges):
+    width = max(map(len, edges))
+    return [f"{m:<{width}} → {' '.join(edges[m]) or '(nothing)'}"
+            for _, ms in LAYERS for m in ms if m in edges]
+
+
+def doc_drift(edges):
+    """docs/architecture.md shows the map in the text block under "How they depend"."""
+    doc = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
+    m = re.search(r"## How they depend.*?```text\n(.*?)```", doc, re.S)
+    if not m or m.group(1).rstrip("\n").split("\n") != table(edges):
+        return ["docs/architecture.md: the map under 'How they depend' is not current "
+                "(paste scripts/check-layers.py --table)"]
+    return []
+
+
 def main():
     edges = {name: sorted(uses(path) - {name}) for name, path in top_modules()}
     problems = []
@@ -110,14 +126,11 @@ def main():
                 problems.append(f"{name} -> {t}: runs up or sideways ({LAYERS[RANK[name]][0]} -> {LAYERS[RANK[t]][0]})")
             elif t in NO_SKIP.get(name, ()):
                 problems.append(f"{name} -> {t}: skips the services layer")
+    problems.extend(doc_drift(edges))
     for c in js_circles():
         problems.append("console import circle: " + " -> ".join(c))
     if "--table" in sys.argv:
-        width = max(map(len, edges))
-        for layer, ms in LAYERS:
-            for m in ms:
-                if m in edges:
-                    print(f"{m:<{width}} → {' '.join(edges[m]) or '(nothing)'}")
+        print("\n".join(table(edges)))
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0
