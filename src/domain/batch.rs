@@ -11,29 +11,22 @@ use super::Invalid;
     strum::EnumIter,
     serde::Serialize,
     utoipa::ToSchema,
-    sqlx::Type,
 )]
-#[sqlx(type_name = "text")]
 pub enum Endpoint {
     #[strum(serialize = "/v1/responses")]
     #[serde(rename = "/v1/responses")]
-    #[sqlx(rename = "/v1/responses")]
     Responses,
     #[strum(serialize = "/v1/chat/completions")]
     #[serde(rename = "/v1/chat/completions")]
-    #[sqlx(rename = "/v1/chat/completions")]
     ChatCompletions,
     #[strum(serialize = "/v1/embeddings")]
     #[serde(rename = "/v1/embeddings")]
-    #[sqlx(rename = "/v1/embeddings")]
     Embeddings,
     #[strum(serialize = "/v1/completions")]
     #[serde(rename = "/v1/completions")]
-    #[sqlx(rename = "/v1/completions")]
     Completions,
     #[strum(serialize = "/v1/moderations")]
     #[serde(rename = "/v1/moderations")]
-    #[sqlx(rename = "/v1/moderations")]
     Moderations,
 }
 
@@ -76,13 +69,10 @@ impl TryFrom<String> for Endpoint {
     strum::EnumIter,
     serde::Serialize,
     utoipa::ToSchema,
-    sqlx::Type,
 )]
-#[sqlx(type_name = "text")]
 pub enum CompletionWindow {
     #[strum(serialize = "24h")]
     #[serde(rename = "24h")]
-    #[sqlx(rename = "24h")]
     Hours24,
 }
 
@@ -122,11 +112,9 @@ impl TryFrom<String> for CompletionWindow {
     strum::EnumIter,
     serde::Serialize,
     utoipa::ToSchema,
-    sqlx::Type,
 )]
 #[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,
     Failed,
@@ -288,6 +276,12 @@ impl BatchSpec {
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 }
+
+// Read back through the domain parser, so a bad stored value is named in the error.
+stored_as_text!(Endpoint, |raw| Endpoint::parse(raw).map_err(|e| e.message));
+stored_as_text!(CompletionWindow, |raw| CompletionWindow::parse(raw)
+    .map_err(|e| e.message));
+stored_as_text!(BatchStatus, |raw| BatchStatus::try_from(raw.to_owned()));
 
 #[cfg(test)]
 mod tests {

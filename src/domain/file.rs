@@ -11,18 +11,15 @@ use super::Invalid;
     strum::EnumIter,
     serde::Serialize,
     utoipa::ToSchema,
-    sqlx::Type,
 )]
 #[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Purpose {
     Assistants,
     Batch,
     BatchOutput,
     #[strum(serialize = "fine-tune")]
     #[serde(rename = "fine-tune")]
-    #[sqlx(rename = "fine-tune")]
     FineTune,
     Vision,
     UserData,
@@ -129,6 +126,10 @@ impl Utf8Check {
         !self.broken && self.carry.is_empty()
     }
 }
+
+// Read back through the domain parser, so a bad stored value is named in the error.
+stored_as_text!(Purpose, |raw| Purpose::parse_filter(raw)
+    .map_err(|e| e.message));
 
 #[cfg(test)]
 mod tests {

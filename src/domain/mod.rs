@@ -1,9 +1,10 @@
 //! Values that can only exist in a valid state: each is built by a `parse` that
 //! returns `Invalid` (rendered as a 400 by `crate::error`) for anything else.
 
-/// Stores an id as PostgreSQL `text`: written as its `as_str`, read back through its parser, so
-/// a row holding something the type cannot hold is a decode error (`sqlx::Error`), never an
-/// invalid value. (The closed sets derive `sqlx::Type` instead.)
+/// Stores an id or a closed set as PostgreSQL `text`: written as its `as_str`, read back through
+/// its own parser, so a row holding something the type cannot hold is a decode error naming the
+/// type (`sqlx::Error`), never an invalid value. (sqlx's derive would keep a third copy of the
+/// spellings beside strum's and serde's, and name no type when a stored value is bad.)
 macro_rules! stored_as_text {
     ($ty:ty, |$raw:ident| $parse:expr) => {
         impl sqlx::Type<sqlx::Postgres> for $ty {

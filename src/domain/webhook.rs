@@ -23,25 +23,19 @@ use super::Invalid;
     strum::EnumIter,
     serde::Serialize,
     utoipa::ToSchema,
-    sqlx::Type,
 )]
-#[sqlx(type_name = "text")]
 pub enum EventType {
     #[strum(serialize = "batch.completed")]
     #[serde(rename = "batch.completed")]
-    #[sqlx(rename = "batch.completed")]
     BatchCompleted,
     #[strum(serialize = "batch.failed")]
     #[serde(rename = "batch.failed")]
-    #[sqlx(rename = "batch.failed")]
     BatchFailed,
     #[strum(serialize = "batch.expired")]
     #[serde(rename = "batch.expired")]
-    #[sqlx(rename = "batch.expired")]
     BatchExpired,
     #[strum(serialize = "batch.cancelled")]
     #[serde(rename = "batch.cancelled")]
-    #[sqlx(rename = "batch.cancelled")]
     BatchCancelled,
 }
 
@@ -274,6 +268,10 @@ impl WebhookSecret {
         format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
     }
 }
+
+// Read back through the domain parser, so a bad stored value is named in the error.
+stored_as_text!(EventType, |raw| EventType::parse("event_type", raw)
+    .map_err(|e| e.message));
 
 #[cfg(test)]
 mod tests {

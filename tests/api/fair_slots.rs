@@ -292,10 +292,11 @@ async fn a_live_read_never_holds_up_the_batch_s_result_writes() {
     let upstream = FakeUpstream::start(&[]);
     let app = spawn_engine(&upstream, secured).await;
     let (a, key) = tenant(&app, "alpha").await;
-    // The heavy lines answer at once; four more take 15 s, so the batch runs on meanwhile.
+    // The heavy lines answer at once; four more take 45 s, so the batch runs on meanwhile (15 s
+    // was once too short for the set-up below on a loaded machine).
     let mut lines = heavy_lines();
     lines.extend(
-        (0..4).map(|i| chat_line(&format!("s{i}"), json!({"fake": {"latency_ms": 15_000}}))),
+        (0..4).map(|i| chat_line(&format!("s{i}"), json!({"fake": {"latency_ms": 45_000}}))),
     );
     let id = a.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     a.wait_for_progress(&id, |b| {
