@@ -84,23 +84,6 @@ async fn receive_file(
     Ok(incoming)
 }
 
-// The form `upload` reads part by part; this type only documents it.
-/// A file and its purpose; the parts may come in any order.
-#[derive(ToSchema)]
-#[schema(as = FileUpload)]
-#[allow(dead_code)]
-struct UploadForm {
-    /// The content; its file name is kept as `filename`.
-    #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
-    #[schema(schema_with = Purpose::uploadable_schema)]
-    purpose: String,
-    #[schema(rename = "expires_after[anchor]", schema_with = ExpiresAfter::anchor_schema)]
-    anchor: Option<String>,
-    #[schema(rename = "expires_after[seconds]", schema_with = ExpiresAfter::seconds_schema)]
-    seconds: Option<i64>,
-}
-
 /// `POST /v1/files`. Parts may come in any order. A `batch` file is checked to be UTF-8 here;
 /// its lines are checked as JSON requests when a batch using it is validated.
 ///
@@ -168,13 +151,21 @@ fn refuse_early(req: &HttpRequest, limits: &LimitSettings) -> Result<(), ApiErro
     Ok(())
 }
 
-/// The parts of an upload form read so far.
-#[derive(Default)]
-struct Parts {
-    purpose: Option<Purpose>,
-    anchor: Option<String>,
-    seconds: Option<String>,
+// `read_form` fills it part by part (unknown parts are ignored); the document describes the
+// form from it.
+/// A file and its purpose; the parts may come in any order.
+#[derive(Default, ToSchema)]
+#[schema(as = FileUpload)]
+struct UploadForm {
+    /// The content; its file name is kept as `filename`.
+    #[schema(value_type = String, format = Binary, required = true)]
     file: Option<Incoming>,
+    #[schema(schema_with = Purpose::uploadable_schema, required = true)]
+    purpose: Option<Purpose>,
+    #[schema(rename = "expires_after[anchor]", schema_with = ExpiresAfter::anchor_schema)]
+    anchor: Option<String>,
+    #[schema(rename = "expires_after[seconds]", schema_with = ExpiresAfter::seconds_schema)]
+    seconds: Option<String>,
 }
 
 /// Reads the whole form through a [`Guard`], the file part into a spool.
@@ -192,7 +183,7 @@ async fn read_form(
         },
     );
     let mut form = Multipart::new(req.headers(), stream);
-    let mut parts = Parts::default();
+    let mut parts = UploadForm::default();
     let mut count = 0;
     while let Some(field) = form.next().await {
         let mut field = field.map_err(|e| guard.explain(malformed(e)))?;
@@ -209,7 +200,7 @@ async fn read_form(
     })
 }
 
-impl Parts {
+impl UploadForm {
     async fn read(
         &mut self,
         limits: &LimitSettings,

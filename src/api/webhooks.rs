@@ -9,7 +9,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::pagination::{list_type, PageParams, PageQuery};
 use super::{body, AppState, Project};
-use crate::domain::{EventType, WebhookEndpointId, WebhookUrl};
+use crate::domain::{DeliveryState, EndpointStatus, EventType, WebhookEndpointId, WebhookUrl};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::webhooks::{self as service, DeliveryRecord, EndpointRecord, MAX_GRACE_SECS};
 
@@ -269,25 +269,6 @@ tag!(EndpointTag = "webhook_endpoint");
 tag!(DeletedEndpointTag = "webhook_endpoint.deleted");
 tag!(DeliveryTag = "webhook_delivery");
 
-// As the database's CHECK constraint allows.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum EndpointStatus {
-    Enabled,
-    Disabled,
-}
-
-// As the database's CHECK constraint allows.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Failed,
-}
-
 /// A webhook endpoint (OpenBatch extension); `secret` only in the answers to create and
 /// rotate_secret.
 #[derive(Serialize, ToSchema)]
@@ -298,8 +279,8 @@ pub(super) struct EndpointObject {
     object: EndpointTag,
     url: String,
     events: Vec<EventType>,
-    #[schema(inline, value_type = EndpointStatus)]
-    status: String,
+    #[schema(inline)]
+    status: EndpointStatus,
     #[schema(required = true)]
     disabled_reason: Option<String>,
     #[schema(required = true)]
@@ -321,7 +302,7 @@ impl EndpointObject {
             object: EndpointTag::Tag,
             url: e.url.clone(),
             events: e.events.clone(),
-            status: e.status.clone(),
+            status: e.status,
             disabled_reason: e.disabled_reason.clone(),
             disabled_at: e.disabled_at,
             consecutive_failures: e.consecutive_failures,
@@ -359,8 +340,8 @@ pub(super) struct DeliveryObject {
     event_type: EventType,
     batch_id: String,
     created_at: i64,
-    #[schema(inline, value_type = DeliveryStatus)]
-    status: String,
+    #[schema(inline)]
+    status: DeliveryState,
     attempts: i32,
     #[schema(required = true)]
     last_attempt_at: Option<i64>,
@@ -383,7 +364,7 @@ impl DeliveryObject {
             event_type: d.event_type,
             batch_id: d.batch_id.as_str().to_owned(),
             created_at: d.created_at,
-            status: d.state.clone(),
+            status: d.state,
             attempts: d.attempts,
             last_attempt_at: d.last_attempt_at,
             last_status_code: d.last_status_code,

@@ -104,7 +104,9 @@ pub use ids::{
 pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
-pub use webhook::{is_public, EventType, EventTypes, WebhookSecret, WebhookUrl};
+pub use webhook::{
+    is_public, DeliveryState, EndpointStatus, EventType, EventTypes, WebhookSecret, WebhookUrl,
+};
 
 /// A JSON number that is a whole number, as JSON Schema's `integer` (and OpenAI's API) take it:
 /// `7200` or `7200.0`, never `7200.5`. RFC 8259 gives the two spellings one meaning, and the

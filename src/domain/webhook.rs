@@ -59,6 +59,66 @@ impl EventType {
     }
 }
 
+// An endpoint's state, as the database's CHECK constraint allows (a plain comment: the
+// document shows it inline, without a description).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointStatus {
+    Enabled,
+    Disabled,
+}
+
+// Where a delivery stands, as the database's CHECK constraint allows.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// `as_str` and a `parse` of the stored spelling, for the closed sets above.
+macro_rules! stored_state {
+    ($ty:ident) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+
+            fn parse(raw: &str) -> Result<Self, String> {
+                <Self as strum::IntoEnumIterator>::iter()
+                    .find(|s| s.as_str() == raw)
+                    .ok_or_else(|| format!("unknown {} '{raw}'", stringify!($ty)))
+            }
+        }
+        stored_as_text!($ty, |raw| $ty::parse(raw));
+    };
+}
+stored_state!(EndpointStatus);
+stored_state!(DeliveryState);
+
 /// A non-empty set of event types, in a stable order without duplicates. Absent means all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTypes(Vec<EventType>);

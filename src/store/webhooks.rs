@@ -4,7 +4,8 @@
 use sqlx::PgPool;
 
 use crate::domain::{
-    BatchId, EventType, EventTypes, ProjectId, WebhookEndpointId, WebhookSecret, WebhookUrl,
+    BatchId, DeliveryState, EndpointStatus, EventType, EventTypes, ProjectId, WebhookEndpointId,
+    WebhookSecret, WebhookUrl,
 };
 use crate::store::keyset::{self, Page};
 
@@ -16,7 +17,7 @@ pub struct EndpointRecord {
     pub id: WebhookEndpointId,
     pub url: String,
     pub events: Vec<EventType>,
-    pub status: String,
+    pub status: EndpointStatus,
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<i64>,
     pub consecutive_failures: i32,
@@ -43,7 +44,8 @@ pub async fn create(
         r#"INSERT INTO webhook_endpoints (id, project_id, url, events, secret)
            SELECT $1, $2, $3, $4, $5
            WHERE (SELECT count(*) FROM webhook_endpoints WHERE project_id = $2) < $6
-           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>",
+                  status AS "status: EndpointStatus",
                      disabled_reason, disabled_at, consecutive_failures, created_at,
                      CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
                          AS previous_secret_until,
@@ -66,7 +68,8 @@ pub async fn get(
 ) -> Result<Option<EndpointRecord>, sqlx::Error> {
     sqlx::query_as!(
         EndpointRecord,
-        r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+        r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>",
+                  status AS "status: EndpointStatus",
                      disabled_reason, disabled_at, consecutive_failures, created_at,
                      CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
                          AS previous_secret_until,
@@ -96,8 +99,9 @@ pub async fn list(
     });
     keyset::page(cursor, limit, |after, fetch| {
         sqlx::query_as!(
-        EndpointRecord,
-        r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+            EndpointRecord,
+            r#"SELECT id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>",
+                  status AS "status: EndpointStatus",
                      disabled_reason, disabled_at, consecutive_failures, created_at,
                      CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
                          AS previous_secret_until,
@@ -143,7 +147,8 @@ pub async fn rotate(
         r#"UPDATE webhook_endpoints
            SET previous_secret = secret, previous_secret_until = unix_now() + $4, secret = $3
            WHERE project_id = $1 AND id = $2
-           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>",
+                  status AS "status: EndpointStatus",
                      disabled_reason, disabled_at, consecutive_failures, created_at,
                      CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
                          AS previous_secret_until,
@@ -169,7 +174,8 @@ pub async fn enable(
            SET status = 'enabled', disabled_reason = NULL, disabled_at = NULL,
                consecutive_failures = 0
            WHERE project_id = $1 AND id = $2
-           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>", status,
+           RETURNING id AS "id: WebhookEndpointId", url, events AS "events: Vec<EventType>",
+                  status AS "status: EndpointStatus",
                      disabled_reason, disabled_at, consecutive_failures, created_at,
                      CASE WHEN previous_secret_until > unix_now() THEN previous_secret_until END
                          AS previous_secret_until,
@@ -187,7 +193,7 @@ pub struct DeliveryRecord {
     pub event_type: EventType,
     pub batch_id: BatchId,
     pub created_at: i64,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub last_attempt_at: Option<i64>,
     pub last_status_code: Option<i32>,
@@ -216,7 +222,8 @@ pub async fn deliveries(
         sqlx::query_as!(
         DeliveryRecord,
         r#"SELECT event_id, event_type AS "event_type: EventType", batch_id AS "batch_id: BatchId",
-                  created_at, state, attempts, last_attempt_at, last_status_code, last_error,
+                  created_at, state AS "state: DeliveryState", attempts, last_attempt_at,
+                  last_status_code, last_error,
                   delivered_at,
                   CASE WHEN state = 'pending'
                        THEN ceil(extract(epoch FROM next_attempt_at))::bigint END
