@@ -1,5 +1,5 @@
 //! One LISTEN connection per replica, fanned out to the parts that want PostgreSQL's
-//! notifications (the worker, webhook delivery, the key copy). Notifications are hints: each
+//! notifications (the worker, webhook delivery, the key copy, event streams). Notifications are hints: each
 //! subscriber also polls, and when the connection drops it is told so (`Lost`), then told when
 //! it listens again (`Resume`), since whatever was announced in between is gone and must be
 //! caught up on (the key copy reloads, the worker and webhook delivery look for work).
@@ -48,6 +48,21 @@ impl Subscription {
     }
 }
 
+/// A channel's notices for readers that come and go (one per open event stream): each takes
+/// its own `Subscription`, which sees what is announced from then on.
+#[derive(Clone)]
+pub struct Feed {
+    notices: broadcast::Sender<Notice>,
+}
+
+impl Feed {
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            notices: self.notices.subscribe(),
+        }
+    }
+}
+
 /// Subscriptions are taken before the connection starts, so none misses the first `Resume`.
 #[derive(Default)]
 pub struct Notifications {
@@ -63,6 +78,13 @@ impl Notifications {
         let (tx, notices) = broadcast::channel(BACKLOG);
         self.subscribers.push((channels.to_vec(), tx));
         Subscription { notices }
+    }
+
+    /// A [`Feed`] of `channels`, for readers that subscribe later.
+    pub fn feed(&mut self, channels: &[&'static str]) -> Feed {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        self.subscribers.push((channels.to_vec(), tx.clone()));
+        Feed { notices: tx }
     }
 
     /// Listens on every subscribed channel until the group stops.

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::engine::upstream::Upstreams;
 use crate::engine::Worker;
 use crate::error::render_framework_error;
-use crate::notify::Notifications;
+use crate::notify::{Feed, Notifications};
 use crate::store::keys;
 use crate::tasks::TaskGroup;
 
@@ -40,6 +40,7 @@ fn app_state(
     auth: api::Auth,
     live: Arc<AtomicUsize>,
     wake_worker: Option<Arc<tokio::sync::Notify>>,
+    batch_status: Feed,
 ) -> web::Data<AppState> {
     let creates = crate::services::batches::create_queue::CreateQueue::start(
         pool.clone(),
@@ -64,6 +65,7 @@ fn app_state(
             limits.max_event_streams_per_project,
         ),
         live_readers: FairSlots::new(limits.max_live_readers, limits.max_live_readers_per_project),
+        batch_status,
     })
 }
 
@@ -94,9 +96,17 @@ impl Application {
             webhooks,
             worker,
             members,
+            batch_status,
         } = Background::start(settings, &pool, &auth)?;
         let wake_worker = worker.as_ref().map(Worker::waker);
-        let state = app_state(settings, pool, auth, members.live, wake_worker);
+        let state = app_state(
+            settings,
+            pool,
+            auth,
+            members.live,
+            wake_worker,
+            batch_status,
+        );
         let host_guard = web::Data::new(api::HostGuard::new(
             settings.auth.enabled,
             &settings.server.allowed_hosts,
@@ -204,6 +214,8 @@ struct Background {
     /// Kept by the heartbeats: the per-key request rate and the upstreams' `max_in_flight`
     /// are limits for the whole cluster, split between the live replicas.
     members: crate::cluster::Members,
+    /// Status changes, for the event streams.
+    batch_status: Feed,
 }
 
 impl Background {
@@ -254,6 +266,7 @@ impl Background {
             let notices = notices.subscribe(&[keys::KEYS_CHANNEL]);
             group.spawn(keyring.run(pool.clone(), notices, group.token()));
         }
+        let batch_status = notices.feed(&[crate::store::leases::STATUS_CHANNEL]);
         notices.start(pool.clone(), &group);
         Ok(Self {
             group,
@@ -261,6 +274,7 @@ impl Background {
             webhooks,
             worker,
             members,
+            batch_status,
         })
     }
 }

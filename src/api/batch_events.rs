@@ -1,11 +1,11 @@
 //! `GET /v1/batches/{id}/events` (OpenBatch extension): Server-Sent Events carrying the batch
 //! object whenever its status or `request_counts` change, ending after a final status.
 //!
-//! Each stream polls its batch (one indexed read of the row and its chunks' counters, ~0.1 ms)
-//! rather than waiting on LISTEN: progress is written by flushes, which do not NOTIFY (a NOTIFY
-//! per flush would serialise every replica's commits), so there is no event to listen for.
-//! The cost is bounded per replica by `limits.max_event_streams`, and per project by
-//! `limits.max_event_streams_per_project`.
+//! A status change wakes the stream at once (each is announced by NOTIFY, a handful per batch).
+//! Progress is polled (`limits.event_poll_ms`; one indexed read of the row and its chunks'
+//! counters, ~0.1 ms): it is written by flushes, which do not NOTIFY (a NOTIFY per flush would
+//! serialise every replica's commits). The cost is bounded per replica by
+//! `limits.max_event_streams`, and per project by `limits.max_event_streams_per_project`.
 
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,9 @@ use super::batch_object::{parse_batch_id, BatchObject};
 use super::{AppState, Project};
 use crate::domain::{BatchId, ProjectId};
 use crate::error::{ApiError, ErrorResponse};
+use crate::notify::{Notice, Subscription};
 use crate::services::batches::{self, BatchRecord};
 
-const POLL: Duration = Duration::from_millis(500);
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -93,13 +93,19 @@ async fn events(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_batch_id(&path)?;
+    // Taken before the first read: no change after it goes unannounced.
+    let changes = state.batch_status.subscribe();
     let batch = batches::get(&state.pool, &project, &id).await?;
     // Held by the task below, which ends when the client goes.
     let slot = state
         .event_streams
         .take(&project)
         .map_err(ApiError::TooManyEventStreams)?;
-    let body = stream(state.pool.clone(), project, id, batch, slot);
+    let wake = Wake {
+        poll: Duration::from_millis(state.limits.event_poll_ms),
+        changes,
+    };
+    let body = stream(state.pool.clone(), project, id, batch, wake, slot);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -107,13 +113,41 @@ async fn events(
         .streaming(body))
 }
 
-/// The events of a batch, first as `batch` is: a task polls it and sends it whenever it
-/// changes, until it ends, is gone, or the client goes (`tx.closed()`), holding `slot` till then.
+/// When a stream reads its batch again: every `poll`, or at once when its status changes.
+struct Wake {
+    poll: Duration,
+    changes: Subscription,
+}
+
+impl Wake {
+    async fn next(&mut self, id: &BatchId) {
+        let announced = async {
+            loop {
+                match self.changes.recv().await {
+                    Notice::Message { payload, .. } if payload == id.as_str() => return,
+                    Notice::Message { .. } => {}
+                    // Changes may have gone unannounced: read now.
+                    Notice::Lost | Notice::Resume => return,
+                }
+            }
+        };
+        tokio::select! {
+            // At least every `KEEPALIVE`, so that a quiet stream gets its comment line.
+            _ = tokio::time::sleep(self.poll.min(KEEPALIVE)) => {}
+            _ = announced => {}
+        }
+    }
+}
+
+/// The events of a batch, first as `batch` is: a task reads it again on each `wake` and sends
+/// it whenever it changed, until it ends, is gone, or the client goes (`tx.closed()`), holding
+/// `slot` till then.
 fn stream<S: 'static>(
     pool: PgPool,
     project: ProjectId,
     id: BatchId,
     mut batch: BatchRecord,
+    mut wake: Wake,
     slot: S,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -134,7 +168,7 @@ fn stream<S: 'static>(
                 return;
             }
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = wake.next(&id) => {}
                 _ = tx.closed() => return,
             }
             if wrote.elapsed() >= KEEPALIVE {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
-use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::batch_object::parse_batch_id;
@@ -21,37 +20,6 @@ pub fn routes(cfg: &mut ServiceConfig) {
 #[derive(Deserialize)]
 struct Params {
     after: Option<String>,
-}
-
-/// Which result file a record comes from.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum ResultFile {
-    #[schema(rename = "output")]
-    Output,
-    #[schema(rename = "error")]
-    Error,
-}
-
-// The lines are the result files' own, with `line`, `cursor` and `file` put first; this type
-// only documents them.
-/// One line of `GET /v1/batches/{batch_id}/results`: a result-file line with `line`, `cursor`
-/// and `file` added.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(super) struct ResultRecord {
-    /// 1-based number of the request among the input file's requests.
-    line: i64,
-    /// Pass it as `after` to resume after this record.
-    cursor: String,
-    #[schema(inline)]
-    file: ResultFile,
-    id: String,
-    custom_id: String,
-    #[schema(required = true, value_type = Option<Object>)]
-    response: Option<()>,
-    #[schema(required = true, value_type = Option<Object>)]
-    error: Option<()>,
 }
 
 #[utoipa::path(

@@ -82,6 +82,8 @@ pub struct AppState {
     /// `GET /v1/batches/{id}/results` responses being served by this replica
     /// (`limits.max_live_readers`, and `..._per_project` of them per project).
     pub live_readers: FairSlots,
+    /// Batch status changes as announced (`NOTIFY`), which wake the event streams.
+    pub batch_status: crate::notify::Feed,
 }
 
 /// Every route but `/metrics`. A handler is registered once, here or in its module's `routes`:

@@ -27,7 +27,7 @@ pub const EXTENSION: &str = "x-openbatch-extension";
                        envelope; every response carries an `x-request-id` header."
     ),
     servers((url = "/")),
-    components(schemas(super::batch_results::ResultRecord), responses(ErrorResponse)),
+    components(schemas(crate::services::results::ResultRecord), responses(ErrorResponse)),
     security(("bearerAuth" = []))
 )]
 pub struct ApiDoc;

@@ -13,6 +13,8 @@
 //!   same raw body answers with `fail[k]`, and normally once the list is used up.
 //!   `"pad_bytes": N` adds a string of N bytes to a successful answer (a huge response), and
 //!   `"no_length": true` sends it without `Content-Length`, ending it by closing the connection.
+//!   `"gate": "name"` holds the answer until `POST /gates/name` opens that gate (a test's
+//!   "finish now", where a latency would be a guess at how long its set-up takes).
 //!
 //! `--pretty` pretty-prints every JSON body it answers, errors included, over several lines,
 //! as some servers and gateways do.
@@ -151,6 +153,18 @@ struct State {
     stats: Mutex<Stats>,
     /// Present in GPU mode (`--gpu-slots`).
     gpu: Option<gpu::Gpu>,
+    /// Named gates, open once `POST /gates/{name}` has been received.
+    gates: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+}
+
+impl State {
+    fn gate(&self, name: &str) -> tokio::sync::watch::Sender<bool> {
+        let mut gates = self.gates.lock().unwrap();
+        gates
+            .entry(name.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .clone()
+    }
 }
 
 #[tokio::main]
@@ -170,7 +184,12 @@ async fn main() -> anyhow::Result<()> {
         let model = args.models.first().map_or("fake-model", String::as_str);
         gpu::Gpu::new(slots as usize, args.service_ms, args.queue_max, model)
     });
-    let state = Arc::new(State { args, stats, gpu });
+    let state = Arc::new(State {
+        args,
+        stats,
+        gpu,
+        gates: Mutex::default(),
+    });
     loop {
         let sock = match listener.accept().await {
             Ok((sock, _)) => sock,
@@ -212,6 +231,11 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
                 gpu.reset();
             }
             stats_json(&stats)
+        }
+        ("POST", gate) if gate.starts_with("/gates/") => {
+            let name = &gate["/gates/".len()..];
+            state.gate(name).send_replace(true);
+            ok(json!({"gate": name, "open": true}))
         }
         ("GET", "/metrics") if state.gpu.is_some() => Response {
             text: state.gpu.as_ref().map(|gpu| gpu.metrics()),
@@ -275,6 +299,10 @@ async fn inference(state: &State, route: &str, raw: &[u8]) -> Reply {
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if let Some(name) = directive.as_ref().and_then(|d| d["gate"].as_str()) {
+        let mut open = state.gate(name).subscribe();
+        let _ = open.wait_for(|open| *open).await;
     }
     if args.cpu_us > 0 {
         let until = std::time::Instant::now() + Duration::from_micros(args.cpu_us);

@@ -30,6 +30,9 @@ pub struct LimitSettings {
     /// Of those, how many one project may hold; half of `max_event_streams` (rounded up) when
     /// unset.
     pub max_event_streams_per_project: Option<usize>,
+    /// How often an event stream re-reads its batch for progress (`request_counts`); a status
+    /// change is sent at once, woken by its NOTIFY.
+    pub event_poll_ms: u64,
     /// Of `max_concurrent_uploads`, how many one project may hold; half (rounded up) when unset.
     pub max_concurrent_uploads_per_project: Option<usize>,
     /// `GET /v1/batches/{id}/results` responses one replica serves at once; more are refused
@@ -59,6 +62,7 @@ impl Default for LimitSettings {
             max_stored_bytes_per_project: 2_500_000_000_000,
             max_event_streams: 256,
             max_event_streams_per_project: None,
+            event_poll_ms: 500,
             max_concurrent_uploads_per_project: None,
             max_live_readers: 64,
             max_live_readers_per_project: None,
@@ -75,10 +79,12 @@ impl LimitSettings {
         );
         anyhow::ensure!(
             self.max_concurrent_uploads >= 1
+                && self.event_poll_ms >= 1
                 && self.upload_idle_timeout_secs >= 1
                 && self.upload_timeout_secs >= 1,
-            "OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS, OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS \
-             and OPENBATCH__LIMITS__UPLOAD_TIMEOUT_SECS must be at least 1"
+            "OPENBATCH__LIMITS__MAX_CONCURRENT_UPLOADS, OPENBATCH__LIMITS__EVENT_POLL_MS, \
+             OPENBATCH__LIMITS__UPLOAD_IDLE_TIMEOUT_SECS and OPENBATCH__LIMITS__UPLOAD_TIMEOUT_SECS \
+             must be at least 1"
         );
         for (share, total, name) in [
             (

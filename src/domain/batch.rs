@@ -44,9 +44,7 @@ impl Endpoint {
     }
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        Self::ALL
-            .into_iter()
-            .find(|e| e.as_str() == raw)
+        super::spelled(Self::ALL, raw)
             .ok_or_else(|| Invalid::unsupported("endpoint", raw, Self::ALL.map(Self::as_str)))
     }
 }
@@ -80,10 +78,9 @@ impl CompletionWindow {
     pub const ALL: [CompletionWindow; 1] = [CompletionWindow::Hours24];
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        match raw {
-            "24h" => Ok(Self::Hours24),
-            _ => Err(Invalid::unsupported("completion_window", raw, ["24h"])),
-        }
+        super::spelled(Self::ALL, raw).ok_or_else(|| {
+            Invalid::unsupported("completion_window", raw, Self::ALL.map(Self::as_str))
+        })
     }
 
     pub fn as_str(self) -> &'static str {
@@ -197,9 +194,7 @@ impl BatchStatus {
 impl TryFrom<String> for BatchStatus {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        super::spelled(Self::ALL, &s)
             .ok_or_else(|| format!("unknown batch status '{s}' in the database"))
     }
 }

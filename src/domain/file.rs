@@ -52,9 +52,7 @@ impl Purpose {
 
     /// A purpose a client may upload with.
     pub fn parse_upload(raw: &str) -> Result<Self, Invalid> {
-        Self::UPLOADABLE
-            .into_iter()
-            .find(|p| p.as_str() == raw)
+        super::spelled(Self::UPLOADABLE, raw)
             .ok_or_else(|| Invalid::unsupported("purpose", raw, Self::UPLOADABLE.map(Self::as_str)))
     }
 

@@ -80,6 +80,12 @@ pub fn string_enum<'a>(
         .build()
 }
 
+/// The value of a closed set spelled `raw`, if any: the one lookup the parsers below share.
+fn spelled<T: Copy + Into<&'static str>>(all: impl IntoIterator<Item = T>, raw: &str) -> Option<T> {
+    all.into_iter()
+        .find(|v| Into::<&'static str>::into(*v) == raw)
+}
+
 mod api_key;
 mod batch;
 mod cursor;

@@ -52,9 +52,7 @@ impl EventType {
     }
 
     pub fn parse(param: &str, raw: &str) -> Result<Self, Invalid> {
-        Self::ALL
-            .into_iter()
-            .find(|e| e.as_str() == raw)
+        super::spelled(Self::ALL, raw)
             .ok_or_else(|| Invalid::unsupported(param, raw, Self::ALL.map(EventType::as_str)))
     }
 }
@@ -108,8 +106,7 @@ macro_rules! stored_state {
             }
 
             fn parse(raw: &str) -> Result<Self, String> {
-                <Self as strum::IntoEnumIterator>::iter()
-                    .find(|s| s.as_str() == raw)
+                super::spelled(<Self as strum::IntoEnumIterator>::iter(), raw)
                     .ok_or_else(|| format!("unknown {} '{raw}'", stringify!($ty)))
             }
         }

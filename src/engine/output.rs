@@ -10,22 +10,31 @@ use utoipa::ToSchema;
 use crate::engine::upstream::Outcome;
 use crate::jsonl::group::line_id;
 
-#[derive(Serialize)]
-struct FileLine<'a> {
+/// One line of a batch's output or error file, as OpenAI writes it: `response` for an answer
+/// (any status), `error` for a line that never got one.
+#[derive(Serialize, ToSchema)]
+pub struct FileLine<'a> {
+    /// `batch_req_…`, unique per line of the batch.
     id: String,
     custom_id: &'a str,
+    #[schema(inline, required = true)]
     response: Option<Answer<'a>>,
+    #[schema(inline, required = true)]
     error: Option<Failure<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Answer<'a> {
     status_code: u16,
+    /// The upstream's `x-request-id`, when it sent one.
+    #[schema(required = true)]
     request_id: Option<&'a str>,
+    /// The upstream's response body, as it came.
+    #[schema(value_type = Object)]
     body: &'a RawValue,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Failure<'a> {
     code: &'a str,
     message: &'a str,

@@ -10,6 +10,9 @@ use crate::domain::{BatchId, BatchStatus, Endpoint, FileId, ProjectId, Transitio
 pub const WORK_CHANNEL: &str = "openbatch_work";
 /// LISTEN/NOTIFY channel: a batch is being cancelled (payload: its id).
 pub const CANCEL_CHANNEL: &str = "openbatch_cancel";
+/// Announces every change of a batch's status (payload: its id), from the trigger of
+/// migration 0018, at commit.
+pub const STATUS_CHANNEL: &str = "openbatch_batch_status";
 
 #[derive(Debug, Clone)]
 pub struct BatchJob {

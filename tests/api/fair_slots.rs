@@ -292,12 +292,10 @@ async fn a_live_read_never_holds_up_the_batch_s_result_writes() {
     let upstream = FakeUpstream::start(&[]);
     let app = spawn_engine(&upstream, secured).await;
     let (a, key) = tenant(&app, "alpha").await;
-    // The heavy lines answer at once; four more take 45 s, so the batch runs on meanwhile (15 s
-    // was once too short for the set-up below on a loaded machine).
+    // The heavy lines answer at once; four more only once the set-up below is done (a fixed
+    // latency was once too short for it on a loaded machine).
     let mut lines = heavy_lines();
-    lines.extend(
-        (0..4).map(|i| chat_line(&format!("s{i}"), json!({"fake": {"latency_ms": 45_000}}))),
-    );
+    lines.extend((0..4).map(|i| chat_line(&format!("s{i}"), json!({"fake": {"gate": "finish"}}))));
     let id = a.submit("/v1/chat/completions", to_jsonl(&lines)).await;
     a.wait_for_progress(&id, |b| {
         b["request_counts"]["completed"].as_i64() >= Some(240)
@@ -336,6 +334,7 @@ async fn a_live_read_never_holds_up_the_batch_s_result_writes() {
     };
 
     // The batch's last lines are written and it completes while both readers are open.
+    upstream.open_gate("finish").await;
     let done = a.wait_for(&id, &["completed", "failed"]).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["request_counts"]["completed"], 244);

@@ -662,3 +662,44 @@ async fn reading_100_mb_of_results_keeps_a_replica_small() {
         LINES * PAD / 1_000_000
     );
 }
+
+/// A status change reaches an open stream when it is announced, not at the next poll: with a
+/// poll of an hour, only the NOTIFY can carry the cancel to the client within the test's wait.
+#[tokio::test]
+async fn events_carry_a_status_change_without_waiting_for_the_poll() {
+    let app = crate::helpers::spawn_app_with(|s| s.limits.event_poll_ms = 3_600_000).await;
+    // No worker here: the batch stays `validating` until it is cancelled.
+    let id = app.submit("/v1/chat/completions", input()).await;
+    let res = app
+        .get(&format!("/v1/batches/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut next_event = async || loop {
+        if let Some((event, rest)) = text.split_once("\n\n") {
+            let event = event.to_owned();
+            text = rest.to_owned();
+            if let Some(data) = event.strip_prefix("event: batch\ndata: ") {
+                return serde_json::from_str::<Value>(data).unwrap();
+            }
+            continue; // a keep-alive comment
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("an event within a minute: the change was not announced")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    };
+    assert_eq!(next_event().await["status"], "validating");
+    app.post(&format!("/v1/batches/{id}/cancel"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    assert_eq!(next_event().await["status"], "cancelling");
+}

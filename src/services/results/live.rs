@@ -1,7 +1,6 @@
 //! The records of `GET /v1/batches/{id}/results`: each a result-file line exactly as its file
 //! holds (or will hold) it, with `line`, `cursor` and `file` added in front.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -11,6 +10,7 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use super::record::{record, ResultFile};
 use super::FinishedLines;
 use crate::domain::{BatchId, ResultsCursor};
 use crate::engine::order::LiveOrder;
@@ -40,20 +40,6 @@ pub enum Source {
 pub struct ReadLive {
     pub order: LiveOrder,
     pub position: u32,
-}
-
-/// Appends one record: the file line with `line` (1-based request number), `cursor` (where to
-/// resume after this record) and `file` (`output` or `error`) added as its first members.
-fn record(buf: &mut Vec<u8>, ordinal: i64, cursor: &str, output: bool, file_line: &[u8]) {
-    let members = file_line.strip_prefix(b"{").unwrap_or(file_line);
-    let file = if output { "output" } else { "error" };
-    let _ = write!(
-        buf,
-        "{{\"line\":{},\"cursor\":\"{cursor}\",\"file\":\"{file}\",",
-        ordinal + 1
-    );
-    buf.extend_from_slice(members);
-    buf.push(b'\n');
 }
 
 /// The producing side of a results response. Memory per reader is bounded whatever its client
@@ -152,7 +138,7 @@ pub async fn produce(
                         &mut buf,
                         i64::from(s.line),
                         &cursor,
-                        s.success,
+                        ResultFile::of(s.success),
                         s.file_line.as_bytes(),
                     );
                     if buf.len() >= SEND_BYTES && !send(out, &mut buf).await {
@@ -185,7 +171,13 @@ pub async fn produce(
                     },
                 }
                 .encode(&batch);
-                record(&mut buf, i64::from(f.ordinal), &cursor, f.output, &f.line);
+                record(
+                    &mut buf,
+                    i64::from(f.ordinal),
+                    &cursor,
+                    ResultFile::of(f.output),
+                    &f.line,
+                );
                 if buf.len() >= SEND_BYTES && !send(out, &mut buf).await {
                     return Ok(());
                 }
@@ -196,29 +188,4 @@ pub async fn produce(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_is_the_file_line_with_three_members_in_front() {
-        let mut buf = Vec::new();
-        let line = r#"{"id":"batch_req_1","custom_id":"a","response":null,"error":{"code":"x","message":"m"}}"#;
-        record(&mut buf, 4, "f5_abcd", false, line.as_bytes());
-        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(v["line"], 5);
-        assert_eq!(v["cursor"], "f5_abcd");
-        assert_eq!(v["file"], "error");
-        let mut file_line = v.as_object().unwrap().clone();
-        for k in ["line", "cursor", "file"] {
-            file_line.remove(k);
-        }
-        assert_eq!(
-            serde_json::Value::Object(file_line),
-            serde_json::from_str::<serde_json::Value>(line).unwrap()
-        );
-        assert!(buf.ends_with(b"}\n"));
-    }
 }

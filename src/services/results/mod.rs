@@ -3,9 +3,11 @@
 //! as a new batch. Memory stays bounded by a file part or a page of groups, never the batch.
 
 pub mod live;
+mod record;
 pub mod retry;
 mod serve;
 
+pub use record::ResultRecord;
 pub use serve::{open, serve, Opened};
 
 use std::collections::VecDeque;

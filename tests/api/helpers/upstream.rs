@@ -46,6 +46,16 @@ impl FakeUpstream {
             .unwrap()
     }
 
+    /// Opens a gate: the lines whose `fake.gate` names it are answered (see fake-upstream).
+    pub async fn open_gate(&self, name: &str) {
+        let res = reqwest::Client::new()
+            .post(format!("{}/gates/{name}", self.origin()))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+
     pub async fn executions(&self) -> u64 {
         self.stats().await["total"].as_u64().unwrap()
     }
