@@ -59,19 +59,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create a key for a project (created if new); prints the key, once, on stdout.
+    /// Create a key, written to the database directly; prints the key, once, on stdout. A
+    /// project key belongs to a new service account of its project (created if new); an admin
+    /// key (`--admin`) to no project: it can use only the Admin API (`/v1/organization/*`),
+    /// which manages the rest.
     Create {
         /// The tenant's name (`default` is reserved for the built-in project).
-        #[arg(
-            long,
-            required_unless_present = "built_in",
-            conflicts_with = "built_in"
-        )]
+        #[arg(long, required_unless_present_any = ["built_in", "admin"], conflicts_with_all = ["built_in", "admin"])]
         project: Option<String>,
         /// A key for the built-in project, which holds what was created with authentication
         /// off.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         built_in: bool,
+        /// An admin key, for the Admin API only.
+        #[arg(long)]
+        admin: bool,
+        /// The admin key's or the service account's name.
+        #[arg(long, default_value = "openbatch keys create")]
+        name: String,
     },
     /// List keys by prefix, with their project and state (never the keys themselves).
     List,
@@ -149,19 +154,38 @@ async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
     use openbatch::domain::ApiKey;
     use openbatch::store::keys;
     match command {
-        KeysCommand::Create { project, built_in } => {
+        KeysCommand::Create {
+            project,
+            built_in,
+            admin,
+            name: owner,
+        } => {
             use openbatch::domain::{ProjectId, ProjectName, BUILT_IN_PROJECT_NAME};
+            let key = ApiKey::generate();
+            if admin {
+                keys::insert_admin(pool, &key, &owner).await?;
+                eprintln!("created admin key {} ('{owner}')", key.prefix);
+                println!("{}", key.secret);
+                return Ok(());
+            }
             let (project_id, name) = match project {
                 Some(raw) if !built_in => {
-                    let name = ProjectName::parse(&raw).map_err(anyhow::Error::msg)?;
+                    let name = ProjectName::parse(&raw).map_err(|e| {
+                        anyhow::anyhow!(
+                            "--project: {e} (--built-in gives a key access to the built-in \
+                             project's data on purpose)"
+                        )
+                    })?;
                     let id = keys::ensure_project(pool, &name).await?;
                     (id, name.as_str().to_owned())
                 }
                 _ => (ProjectId::built_in(), BUILT_IN_PROJECT_NAME.to_owned()),
             };
-            let key = ApiKey::generate();
-            keys::insert(pool, &project_id, &key).await?;
-            eprintln!("created key {} for project '{name}'", key.prefix);
+            let (account, _) = keys::create_owned(pool, &project_id, &owner, &key).await?;
+            eprintln!(
+                "created key {} for project '{name}' (service account {})",
+                key.prefix, account.id
+            );
             println!("{}", key.secret);
         }
         KeysCommand::List => {

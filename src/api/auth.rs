@@ -1,4 +1,5 @@
-//! API keys (`Authorization: Bearer …`) → the request's project, and a per-key request rate.
+//! API keys (`Authorization: Bearer …`) → the request's project (or, for an admin key, the
+//! Admin API), and a per-key request rate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use sqlx::PgPool;
@@ -16,15 +17,23 @@ use super::AppState;
 use crate::config::AuthSettings;
 use crate::domain::{constant_time_eq, ApiKey, ProjectId};
 use crate::error::ApiError;
-use crate::services::keys::Keyring;
+use crate::services::keys::{KeyScope, Keyring};
 
 /// Who a request acts for.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub project: ProjectId,
+    /// A project, or the Admin API; with authentication off, the built-in project on every
+    /// route but `/v1/organization/*`, which it may use as an admin.
+    pub scope: KeyScope,
     /// The key's public prefix; `None` when authentication is off.
     pub key_prefix: Option<String>,
 }
+
+/// The routes an admin key may use, and only it.
+pub const ADMIN_SCOPE: &str = "/v1/organization/";
+/// With an admin key, on a GET: the project whose data it reads (the header OpenAI's SDKs send
+/// for `project=`).
+const READ_AS: &str = "openai-project";
 
 pub struct Auth {
     enabled: bool,
@@ -75,17 +84,47 @@ impl Auth {
         self.enabled.then(|| self.keyring.clone())
     }
 
+    /// Who asks, and whether their key may use `path`. `read_as`: the project an admin key
+    /// reads (`OpenAI-Project` on a GET), archived or not.
     async fn identify(
         &self,
         pool: &PgPool,
         authorization: Option<&str>,
+        path: &str,
+        read_as: Option<&str>,
     ) -> Result<Identity, ApiError> {
+        let admin_route = path.starts_with(ADMIN_SCOPE);
         if !self.enabled {
+            let scope = if admin_route {
+                KeyScope::Admin
+            } else {
+                KeyScope::Project(ProjectId::built_in())
+            };
             return Ok(Identity {
-                project: ProjectId::built_in(),
+                scope,
                 key_prefix: None,
             });
         }
+        let identity = self.check_key(pool, authorization).await?;
+        match (&identity.scope, admin_route, read_as) {
+            (KeyScope::Admin, true, _) | (KeyScope::Project(_), false, _) => Ok(identity),
+            (KeyScope::Project(_), true, _) => Err(ApiError::AdminKeyRequired),
+            (KeyScope::Admin, false, Some(project)) => {
+                let project = crate::services::projects::get(pool, project).await?;
+                Ok(Identity {
+                    scope: KeyScope::Project(project.id),
+                    ..identity
+                })
+            }
+            (KeyScope::Admin, false, None) => Err(ApiError::ProjectKeyRequired),
+        }
+    }
+
+    async fn check_key(
+        &self,
+        pool: &PgPool,
+        authorization: Option<&str>,
+    ) -> Result<Identity, ApiError> {
         let Some(value) = authorization else {
             return Err(ApiError::MissingApiKey);
         };
@@ -106,8 +145,9 @@ impl Auth {
         if !constant_time_eq(&stored.hash, &key.hash) {
             return Err(wrong());
         }
+        self.keyring.mark_used(pool, &key.prefix);
         Ok(Identity {
-            project: stored.project,
+            scope: stored.scope,
             key_prefix: Some(key.prefix),
         })
     }
@@ -172,9 +212,19 @@ pub async fn middleware(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // An admin may read any project's data (an archived one's too), never change it.
+    let read_as = matches!(*req.method(), Method::GET | Method::HEAD)
+        .then(|| req.headers().get(READ_AS).and_then(|v| v.to_str().ok()))
+        .flatten()
+        .map(str::to_owned);
     let identity = match state
         .auth
-        .identify(&state.pool, authorization.as_deref())
+        .identify(
+            &state.pool,
+            authorization.as_deref(),
+            req.path(),
+            read_as.as_deref(),
+        )
         .await
     {
         Ok(identity) => identity,

@@ -38,7 +38,10 @@ mod health;
 mod host_guard;
 mod openapi;
 mod pagination;
+mod project_keys;
+mod projects;
 mod request_id;
+mod service_accounts;
 mod slots;
 mod spool;
 mod webhooks;
@@ -52,6 +55,7 @@ use utoipa_actix_web::{scope, service_config::ServiceConfig};
 use crate::config::LimitSettings;
 use crate::domain::ProjectId;
 use crate::error::ApiError;
+use crate::services::keys::KeyScope;
 
 pub use request_id::{middleware as request_id_middleware, RequestId};
 
@@ -109,7 +113,10 @@ fn register(cfg: &mut ServiceConfig) {
                 .configure(webhooks::routes)
                 .configure(batch_results::routes)
                 .configure(batch_events::routes)
-                .configure(batch_retry::routes),
+                .configure(batch_retry::routes)
+                .configure(projects::routes)
+                .configure(service_accounts::routes)
+                .configure(project_keys::routes),
         );
 }
 
@@ -130,14 +137,17 @@ impl FromRequest for Project {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
-        let identity = req
-            .extensions()
-            .get::<auth::Identity>()
-            .map(|i| i.project.clone());
-        ready(identity.map(Project).ok_or_else(|| {
-            tracing::error!("a /v1 handler ran without the authentication middleware");
-            ApiError::Internal
-        }))
+        let project = match req.extensions().get::<auth::Identity>().map(|i| &i.scope) {
+            Some(KeyScope::Project(project)) => Ok(Project(project.clone())),
+            // The middleware lets an admin key reach only the Admin API, whose handlers take
+            // no project.
+            Some(KeyScope::Admin) => Err(ApiError::ProjectKeyRequired),
+            None => {
+                tracing::error!("a /v1 handler ran without the authentication middleware");
+                Err(ApiError::Internal)
+            }
+        };
+        ready(project)
     }
 }
 

@@ -71,6 +71,10 @@ macro_rules! id_type {
 id_type!(BatchId, "batch_");
 id_type!(FileId, "file-");
 id_type!(WebhookEndpointId, "we_");
+id_type!(ServiceAccountId, "svc_acct_");
+// A key's public id (`key_<12 hex>`): its prefix's, under the name OpenAI's Admin API uses
+// (the database derives it from the prefix).
+id_type!(ApiKeyId, "key_");
 
 /// A tenant. Not client-supplied: it comes from authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -117,10 +121,11 @@ mod tests {
     }
 }
 
-/// A tenant's name as an operator gives it to `openbatch keys create --project`: 1 to 128
-/// characters, no control characters, and never the built-in project's name, `default`
-/// (any case): while authentication is off every request acts for that project, so a new
-/// tenant given that name would read all the anonymous data.
+/// A tenant's name, as an operator gives it to `openbatch keys create --project` or to
+/// `POST /v1/organization/projects`: 1 to 128 characters, no control characters, unique, and
+/// never the built-in project's name, `default` (any case): while authentication is off every
+/// request acts for that project, so a new tenant given that name would read all the anonymous
+/// data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectName(String);
 
@@ -130,19 +135,34 @@ impl ProjectName {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let name = raw.trim();
         if name.is_empty() || name.chars().count() > 128 {
-            return Err("--project must be 1 to 128 characters".to_owned());
+            return Err("a project name must be 1 to 128 characters".to_owned());
         }
         if name.chars().any(char::is_control) {
-            return Err("--project must not contain control characters".to_owned());
+            return Err("a project name must not contain control characters".to_owned());
         }
         if name.eq_ignore_ascii_case(BUILT_IN_PROJECT_NAME) {
             return Err(format!(
                 "the project name '{BUILT_IN_PROJECT_NAME}' is reserved for the built-in project \
-                 that holds what was created with authentication off; pick another name, or pass \
-                 --built-in to give a key access to that project's data on purpose"
+                 that holds what was created with authentication off; pick another name"
             ));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    /// As a request's `name` gives it.
+    pub fn parse_param(raw: &str) -> Result<Self, Invalid> {
+        Self::parse(raw).map_err(|message| {
+            Invalid::new(
+                "name",
+                "invalid_value",
+                format!("Invalid 'name': {message}."),
+            )
+        })
+    }
+
+    /// A name read back from the database (the built-in project's included).
+    pub fn from_db(name: String) -> Self {
+        Self(name)
     }
 
     pub fn as_str(&self) -> &str {

@@ -105,7 +105,8 @@ pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
 pub use ids::{
-    id_schema, BatchId, FileId, ProjectId, ProjectName, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
+    id_schema, ApiKeyId, BatchId, FileId, ProjectId, ProjectName, ServiceAccountId,
+    WebhookEndpointId, BUILT_IN_PROJECT_NAME,
 };
 pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};

@@ -43,9 +43,14 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::IncorrectApiKey
         | K::HostNotAllowed
         | K::CrossSiteRequest
+        | K::AdminKeyRequired
+        | K::ProjectKeyRequired
         | K::BatchNotFound
         | K::FileNotFound
-        | K::WebhookEndpointNotFound => access(kind),
+        | K::WebhookEndpointNotFound
+        | K::ProjectNotFound
+        | K::ServiceAccountNotFound
+        | K::ApiKeyNotFound => access(kind),
         K::CursorExpired
         | K::CursorNotForState
         | K::IdempotencyConflict
@@ -53,7 +58,10 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::ResultsUnavailable
         | K::BatchNotFinished
         | K::NothingToRetry
-        | K::RetryInputUnavailable => state(kind),
+        | K::RetryInputUnavailable
+        | K::ProjectArchived
+        | K::ProjectNameTaken
+        | K::BuiltInProjectFixed => state(kind),
         K::WebhookEndpointLimit
         | K::StorageQuota
         | K::RateLimited
@@ -122,6 +130,11 @@ fn access(kind: ErrorKind) -> ApiError {
         },
         ErrorKind::HostNotAllowed => E::HostNotAllowed { host: s() },
         ErrorKind::CrossSiteRequest => E::CrossSiteRequest,
+        ErrorKind::AdminKeyRequired => E::AdminKeyRequired,
+        ErrorKind::ProjectKeyRequired => E::ProjectKeyRequired,
+        ErrorKind::ProjectNotFound => E::ProjectNotFound { id: s() },
+        ErrorKind::ServiceAccountNotFound => E::ServiceAccountNotFound { id: s() },
+        ErrorKind::ApiKeyNotFound => E::ApiKeyNotFound { id: s() },
         ErrorKind::BatchNotFound => E::BatchNotFound { id: s() },
         ErrorKind::FileNotFound => E::FileNotFound { id: s() },
         ErrorKind::WebhookEndpointNotFound => E::WebhookEndpointNotFound { id: s() },
@@ -137,6 +150,13 @@ fn state(kind: ErrorKind) -> ApiError {
     match kind {
         ErrorKind::CursorExpired => E::CursorExpired { batch: batch() },
         ErrorKind::CursorNotForState => E::CursorNotForState,
+        ErrorKind::ProjectArchived => E::ProjectArchived {
+            id: "proj_abc".into(),
+        },
+        ErrorKind::ProjectNameTaken => E::ProjectNameTaken {
+            name: "team-a".into(),
+        },
+        ErrorKind::BuiltInProjectFixed => E::BuiltInProjectFixed,
         ErrorKind::IdempotencyConflict => E::IdempotencyConflict {
             key: IdempotencyKey::from_sources(&[("idempotency_key", Some("…"))])
                 .unwrap()

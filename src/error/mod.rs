@@ -51,6 +51,13 @@ pub enum ApiError {
     CursorExpired { batch: BatchId },
     /// A results cursor of a running batch that names its result files (a forged one).
     CursorNotForState,
+    /// A project is archived: it cannot be renamed, and gets no new service accounts or keys.
+    ProjectArchived { id: String },
+    /// Another project has this name (names are unique: the CLI names projects by them).
+    ProjectNameTaken { name: String },
+    /// The built-in project (what is created with authentication off) cannot be renamed or
+    /// archived.
+    BuiltInProjectFixed,
     /// A webhook endpoint is registered with `webhooks.max_endpoints_per_project` already.
     WebhookEndpointLimit { max: i64 },
     /// PostgreSQL refused a value of the request as data (SQLSTATE class 22, e.g. a NUL
@@ -67,6 +74,11 @@ pub enum ApiError {
     HostNotAllowed { host: String },
     /// Authentication is off and another origin's page sent a write.
     CrossSiteRequest,
+    /// A project key (or none) on `/v1/organization/*`, which takes an admin key.
+    AdminKeyRequired,
+    /// An admin key on a route outside `/v1/organization/*`, other than a GET naming a project
+    /// in `OpenAI-Project`: it acts for no project.
+    ProjectKeyRequired,
     /// An upload or a retry's file would take the project past
     /// `limits.max_stored_bytes_per_project`.
     StorageQuota {
@@ -82,6 +94,12 @@ pub enum ApiError {
     FileNotFound { id: String },
     /// No such webhook endpoint, or another project's.
     WebhookEndpointNotFound { id: String },
+    /// No such project.
+    ProjectNotFound { id: String },
+    /// No such service account in the project (or it was deleted).
+    ServiceAccountNotFound { id: String },
+    /// No such live API key in the project.
+    ApiKeyNotFound { id: String },
     /// No route has this path.
     InvalidUrl { method: Method, path: String },
     /// The route exists but not with this method.

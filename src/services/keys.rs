@@ -15,12 +15,19 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::notify::{Notice, Subscription};
+pub use crate::store::keys::KeyScope;
 use crate::store::keys::{self, StoredKey};
+
+/// How often a replica records that a key was used (`last_used_at`): at most once a minute
+/// per key, so a busy key costs one small UPDATE a minute, not one per request.
+const MARK_USED_EVERY: Duration = Duration::from_secs(60);
 use crate::tasks::CancellationToken;
 
 pub struct Keyring {
     period: Duration,
     copy: RwLock<Copy>,
+    /// When this replica last recorded each key's use.
+    marked: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -44,6 +51,7 @@ impl Keyring {
         Arc::new(Self {
             period,
             copy: RwLock::new(Copy::default()),
+            marked: Default::default(),
         })
     }
 
@@ -75,10 +83,32 @@ impl Keyring {
         }
     }
 
+    /// Records the use of a key in the background, if this replica has not for a minute.
+    pub fn mark_used(&self, pool: &PgPool, prefix: &str) {
+        {
+            let mut marked = self.marked.lock().expect("not poisoned");
+            let now = Instant::now();
+            match marked.get(prefix) {
+                Some(at) if now.duration_since(*at) < MARK_USED_EVERY => return,
+                _ => {}
+            }
+            // Bounded by the live keys: revoked ones fall out at the next reload.
+            marked.insert(prefix.to_owned(), now);
+        }
+        let (pool, prefix) = (pool.clone(), prefix.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = keys::mark_used(&pool, &prefix).await {
+                tracing::debug!(error = %e, "could not record a key's use");
+            }
+        });
+    }
+
     fn replace(&self, keys: Vec<(String, StoredKey)>, loaded_at: Instant) {
         let mut copy = self.copy.write().expect("not poisoned");
         copy.by_prefix = keys.into_iter().collect();
         copy.loaded_at = Some(loaded_at);
+        let live = &copy.by_prefix;
+        (self.marked.lock().expect("not poisoned")).retain(|prefix, _| live.contains_key(prefix));
     }
 
     fn distrust(&self) {
@@ -147,7 +177,7 @@ mod tests {
 
     fn key() -> StoredKey {
         StoredKey {
-            project: ProjectId::built_in(),
+            scope: KeyScope::Project(ProjectId::built_in()),
             hash: vec![1; 32],
         }
     }

@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod files;
 pub mod keys;
+pub mod projects;
 pub mod results;
 pub mod webhooks;
 

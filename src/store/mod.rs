@@ -20,6 +20,7 @@ pub mod keys;
 pub mod keyset;
 pub mod leader;
 pub mod leases;
+pub mod projects;
 pub mod replicas;
 pub mod results;
 pub mod stats;

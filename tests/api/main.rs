@@ -5,6 +5,7 @@ mod abuse;
 mod abuse_clients;
 mod abuse_keys;
 mod adaptive;
+mod admin;
 mod auth;
 mod batches;
 mod chunks;

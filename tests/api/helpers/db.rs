@@ -67,7 +67,7 @@ pub async fn project_and_key(pool: &PgPool, project: &str) -> (String, String) {
         .await
         .unwrap();
     let key = openbatch::domain::ApiKey::generate();
-    openbatch::store::keys::insert(pool, &id, &key)
+    openbatch::store::keys::create_owned(pool, &id, "test", &key)
         .await
         .unwrap();
     (id.as_str().to_owned(), key.secret)
