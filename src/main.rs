@@ -1,6 +1,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use openbatch::cli::KeysCommand;
 use openbatch::config::Settings;
 use openbatch::startup::Application;
 
@@ -41,11 +42,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Manage API keys.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
+    /// Manage API keys: through the Admin API when OPENAI_ADMIN_KEY is set, else in the
+    /// database (how the first admin key is made).
+    Keys(openbatch::cli::KeysArgs),
     /// Client: upload a JSONL file and create a batch (safe to re-run: same file and options,
     /// same batch, no second upload).
     Submit(openbatch::cli::SubmitArgs),
@@ -55,33 +54,6 @@ enum Command {
     Files(openbatch::cli::FilesArgs),
     /// Client: manage webhook endpoints (create, list, get, delete, rotate, enable, deliveries).
     Webhooks(openbatch::cli::WebhooksArgs),
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create a key, written to the database directly; prints the key, once, on stdout. A
-    /// project key belongs to a new service account of its project (created if new); an admin
-    /// key (`--admin`) to no project: it can use only the Admin API (`/v1/organization/*`),
-    /// which manages the rest.
-    Create {
-        /// The tenant's name (`default` is reserved for the built-in project).
-        #[arg(long, required_unless_present_any = ["built_in", "admin"], conflicts_with_all = ["built_in", "admin"])]
-        project: Option<String>,
-        /// A key for the built-in project, which holds what was created with authentication
-        /// off.
-        #[arg(long, conflicts_with = "admin")]
-        built_in: bool,
-        /// An admin key, for the Admin API only.
-        #[arg(long)]
-        admin: bool,
-        /// The admin key's or the service account's name.
-        #[arg(long, default_value = "openbatch keys create")]
-        name: String,
-    },
-    /// List keys by prefix, with their project and state (never the keys themselves).
-    List,
-    /// Revoke the key with this prefix.
-    Revoke { prefix: String },
 }
 
 fn main() {
@@ -94,6 +66,9 @@ fn main() {
         Command::Batches(args) => client(openbatch::cli::batches(args)),
         Command::Files(args) => client(openbatch::cli::files(args)),
         Command::Webhooks(args) => client(openbatch::cli::webhooks(args)),
+        Command::Keys(args) if args.admin_key.as_deref().is_some_and(|k| !k.is_empty()) => {
+            client(openbatch::cli::keys(args))
+        }
         server => Settings::load().and_then(|settings| {
             runtime(Some(settings.worker.threads))?.block_on(run(server, settings))
         }),
@@ -139,10 +114,10 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Keys { command } => {
+        Command::Keys(args) => {
             let pool = openbatch::store::connect(&settings.database).await?;
             openbatch::store::migrate(&pool).await?;
-            keys(&pool, command).await
+            keys(&pool, args.command).await
         }
         Command::Submit(_) | Command::Batches(_) | Command::Files(_) | Command::Webhooks(_) => {
             unreachable!("client commands are run by main")
@@ -150,6 +125,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// `openbatch keys` straight to the database.
 async fn keys(pool: &sqlx::PgPool, command: KeysCommand) -> anyhow::Result<()> {
     use openbatch::domain::ApiKey;
     use openbatch::store::keys;

@@ -9,19 +9,20 @@ use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::Required;
 use utoipa::ToSchema;
 
-use super::{record_path_id, AppState};
+use super::{record_path_id, AppState, UsedKey};
 use crate::domain::{BatchId, BatchStatus, CompletionWindow, Endpoint, IdempotencyKey, Invalid};
 use crate::error::ApiError;
 use crate::services::batches::{BatchRecord, Creation, Creator};
 
-/// What the batch services need of this replica to create a batch.
-pub(super) fn creator(state: &AppState) -> Creator<'_> {
+/// What the batch services need of this replica (and of the asking key) to create a batch.
+pub(super) fn creator(state: &AppState, key: UsedKey) -> Creator<'_> {
     Creator {
         pool: &state.pool,
         creates: &state.creates,
         limits: &state.limits,
         expiry_override_secs: state.expiry_override_secs,
         wake_worker: state.wake_worker.as_ref(),
+        api_key_id: key.0,
     }
 }
 

@@ -11,7 +11,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::batch_object::{
     created, creator, idempotency_key, parse_batch_id, BatchObject, IdempotencyKeyHeader,
 };
-use super::{body, AppState, Project};
+use super::{body, AppState, Project, UsedKey};
 use crate::domain::{IdempotencyKey, Invalid, RetryFilter};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::batches::retry::RetryRequest;
@@ -94,6 +94,7 @@ async fn retry_batch(
     payload: web::Payload,
     state: web::Data<AppState>,
     Project(project): Project,
+    used: UsedKey,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_batch_id(&path)?;
     let body: RetryBody =
@@ -108,7 +109,7 @@ async fn retry_batch(
             .take(&project)
             .map_err(ApiError::TooManyRetryBuilds)
     };
-    let creation = creator(&state)
+    let creation = creator(&state, used)
         .retry(&project, &id, request, take_slot)
         .await?;
     Ok(created(creation))

@@ -10,7 +10,7 @@ use super::batch_object::{
     created, creator, idempotency_key, parse_batch_id, BatchObject, IdempotencyKeyHeader,
 };
 use super::pagination::{list_type, PageParams, PageQuery};
-use super::{body, AppState, Project};
+use super::{body, AppState, Project, UsedKey};
 use crate::domain::{
     id_schema, BatchId, BatchSpec, CompletionWindow, Endpoint, ExpiresAfter, FileId,
     IdempotencyKey, Invalid, Metadata, MetadataLimits,
@@ -116,11 +116,12 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
     Project(project): Project,
+    used: UsedKey,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateBatch = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
     let spec = body.spec(state.limits.metadata)?;
     let key = body.idempotency_key(&req)?;
-    let creation = creator(&state).create(project, spec, key).await?;
+    let creation = creator(&state, used).create(project, spec, key).await?;
     Ok(created(creation))
 }
 

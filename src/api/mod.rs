@@ -44,6 +44,7 @@ mod request_id;
 mod service_accounts;
 mod slots;
 mod spool;
+mod usage;
 mod webhooks;
 
 use std::future::{ready, Ready};
@@ -53,7 +54,7 @@ use sqlx::PgPool;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
 use crate::config::LimitSettings;
-use crate::domain::ProjectId;
+use crate::domain::{ApiKeyId, ProjectId};
 use crate::error::ApiError;
 use crate::services::keys::KeyScope;
 
@@ -116,7 +117,8 @@ fn register(cfg: &mut ServiceConfig) {
                 .configure(batch_retry::routes)
                 .configure(projects::routes)
                 .configure(service_accounts::routes)
-                .configure(project_keys::routes),
+                .configure(project_keys::routes)
+                .configure(usage::routes),
         );
 }
 
@@ -148,6 +150,20 @@ impl FromRequest for Project {
             }
         };
         ready(project)
+    }
+}
+
+/// The key a request came with, by its public id (none with authentication off).
+pub struct UsedKey(pub Option<ApiKeyId>);
+
+impl FromRequest for UsedKey {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let key = (req.extensions().get::<auth::Identity>())
+            .and_then(|i| i.key_prefix.as_deref().map(ApiKeyId::of_prefix));
+        ready(Ok(UsedKey(key)))
     }
 }
 

@@ -273,7 +273,7 @@ mod tests {
     }
 
     /// The operation ids the tests and clients use, and which operations are OpenBatch's own.
-    const OPERATIONS: [(&str, &str, &str, bool); 23] = [
+    const OPERATIONS: [(&str, &str, &str, bool); 37] = [
         ("GET", "/healthz", "healthz", false),
         ("GET", "/readyz", "readyz", false),
         ("GET", "/openapi.json", "openapi", false),
@@ -336,6 +336,81 @@ mod tests {
             "/v1/webhook_endpoints/{endpoint_id}/deliveries",
             "listWebhookDeliveries",
             true,
+        ),
+        // OpenAI's Admin API: not extensions.
+        ("POST", "/v1/organization/projects", "createProject", false),
+        ("GET", "/v1/organization/projects", "listProjects", false),
+        (
+            "GET",
+            "/v1/organization/projects/{project_id}",
+            "retrieveProject",
+            false,
+        ),
+        (
+            "POST",
+            "/v1/organization/projects/{project_id}",
+            "modifyProject",
+            false,
+        ),
+        (
+            "POST",
+            "/v1/organization/projects/{project_id}/archive",
+            "archiveProject",
+            false,
+        ),
+        (
+            "POST",
+            "/v1/organization/projects/{project_id}/service_accounts",
+            "createProjectServiceAccount",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/projects/{project_id}/service_accounts",
+            "listProjectServiceAccounts",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/projects/{project_id}/service_accounts/{service_account_id}",
+            "retrieveProjectServiceAccount",
+            false,
+        ),
+        (
+            "DELETE",
+            "/v1/organization/projects/{project_id}/service_accounts/{service_account_id}",
+            "deleteProjectServiceAccount",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/projects/{project_id}/api_keys",
+            "listProjectApiKeys",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/projects/{project_id}/api_keys/{key_id}",
+            "retrieveProjectApiKey",
+            false,
+        ),
+        (
+            "DELETE",
+            "/v1/organization/projects/{project_id}/api_keys/{key_id}",
+            "deleteProjectApiKey",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/usage/completions",
+            "usageCompletions",
+            false,
+        ),
+        (
+            "GET",
+            "/v1/organization/usage/embeddings",
+            "usageEmbeddings",
+            false,
         ),
     ];
 

@@ -5,6 +5,7 @@
 mod batches;
 mod client;
 mod files;
+mod keys;
 mod output;
 mod submit;
 mod wait;
@@ -16,6 +17,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 pub use client::{Client, ServerError};
+pub use keys::KeysCommand;
 pub use submit::SubmitArgs;
 pub use wait::{EXIT_BATCH_FAILED, EXIT_DETACHED};
 
@@ -147,6 +149,32 @@ pub enum FilesCommand {
     },
     /// Delete a file.
     Delete { id: String },
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    /// An admin key: the commands then use the server's Admin API at --base-url. Without one
+    /// they write to the database (OPENBATCH__DATABASE__URL).
+    #[arg(long, env = "OPENAI_ADMIN_KEY", hide_env_values = true, global = true)]
+    pub admin_key: Option<String>,
+    /// The server's API base, `/v1` included (with an admin key).
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "http://127.0.0.1:8080/v1",
+        global = true
+    )]
+    pub base_url: String,
+    /// Send the admin key over plain http:// to a host other than this machine.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+pub async fn keys(args: KeysArgs) -> anyhow::Result<i32> {
+    let client = Client::new(&args.base_url, args.admin_key, args.insecure)?;
+    keys::run(&client, args.command).await
 }
 
 #[derive(Args)]

@@ -76,6 +76,14 @@ id_type!(ServiceAccountId, "svc_acct_");
 // (the database derives it from the prefix).
 id_type!(ApiKeyId, "key_");
 
+impl ApiKeyId {
+    /// The id of the key with this prefix (`obk_<12 hex>` → `key_<12 hex>`), as the database
+    /// derives it.
+    pub fn of_prefix(prefix: &str) -> Self {
+        Self(format!("key_{}", prefix.get(4..).unwrap_or_default()))
+    }
+}
+
 /// A tenant. Not client-supplied: it comes from authentication.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProjectId(String);

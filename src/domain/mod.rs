@@ -96,6 +96,7 @@ mod ids;
 mod line_error;
 mod metadata;
 mod retry;
+mod usage;
 mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
@@ -111,6 +112,7 @@ pub use ids::{
 pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
+pub use usage::{BucketWidth, UsageKind, UsageQuery};
 pub use webhook::{
     is_public, DeliveryState, EndpointStatus, EventType, EventTypes, WebhookSecret, WebhookUrl,
 };

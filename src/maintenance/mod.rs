@@ -8,6 +8,7 @@ pub mod live_orders;
 pub mod purge;
 pub mod statistics;
 pub mod stuck;
+pub mod usage;
 pub mod webhook_log;
 
 use std::time::Duration;
@@ -27,7 +28,7 @@ const ROUND: Duration = Duration::from_secs(1);
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
 /// lapsed, analyze tables that outgrew their planner statistics, purge the content of deleted
 /// and expired files (and the live orders of batches whose results they were, and give their
-/// space back), prune old webhook deliveries, and end batches stuck `stuck_grace_secs` past
+/// space back), prune old webhook deliveries, fold token usage into rollups, and end batches stuck `stuck_grace_secs` past
 /// their completion window (see `stuck`). Each chore is short statements on the pool, never a
 /// lock a running replica's heartbeat needs.
 pub async fn run(
@@ -139,6 +140,9 @@ impl Chores {
         }
         if due(webhook_log::EVERY) {
             webhook_log::run(pool, self.webhook_log_retention_secs).await;
+        }
+        if due(usage::EVERY) {
+            usage::run(pool).await;
         }
     }
 }

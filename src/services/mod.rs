@@ -6,6 +6,7 @@ pub mod files;
 pub mod keys;
 pub mod projects;
 pub mod results;
+pub mod usage;
 pub mod webhooks;
 
 /// Whether the database answers within `within`: what a replica's readiness means.

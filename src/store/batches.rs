@@ -2,7 +2,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{
-    BatchId, BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, FileId,
+    ApiKeyId, BatchId, BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, FileId,
     IdempotencyKey, ProjectId,
 };
 
@@ -226,6 +226,8 @@ pub struct NewBatch {
     pub hash: String,
     pub expires_in_secs: i64,
     pub trace_context: Option<String>,
+    /// The key that asked for it (for usage by key); none with authentication off.
+    pub api_key_id: Option<ApiKeyId>,
 }
 
 /// Inserts many batches in one statement and one commit, and returns the rows it inserted. A
@@ -256,17 +258,19 @@ pub async fn insert_many(
         "WITH n AS (
             SELECT u.*, row_number() OVER (PARTITION BY u.project_id ORDER BY u.ord) AS nth
             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                        $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[])
+                        $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+                        $13::text[])
                  WITH ORDINALITY
                  AS u(id, project_id, endpoint, input_file_id, completion_window, expires_in,
-                      metadata, output_expiry, idempotency_key, params_hash, trace_context, ord)
+                      metadata, output_expiry, idempotency_key, params_hash, trace_context,
+                      api_key_id, ord)
         ){active}
         INSERT INTO batches (id, project_id, endpoint, input_file_id, completion_window, status,
                              expires_at, metadata, output_expires_after_seconds,
-                             idempotency_key, params_hash, trace_context)
+                             idempotency_key, params_hash, trace_context, api_key_id)
         SELECT n.id, n.project_id, n.endpoint, n.input_file_id, n.completion_window, $1,
                unix_now() + n.expires_in, n.metadata::jsonb, n.output_expiry,
-               n.idempotency_key, n.params_hash, n.trace_context
+               n.idempotency_key, n.params_hash, n.trace_context, n.api_key_id
         FROM n {admitted}
         ORDER BY n.ord
         ON CONFLICT (project_id, idempotency_key) DO NOTHING
@@ -302,6 +306,7 @@ pub async fn insert_many(
         .bind(column(|b| b.key.as_ref().map(IdempotencyKey::as_str)))
         .bind(column(|b| Some(b.hash.as_str())))
         .bind(column(|b| b.trace_context.as_deref()))
+        .bind(column(|b| b.api_key_id.as_ref().map(ApiKeyId::as_str)))
         .fetch_all(conn)
         .await
 }

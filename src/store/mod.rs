@@ -24,6 +24,7 @@ pub mod projects;
 pub mod replicas;
 pub mod results;
 pub mod stats;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;

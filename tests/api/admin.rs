@@ -388,3 +388,54 @@ async fn admin_api_errors_are_openai_errors() {
     let listed = admin.get_json("/v1/organization/projects").await;
     assert_eq!(listed["data"][0]["id"], "proj_default");
 }
+
+/// `openbatch keys …` as a client of the Admin API (`OPENAI_ADMIN_KEY` set): stdout on success.
+fn keys_via_api(replica: &str, admin: &str, args: &[&str]) -> String {
+    let out = openbatch_command("postgres://unused.invalid/none")
+        .env("OPENAI_ADMIN_KEY", admin)
+        .env("OPENAI_BASE_URL", format!("{replica}/v1"))
+        .arg("keys")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_keys_cli_is_a_client_of_the_admin_api_when_given_an_admin_key() {
+    let db = TestDb::new();
+    let env = [
+        NOTIFIED_ONLY[0],
+        NOTIFIED_ONLY[1],
+        ("OPENBATCH__WORKER__ENABLED", "false"),
+    ];
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let address = &replicas[0].address;
+    let admin = admin_key(&db.url);
+
+    // The database URL given is unreachable: everything goes through the API.
+    let key = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
+    let user = client(address, &db.url, &key).await;
+    wait_for_status(&user, 200, "a key made through the API").await;
+    let again = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
+    assert_ne!(again, key, "a second key of the same project");
+    let listed = keys_via_api(address, &admin, &["list"]);
+    let prefix = &key[..16];
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains("team-c")),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key[17..]), "a secret is listed");
+
+    keys_via_api(address, &admin, &["revoke", prefix]);
+    wait_for_status(&user, 401, "a key revoked through the API").await;
+    let other = client(address, &db.url, &again).await;
+    wait_for_status(&other, 200, "the project's other key").await;
+}

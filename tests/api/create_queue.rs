@@ -38,6 +38,7 @@ fn new_batch(project: &str, key: Option<&str>, input: &str) -> NewBatch {
         spec,
         expires_in_secs: 86_400,
         trace_context: None,
+        api_key_id: None,
     }
 }
 

@@ -37,5 +37,6 @@ mod retry_limits;
 mod secrets;
 mod startup;
 mod stored_values;
+mod usage;
 mod webhooks;
 mod wedge;

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::config::LimitSettings;
-use crate::domain::{BatchId, BatchSpec, IdempotencyKey, ProjectId};
+use crate::domain::{ApiKeyId, BatchId, BatchSpec, IdempotencyKey, ProjectId};
 pub use crate::engine::output::BatchUsage;
 use crate::error::ApiError;
 pub use crate::store::batches::BatchRecord;
@@ -86,6 +86,8 @@ pub struct Creator<'a> {
     pub expiry_override_secs: Option<i64>,
     /// This replica's worker, woken so that a new batch's validation starts at once.
     pub wake_worker: Option<&'a Arc<Notify>>,
+    /// The key asking, for usage by key.
+    pub api_key_id: Option<ApiKeyId>,
 }
 
 impl Creator<'_> {
@@ -120,6 +122,7 @@ impl Creator<'_> {
                     spec,
                     key: key.clone(),
                     trace_context: crate::telemetry::traceparent(&tracing::Span::current()),
+                    api_key_id: self.api_key_id.clone(),
                 },
             )
             .await?;

@@ -277,6 +277,15 @@ pub async fn flush(pool: &PgPool, groups: &[Group]) -> Result<Vec<Flushed>, sqlx
         ), ins AS (
             INSERT INTO batch_results (batch_id, chunk_idx, lines)
             SELECT batch_id, idx, lines FROM upd WHERE lines <> ''
+        ), used AS (
+            -- Usage as the lines are stored, insert-only (migration 0020).
+            INSERT INTO usage_events (project_id, endpoint, model, api_key_id, requests,
+                                      input_tokens, cached_tokens, output_tokens)
+            SELECT b.project_id, b.endpoint, coalesce(b.model, ''), b.api_key_id, g.completed,
+                   g.it, g.ct, g.ot
+            FROM upd JOIN g ON g.batch_id = upd.batch_id AND g.idx = upd.idx
+                     JOIN batches b ON b.id = upd.batch_id
+            WHERE g.completed > 0
         )
         SELECT batch_id AS "batch_id!: BatchId", idx AS "idx!", done AS "done!" FROM upd"#,
         &ids as &[&str],
