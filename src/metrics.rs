@@ -38,6 +38,9 @@ pub struct Metrics {
     batches: IntGaugeVec,
     queue: IntGaugeVec,
     pool: IntGaugeVec,
+    usage_tokens: IntCounterVec,
+    usage_requests: IntCounterVec,
+    behind_schedule: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -118,6 +121,13 @@ pub fn get() -> &'static Metrics {
             batches: gauge_vec(&r, "batches", "Unfinished batches by status (all replicas, from the database).", &["status"]),
             queue: gauge_vec(&r, "work_queue_lines", "Lines of running batches by state (all replicas, from the database).", &["state"]),
             pool: gauge_vec(&r, "db_pool_connections", "This replica's database connections by state.", &["state"]),
+            usage_tokens: counter_vec(&r, "usage_tokens_total", "Tokens of successful batch lines since the start, by project, model and kind (input, cached, output; all replicas, from the database).", &["project", "model", "kind"]),
+            usage_requests: counter_vec(&r, "usage_requests_total", "Successful batch lines (model requests) since the start, by project and model (all replicas, from the database).", &["project", "model"]),
+            behind_schedule: {
+                let g = IntGauge::new("batches_behind_schedule", "Running batches whose pace would not finish them before they expire (all replicas, from the database).").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry: r,
         };
         // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
@@ -192,7 +202,7 @@ impl Metrics {
     pub async fn refresh(&self, pool: &PgPool) {
         let by_status = tokio::time::timeout(
             Duration::from_secs(2),
-            crate::store::batches::count_unfinished_by_status(pool),
+            crate::store::gauges::count_unfinished_by_status(pool),
         )
         .await;
         if let Ok(Ok(rows)) = by_status {
@@ -210,6 +220,47 @@ impl Metrics {
             for s in ["pending", "running"] {
                 let n = rows.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
                 self.queue.with_label_values(&[s]).set(n);
+            }
+        }
+        let usage =
+            tokio::time::timeout(Duration::from_secs(2), crate::store::usage::totals(pool)).await;
+        if let Ok(Ok(totals)) = usage {
+            self.set_usage(&totals);
+        }
+        let paces = tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::store::gauges::running_paces(pool),
+        )
+        .await;
+        if let Ok(Ok(paces)) = paces {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let behind = (paces.iter())
+                .filter(|(started, expires, total, done)| {
+                    crate::domain::behind_schedule(now, *started, *expires, *total, *done)
+                })
+                .count();
+            self.behind_schedule.set(behind as i64);
+        }
+    }
+
+    /// Raises the usage counters to the database's totals. The labels are the (project, model)
+    /// pairs of batches that ran, whose model validation accepted: a bounded set.
+    fn set_usage(&self, totals: &[crate::store::usage::UsageTotal]) {
+        let raise = |c: IntCounter, to: i64| {
+            let to = u64::try_from(to).unwrap_or(0);
+            c.inc_by(to.saturating_sub(c.get()));
+        };
+        for t in totals {
+            let (p, m) = (t.project_id.as_str(), t.model.as_str());
+            raise(self.usage_requests.with_label_values(&[p, m]), t.requests);
+            for (kind, n) in [
+                ("input", t.input_tokens),
+                ("cached", t.cached_tokens),
+                ("output", t.output_tokens),
+            ] {
+                raise(self.usage_tokens.with_label_values(&[p, m, kind]), n);
             }
         }
     }

@@ -66,6 +66,7 @@ fn app_state(
         ),
         live_readers: FairSlots::new(limits.max_live_readers, limits.max_live_readers_per_project),
         batch_status,
+        completion_windows: settings.batches.windows(),
     })
 }
 

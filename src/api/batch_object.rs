@@ -10,7 +10,9 @@ use utoipa::openapi::Required;
 use utoipa::ToSchema;
 
 use super::{record_path_id, AppState, UsedKey};
-use crate::domain::{BatchId, BatchStatus, CompletionWindow, Endpoint, IdempotencyKey, Invalid};
+use crate::domain::{
+    behind_schedule, BatchId, BatchStatus, CompletionWindow, Endpoint, IdempotencyKey, Invalid,
+};
 use crate::error::ApiError;
 use crate::services::batches::{BatchRecord, Creation, Creator};
 
@@ -142,6 +144,9 @@ pub(super) struct BatchObject {
     retry_of: Option<String>,
     /// OpenBatch extension: batches retrying this one, oldest first.
     retries: Vec<String>,
+    /// OpenBatch extension: `true` while the batch runs at a pace that would not finish before
+    /// `expires_at` (see `openbatch_batches_behind_schedule` in `/metrics`).
+    behind_schedule: bool,
 }
 
 #[derive(Serialize, PartialEq, ToSchema)]
@@ -182,6 +187,20 @@ impl BatchObject {
             metadata: b.metadata.clone(),
             retry_of: b.retry_of.as_ref().map(|id| id.as_str().to_owned()),
             retries: b.retries.iter().map(|id| id.as_str().to_owned()).collect(),
+            behind_schedule: b.status == BatchStatus::InProgress
+                && b.in_progress_at.is_some_and(|started| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    let done = b.request_completed + b.request_failed;
+                    behind_schedule(
+                        now,
+                        started,
+                        b.expires_at,
+                        b.request_total.into(),
+                        done.into(),
+                    )
+                }),
         }
     }
 }

@@ -58,17 +58,21 @@ fn required<'a>(value: &'a Option<String>, param: &str) -> Result<&'a str, Inval
 }
 
 impl CreateBatch {
-    fn spec(&self, limits: MetadataLimits) -> Result<BatchSpec, Invalid> {
+    fn spec(
+        &self,
+        limits: MetadataLimits,
+        windows: &[CompletionWindow],
+    ) -> Result<BatchSpec, Invalid> {
         Ok(BatchSpec {
             input_file_id: FileId::parse(
                 "input_file_id",
                 required(&self.input_file_id, "input_file_id")?,
             )?,
             endpoint: Endpoint::parse(required(&self.endpoint, "endpoint")?)?,
-            completion_window: CompletionWindow::parse(required(
-                &self.completion_window,
-                "completion_window",
-            )?)?,
+            completion_window: CompletionWindow::parse_among(
+                required(&self.completion_window, "completion_window")?,
+                windows,
+            )?,
             metadata: Metadata::from_json_within(&self.metadata, limits)?,
             output_expires_after: ExpiresAfter::from_json(
                 "output_expires_after",
@@ -119,7 +123,7 @@ async fn create(
     used: UsedKey,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateBatch = body::json(&req, payload, state.limits.max_json_body_bytes).await?;
-    let spec = body.spec(state.limits.metadata)?;
+    let spec = body.spec(state.limits.metadata, &state.completion_windows)?;
     let key = body.idempotency_key(&req)?;
     let creation = creator(&state, used).create(project, spec, key).await?;
     Ok(created(creation))

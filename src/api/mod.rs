@@ -89,6 +89,8 @@ pub struct AppState {
     pub live_readers: FairSlots,
     /// Batch status changes as announced (`NOTIFY`), which wake the event streams.
     pub batch_status: crate::notify::Feed,
+    /// The `completion_window`s a batch may ask for (`batches.completion_windows`).
+    pub completion_windows: Vec<crate::domain::CompletionWindow>,
 }
 
 /// Every route but `/metrics`. A handler is registered once, here or in its module's `routes`:

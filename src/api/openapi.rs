@@ -118,7 +118,7 @@ const EXTENSION_SCHEMAS: [&str; 9] = [
 ];
 
 /// Members of OpenAI's Batch object that OpenBatch adds.
-const BATCH_EXTENSION_FIELDS: [&str; 2] = ["retry_of", "retries"];
+const BATCH_EXTENSION_FIELDS: [&str; 3] = ["retry_of", "retries", "behind_schedule"];
 
 fn marker() -> utoipa::openapi::extensions::Extensions {
     ExtensionsBuilder::new().add(EXTENSION, true).build()

@@ -1,3 +1,4 @@
+use crate::domain::CompletionWindow;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -16,6 +17,10 @@ pub struct BatchSettings {
     pub models_cache_secs: u64,
     /// A longer input line fails validation (`line_too_long`) and is never held in memory.
     pub max_line_bytes: usize,
+    /// The `completion_window`s a batch may ask for (`1h`, `24h`, `7d`). A shorter window is
+    /// an earlier deadline, and a batch's chunks are run earliest deadline first within its
+    /// project's turn.
+    pub completion_windows: Vec<String>,
 }
 
 impl Default for BatchSettings {
@@ -26,12 +31,29 @@ impl Default for BatchSettings {
             check_models: true,
             models_cache_secs: 60,
             max_line_bytes: 8 * 1024 * 1024,
+            completion_windows: ["1h", "24h", "7d"].map(String::from).to_vec(),
         }
     }
 }
 
 impl BatchSettings {
+    /// The accepted windows, as the settings check has read them.
+    pub fn windows(&self) -> Vec<CompletionWindow> {
+        (self.completion_windows.iter())
+            .filter_map(|w| CompletionWindow::parse(w).ok())
+            .collect()
+    }
+
     pub(super) fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.completion_windows.is_empty(),
+            "OPENBATCH__BATCHES__COMPLETION_WINDOWS must name at least one window (1h, 24h, 7d)"
+        );
+        for w in &self.completion_windows {
+            CompletionWindow::parse(w).map_err(|e| {
+                anyhow::anyhow!("OPENBATCH__BATCHES__COMPLETION_WINDOWS: {}", e.message)
+            })?;
+        }
         anyhow::ensure!(
             self.max_line_bytes >= 1,
             "OPENBATCH__BATCHES__MAX_LINE_BYTES must be at least 1"

@@ -60,7 +60,8 @@ fn environment(vars: &HashMap<String, String>) -> config::Environment {
         // Lists are comma-separated in the environment (only these keys: a comma in
         // any other value, such as a URL's query, stays as it is).
         .list_separator(",")
-        .with_list_parse_key("server.allowed_hosts");
+        .with_list_parse_key("server.allowed_hosts")
+        .with_list_parse_key("batches.completion_windows");
     // Each route's lists too (its pool, its models): the crate matches list keys exactly,
     // so the routes named in the environment are registered one by one.
     for key in ours.keys() {

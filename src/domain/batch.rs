@@ -69,13 +69,34 @@ impl TryFrom<String> for Endpoint {
     utoipa::ToSchema,
 )]
 pub enum CompletionWindow {
+    #[strum(serialize = "1h")]
+    #[serde(rename = "1h")]
+    Hour1,
     #[strum(serialize = "24h")]
     #[serde(rename = "24h")]
     Hours24,
+    #[strum(serialize = "7d")]
+    #[serde(rename = "7d")]
+    Days7,
 }
 
 impl CompletionWindow {
-    pub const ALL: [CompletionWindow; 1] = [CompletionWindow::Hours24];
+    pub const ALL: [CompletionWindow; 3] = [
+        CompletionWindow::Hour1,
+        CompletionWindow::Hours24,
+        CompletionWindow::Days7,
+    ];
+
+    /// A window among those a server accepts (`batches.completion_windows`).
+    pub fn parse_among(raw: &str, accepted: &[CompletionWindow]) -> Result<Self, Invalid> {
+        super::spelled(accepted.iter().copied(), raw).ok_or_else(|| {
+            Invalid::unsupported(
+                "completion_window",
+                raw,
+                accepted.iter().map(|w| w.as_str()),
+            )
+        })
+    }
 
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         super::spelled(Self::ALL, raw).ok_or_else(|| {
@@ -88,8 +109,30 @@ impl CompletionWindow {
     }
 
     pub fn seconds(self) -> i64 {
-        24 * 3600
+        match self {
+            Self::Hour1 => 3600,
+            Self::Hours24 => 24 * 3600,
+            Self::Days7 => 7 * 24 * 3600,
+        }
     }
+}
+
+/// A running batch's pace against its deadline: whether, at the rate its lines have finished
+/// since it started running, the rest would not finish before it expires. A batch with nothing
+/// finished is behind once a twentieth of its window (and at least a minute) has gone by.
+pub fn behind_schedule(now: i64, started: i64, expires_at: i64, total: i64, done: i64) -> bool {
+    if done >= total {
+        return false;
+    }
+    let (elapsed, left) = (now - started, expires_at - now);
+    if left <= 0 {
+        return true;
+    }
+    if done <= 0 {
+        return elapsed >= ((expires_at - started) / 20).max(60);
+    }
+    // (total - done) lines at done/elapsed lines a second.
+    i128::from(total - done) * i128::from(elapsed) > i128::from(left) * i128::from(done)
 }
 
 impl TryFrom<String> for CompletionWindow {
@@ -288,6 +331,30 @@ mod tests {
     mod completion_window {
         text_enum_tests!(super::CompletionWindow);
     }
+    #[test]
+    fn a_batch_is_behind_schedule_when_its_pace_misses_the_deadline() {
+        // Started at 0, expires at 3600.
+        assert!(
+            !behind_schedule(600, 0, 3600, 100, 50),
+            "half done in a sixth"
+        );
+        assert!(
+            behind_schedule(3000, 0, 3600, 100, 50),
+            "half done with a sixth left"
+        );
+        assert!(!behind_schedule(3000, 0, 3600, 100, 100), "done");
+        assert!(behind_schedule(3600, 0, 3600, 100, 99), "expired");
+        assert!(!behind_schedule(100, 0, 3600, 100, 0), "nothing yet, early");
+        assert!(
+            behind_schedule(200, 0, 3600, 100, 0),
+            "nothing after a twentieth"
+        );
+        assert!(
+            !behind_schedule(59, 0, 600, 100, 0),
+            "nothing yet, within a minute"
+        );
+    }
+
     mod batch_status {
         text_enum_tests!(super::BatchStatus);
     }

@@ -100,7 +100,9 @@ mod usage;
 mod webhook;
 
 pub use api_key::{constant_time_eq, ApiKey, NewKey, PresentedKey};
-pub use batch::{BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, Transition};
+pub use batch::{
+    behind_schedule, BatchSpec, BatchStatus, CancelDecision, CompletionWindow, Endpoint, Transition,
+};
 pub use cursor::ResultsCursor;
 pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};

@@ -12,7 +12,7 @@ pub const EVERY: u32 = 10;
 /// Usage API pages 1m buckets a day at a time; a month and a bit covers any month's report.
 pub const MINUTE_RETENTION_SECS: i64 = 35 * 24 * 3600;
 
-/// Returns the events and the minutes folded.
+/// Returns the minute rows and the hour rows written.
 pub async fn run(pool: &PgPool) -> (u64, u64) {
     match usage::fold(pool, MINUTE_RETENTION_SECS).await {
         Ok(folded) => {

@@ -470,16 +470,3 @@ pub async fn cancel(
         }
     }
 }
-
-/// Unfinished batches by status, for the metrics gauges (a partial index covers them).
-#[tracing::instrument(level = "debug", skip_all, name = "db.batches.count_unfinished")]
-pub async fn count_unfinished_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT status, count(*) AS "count!" FROM batches
-           WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-           GROUP BY status"#
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
-}

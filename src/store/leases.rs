@@ -64,7 +64,7 @@ pub async fn claim(
                    OR b.expires_at <= unix_now()
                    OR NOT EXISTS (SELECT 1 FROM batch_chunks c
                                   WHERE c.batch_id = b.id AND c.state <> 'done'))
-            ORDER BY b.seq
+            ORDER BY b.expires_at, b.seq
             LIMIT 1
             FOR UPDATE SKIP LOCKED
          )

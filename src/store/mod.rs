@@ -16,6 +16,7 @@ pub mod batches;
 pub mod chunks;
 pub mod compact;
 pub mod files;
+pub mod gauges;
 pub mod keys;
 pub mod keyset;
 pub mod leader;
@@ -166,7 +167,7 @@ mod tests {
     fn the_statements_spelling_out_the_unfinished_statuses_use_this_list() {
         let spelled_out = [
             ("leases.rs", include_str!("leases.rs"), "b.status IN "),
-            ("batches.rs", include_str!("batches.rs"), "WHERE status IN "),
+            ("gauges.rs", include_str!("gauges.rs"), "WHERE status IN "),
             (
                 "0016_batch_admission.sql",
                 include_str!("../../migrations/0016_batch_admission.sql"),

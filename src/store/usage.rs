@@ -8,7 +8,7 @@ const FOLD_PER_RUN: i64 = 50_000;
 
 /// Folds events into minutes, and minutes older than `minute_retention_secs` into hours, each
 /// in one statement (an event or a minute is deleted and added exactly once). Returns the
-/// rows folded.
+/// minute rows and the hour rows written.
 #[tracing::instrument(skip_all, name = "db.usage.fold")]
 pub async fn fold(pool: &PgPool, minute_retention_secs: i64) -> Result<(u64, u64), sqlx::Error> {
     let events = sqlx::query!(
@@ -16,6 +16,17 @@ pub async fn fold(pool: &PgPool, minute_retention_secs: i64) -> Result<(u64, u64
             DELETE FROM usage_events WHERE seq IN (
                 SELECT seq FROM usage_events ORDER BY seq LIMIT $1)
             RETURNING *
+         ), totals AS (
+            INSERT INTO usage_totals AS t (project_id, model, requests, input_tokens,
+                                           cached_tokens, output_tokens)
+            SELECT project_id, model, sum(requests), sum(input_tokens), sum(cached_tokens),
+                   sum(output_tokens)
+            FROM moved GROUP BY 1, 2
+            ON CONFLICT (project_id, model) DO UPDATE SET
+               requests = t.requests + excluded.requests,
+               input_tokens = t.input_tokens + excluded.input_tokens,
+               cached_tokens = t.cached_tokens + excluded.cached_tokens,
+               output_tokens = t.output_tokens + excluded.output_tokens
          )
          INSERT INTO usage_minutes AS m (start, project_id, endpoint, model, api_key_id, requests,
                                          input_tokens, cached_tokens, output_tokens)
@@ -135,6 +146,37 @@ pub async fn read(pool: &PgPool, q: &UsageRead<'_>) -> Result<Vec<UsageRow>, sql
         q.by_project,
         q.by_model,
         q.by_api_key,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Usage since the start per project and model: the folded totals and the events not yet
+/// folded. Sorted, so that the counters are set in one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageTotal {
+    pub project_id: String,
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+}
+
+#[tracing::instrument(skip_all, name = "db.usage.totals")]
+pub async fn totals(pool: &PgPool) -> Result<Vec<UsageTotal>, sqlx::Error> {
+    sqlx::query_as!(
+        UsageTotal,
+        r#"SELECT project_id AS "project_id!", model AS "model!",
+                  sum(requests)::bigint AS "requests!", sum(input_tokens)::bigint AS "input_tokens!",
+                  sum(cached_tokens)::bigint AS "cached_tokens!",
+                  sum(output_tokens)::bigint AS "output_tokens!"
+           FROM (SELECT project_id, model, requests, input_tokens, cached_tokens, output_tokens
+                 FROM usage_totals
+                 UNION ALL
+                 SELECT project_id, model, requests, input_tokens, cached_tokens, output_tokens
+                 FROM usage_events) u
+           GROUP BY 1, 2 ORDER BY 1, 2"#
     )
     .fetch_all(pool)
     .await

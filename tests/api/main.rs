@@ -40,3 +40,4 @@ mod stored_values;
 mod usage;
 mod webhooks;
 mod wedge;
+mod windows;

@@ -173,3 +173,92 @@ async fn finished_deliveries_leave_the_log_after_their_retention() {
     kept.sort();
     assert_eq!(kept, ["due", "new"]);
 }
+
+#[tokio::test]
+async fn usage_events_fold_into_minutes_and_old_minutes_into_hours() {
+    let (app, _lock) = app_without_maintainer().await;
+    let now: i64 = sqlx::query_scalar("SELECT unix_now()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let old = now - maintenance::usage::MINUTE_RETENTION_SECS - 7200;
+    let old_hour = old - old % 3600;
+    // Two events of one minute and key, one of another key; two old minutes of one hour.
+    for (at, key, tokens) in [
+        (now, Some("key_a"), 5),
+        (now, Some("key_a"), 7),
+        (now, None, 11),
+    ] {
+        sqlx::query(
+            "INSERT INTO usage_events (at, project_id, endpoint, model, api_key_id, requests,
+                                       input_tokens, cached_tokens, output_tokens)
+             VALUES ($1, 'proj_default', '/v1/chat/completions', 'm', $2, 1, $3, 0, 1)",
+        )
+        .bind(at)
+        .bind(key)
+        .bind(tokens)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    for minute in [old_hour + 60, old_hour + 120] {
+        sqlx::query(
+            "INSERT INTO usage_minutes (start, project_id, endpoint, model, api_key_id, requests,
+                                        input_tokens, cached_tokens, output_tokens)
+             VALUES ($1, 'proj_default', '/v1/chat/completions', 'm', '', 2, 100, 0, 3)",
+        )
+        .bind(minute)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let report = |start: i64, width: &str| {
+        let path = format!(
+            "/v1/organization/usage/completions?start_time={start}&end_time={}&bucket_width={width}&limit=168&group_by=api_key_id",
+            start + 3 * 3600
+        );
+        let app = &app;
+        async move {
+            let page: Value = app.get_json(&path).await;
+            let mut sums: Vec<(Value, i64, i64)> = (page["data"].as_array().unwrap().iter())
+                .flat_map(|b| b["results"].as_array().unwrap().clone())
+                .map(|r| {
+                    (
+                        r["api_key_id"].clone(),
+                        r["input_tokens"].as_i64().unwrap(),
+                        r["num_model_requests"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            sums.sort_by_key(|s| s.0.to_string());
+            sums
+        }
+    };
+    let recent = now - now % 3600 - 3600;
+    let before = (report(recent, "1h").await, report(old_hour, "1h").await);
+    assert_eq!(before.0, [(json!("key_a"), 12, 2), (Value::Null, 11, 1)]);
+    assert_eq!(before.1, [(Value::Null, 200, 4)]);
+
+    assert_eq!(maintenance::usage::run(&app.pool).await, (2, 1));
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM usage_minutes),
+                (SELECT count(*) FROM usage_hours)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        (0, 2, 1),
+        "events folded by minute and key; old minutes into one hour"
+    );
+    assert_eq!(
+        (report(recent, "1h").await, report(old_hour, "1h").await),
+        before
+    );
+    assert_eq!(
+        maintenance::usage::run(&app.pool).await,
+        (0, 0),
+        "nothing twice"
+    );
+}

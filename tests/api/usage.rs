@@ -159,6 +159,32 @@ async fn usage_shows_a_batch_s_exact_tokens_by_project_model_and_key_and_outlive
     assert_eq!(total, input);
     assert!(used.iter().all(|b| b["results"][0]["project_id"].is_null()));
 
+    // The same totals in `/metrics`, per project and model (refreshed every 5 s by default).
+    let series = format!(
+        "openbatch_usage_tokens_total{{kind=\"input\",model=\"{model}\",project=\"{pid}\"}} {input}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = reqwest::get(format!("{address}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == series) {
+            let requests = format!(
+                "openbatch_usage_requests_total{{model=\"{model}\",project=\"{pid}\"}} {requests}"
+            );
+            assert!(text.lines().any(|l| l == requests), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {series} in {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     // Filters: another project, another model, or outside batches: nothing.
     for filter in [
         "project_ids[]=proj_other",

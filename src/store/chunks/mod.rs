@@ -118,7 +118,8 @@ impl Lines {
 }
 
 /// Claims the next pending chunk: from the project served longest ago (round robin across
-/// projects), its oldest batch first, in line order. `SKIP LOCKED` lets replicas claim side by
+/// projects), its batch with the earliest deadline first (a `1h` batch before a `24h` one
+/// created earlier; the oldest first among equal deadlines), in line order. `SKIP LOCKED` lets replicas claim side by
 /// side; the claim bumps the chunk's fencing token. Chunks of the `except` projects are left
 /// alone (a busy replica looks only for other projects' work).
 // Runs on every idle poll: traced only at debug level, or idle replicas would flood the collector.
@@ -137,7 +138,7 @@ pub async fn claim(
             JOIN batches b ON b.id = c.batch_id
             WHERE c.state = 'pending' AND b.status = 'in_progress' AND b.expires_at > unix_now()
               AND c.project_id <> ALL($3)
-            ORDER BY p.served_at NULLS FIRST, c.batch_seq, c.idx
+            ORDER BY p.served_at NULLS FIRST, b.expires_at, c.batch_seq, c.idx
             LIMIT 1
             FOR UPDATE OF c SKIP LOCKED
         ), served AS (
