@@ -12,6 +12,7 @@ import { renderBatch, renderBatches } from './batches.js';
 import { renderNew } from './create.js';
 import { errorBox, h, show } from './dom.js';
 import { renderFiles } from './files.js';
+import { renderUsage } from './usage.js';
 
 function route() {
   const hash = location.hash.replace(/^#/, '') || '/batches';
@@ -39,6 +40,7 @@ async function render() {
     if (parts[0] === 'signin') return renderSignIn(null);
     if (parts[0] === 'files') return await renderFiles();
     if (parts[0] === 'new') return await renderNew(params.get('file'));
+    if (parts[0] === 'usage') return await renderUsage();
     if (parts[0] === 'batches' && parts[1]) return await renderBatch(decodeURIComponent(parts[1]));
     return await renderBatches(params);
   } catch (e) {

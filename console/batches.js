@@ -9,6 +9,13 @@ const PAGE = 20;
 // Batches list
 // ---------------------------------------------------------------------------------------
 
+// A running batch whose pace would not finish it before it expires.
+function behindBadge(b) {
+  return b.behind_schedule
+    ? h('span', { class: 'badge s-failed', id: 'behind-schedule', title: `At its pace so far it would not finish before ${fmtTime(b.expires_at)}` }, 'behind schedule')
+    : null;
+}
+
 export async function renderBatches(params) {
   const filter = params.get('status') || '';
   const after = params.get('after') || '';
@@ -53,7 +60,7 @@ export async function renderBatches(params) {
         const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
         return h('tr', { dataset: { id: b.id } },
           h('td', {}, link(`#/batches/${encodeURIComponent(b.id)}`, b.id, { class: 'mono' }), h('div', { class: 'muted small' }, b.endpoint)),
-          h('td', {}, statusBadge(b.status)),
+          h('td', {}, statusBadge(b.status), behindBadge(b)),
           h('td', { class: 'w-progress' }, progressBar(b)),
           h('td', { class: 'num' }, `${c.completed}/${c.total}`, c.failed ? h('div', { class: 'bad-text small' }, `${c.failed} failed`) : null),
           h('td', { class: 'model' }, b.model || h('span', { class: 'muted' }, '—')),
@@ -157,7 +164,7 @@ function drawBatch(b, source) {
   const errors = (b.errors && b.errors.data) || [];
   show(
     h('p', { class: 'crumbs' }, link('#/batches', '← Batches')),
-    h('div', { class: 'bar' }, h('h1', { class: 'mono' }, b.id), statusBadge(b.status), h('span', { class: 'spacer' }), actions),
+    h('div', { class: 'bar' }, h('h1', { class: 'mono' }, b.id), statusBadge(b.status), behindBadge(b), h('span', { class: 'spacer' }), actions),
     status,
     h('section', { class: 'card' },
       h('div', { class: 'big-progress' }, progressBar(b)),

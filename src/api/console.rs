@@ -9,7 +9,7 @@ const INDEX: &str = include_str!("../../console/index.html");
 const STYLE: &str = include_str!("../../console/console.css");
 const ICON: &str = include_str!("../../console/favicon.svg");
 /// ES modules, imported by `app.js` (a module graph needs no bundler).
-const SCRIPTS: [(&str, &str); 7] = [
+const SCRIPTS: [(&str, &str); 8] = [
     ("app.js", include_str!("../../console/app.js")),
     ("api.js", include_str!("../../console/api.js")),
     ("dom.js", include_str!("../../console/dom.js")),
@@ -17,6 +17,7 @@ const SCRIPTS: [(&str, &str); 7] = [
     ("batches.js", include_str!("../../console/batches.js")),
     ("files.js", include_str!("../../console/files.js")),
     ("create.js", include_str!("../../console/create.js")),
+    ("usage.js", include_str!("../../console/usage.js")),
 ];
 
 /// Scripts and styles from this origin only (no inline script, no `eval`), requests only to

@@ -95,3 +95,35 @@ def test_an_admin_manages_projects_service_accounts_and_keys_with_the_sdk(secure
 
     deleted = org.projects.service_accounts.delete(account.id, project_id=made[0].id)
     assert deleted.deleted and deleted.object == "organization.project.service_account.deleted"
+
+
+def test_usage_reports_page_through_the_sdk(secured: OpenBatchServer) -> None:
+    admin = openai.OpenAI(
+        base_url=secured.api_base, api_key="unused", admin_api_key=admin_key(secured.database_url), max_retries=0
+    )
+    usage = admin.admin.organization.usage
+    start = 1_700_000_000
+    # The SDK sends arrays as `group_by[]=…` and booleans as `true`.
+    first = usage.completions(
+        start_time=start,
+        end_time=start + 3 * 86_400,
+        limit=2,
+        group_by=["project_id", "model"],
+        project_ids=["proj_default"],
+        batch=True,
+    )
+    assert first.object == "page" and len(first.data) == 2
+    assert first.data[0].object == "bucket" and first.data[0].start_time == start
+    assert first.data[0].results == []
+    assert first.has_more and first.next_page
+    rest = usage.completions(
+        start_time=start, end_time=start + 3 * 86_400, limit=2, group_by=["project_id", "model"], page=first.next_page
+    )
+    assert len(rest.data) == 2 and not rest.has_more and rest.next_page is None
+    assert rest.data[-1].end_time == start + 3 * 86_400
+
+    hours = usage.embeddings(start_time=start, end_time=start + 7200, bucket_width="1h")
+    assert [b.end_time - b.start_time for b in hours.data][-1] > 0
+    with pytest.raises(openai.BadRequestError) as bad:
+        usage.embeddings(start_time=start, group_by=["batch"])  # type: ignore[list-item]
+    assert bad.value.body["param"] == "group_by"

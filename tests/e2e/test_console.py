@@ -450,6 +450,25 @@ def test_batches_page_lists_every_state(driver: WebDriver, server: OpenBatchServ
     sdk.batches.cancel(running.id)
 
 
+def test_the_usage_page_shows_tokens_by_project_and_model(
+    driver: WebDriver, server: OpenBatchServer, sdk: openai.OpenAI
+) -> None:
+    """Auth is off here, so the console may read the Admin API's usage report."""
+    f = sdk.files.create(file=("metered.jsonl", chat_lines(5, "metered")), purpose="batch")
+    b = sdk.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")
+    deadline = time.monotonic() + DEADLINE_SECS
+    while (done := sdk.batches.retrieve(b.id)).status != "completed":
+        assert time.monotonic() < deadline, f"the batch never completed: {done.status}"
+        time.sleep(0.1)
+    assert done.usage is not None and done.usage.input_tokens > 0
+    open_console(driver, server, "#/usage")
+    row = find(driver, f"#usage tr[data-project='proj_default'][data-model='{done.model}']")
+    # Earlier batches of this module count in the same day, project and model.
+    shown = int(row.find_element(By.CSS_SELECTOR, ".input").text.replace(",", ""))
+    assert shown >= done.usage.input_tokens
+    shot(driver, "12-usage")
+
+
 def test_sign_in_with_a_key_and_sign_out(
     tmp_path: Path, server_pool: ServerPool, downloads: Path
 ) -> None:
