@@ -251,6 +251,7 @@ impl Background {
                 upstreams,
                 settings.worker.clone(),
                 settings.batches.clone(),
+                settings.limits.max_enqueued_tokens_per_project,
                 &mut notices,
                 group.child(),
             ))

@@ -25,6 +25,10 @@ pub struct LimitSettings {
     pub upload_spool_dir: Option<String>,
     /// Bytes of files (not deleted, not purged) a project may store; 0 = no limit.
     pub max_stored_bytes_per_project: u64,
+    /// Estimated prompt tokens a project may have enqueued per model (its running batches'
+    /// lines not yet finished); a batch that would pass it fails validation with
+    /// `token_limit_exceeded`. 0 = no limit.
+    pub max_enqueued_tokens_per_project: u64,
     /// Open `GET /v1/batches/{id}/events` streams per replica; more are refused with a 429.
     pub max_event_streams: usize,
     /// Of those, how many one project may hold; half of `max_event_streams` (rounded up) when
@@ -60,6 +64,7 @@ impl Default for LimitSettings {
             upload_spool_dir: None,
             // OpenAI's own per-project file storage quota: 2.5 TB.
             max_stored_bytes_per_project: 2_500_000_000_000,
+            max_enqueued_tokens_per_project: 0,
             max_event_streams: 256,
             max_event_streams_per_project: None,
             event_poll_ms: 500,

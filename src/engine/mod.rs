@@ -32,6 +32,8 @@ struct Ctx {
     upstreams: Arc<Upstreams>,
     settings: WorkerSettings,
     batches: BatchSettings,
+    /// `limits.max_enqueued_tokens_per_project` (0: none), checked as a batch is queued.
+    max_enqueued_tokens: u64,
     /// Identifies this replica's claims.
     owner: String,
     /// Wakes the batch-level loop: a batch was created here, or a chunk finished, so a batch
@@ -61,6 +63,7 @@ impl Worker {
         upstreams: Arc<Upstreams>,
         settings: WorkerSettings,
         batches: BatchSettings,
+        max_enqueued_tokens: u64,
         notices: &mut Notifications,
         tasks: TaskGroup,
     ) -> Self {
@@ -76,6 +79,7 @@ impl Worker {
             upstreams,
             settings,
             batches,
+            max_enqueued_tokens,
             owner,
             wake_jobs: Arc::new(Notify::new()),
             wake_lines: Notify::new(),

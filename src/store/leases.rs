@@ -162,13 +162,14 @@ pub async fn start(
     owner: &str,
     model: &str,
     total: i32,
+    est_tokens: i64,
 ) -> Result<bool, sqlx::Error> {
     let change = fixed(START);
     Ok(sqlx::query!(
         "WITH started AS (
             UPDATE batches SET status = $6, in_progress_at = unix_now(), model = $3,
                                request_total = $4, lease_owner = NULL, lease_until = NULL,
-                               failed_attempts = 0
+                               failed_attempts = 0, est_tokens = $8
             WHERE id = $1 AND lease_owner = $2 AND status = ANY($7)
             RETURNING id
          )
@@ -180,6 +181,7 @@ pub async fn start(
         WORK_CHANNEL,
         change.to().as_str(),
         &change.from_text() as &[&str],
+        est_tokens,
     )
     .execute(conn)
     .await?
@@ -388,6 +390,38 @@ pub async fn stuck(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<Stu
         limit,
     )
     .fetch_all(pool)
+    .await
+}
+
+/// The estimated prompt tokens `project` has enqueued for `model`: what its running batches
+/// have not finished of their estimates, each in proportion to its lines not yet done. Takes
+/// the (project, model) admission lock to the transaction's end first, so that two replicas
+/// queueing batches of one project and model count each other's.
+#[tracing::instrument(skip_all, name = "db.jobs.enqueued_tokens")]
+pub async fn enqueued_tokens(
+    conn: &mut PgConnection,
+    project: &ProjectId,
+    model: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext('enqueued_tokens'), hashtext($1 || '/' || $2))",
+        project.as_str(),
+        model,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar!(
+        r#"SELECT coalesce(sum(b.est_tokens * greatest(b.request_total - d.done, 0)
+                                / greatest(b.request_total, 1)), 0)::bigint AS "enqueued!"
+           FROM batches b,
+                LATERAL (SELECT coalesce(sum(c.completed + c.failed), 0) AS done
+                         FROM batch_chunks c WHERE c.batch_id = b.id) d
+           WHERE b.project_id = $1 AND b.model = $2 AND b.status = 'in_progress'
+             AND b.est_tokens IS NOT NULL"#,
+        project.as_str(),
+        model,
+    )
+    .fetch_one(conn)
     .await
 }
 

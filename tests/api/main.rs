@@ -37,6 +37,7 @@ mod retry_limits;
 mod secrets;
 mod startup;
 mod stored_values;
+mod token_quota;
 mod usage;
 mod webhooks;
 mod wedge;

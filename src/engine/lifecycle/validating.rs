@@ -31,37 +31,98 @@ pub(super) async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
         let unknown = ctx.upstreams.unknown_models(check.models()).await;
         check.errors.extend(unknown);
     }
+    let chunks = planner.chunks;
     match check.finish() {
         Err(errors) => fail(ctx, job, errors).await,
-        Ok(model) => queue(ctx, job, &file.id, &planner.chunks, &model, total, started).await,
+        Ok(model) => {
+            let plan = Plan {
+                file: &file,
+                chunks: &chunks,
+                model: &model,
+                total,
+            };
+            queue(ctx, job, plan, started).await
+        }
     }
 }
 
-/// Queues the chunks of a file that passed and moves the batch to `in_progress`, at once.
+/// What validation found: the chunks to queue, the batch's one model, its request count.
+struct Plan<'a> {
+    file: &'a FileRecord,
+    chunks: &'a [NewChunk],
+    model: &'a str,
+    total: usize,
+}
+
+impl Plan<'_> {
+    /// The batch's prompt tokens, estimated as a quarter of its input's bytes (the ~4
+    /// characters a token of English text, applied to the whole request body: an
+    /// overestimate by the JSON around the prompt, never an underestimate of the prompt).
+    fn est_tokens(&self) -> i64 {
+        (self.file.bytes + 3) / 4
+    }
+}
+
+/// Queues the chunks of a file that passed and moves the batch to `in_progress`, at once, if
+/// its project's enqueued tokens for the model leave room for it.
 async fn queue(
     ctx: &Ctx,
     job: &BatchJob,
-    file: &FileId,
-    planned: &[NewChunk],
-    model: &str,
-    total: usize,
+    plan: Plan<'_>,
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let total = i32::try_from(total).context("request count")?;
+    let total = i32::try_from(plan.total).context("request count")?;
+    let est = plan.est_tokens();
     let mut tx = ctx.pool.begin().await?;
-    chunks::insert(&mut tx, &job.id, file.as_str(), planned).await?;
-    if leases::start(&mut tx, &job.id, &ctx.owner, model, total).await? {
+    if let Some(error) = token_room(ctx, &mut tx, job, plan.model, est).await? {
+        drop(tx);
+        return fail(ctx, job, vec![error]).await;
+    }
+    chunks::insert(&mut tx, &job.id, plan.file.id.as_str(), plan.chunks).await?;
+    if leases::start(&mut tx, &job.id, &ctx.owner, plan.model, total, est).await? {
         tx.commit().await?;
         tracing::info!(
             requests = total,
-            chunks = planned.len(),
-            %model,
+            chunks = plan.chunks.len(),
+            model = %plan.model,
+            est_tokens = est,
             took_ms = started.elapsed().as_millis() as u64,
             "batch validated"
         );
     }
     // Otherwise the batch was cancelled meanwhile: the rollback drops the chunks.
     Ok(())
+}
+
+/// `None` when the batch fits under `limits.max_enqueued_tokens_per_project`; else the error
+/// that fails it, OpenAI's `token_limit_exceeded`. The count holds the (project, model) lock
+/// until `tx` ends, so racing replicas cannot both pass the limit.
+async fn token_room(
+    ctx: &Ctx,
+    tx: &mut sqlx::PgConnection,
+    job: &BatchJob,
+    model: &str,
+    est: i64,
+) -> anyhow::Result<Option<LineError>> {
+    let limit = i64::try_from(ctx.max_enqueued_tokens).unwrap_or(i64::MAX);
+    if limit == 0 {
+        return Ok(None);
+    }
+    let enqueued = leases::enqueued_tokens(tx, &job.project(), model).await?;
+    if enqueued.saturating_add(est) <= limit {
+        return Ok(None);
+    }
+    Ok(Some(LineError::file(
+        "token_limit_exceeded",
+        None,
+        format!(
+            "Enqueued token limit reached for {model} in project {}. Limit: {limit} enqueued \
+             tokens; this batch is estimated at {est}, and {enqueued} are enqueued by the \
+             project's running batches. Please try again once some in_progress batches have \
+             been completed.",
+            job.project().as_str()
+        ),
+    )))
 }
 
 /// The batch's input file, or the error that fails the batch before a line is read.
