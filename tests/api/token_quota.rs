@@ -53,3 +53,57 @@ async fn a_batch_past_the_enqueued_token_limit_fails_until_another_finishes() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["request_counts"]["completed"], 20);
 }
+
+/// Two replicas queue batches of one project and model at once: the lock on (project, model)
+/// makes the second count the first, so exactly one is admitted. Raced in several projects,
+/// so that the two validations overlap in some (without the lock, some round admits both).
+#[tokio::test]
+async fn racing_replicas_cannot_pass_the_limit_together() {
+    let upstream = FakeUpstream::start(&[]);
+    let db = crate::helpers::TestDb::new();
+    let (_, est) = input("a", 20, Some("hold"));
+    let limit = (2 * est - 1).to_string();
+    let env = crate::helpers::engine_env(
+        &upstream,
+        &[
+            (
+                "OPENBATCH__LIMITS__MAX_ENQUEUED_TOKENS_PER_PROJECT",
+                limit.as_str(),
+            ),
+            ("OPENBATCH__AUTH__ENABLED", "true"),
+        ],
+    );
+    let replicas = crate::helpers::start_replicas_with(2, &db.url, &env).await;
+    for round in 0..6 {
+        let admin = crate::helpers::TestApp::connect(&replicas[0].address, &db.url).await;
+        let key = crate::helpers::key_for(&admin.pool, &format!("race-{round}")).await;
+        let mut apps = Vec::new();
+        for r in &replicas {
+            let mut app = crate::helpers::TestApp::connect(&r.address, &db.url).await;
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+            app.client = reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap();
+            apps.push(app);
+        }
+        let (a, _) = input(&format!("a{round}-"), 20, Some("hold"));
+        let (b, _) = input(&format!("b{round}-"), 20, Some("hold"));
+        let (first, second) = tokio::join!(
+            apps[0].submit("/v1/chat/completions", a),
+            apps[1].submit("/v1/chat/completions", b)
+        );
+        let mut statuses = Vec::new();
+        for id in [&first, &second] {
+            let batch = apps[0].wait_for(id, &["failed", "in_progress"]).await;
+            if batch["status"] == "failed" {
+                assert_eq!(batch["errors"]["data"][0]["code"], "token_limit_exceeded");
+            }
+            statuses.push(batch["status"].as_str().unwrap().to_owned());
+        }
+        statuses.sort();
+        assert_eq!(statuses, ["failed", "in_progress"], "round {round}");
+    }
+    upstream.open_gate("hold").await;
+}
