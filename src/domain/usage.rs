@@ -113,16 +113,7 @@ impl UsageQuery {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let start = integer("start_time", one("start_time"))?
-            .ok_or_else(|| Invalid::missing("start_time"))?;
-        let end = integer("end_time", one("end_time"))?.unwrap_or(now);
-        if start < 0 || end <= start {
-            return Err(Invalid::new(
-                "end_time",
-                "invalid_value",
-                format!("Invalid 'end_time': {end} is not after 'start_time' ({start})."),
-            ));
-        }
+        let (start, end) = range(one("start_time"), one("end_time"), now)?;
         let width = match one("bucket_width").unwrap_or("1d") {
             "1m" => BucketWidth::Minute,
             "1h" => BucketWidth::Hour,
@@ -178,6 +169,31 @@ impl UsageQuery {
             from,
         })
     }
+}
+
+/// `[start_time, end_time)`, checked; `end_time` defaults to `now`.
+fn range(start: Option<&str>, end: Option<&str>, now: i64) -> Result<(i64, i64), Invalid> {
+    // Past the year 9999 no bucket arithmetic is asked for (nor can overflow).
+    const LAST: i64 = 253_402_300_799;
+    let start = integer("start_time", start)?.ok_or_else(|| Invalid::missing("start_time"))?;
+    let end = integer("end_time", end)?.unwrap_or(now);
+    for (param, t) in [("start_time", start), ("end_time", end)] {
+        if !(0..=LAST).contains(&t) {
+            return Err(Invalid::new(
+                param,
+                "invalid_value",
+                format!("Invalid '{param}': {t} is not a Unix time from 0 to {LAST}."),
+            ));
+        }
+    }
+    if end <= start {
+        return Err(Invalid::new(
+            "end_time",
+            "invalid_value",
+            format!("Invalid 'end_time': {end} is not after 'start_time' ({start})."),
+        ));
+    }
+    Ok((start, end))
 }
 
 fn integer(param: &str, raw: Option<&str>) -> Result<Option<i64>, Invalid> {
@@ -273,6 +289,8 @@ mod tests {
             ("", "start_time"),
             ("start_time=x", "start_time"),
             ("start_time=10&end_time=5", "end_time"),
+            ("start_time=-1", "start_time"),
+            ("start_time=0&end_time=9223372036854775807", "end_time"),
             ("start_time=0&bucket_width=2h", "bucket_width"),
             ("start_time=0&limit=32", "limit"),
             ("start_time=0&bucket_width=1h&limit=0", "limit"),
