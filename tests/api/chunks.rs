@@ -590,3 +590,83 @@ async fn a_rebuild_drops_an_invalid_index_an_interrupted_one_left_behind() {
     assert_eq!(invalid().await, 0, "the leftover is dropped");
     assert!(bytes > 0, "the TOAST index is rebuilt, not gone");
 }
+
+/// Fair shares are by tokens, not chunks: a project whose chunks hold four times the tokens
+/// gets one claim for every four of the other's.
+#[tokio::test]
+async fn projects_share_the_replicas_by_tokens_not_by_chunks() {
+    let app = spawn_app().await;
+    let mut batches = Vec::new();
+    for (project, est_tokens) in [("proj_long", 3200_i64), ("proj_short", 800)] {
+        sqlx::query("INSERT INTO projects (id, name) VALUES ($1, $1)")
+            .bind(project)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        // One chunk from the helper, seven more of the same lines: 8 chunks of 10 lines.
+        let id = running_batch(&app, 10).await;
+        let file_id: String = sqlx::query_scalar("SELECT input_file_id FROM batches WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let mut tx = app.pool.begin().await.unwrap();
+        let chunk = sqlx::query_as::<_, (i32, i32)>(
+            "SELECT end_part, end_offset FROM batch_chunks WHERE batch_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let more: Vec<NewChunk> = (0..7)
+            .map(|_| NewChunk {
+                start: Position::default(),
+                end: Position {
+                    part: chunk.0,
+                    offset: chunk.1,
+                },
+                first_line: 0,
+                line_count: 10,
+            })
+            .collect();
+        sqlx::query("DELETE FROM batch_chunks WHERE batch_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let mut all = more.clone();
+        all.push(more[0].clone());
+        chunks::insert(&mut tx, &id, &file_id, &all).await.unwrap();
+        sqlx::query(
+            "UPDATE batches SET project_id = $2, est_tokens = $3, request_total = 80 WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(project)
+        .bind(est_tokens)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE batch_chunks SET project_id = $2 WHERE batch_id = $1")
+            .bind(&id)
+            .bind(project)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        batches.push(id);
+    }
+    let mut order = String::new();
+    for _ in 0..10 {
+        let c = chunks::claim(&app.pool, "test", 60, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        order.push(if c.project_id.as_str() == "proj_long" {
+            'L'
+        } else {
+            's'
+        });
+    }
+    // 400 tokens a chunk against 100: one long chunk, then four short ones, and again.
+    assert_eq!(order, "LssssLssss");
+}
