@@ -19,6 +19,9 @@
 //! `--pretty` pretty-prints every JSON body it answers, errors included, over several lines,
 //! as some servers and gateways do.
 //!
+//! `POST /tokenize` counts a body's prompt tokens as vLLM's does (`{"count": N, …}`, the count
+//! its answers' `usage` gives), or answers 404 with `--no-tokenize`.
+//!
 //! `GET /v1/models` lists `--models` (OpenBatch checks batches' models against it), or answers
 //! 404 with `--no-models-endpoint`, like a server that does not list its models. Inference
 //! itself answers for any model but `missing-model`, so a test can turn OpenBatch's check off
@@ -106,6 +109,9 @@ struct Args {
     /// Answer `GET /v1/models` with a 404, like a server that does not list its models.
     #[arg(long, env = "FAKE_UPSTREAM_NO_MODELS_ENDPOINT")]
     no_models_endpoint: bool,
+    /// Answer `POST /tokenize` with a 404, like a server other than vLLM.
+    #[arg(long, env = "FAKE_UPSTREAM_NO_TOKENIZE")]
+    no_tokenize: bool,
     /// Delay before answering `GET /v1/models`: holds a batch in `validating` that long.
     #[arg(long, env = "FAKE_UPSTREAM_MODELS_LATENCY_MS", default_value_t = 0)]
     models_latency_ms: u64,
@@ -146,6 +152,8 @@ struct Stats {
     runs: HashMap<String, usize>,
     /// `GET /v1/models` requests (not counted in `total`, which counts executions).
     model_lists: u64,
+    /// `POST /tokenize` requests.
+    tokenizations: u64,
 }
 
 struct State {
@@ -214,7 +222,8 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
         _ => path,
     };
     let stats_json = |s: &Stats| {
-        let mut body = json!({"total": s.total, "by_key": s.by_key, "model_lists": s.model_lists});
+        let mut body = json!({"total": s.total, "by_key": s.by_key, "model_lists": s.model_lists,
+                              "tokenizations": s.tokenizations});
         if let Some(gpu) = &state.gpu {
             body["gpu"] = gpu.stats();
         }
@@ -241,6 +250,16 @@ async fn route(state: &State, req: &Request, body: &[u8]) -> Reply {
             text: state.gpu.as_ref().map(|gpu| gpu.metrics()),
             ..ok(Value::Null)
         },
+        // vLLM's tokenizer route (at the server's root): as many tokens as its answers count.
+        ("POST", "/tokenize") if !state.args.no_tokenize => {
+            state.stats.lock().unwrap().tokenizations += 1;
+            match serde_json::from_slice::<Value>(body) {
+                Ok(b) => ok(
+                    json!({"count": answers::prompt_tokens(&b), "max_model_len": 8192, "tokens": []}),
+                ),
+                Err(_) => error(400, "We could not parse the JSON body of your request."),
+            }
+        }
         ("GET", "/models") if !state.args.no_models_endpoint => {
             state.stats.lock().unwrap().model_lists += 1;
             tokio::time::sleep(Duration::from_millis(state.args.models_latency_ms)).await;

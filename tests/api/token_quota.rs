@@ -1,13 +1,14 @@
 //! `limits.max_enqueued_tokens_per_project`: a batch whose estimated prompt tokens would take
 //! its project past the limit for its model fails validation with OpenAI's
-//! `token_limit_exceeded`; the same batch is admitted once another has finished.
+//! `token_limit_exceeded`; the same batch is admitted once another has finished. The estimate
+//! is the upstream's own count where it serves `/tokenize` (vLLM), else a quarter of the bytes.
 
 use serde_json::{json, Value};
 
 use crate::helpers::{chat_line, spawn_engine, to_jsonl, FakeUpstream};
 
 /// `n` lines whose answers wait for `gate` (none: answered at once), and the estimate
-/// validation makes of them: a quarter of the input's bytes.
+/// validation makes of them without `/tokenize`: a quarter of the input's bytes.
 fn input(prefix: &str, n: usize, gate: Option<&str>) -> (Vec<u8>, i64) {
     let lines: Vec<Value> = (0..n)
         .map(|i| {
@@ -22,7 +23,7 @@ fn input(prefix: &str, n: usize, gate: Option<&str>) -> (Vec<u8>, i64) {
 
 #[tokio::test]
 async fn a_batch_past_the_enqueued_token_limit_fails_until_another_finishes() {
-    let upstream = FakeUpstream::start(&[]);
+    let upstream = FakeUpstream::start(&["--no-tokenize"]);
     let (running, running_est) = input("held", 20, Some("go"));
     let (next, next_est) = input("next", 20, None);
     // Room for either batch alone, not for both.
@@ -59,7 +60,7 @@ async fn a_batch_past_the_enqueued_token_limit_fails_until_another_finishes() {
 /// so that the two validations overlap in some (without the lock, some round admits both).
 #[tokio::test]
 async fn racing_replicas_cannot_pass_the_limit_together() {
-    let upstream = FakeUpstream::start(&[]);
+    let upstream = FakeUpstream::start(&["--no-tokenize"]);
     let db = crate::helpers::TestDb::new();
     let (_, est) = input("a", 20, Some("hold"));
     let limit = (2 * est - 1).to_string();
@@ -106,4 +107,40 @@ async fn racing_replicas_cannot_pass_the_limit_together() {
         assert_eq!(statuses, ["failed", "in_progress"], "round {round}");
     }
     upstream.open_gate("hold").await;
+}
+
+/// With `/tokenize` served, the estimate is the upstream's count (the fake counts words, far
+/// fewer than a quarter of the bytes): the batch the byte estimate would refuse is admitted.
+#[tokio::test]
+async fn the_upstream_s_own_token_count_is_used_where_it_serves_one() {
+    let upstream = FakeUpstream::start(&[]);
+    let (running, by_bytes) = input("held", 20, Some("tok"));
+    let (next, _) = input("next", 20, None);
+    let limit = by_bytes + by_bytes / 2;
+    let app = spawn_engine(&upstream, |s| {
+        s.limits.max_enqueued_tokens_per_project = limit as u64;
+    })
+    .await;
+    let held = app.submit("/v1/chat/completions", running).await;
+    app.wait_for(&held, &["in_progress"]).await;
+    let admitted = app.submit("/v1/chat/completions", next).await;
+    let batch = app
+        .wait_for(&admitted, &["failed", "in_progress", "completed"])
+        .await;
+    assert_ne!(batch["status"], "failed", "{batch}");
+    let est: i64 = sqlx::query_scalar("SELECT est_tokens FROM batches WHERE id = $1")
+        .bind(&held)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        est > 0 && est < by_bytes / 4,
+        "counted {est}, a quarter of the bytes {by_bytes}"
+    );
+    assert!(upstream.stats().await["tokenizations"].as_u64().unwrap() >= 2);
+    upstream.open_gate("tok").await;
+    assert_eq!(
+        app.wait_for(&admitted, &["completed", "failed"]).await["status"],
+        "completed"
+    );
 }

@@ -154,3 +154,18 @@ pub(crate) fn embed(text: &str) -> Vec<f64> {
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as f64 / u32::MAX as f64 * 2.0 - 1.0)
         .collect()
 }
+
+/// The prompt tokens of a request body, as the answers' `usage` counts them: of `messages`,
+/// else of `prompt`, else of `input`.
+pub(crate) fn prompt_tokens(body: &Value) -> u64 {
+    if let Some(messages) = body["messages"].as_array() {
+        let texts: Vec<String> = messages.iter().map(|m| text_of(&m["content"])).collect();
+        return tokens(&texts.join(" "));
+    }
+    let field = if body.get("prompt").is_some() {
+        "prompt"
+    } else {
+        "input"
+    };
+    tokens(&strings(&body[field]).join(" "))
+}

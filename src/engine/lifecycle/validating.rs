@@ -25,6 +25,7 @@ pub(super) async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
     let mut scan = InputScan::new(ctx, endpoint);
     scan.read(ctx, &file.id).await?;
     let InputScan { planner, lines } = scan;
+    let samples = lines.samples;
     let mut check = lines.check;
     let total = check.requests;
     if check.errors.is_empty() {
@@ -40,26 +41,40 @@ pub(super) async fn validate(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<()> {
                 chunks: &chunks,
                 model: &model,
                 total,
+                samples: &samples,
             };
             queue(ctx, job, plan, started).await
         }
     }
 }
 
-/// What validation found: the chunks to queue, the batch's one model, its request count.
+/// What validation found: the chunks to queue, the batch's one model, its request count, and
+/// its first lines (for the upstream to count the tokens of).
 struct Plan<'a> {
     file: &'a FileRecord,
     chunks: &'a [NewChunk],
     model: &'a str,
     total: usize,
+    samples: &'a [(serde_json::Value, usize)],
 }
 
 impl Plan<'_> {
-    /// The batch's prompt tokens, estimated as a quarter of its input's bytes (the ~4
-    /// characters a token of English text, applied to the whole request body: an
-    /// overestimate by the JSON around the prompt, never an underestimate of the prompt).
-    fn est_tokens(&self) -> i64 {
-        (self.file.bytes + 3) / 4
+    /// The batch's prompt tokens. With an enqueued-token limit to hold, as the upstream counts
+    /// them (vLLM's `/tokenize` over the first lines, scaled to the input's bytes); else, or
+    /// when it cannot count, a quarter of the input's bytes (the ~4 characters a token of
+    /// English text, applied to whole request bodies: high by the JSON around the prompt).
+    async fn est_tokens(&self, ctx: &Ctx) -> i64 {
+        let bytes = self.file.bytes;
+        if ctx.max_enqueued_tokens > 0 {
+            if let Some(per_byte) = ctx
+                .upstreams
+                .tokens_per_byte(self.model, self.samples)
+                .await
+            {
+                return (per_byte * bytes as f64).ceil() as i64;
+            }
+        }
+        (bytes + 3) / 4
     }
 }
 
@@ -72,7 +87,7 @@ async fn queue(
     started: std::time::Instant,
 ) -> anyhow::Result<()> {
     let total = i32::try_from(plan.total).context("request count")?;
-    let est = plan.est_tokens();
+    let est = plan.est_tokens(ctx).await;
     let mut tx = ctx.pool.begin().await?;
     if let Some(error) = token_room(ctx, &mut tx, job, plan.model, est).await? {
         drop(tx);
@@ -170,11 +185,23 @@ struct NumberedCheck {
     check: FileCheck,
     /// The number of the last line seen, blank ones included, as errors name lines.
     line_no: usize,
+    /// The first lines' request bodies and lengths, for the upstream to count tokens of.
+    samples: Vec<(serde_json::Value, usize)>,
 }
+
+/// Lines whose tokens the upstream counts, for a batch's estimate.
+const TOKEN_SAMPLES: usize = 16;
 
 impl NumberedCheck {
     fn take(&mut self, piece: Piece<'_>) {
         self.line_no += 1;
+        if let Ok(raw) = &piece {
+            if self.samples.len() < TOKEN_SAMPLES && !raw.iter().all(u8::is_ascii_whitespace) {
+                if let Ok(mut line) = serde_json::from_slice::<serde_json::Value>(raw) {
+                    self.samples.push((line["body"].take(), raw.len()));
+                }
+            }
+        }
         self.check.piece(piece, self.line_no);
     }
 }
@@ -190,6 +217,7 @@ impl InputScan {
             lines: NumberedCheck {
                 check: FileCheck::new(endpoint),
                 line_no: 0,
+                samples: Vec::new(),
             },
         }
     }

@@ -9,6 +9,7 @@ pub mod limiter;
 mod models;
 pub mod pool;
 mod retry;
+mod tokenize;
 pub mod vllm;
 
 use std::future::Future;

@@ -93,6 +93,11 @@ impl Endpoint {
         self.at_origin("/metrics")
     }
 
+    /// `<scheme>://<host>:<port>/tokenize`: where vLLM counts a prompt's tokens.
+    pub fn tokenize_url(&self) -> Option<String> {
+        self.at_origin("/tokenize")
+    }
+
     fn at_origin(&self, path: &str) -> Option<String> {
         let url = url::Url::parse(&self.base_url).ok()?;
         Some(format!("{}{path}", url.origin().ascii_serialization()))
