@@ -68,7 +68,7 @@ list_type!(ProjectList, ProjectObject, "A page of projects.");
 #[schema(as = ProjectRequest)]
 struct NameBody {
     /// 1 to 128 characters, unique, not `default`.
-    #[schema(required = true)]
+    #[schema(required = true, min_length = 1, max_length = 128)]
     name: Option<String>,
 }
 
@@ -91,6 +91,8 @@ impl NameBody {
         (status = 200, description = "The new project", body = ProjectObject),
         (status = 400, response = ErrorResponse),
         (status = 403, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
     )
 )]
 #[post("/organization/projects")]
@@ -171,6 +173,8 @@ async fn retrieve(
         (status = 400, response = ErrorResponse),
         (status = 403, response = ErrorResponse),
         (status = 404, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
     )
 )]
 #[post("/organization/projects/{project_id}")]

@@ -102,8 +102,8 @@ struct DeletedObject {
 #[derive(Deserialize, ToSchema)]
 #[schema(as = ProjectServiceAccountCreateRequest)]
 struct CreateBody {
-    /// 1 to 256 characters.
-    #[schema(required = true)]
+    /// 1 to 256 characters, not all blank.
+    #[schema(required = true, min_length = 1, max_length = 256)]
     name: Option<String>,
 }
 
@@ -113,12 +113,12 @@ impl CreateBody {
             .name
             .as_deref()
             .ok_or_else(|| Invalid::missing("name"))?;
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
+        // Any text, as OpenAI takes it; shown only as JSON and through the console's text nodes.
+        if name.trim().is_empty() || name.chars().count() > 256 {
             return Err(Invalid::new(
                 "name",
                 "invalid_value",
-                "Invalid 'name': expected 1 to 256 printable characters.",
+                "Invalid 'name': expected 1 to 256 characters, not all blank.",
             ));
         }
         Ok(name)
@@ -143,6 +143,8 @@ fn parse_id(raw: &str) -> Result<ServiceAccountId, ApiError> {
         (status = 400, response = ErrorResponse),
         (status = 403, response = ErrorResponse),
         (status = 404, response = ErrorResponse),
+        (status = 413, response = ErrorResponse),
+        (status = 415, response = ErrorResponse),
     )
 )]
 #[post("/organization/projects/{project_id}/service_accounts")]

@@ -5,11 +5,14 @@
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::Required;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::AppState;
-use crate::domain::{UsageKind, UsageQuery};
+use crate::domain::{BucketWidth, UsageKind, UsageQuery};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::usage::{self as service, UsagePage, UsageRow};
 
@@ -87,6 +90,88 @@ struct EmbeddingsResult {
     model: Option<String>,
 }
 
+/// The query parameters of a usage report, from the sets the parser takes (`UsageQuery`).
+fn params(kind: UsageKind) -> Vec<Parameter> {
+    const LAST: i64 = 253_402_300_799;
+    let param = |name: &str, required: bool, schema: ObjectBuilder| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Query)
+            .required(if required {
+                Required::True
+            } else {
+                Required::False
+            })
+            .schema(Some(schema))
+            .build()
+    };
+    let time = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(LAST))
+    };
+    let strings = |name: &str, items: ObjectBuilder| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Query)
+            .required(Required::False)
+            .schema(Some(ArrayBuilder::new().items(items)))
+            .build()
+    };
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let mut all = vec![
+        param("start_time", true, time()),
+        param("end_time", false, time()),
+        param(
+            "bucket_width",
+            false,
+            text().enum_values(Some(BucketWidth::ALL.map(|(_, s)| s))),
+        ),
+        param(
+            "limit",
+            false,
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(1440)),
+        ),
+        param("page", false, text().pattern(Some("^page_[0-9]+$"))),
+        strings("project_ids", text()),
+        strings("user_ids", text()),
+        strings("api_key_ids", text()),
+        strings("models", text()),
+        strings(
+            "group_by",
+            text().enum_values(Some(kind.groups().iter().copied())),
+        ),
+    ];
+    if kind == UsageKind::Completions {
+        all.push(param(
+            "batch",
+            false,
+            ObjectBuilder::new().schema_type(Type::Boolean),
+        ));
+    }
+    all
+}
+
+struct CompletionsParams;
+
+impl IntoParams for CompletionsParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(UsageKind::Completions)
+    }
+}
+
+struct EmbeddingsParams;
+
+impl IntoParams for EmbeddingsParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(UsageKind::Embeddings)
+    }
+}
+
 fn page<R>(found: UsagePage, result: impl Fn(UsageRow) -> R) -> Page<R> {
     Page {
         object: PageTag::Tag,
@@ -129,6 +214,7 @@ async fn report(
                    `batch`, `group_by` (`project_id`, `user_id`, `api_key_id`, `model`, \
                    `batch`, `service_tier`), `limit` (buckets per page), `page`. Arrays as \
                    repeated keys, with `[]`, or comma-separated.",
+    params(CompletionsParams),
     responses(
         (status = 200, description = "A page of buckets", body = Page<CompletionsResult>),
         (status = 400, response = ErrorResponse),
@@ -165,6 +251,7 @@ async fn completions(
     summary = "Embeddings usage of batch lines, in time buckets (Admin API)",
     description = "As `usageCompletions`, without `batch`; `group_by` takes `project_id`, \
                    `user_id`, `api_key_id`, `model`.",
+    params(EmbeddingsParams),
     responses(
         (status = 200, description = "A page of buckets", body = Page<EmbeddingsResult>),
         (status = 400, response = ErrorResponse),

@@ -255,7 +255,7 @@ async fn usage_pages_and_errors_are_openai_s() {
             "bucket_width",
         ),
         (
-            format!("{base}?start_time=1&bucket_width=1h&limit=169"),
+            format!("{base}?start_time=1&bucket_width=1h&limit=0"),
             "limit",
         ),
         (format!("{base}?start_time=1&group_by=colour"), "group_by"),

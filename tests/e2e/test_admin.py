@@ -3,8 +3,6 @@ changed: the objects it parses, its cursor pager, and its errors."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import openai
 import pytest
 
 from conftest import OpenBatchServer, ServerPool, database_url_for, openbatch_binary
-from test_schemathesis import SecuredServer
+from test_schemathesis import SecuredServer, create_admin_key
 
 
 @pytest.fixture
@@ -23,23 +21,9 @@ def secured(server_pool: ServerPool, tmp_path: Path) -> OpenBatchServer:
     return server
 
 
-def admin_key(database_url: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["OPENBATCH__DATABASE__URL"] = database_url
-    out = subprocess.run(
-        [str(openbatch_binary()), "keys", "create", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def test_an_admin_manages_projects_service_accounts_and_keys_with_the_sdk(secured: OpenBatchServer) -> None:
     admin = openai.OpenAI(
-        base_url=secured.api_base, api_key="unused", admin_api_key=admin_key(secured.database_url), max_retries=0
+        base_url=secured.api_base, api_key="unused", admin_api_key=create_admin_key(secured.database_url), max_retries=0
     )
     org = admin.admin.organization
 
@@ -99,7 +83,7 @@ def test_an_admin_manages_projects_service_accounts_and_keys_with_the_sdk(secure
 
 def test_usage_reports_page_through_the_sdk(secured: OpenBatchServer) -> None:
     admin = openai.OpenAI(
-        base_url=secured.api_base, api_key="unused", admin_api_key=admin_key(secured.database_url), max_retries=0
+        base_url=secured.api_base, api_key="unused", admin_api_key=create_admin_key(secured.database_url), max_retries=0
     )
     usage = admin.admin.organization.usage
     start = 1_700_000_000
