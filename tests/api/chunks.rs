@@ -591,8 +591,8 @@ async fn a_rebuild_drops_an_invalid_index_an_interrupted_one_left_behind() {
     assert!(bytes > 0, "the TOAST index is rebuilt, not gone");
 }
 
-/// Fair shares are by tokens, not chunks: a project whose chunks hold four times the tokens
-/// gets one claim for every four of the other's.
+/// Fair shares are by tokens in flight, not chunks: while a project's chunk of four times the
+/// tokens runs, the other's chunks are claimed until it has as many tokens in flight.
 #[tokio::test]
 async fn projects_share_the_replicas_by_tokens_not_by_chunks() {
     let app = spawn_app().await;
@@ -667,6 +667,7 @@ async fn projects_share_the_replicas_by_tokens_not_by_chunks() {
             's'
         });
     }
-    // 400 tokens a chunk against 100: one long chunk, then four short ones, and again.
+    // Nothing finishes here: 400 tokens a chunk against 100, one long chunk, then four short
+    // ones to match it, and again.
     assert_eq!(order, "LssssLssss");
 }

@@ -117,9 +117,9 @@ impl Lines {
     }
 }
 
-/// Claims the next pending chunk: from the project with the fewest tokens served (fair shares
-/// by estimated tokens, migration 0023; round robin among equals), its batch with the earliest
-/// deadline first (a `1h` batch before a `24h` one
+/// Claims the next pending chunk: from the project with the fewest estimated tokens in flight
+/// (its running chunks' lines not yet done; round robin among equals, the project served
+/// longest ago first), its batch with the earliest deadline first (a `1h` batch before a `24h` one
 /// created earlier; the oldest first among equal deadlines), in line order. `SKIP LOCKED` lets replicas claim side by
 /// side; the claim bumps the chunk's fencing token. Chunks of the `except` projects are left
 /// alone (a busy replica looks only for other projects' work).
@@ -132,24 +132,30 @@ pub async fn claim(
     except: &[String],
 ) -> Result<Option<ClaimedChunk>, sqlx::Error> {
     let claimed = sqlx::query!(
-        r#"WITH pick AS (
-            SELECT c.batch_id, c.idx, c.project_id,
-                   coalesce(b.est_tokens * c.line_count / greatest(b.request_total, 1),
-                            c.line_count) AS tokens
+        r#"WITH in_flight AS (
+            -- Each project's estimated tokens at the upstreams now: its running chunks' lines
+            -- not yet done, at their batch's tokens a line (a few rows: the chunks held).
+            SELECT r.project_id,
+                   sum(coalesce(rb.est_tokens, rb.request_total)
+                       * greatest(r.line_count - r.completed - r.failed, 0)
+                       / greatest(rb.request_total, 1)) AS tokens
+            FROM batch_chunks r JOIN batches rb ON rb.id = r.batch_id
+            WHERE r.state = 'running'
+            GROUP BY r.project_id
+        ), pick AS (
+            SELECT c.batch_id, c.idx, c.project_id
             FROM batch_chunks c
             JOIN projects p ON p.id = c.project_id
             JOIN batches b ON b.id = c.batch_id
+            LEFT JOIN in_flight f ON f.project_id = c.project_id
             WHERE c.state = 'pending' AND b.status = 'in_progress' AND b.expires_at > unix_now()
               AND c.project_id <> ALL($3)
-            ORDER BY p.served_tokens, p.served_at NULLS FIRST, b.expires_at, c.batch_seq, c.idx
+            ORDER BY coalesce(f.tokens, 0), p.served_at NULLS FIRST, b.expires_at, c.batch_seq,
+                     c.idx
             LIMIT 1
             FOR UPDATE OF c SKIP LOCKED
         ), served AS (
-            UPDATE projects SET served_at = clock_timestamp(),
-                served_tokens = greatest(served_tokens, (
-                    SELECT coalesce(min(w.served_tokens), 0) FROM projects w
-                    WHERE w.id IN (SELECT project_id FROM batch_chunks WHERE state = 'pending')
-                )) + (SELECT tokens FROM pick)
+            UPDATE projects SET served_at = clock_timestamp()
             WHERE id = (SELECT project_id FROM pick)
         )
         UPDATE batch_chunks c
