@@ -18,18 +18,6 @@ use crate::helpers::{
 /// below the fallback (`auth.cache_secs` = 300 in these tests) it must beat.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A client of `address` that sends `key`.
-async fn client(address: &str, database_url: &str, key: &str) -> TestApp {
-    let mut app = TestApp::connect(address, database_url).await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    app.client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
-    app
-}
-
 /// `openbatch keys ARGS…` against the database; its stdout on success.
 fn keys_cli(database_url: &str, args: &[&str]) -> Result<String, String> {
     let out = openbatch_command(database_url)
@@ -146,8 +134,8 @@ async fn a_revoked_key_stops_working_on_every_replica_at_once() {
     let stack = Stack::start(TestDb::new(), &[NOTIFIED_ONLY]).await;
     let leaked = create_key(&stack.url, "leaky");
     let apps = [
-        client(&stack.replicas[0].address, &stack.url, &leaked).await,
-        client(&stack.replicas[1].address, &stack.url, &leaked).await,
+        TestApp::connect_with_key(&stack.replicas[0].address, &stack.url, &leaked).await,
+        TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &leaked).await,
     ];
     wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;
 
@@ -170,8 +158,8 @@ async fn a_lost_listen_connection_reloads_the_keys() {
     let stack = Stack::start(TestDb::new(), &[NOTIFIED_ONLY]).await;
     let leaked = create_key(&stack.url, "leaky");
     let apps = [
-        client(&stack.replicas[0].address, &stack.url, &leaked).await,
-        client(&stack.replicas[1].address, &stack.url, &leaked).await,
+        TestApp::connect_with_key(&stack.replicas[0].address, &stack.url, &leaked).await,
+        TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &leaked).await,
     ];
     wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;
 
@@ -224,7 +212,7 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
     // Each replica has loaded its copy of the keys (the real one and the victim's included),
     // so that only the flood's keys are unknown to it.
     for r in &stack.replicas {
-        let app = client(&r.address, &stack.url, &real).await;
+        let app = TestApp::connect_with_key(&r.address, &stack.url, &real).await;
         wait_for_status(&[&app], 200, "the real key").await;
     }
     wait_for_status(
@@ -297,7 +285,7 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
     // A key created after the flood works on both replicas without waiting for the reload.
     let fresh = create_key(&stack.url, "late-comer");
     for r in &stack.replicas {
-        let app = client(&r.address, &stack.url, &fresh).await;
+        let app = TestApp::connect_with_key(&r.address, &stack.url, &fresh).await;
         wait_for_status(&[&app], 200, "a key created after the flood").await;
     }
     stack.finish().await;
@@ -332,8 +320,8 @@ async fn the_per_key_rate_limit_holds_for_the_cluster() {
     }
     let hot = create_key(&stack.url, "hot");
     let apps = [
-        client(&stack.replicas[0].address, &stack.url, &hot).await,
-        client(&stack.replicas[1].address, &stack.url, &hot).await,
+        TestApp::connect_with_key(&stack.replicas[0].address, &stack.url, &hot).await,
+        TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &hot).await,
     ];
     // The key's first request on each replica may come before its copy knows the key.
     wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;

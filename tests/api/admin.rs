@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    chat_line, engine_env, expect_error, openbatch_command, start_replicas_with, to_jsonl, Expect,
-    FakeUpstream, TestApp, TestDb,
+    admin_key, chat_line, engine_env, expect_error, openbatch_command, start_replicas_with,
+    to_jsonl, Expect, FakeUpstream, TestApp, TestDb,
 };
 
 /// Hang guard only, far below the key copy's 300 s fallback reload these replicas use: a key
@@ -19,32 +19,6 @@ const NOTIFIED_ONLY: [(&str, &str); 2] = [
     ("OPENBATCH__AUTH__ENABLED", "true"),
     ("OPENBATCH__AUTH__CACHE_SECS", "300"),
 ];
-
-/// A client of `address` sending `key`.
-async fn client(address: &str, database_url: &str, key: &str) -> TestApp {
-    let mut app = TestApp::connect(address, database_url).await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    app.client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
-    app
-}
-
-/// `openbatch keys create --admin`: the bootstrap, straight to the database.
-fn admin_key(database_url: &str) -> String {
-    let out = openbatch_command(database_url)
-        .args(["keys", "create", "--admin", "--name", "platform"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 async fn post_json(app: &TestApp, path: &str, body: Value) -> Value {
     app.post(path).json(&body).expect(200).await
@@ -73,7 +47,7 @@ async fn an_admin_makes_a_project_whose_service_account_key_runs_a_batch_until_a
     let upstream = FakeUpstream::start(&[]);
     let db = TestDb::new();
     let replicas = start_replicas_with(2, &db.url, &engine_env(&upstream, &NOTIFIED_ONLY)).await;
-    let admin = client(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
+    let admin = TestApp::connect_with_key(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
 
     let project = post_json(
         &admin,
@@ -101,7 +75,7 @@ async fn an_admin_makes_a_project_whose_service_account_key_runs_a_batch_until_a
     let key_id = made["api_key"]["id"].as_str().unwrap().to_owned();
 
     // The new key works on the other replica at once, and runs a batch there.
-    let user = client(&replicas[1].address, &db.url, secret).await;
+    let user = TestApp::connect_with_key(&replicas[1].address, &db.url, secret).await;
     let lines: Vec<Value> = (0..3)
         .map(|i| chat_line(&format!("r{i}"), json!({})))
         .collect();
@@ -162,7 +136,7 @@ async fn an_admin_makes_a_project_whose_service_account_key_runs_a_batch_until_a
     assert_eq!(archived["status"], "archived");
     assert!(archived["archived_at"].is_i64());
     wait_for_status(&user, 401, "a key of an archived project").await;
-    let on_first = client(&replicas[0].address, &db.url, secret).await;
+    let on_first = TestApp::connect_with_key(&replicas[0].address, &db.url, secret).await;
     wait_for_status(&on_first, 401, "a key of an archived project").await;
     let listed = admin.get_json("/v1/organization/projects").await;
     assert!(listed["data"]
@@ -227,7 +201,7 @@ async fn a_deleted_key_or_service_account_stops_on_every_replica() {
         ("OPENBATCH__WORKER__ENABLED", "false"),
     ];
     let replicas = start_replicas_with(2, &db.url, &env).await;
-    let admin = client(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
+    let admin = TestApp::connect_with_key(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
     let pid = post_json(
         &admin,
         "/v1/organization/projects",
@@ -241,7 +215,7 @@ async fn a_deleted_key_or_service_account_stops_on_every_replica() {
     let first = post_json(&admin, &accounts, json!({"name": "one"})).await;
     let second = post_json(&admin, &accounts, json!({"name": "two"})).await;
     let users: Vec<TestApp> = futures_util::future::join_all([&first, &second].map(|made| {
-        client(
+        TestApp::connect_with_key(
             &replicas[1].address,
             &db.url,
             made["api_key"]["value"].as_str().unwrap(),
@@ -309,7 +283,7 @@ async fn admin_api_errors_are_openai_errors() {
         ("OPENBATCH__WORKER__ENABLED", "false"),
     ];
     let replicas = start_replicas_with(1, &db.url, &env).await;
-    let admin = client(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
+    let admin = TestApp::connect_with_key(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
     let anonymous = TestApp::connect(&replicas[0].address, &db.url).await;
     let err = anonymous
         .get("/v1/organization/projects")
@@ -420,7 +394,7 @@ async fn the_keys_cli_is_a_client_of_the_admin_api_when_given_an_admin_key() {
 
     // The database URL given is unreachable: everything goes through the API.
     let key = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
-    let user = client(address, &db.url, &key).await;
+    let user = TestApp::connect_with_key(address, &db.url, &key).await;
     wait_for_status(&user, 200, "a key made through the API").await;
     let again = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
     assert_ne!(again, key, "a second key of the same project");
@@ -436,6 +410,6 @@ async fn the_keys_cli_is_a_client_of_the_admin_api_when_given_an_admin_key() {
 
     keys_via_api(address, &admin, &["revoke", prefix]);
     wait_for_status(&user, 401, "a key revoked through the API").await;
-    let other = client(address, &db.url, &again).await;
+    let other = TestApp::connect_with_key(address, &db.url, &again).await;
     wait_for_status(&other, 200, "the project's other key").await;
 }

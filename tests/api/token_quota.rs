@@ -80,14 +80,7 @@ async fn racing_replicas_cannot_pass_the_limit_together() {
         let key = crate::helpers::key_for(&admin.pool, &format!("race-{round}")).await;
         let mut apps = Vec::new();
         for r in &replicas {
-            let mut app = crate::helpers::TestApp::connect(&r.address, &db.url).await;
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-            app.client = reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap();
-            apps.push(app);
+            apps.push(crate::helpers::TestApp::connect_with_key(&r.address, &db.url, &key).await);
         }
         let (a, _) = input(&format!("a{round}-"), 20, Some("hold"));
         let (b, _) = input(&format!("b{round}-"), 20, Some("hold"));

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    chat_line, engine_env, openbatch_command, start_replicas_with, to_jsonl, Expect, FakeUpstream,
-    TestApp, TestDb,
+    admin_key, chat_line, engine_env, start_replicas_with, to_jsonl, Expect, FakeUpstream, TestApp,
+    TestDb,
 };
 
 fn now() -> i64 {
@@ -17,30 +17,6 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-async fn client(address: &str, database_url: &str, key: &str) -> TestApp {
-    let mut app = TestApp::connect(address, database_url).await;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    app.client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
-    app
-}
-
-fn admin_key(database_url: &str) -> String {
-    let out = openbatch_command(database_url)
-        .args(["keys", "create", "--admin"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The sums of the successful lines' `usage`, as the output file holds them.
@@ -62,7 +38,7 @@ async fn usage_shows_a_batch_s_exact_tokens_by_project_model_and_key_and_outlive
     let env = engine_env(&upstream, &[("OPENBATCH__AUTH__ENABLED", "true")]);
     let replicas = start_replicas_with(1, &db.url, &env).await;
     let address = &replicas[0].address;
-    let admin = client(address, &db.url, &admin_key(&db.url)).await;
+    let admin = TestApp::connect_with_key(address, &db.url, &admin_key(&db.url)).await;
     let project = admin
         .post("/v1/organization/projects")
         .json(&json!({"name": "metered"}))
@@ -75,7 +51,9 @@ async fn usage_shows_a_batch_s_exact_tokens_by_project_model_and_key_and_outlive
         .expect(200)
         .await;
     let key_id = made["api_key"]["id"].as_str().unwrap();
-    let user = client(address, &db.url, made["api_key"]["value"].as_str().unwrap()).await;
+    let user =
+        TestApp::connect_with_key(address, &db.url, made["api_key"]["value"].as_str().unwrap())
+            .await;
 
     let started = now();
     let mut lines: Vec<Value> = (0..6)
@@ -218,7 +196,7 @@ async fn usage_pages_and_errors_are_openai_s() {
         ("OPENBATCH__WORKER__ENABLED", "false"),
     ];
     let replicas = start_replicas_with(1, &db.url, &env).await;
-    let admin = client(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
+    let admin = TestApp::connect_with_key(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
     let base = "/v1/organization/usage/completions";
 
     // 3 days in 1d buckets, 2 a page: the first from start_time, the rest on midnights UTC.
@@ -271,7 +249,7 @@ async fn usage_pages_and_errors_are_openai_s() {
         assert_eq!(err["type"], "invalid_request_error");
     }
     let key = crate::helpers::key_for(&admin.pool, "plain").await;
-    let user = client(&replicas[0].address, &db.url, &key).await;
+    let user = TestApp::connect_with_key(&replicas[0].address, &db.url, &key).await;
     let err = user
         .get(&format!("{base}?start_time=1"))
         .expect_error(403)

@@ -74,6 +74,18 @@ impl TestApp {
         }
     }
 
+    /// A client of a replica process that sends `key` as `Authorization: Bearer …`.
+    pub async fn connect_with_key(address: &str, database_url: &str, key: &str) -> Self {
+        let mut app = Self::connect(address, database_url).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        app.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        app
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -67,6 +67,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `openbatch keys create --admin`: an admin key, straight to the database (the bootstrap).
+pub fn admin_key(database_url: &str) -> String {
+    let out = openbatch_command(database_url)
+        .args(["keys", "create", "--admin", "--name", "platform"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn openbatch_command(database_url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openbatch"));
     cmd.env_clear()
