@@ -102,7 +102,7 @@ struct DeletedObject {
 #[derive(Deserialize, ToSchema)]
 #[schema(as = ProjectServiceAccountCreateRequest)]
 struct CreateBody {
-    /// 1 to 256 characters, not all blank.
+    /// 1 to 256 characters.
     #[schema(required = true, min_length = 1, max_length = 256)]
     name: Option<String>,
 }
@@ -114,11 +114,11 @@ impl CreateBody {
             .as_deref()
             .ok_or_else(|| Invalid::missing("name"))?;
         // Any text, as OpenAI takes it; shown only as JSON and through the console's text nodes.
-        if name.trim().is_empty() || name.chars().count() > 256 {
+        if name.is_empty() || name.chars().count() > 256 {
             return Err(Invalid::new(
                 "name",
                 "invalid_value",
-                "Invalid 'name': expected 1 to 256 characters, not all blank.",
+                "Invalid 'name': expected 1 to 256 characters.",
             ));
         }
         Ok(name)

@@ -67,7 +67,7 @@ def schemathesis_cli() -> str:
     return str(local) if local.exists() else (shutil.which("schemathesis") or "schemathesis")
 
 
-def fuzz(server: OpenBatchServer, key: str, *scope: str) -> None:
+def fuzz(server: OpenBatchServer, key: str, *scope: str, warnings: str = WARNINGS) -> None:
     """Schemathesis over the document's operations that `scope` selects, sending `key`."""
     run = subprocess.run(
         [
@@ -89,7 +89,7 @@ def fuzz(server: OpenBatchServer, key: str, *scope: str) -> None:
             # documented answers there; tests/api/retry.rs runs it end to end) and "low valid
             # rate" (repeated idempotency keys are meant to get 409).
             "--warnings",
-            WARNINGS,
+            warnings,
             "--max-examples",
             os.environ.get("OPENBATCH_FUZZ_EXAMPLES", "40"),
             "--seed",
@@ -118,6 +118,10 @@ def test_the_api_honours_its_openapi_document_under_fuzzing(server_pool: ServerP
     # A project key for the project's routes, an admin key for the Admin API: each is refused
     # (403) on the other's, which tests/api/admin.rs checks.
     fuzz(server, key, "--exclude-path-regex", "^/v1/organization/")
-    fuzz(server, admin, "--include-path-regex", "^/v1/organization/")
+    # Less "validation mismatch": a service account of an archived project is a 400 by design
+    # (as OpenAI's reference has it), and a stateful sequence that archives the project first
+    # can leave that operation without a 2xx in a run (tests/api/admin.rs checks the 400).
+    admin_warnings = ",".join(w for w in WARNINGS.split(",") if w != "validation_mismatch")
+    fuzz(server, admin, "--include-path-regex", "^/v1/organization/", warnings=admin_warnings)
     for secret in (key, admin):
         assert secret not in server.log_tail(10_000), "an API key appeared in the server log"
