@@ -233,9 +233,7 @@ impl Metrics {
         )
         .await;
         if let Ok(Ok(paces)) = paces {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = crate::domain::unix_now();
             let behind = (paces.iter())
                 .filter(|(started, expires, total, done)| {
                     crate::domain::behind_schedule(now, *started, *expires, *total, *done)

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -217,9 +217,7 @@ async fn attempt(
             );
         }
     }
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let timestamp = crate::domain::unix_now();
     let body = due.payload.as_bytes();
     let mut signatures =
         vec![WebhookSecret::from_db(due.secret.clone()).sign(&due.event_id, timestamp, body)];

@@ -189,12 +189,9 @@ impl BatchObject {
             retries: b.retries.iter().map(|id| id.as_str().to_owned()).collect(),
             behind_schedule: b.status == BatchStatus::InProgress
                 && b.in_progress_at.is_some_and(|started| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
                     let done = b.request_completed + b.request_failed;
                     behind_schedule(
-                        now,
+                        crate::domain::unix_now(),
                         started,
                         b.expires_at,
                         b.request_total.into(),

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::AppState;
-use crate::domain::{BucketWidth, UsageKind, UsageQuery};
+use crate::domain::{BucketWidth, UsageKind, UsageQuery, LAST_TIME};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::usage::{self as service, UsagePage, UsageRow};
 
@@ -92,7 +92,6 @@ struct EmbeddingsResult {
 
 /// The query parameters of a usage report, from the sets the parser takes (`UsageQuery`).
 fn params(kind: UsageKind) -> Vec<Parameter> {
-    const LAST: i64 = 253_402_300_799;
     let param = |name: &str, required: bool, schema: ObjectBuilder| {
         ParameterBuilder::new()
             .name(name)
@@ -109,7 +108,7 @@ fn params(kind: UsageKind) -> Vec<Parameter> {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
             .minimum(Some(0))
-            .maximum(Some(LAST))
+            .maximum(Some(LAST_TIME))
     };
     let strings = |name: &str, items: ObjectBuilder| {
         ParameterBuilder::new()
@@ -197,10 +196,7 @@ async fn report(
         .into_owned()
         .collect();
     // `end_time` is exclusive: by default the report takes in the current second.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let q = UsageQuery::parse(kind, &pairs, now + 1)?;
+    let q = UsageQuery::parse(kind, &pairs, crate::domain::unix_now() + 1)?;
     let found = service::report(&state.pool, kind, &q).await?;
     Ok((q, found))
 }

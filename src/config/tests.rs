@@ -420,3 +420,26 @@ fn anonymous_serving_only_on_loopback_unless_allowed() {
         .is_ok());
     }
 }
+
+#[test]
+fn completion_windows_and_the_event_poll_are_checked() {
+    let s = load(&[("OPENBATCH__BATCHES__COMPLETION_WINDOWS", "1h,24h")]).unwrap();
+    assert_eq!(s.batches.completion_windows, ["1h", "24h"]);
+    for (key, value, named) in [
+        (
+            "OPENBATCH__BATCHES__COMPLETION_WINDOWS",
+            "24h,2h",
+            "COMPLETION_WINDOWS",
+        ),
+        ("OPENBATCH__LIMITS__EVENT_POLL_MS", "0", "EVENT_POLL_MS"),
+    ] {
+        let err = format!("{:#}", load(&[(key, value)]).unwrap_err());
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
+    // An empty list (a config file's `completion_windows = []`; an empty variable is unset).
+    let none = super::BatchSettings {
+        completion_windows: Vec::new(),
+        ..Default::default()
+    };
+    assert!(format!("{:#}", none.check().unwrap_err()).contains("COMPLETION_WINDOWS"));
+}

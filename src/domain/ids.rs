@@ -166,11 +166,6 @@ impl ProjectName {
         })
     }
 
-    /// A name read back from the database (the built-in project's included).
-    pub fn from_db(name: String) -> Self {
-        Self(name)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

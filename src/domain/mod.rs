@@ -80,6 +80,13 @@ pub fn string_enum<'a>(
         .build()
 }
 
+/// Now, in Unix seconds: the time every API timestamp is in.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The value of a closed set spelled `raw`, if any: the one lookup the parsers below share.
 fn spelled<T: Copy + Into<&'static str>>(all: impl IntoIterator<Item = T>, raw: &str) -> Option<T> {
     all.into_iter()
@@ -114,7 +121,7 @@ pub use ids::{
 pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
-pub use usage::{BucketWidth, UsageKind, UsageQuery};
+pub use usage::{BucketWidth, UsageKind, UsageQuery, LAST_TIME};
 pub use webhook::{
     is_public, DeliveryState, EndpointStatus, EventType, EventTypes, WebhookSecret, WebhookUrl,
 };

@@ -173,18 +173,20 @@ impl UsageQuery {
     }
 }
 
+/// The last second a usage report may name (the end of the year 9999): past it no bucket
+/// arithmetic is asked for, nor can overflow.
+pub const LAST_TIME: i64 = 253_402_300_799;
+
 /// `[start_time, end_time)`, checked; `end_time` defaults to `now`.
 fn range(start: Option<&str>, end: Option<&str>, now: i64) -> Result<(i64, i64), Invalid> {
-    // Past the year 9999 no bucket arithmetic is asked for (nor can overflow).
-    const LAST: i64 = 253_402_300_799;
     let start = integer("start_time", start)?.ok_or_else(|| Invalid::missing("start_time"))?;
     let end = integer("end_time", end)?.unwrap_or(now);
     for (param, t) in [("start_time", start), ("end_time", end)] {
-        if !(0..=LAST).contains(&t) {
+        if !(0..=LAST_TIME).contains(&t) {
             return Err(Invalid::new(
                 param,
                 "invalid_value",
-                format!("Invalid '{param}': {t} is not a Unix time from 0 to {LAST}."),
+                format!("Invalid '{param}': {t} is not a Unix time from 0 to {LAST_TIME}."),
             ));
         }
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::abuse::Stack;
 use crate::helpers::{
     chat_line, engine_env, expect_error, metric_value, openbatch_command, start_replicas_with,
-    to_jsonl, Expect, TestApp, TestDb,
+    to_jsonl, wait_for_key_status, Expect, TestApp, TestDb,
 };
 
 /// Hang guard only: nothing asserts how fast a protection acts, and each deadline is far
@@ -38,31 +38,6 @@ fn create_key(database_url: &str, project: &str) -> String {
 
 fn prefix_of(key: &str) -> &str {
     &key[..16]
-}
-
-async fn status_of(app: &TestApp) -> u16 {
-    app.get("/v1/batches")
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-/// Polls until every client answers `status`.
-async fn wait_for_status(apps: &[&TestApp], status: u16, what: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    for app in apps {
-        while status_of(app).await != status {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {} never answered {status}",
-                app.address
-            );
-            // A replica's reload of its keys is seen only by asking it.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// A key copy refreshed only by notifications: the 300 s fallback never fires during a test.
@@ -137,13 +112,13 @@ async fn a_revoked_key_stops_working_on_every_replica_at_once() {
         TestApp::connect_with_key(&stack.replicas[0].address, &stack.url, &leaked).await,
         TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &leaked).await,
     ];
-    wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;
+    wait_for_key_status(&[&apps[0], &apps[1]], 200, "a new key").await;
 
     stack
         .under_attack(async {
             keys_cli(&stack.url, &["revoke", prefix_of(&leaked)]).expect("revoke");
             // Far sooner than the 300 s reload: each replica heard the revocation.
-            wait_for_status(&[&apps[0], &apps[1]], 401, "a revoked key").await;
+            wait_for_key_status(&[&apps[0], &apps[1]], 401, "a revoked key").await;
             for app in &apps {
                 let err = app.get("/v1/files").expect_error(401).await;
                 assert_eq!(err["code"], "invalid_api_key");
@@ -161,7 +136,7 @@ async fn a_lost_listen_connection_reloads_the_keys() {
         TestApp::connect_with_key(&stack.replicas[0].address, &stack.url, &leaked).await,
         TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &leaked).await,
     ];
-    wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;
+    wait_for_key_status(&[&apps[0], &apps[1]], 200, "a new key").await;
 
     stack
         .under_attack(async {
@@ -173,7 +148,7 @@ async fn a_lost_listen_connection_reloads_the_keys() {
                 .await
                 .unwrap();
             for app in &apps {
-                assert_eq!(status_of(app).await, 200, "the copy is what answers");
+                assert_eq!(app.key_status().await, 200, "the copy is what answers");
             }
 
             // The LISTEN connections drop; no replica may trust its copy after that.
@@ -186,7 +161,7 @@ async fn a_lost_listen_connection_reloads_the_keys() {
             .await
             .unwrap();
             assert_eq!(killed, [true, true], "one key listener per replica");
-            wait_for_status(
+            wait_for_key_status(
                 &[&apps[0], &apps[1]],
                 401,
                 "a key revoked while the listener was down",
@@ -213,9 +188,9 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
     // so that only the flood's keys are unknown to it.
     for r in &stack.replicas {
         let app = TestApp::connect_with_key(&r.address, &stack.url, &real).await;
-        wait_for_status(&[&app], 200, "the real key").await;
+        wait_for_key_status(&[&app], 200, "the real key").await;
     }
-    wait_for_status(
+    wait_for_key_status(
         &[&stack.victim[0], &stack.victim[1]],
         200,
         "the victim's key",
@@ -286,7 +261,7 @@ async fn a_flood_of_bad_keys_costs_no_query_and_a_new_key_works_at_once() {
     let fresh = create_key(&stack.url, "late-comer");
     for r in &stack.replicas {
         let app = TestApp::connect_with_key(&r.address, &stack.url, &fresh).await;
-        wait_for_status(&[&app], 200, "a key created after the flood").await;
+        wait_for_key_status(&[&app], 200, "a key created after the flood").await;
     }
     stack.finish().await;
 }
@@ -324,7 +299,7 @@ async fn the_per_key_rate_limit_holds_for_the_cluster() {
         TestApp::connect_with_key(&stack.replicas[1].address, &stack.url, &hot).await,
     ];
     // The key's first request on each replica may come before its copy knows the key.
-    wait_for_status(&[&apps[0], &apps[1]], 200, "a new key").await;
+    wait_for_key_status(&[&apps[0], &apps[1]], 200, "a new key").await;
 
     stack
         .under_attack(async {

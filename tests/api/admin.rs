@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     admin_key, chat_line, engine_env, expect_error, openbatch_command, start_replicas_with,
-    to_jsonl, Expect, FakeUpstream, TestApp, TestDb,
+    to_jsonl, wait_for_key_status, Expect, FakeUpstream, TestApp, TestDb,
 };
 
 /// Hang guard only, far below the key copy's 300 s fallback reload these replicas use: a key
@@ -22,24 +22,6 @@ const NOTIFIED_ONLY: [(&str, &str); 2] = [
 
 async fn post_json(app: &TestApp, path: &str, body: Value) -> Value {
     app.post(path).json(&body).expect(200).await
-}
-
-/// Polls until `app` answers `status` on `GET /v1/files`.
-async fn wait_for_status(app: &TestApp, status: u16, what: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let now = app.get("/v1/files").send().await.unwrap().status().as_u16();
-        if now == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} answers {now}",
-            app.address
-        );
-        // A replica's reload of its keys is seen only by asking it.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -135,9 +117,9 @@ async fn an_admin_makes_a_project_whose_service_account_key_runs_a_batch_until_a
     .await;
     assert_eq!(archived["status"], "archived");
     assert!(archived["archived_at"].is_i64());
-    wait_for_status(&user, 401, "a key of an archived project").await;
+    wait_for_key_status(&[&user], 401, "a key of an archived project").await;
     let on_first = TestApp::connect_with_key(&replicas[0].address, &db.url, secret).await;
-    wait_for_status(&on_first, 401, "a key of an archived project").await;
+    wait_for_key_status(&[&on_first], 401, "a key of an archived project").await;
     let listed = admin.get_json("/v1/organization/projects").await;
     assert!(listed["data"]
         .as_array()
@@ -223,7 +205,7 @@ async fn a_deleted_key_or_service_account_stops_on_every_replica() {
     }))
     .await;
     for user in &users {
-        wait_for_status(user, 200, "a new key").await;
+        wait_for_key_status(&[user], 200, "a new key").await;
     }
 
     // Pages of one, oldest first, each naming the next by `after`.
@@ -248,7 +230,7 @@ async fn a_deleted_key_or_service_account_stops_on_every_replica() {
         gone,
         json!({"object": "organization.project.api_key.deleted", "id": key_id, "deleted": true})
     );
-    wait_for_status(&users[0], 401, "a deleted key").await;
+    wait_for_key_status(&[&users[0]], 401, "a deleted key").await;
     admin
         .delete(&format!(
             "/v1/organization/projects/{pid}/api_keys/{key_id}"
@@ -262,7 +244,7 @@ async fn a_deleted_key_or_service_account_stops_on_every_replica() {
         gone["object"],
         "organization.project.service_account.deleted"
     );
-    wait_for_status(&users[1], 401, "a deleted service account's key").await;
+    wait_for_key_status(&[&users[1]], 401, "a deleted service account's key").await;
     admin
         .get(&format!("{accounts}/{sid}"))
         .expect_error(404)
@@ -363,8 +345,9 @@ async fn admin_api_errors_are_openai_errors() {
     assert_eq!(listed["data"][0]["id"], "proj_default");
 }
 
-/// `openbatch keys …` as a client of the Admin API (`OPENAI_ADMIN_KEY` set): stdout on success.
-fn keys_via_api(replica: &str, admin: &str, args: &[&str]) -> String {
+/// `openbatch keys …` as a client of the Admin API (`OPENAI_ADMIN_KEY` set): its stdout, or
+/// its stderr when it fails.
+fn try_keys_via_api(replica: &str, admin: &str, args: &[&str]) -> Result<String, String> {
     let out = openbatch_command("postgres://unused.invalid/none")
         .env("OPENAI_ADMIN_KEY", admin)
         .env("OPENAI_BASE_URL", format!("{replica}/v1"))
@@ -372,12 +355,15 @@ fn keys_via_api(replica: &str, admin: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn keys_via_api(replica: &str, admin: &str, args: &[&str]) -> String {
+    try_keys_via_api(replica, admin, args).unwrap()
 }
 
 #[tokio::test]
@@ -395,7 +381,7 @@ async fn the_keys_cli_is_a_client_of_the_admin_api_when_given_an_admin_key() {
     // The database URL given is unreachable: everything goes through the API.
     let key = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
     let user = TestApp::connect_with_key(address, &db.url, &key).await;
-    wait_for_status(&user, 200, "a key made through the API").await;
+    wait_for_key_status(&[&user], 200, "a key made through the API").await;
     let again = keys_via_api(address, &admin, &["create", "--project", "team-c"]);
     assert_ne!(again, key, "a second key of the same project");
     let listed = keys_via_api(address, &admin, &["list"]);
@@ -409,7 +395,17 @@ async fn the_keys_cli_is_a_client_of_the_admin_api_when_given_an_admin_key() {
     assert!(!listed.contains(&key[17..]), "a secret is listed");
 
     keys_via_api(address, &admin, &["revoke", prefix]);
-    wait_for_status(&user, 401, "a key revoked through the API").await;
+    wait_for_key_status(&[&user], 401, "a key revoked through the API").await;
+    // What the API cannot do is refused, naming why; a key no project has is not found.
+    let refusals = [
+        (vec!["create", "--admin"], "made with the database"),
+        (vec!["revoke", prefix], "no active key"),
+        (vec!["revoke", "key_0123"], "not a key prefix"),
+    ];
+    for (args, says) in refusals {
+        let err = try_keys_via_api(address, &admin, &args).unwrap_err();
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     let other = TestApp::connect_with_key(address, &db.url, &again).await;
-    wait_for_status(&other, 200, "the project's other key").await;
+    wait_for_key_status(&[&other], 200, "the project's other key").await;
 }

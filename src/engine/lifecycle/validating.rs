@@ -187,6 +187,8 @@ struct NumberedCheck {
     line_no: usize,
     /// The first lines' request bodies and lengths, for the upstream to count tokens of.
     samples: Vec<(serde_json::Value, usize)>,
+    /// How many to keep: none without an enqueued-token limit, whose estimate alone asks.
+    sample_lines: usize,
 }
 
 /// Lines whose tokens the upstream counts, for a batch's estimate.
@@ -196,7 +198,7 @@ impl NumberedCheck {
     fn take(&mut self, piece: Piece<'_>) {
         self.line_no += 1;
         if let Ok(raw) = &piece {
-            if self.samples.len() < TOKEN_SAMPLES && !raw.iter().all(u8::is_ascii_whitespace) {
+            if self.samples.len() < self.sample_lines && !raw.iter().all(u8::is_ascii_whitespace) {
                 if let Ok(mut line) = serde_json::from_slice::<serde_json::Value>(raw) {
                     self.samples.push((line["body"].take(), raw.len()));
                 }
@@ -218,6 +220,11 @@ impl InputScan {
                 check: FileCheck::new(endpoint),
                 line_no: 0,
                 samples: Vec::new(),
+                sample_lines: if ctx.max_enqueued_tokens > 0 {
+                    TOKEN_SAMPLES
+                } else {
+                    0
+                },
             },
         }
     }

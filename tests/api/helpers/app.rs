@@ -86,6 +86,16 @@ impl TestApp {
         app
     }
 
+    /// What this client's key is answered on `GET /v1/batches`: 200, or 401 once refused.
+    pub async fn key_status(&self) -> u16 {
+        self.get("/v1/batches")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

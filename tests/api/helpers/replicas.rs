@@ -67,6 +67,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Polls until every client's key is answered `status`: a key copy's reload is seen only by
+/// asking each replica. Hang guard only (30 s, far below the 300 s fallback reload the key
+/// tests set): nothing asserts how fast a change lands.
+pub async fn wait_for_key_status(apps: &[&super::TestApp], status: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for app in apps {
+        loop {
+            let now = app.key_status().await;
+            if now == status {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} answers {now}, not {status}",
+                app.address
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// `openbatch keys create --admin`: an admin key, straight to the database (the bootstrap).
 pub fn admin_key(database_url: &str) -> String {
     let out = openbatch_command(database_url)
