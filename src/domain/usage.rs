@@ -82,6 +82,8 @@ impl BucketWidth {
 pub struct UsageQuery {
     pub start: i64,
     pub end: i64,
+    /// No `end_time` given: `end` is the time of the request, and no usage is newer.
+    pub open_end: bool,
     pub width: BucketWidth,
     pub projects: Option<Vec<String>>,
     pub models: Option<Vec<String>>,
@@ -160,6 +162,7 @@ impl UsageQuery {
         Ok(Self {
             start,
             end,
+            open_end: one("end_time").is_none(),
             width,
             projects: list(pairs, "project_ids"),
             models: list(pairs, "models"),

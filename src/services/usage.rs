@@ -48,6 +48,7 @@ pub async fn report(pool: &PgPool, kind: UsageKind, q: &UsageQuery) -> Result<Us
                 from: q.from,
                 to,
                 width: q.width.seconds(),
+                open_end: q.open_end && to == q.end,
                 endpoints: kind.endpoints(),
                 projects: q.projects.as_deref(),
                 models: q.models.as_deref(),
@@ -86,6 +87,7 @@ mod tests {
         UsageQuery {
             start,
             end,
+            open_end: false,
             width,
             projects: None,
             models: None,

@@ -358,37 +358,12 @@ async fn expired_and_deleted_files_lose_their_bytes_but_never_under_a_running_ba
     wait_purged(&app.pool, input).await;
 }
 
-/// Applies the migrations of the line-per-row engine (up to 0007) only.
-async fn migrate_to_v1(url: &str) {
-    use sqlx::Connection;
-    let admin = crate::helpers::server_url();
-    let name = url.rsplit_once('/').unwrap().1;
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(url).await.unwrap();
-    let mut m = sqlx::migrate::Migrator::new(std::path::Path::new("migrations"))
-        .await
-        .unwrap();
-    m.migrations = m
-        .migrations
-        .iter()
-        .filter(|m| m.version <= 7)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
-    m.run(&pool).await.unwrap();
-    pool.close().await;
-}
-
 #[tokio::test]
 async fn a_batch_running_on_the_old_engine_completes_after_the_upgrade() {
     const LINES: i32 = 600;
     const DONE_BEFORE: i32 = 250;
     let db = TestDb::new();
-    migrate_to_v1(&db.url).await;
+    crate::helpers::migrate_to(&db.url, 7).await; // the line-per-row engine
     let pool = PgPool::connect(&db.url).await.unwrap();
     // What v1 left mid-run: a batch in progress, its lines queued as rows, some done (with a
     // response the upstream would not give now), one running under a lease that will never be

@@ -175,7 +175,7 @@ async fn finished_deliveries_leave_the_log_after_their_retention() {
 }
 
 #[tokio::test]
-async fn usage_events_fold_into_minutes_and_old_minutes_into_hours() {
+async fn usage_events_fold_into_minutes_hours_and_days_and_old_minutes_go() {
     let (app, _lock) = app_without_maintainer().await;
     let now: i64 = sqlx::query_scalar("SELECT unix_now()")
         .fetch_one(&app.pool)
@@ -188,6 +188,8 @@ async fn usage_events_fold_into_minutes_and_old_minutes_into_hours() {
         (now, Some("key_a"), 5),
         (now, Some("key_a"), 7),
         (now, None, 11),
+        (old_hour + 60, None, 100),
+        (old_hour + 120, None, 100),
     ] {
         sqlx::query(
             "INSERT INTO usage_events (at, project_id, endpoint, model, api_key_id, requests,
@@ -201,61 +203,75 @@ async fn usage_events_fold_into_minutes_and_old_minutes_into_hours() {
         .await
         .unwrap();
     }
-    for minute in [old_hour + 60, old_hour + 120] {
-        sqlx::query(
-            "INSERT INTO usage_minutes (start, project_id, endpoint, model, api_key_id, requests,
-                                        input_tokens, cached_tokens, output_tokens)
-             VALUES ($1, 'proj_default', '/v1/chat/completions', 'm', '', 2, 100, 0, 3)",
-        )
-        .bind(minute)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    }
+    // Three hours from `start`, or (`start` negative) from `-start` to now.
     let report = |start: i64, width: &str| {
+        let range = match start {
+            s if s < 0 => format!("start_time={}", -s),
+            s => format!("start_time={s}&end_time={}", s + 3 * 3600),
+        };
         let path = format!(
-            "/v1/organization/usage/completions?start_time={start}&end_time={}&bucket_width={width}&limit=168&group_by=api_key_id",
-            start + 3 * 3600
+            "/v1/organization/usage/completions?{range}&bucket_width={width}&limit=168&group_by=api_key_id"
         );
         let app = &app;
         async move {
             let page: Value = app.get_json(&path).await;
-            let mut sums: Vec<(Value, i64, i64)> = (page["data"].as_array().unwrap().iter())
+            // Per key over the whole report, whatever buckets it falls in.
+            let mut sums = std::collections::BTreeMap::<String, (Value, i64, i64)>::new();
+            for r in (page["data"].as_array().unwrap().iter())
                 .flat_map(|b| b["results"].as_array().unwrap().clone())
-                .map(|r| {
-                    (
-                        r["api_key_id"].clone(),
-                        r["input_tokens"].as_i64().unwrap(),
-                        r["num_model_requests"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
-            sums.sort_by_key(|s| s.0.to_string());
-            sums
+            {
+                let sum = (sums.entry(r["api_key_id"].to_string())).or_insert((
+                    r["api_key_id"].clone(),
+                    0,
+                    0,
+                ));
+                sum.1 += r["input_tokens"].as_i64().unwrap();
+                sum.2 += r["num_model_requests"].as_i64().unwrap();
+            }
+            sums.into_values().collect::<Vec<_>>()
         }
     };
     let recent = now - now % 3600 - 3600;
-    let before = (report(recent, "1h").await, report(old_hour, "1h").await);
-    assert_eq!(before.0, [(json!("key_a"), 12, 2), (Value::Null, 11, 1)]);
-    assert_eq!(before.1, [(Value::Null, 200, 4)]);
+    let mut before = Vec::new();
+    // Each width from each start: a mid-hour start makes ragged edges read from minutes.
+    let today = now - now % 86400;
+    let starts = [
+        recent,
+        old_hour,
+        now - 90,
+        old_hour + 30,
+        -today,
+        -(now - 90),
+        -recent,
+    ];
+    for start in starts {
+        for width in ["1m", "1h", "1d"] {
+            before.push(report(start, width).await);
+        }
+    }
+    assert_eq!(before[1], [(json!("key_a"), 12, 2), (Value::Null, 11, 1)]);
+    assert_eq!(before[4], [(Value::Null, 200, 2)]);
 
-    assert_eq!(maintenance::usage::run(&app.pool).await, (2, 1));
-    let counts: (i64, i64, i64) = sqlx::query_as(
+    assert_eq!(maintenance::usage::run(&app.pool).await, (5, 2));
+    let counts: (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM usage_minutes),
-                (SELECT count(*) FROM usage_hours)",
+                (SELECT count(*) FROM usage_hours), (SELECT count(*) FROM usage_days)",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
     assert_eq!(
         counts,
-        (0, 2, 1),
-        "events folded by minute and key; old minutes into one hour"
+        (0, 2, 3, 3),
+        "events folded by minute, hour and day and key; the old minutes deleted"
     );
-    assert_eq!(
-        (report(recent, "1h").await, report(old_hour, "1h").await),
-        before
-    );
+    let mut after = Vec::new();
+    for start in starts {
+        for width in ["1m", "1h", "1d"] {
+            after.push(report(start, width).await);
+        }
+    }
+    assert_eq!(after, before);
     assert_eq!(
         maintenance::usage::run(&app.pool).await,
         (0, 0),

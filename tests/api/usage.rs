@@ -256,3 +256,86 @@ async fn usage_pages_and_errors_are_openai_s() {
         .await;
     assert_eq!(err["code"], "insufficient_permissions");
 }
+
+/// Usage recorded before migration 0023 (rollups naming their combination in every row, hours
+/// only past the minutes' retention) reads the same after it, in minutes, hours and days.
+#[tokio::test]
+async fn usage_rolled_up_before_the_upgrade_reads_the_same_after_it() {
+    let upstream = FakeUpstream::start(&[]);
+    let db = TestDb::new();
+    crate::helpers::migrate_to(&db.url, 22).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let day = now() - now() % 86_400 - 86_400;
+    let old_day = day - 40 * 86_400;
+    // Yesterday: two minutes of one key and a minute without one. 40 days ago: an hour.
+    for (table, start, key, tokens) in [
+        ("usage_minutes", day + 600, "key_a", 10),
+        ("usage_minutes", day + 660, "key_a", 20),
+        ("usage_minutes", day + 7200, "", 40),
+        ("usage_hours", old_day + 3600, "key_a", 80),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (start, project_id, endpoint, model, api_key_id, requests,
+                                  input_tokens, cached_tokens, output_tokens)
+             VALUES ($1, 'proj_default', '/v1/chat/completions', 'm', $2, 1, $3, 1, 2)"
+        ))
+        .bind(start)
+        .bind(key)
+        .bind(tokens)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let env = engine_env(&upstream, &[("OPENBATCH__AUTH__ENABLED", "true")]);
+    let replicas = start_replicas_with(1, &db.url, &env).await;
+    let admin = TestApp::connect_with_key(&replicas[0].address, &db.url, &admin_key(&db.url)).await;
+    let report = |start: i64, width: &'static str, limit: u32| {
+        let admin = &admin;
+        async move {
+            let page: Value = admin
+                .get_json(&format!(
+                    "/v1/organization/usage/completions?start_time={start}&end_time={}&bucket_width={width}&limit={limit}&group_by=api_key_id",
+                    start + 86_400
+                ))
+                .await;
+            (page["data"].as_array().unwrap().iter())
+                .flat_map(|b| {
+                    (b["results"].as_array().unwrap().iter()).map(|r| {
+                        (
+                            b["start_time"].as_i64().unwrap(),
+                            r["api_key_id"].clone(),
+                            r["input_tokens"].as_i64().unwrap(),
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let key_a = json!("key_a");
+    assert_eq!(
+        report(day, "1d", 1).await,
+        [(day, Value::Null, 40), (day, key_a.clone(), 30)]
+    );
+    assert_eq!(
+        report(day, "1h", 24).await,
+        [(day, key_a.clone(), 30), (day + 7200, Value::Null, 40)]
+    );
+    assert_eq!(
+        report(day, "1m", 1440).await,
+        [
+            (day + 600, key_a.clone(), 10),
+            (day + 660, key_a.clone(), 20),
+            (day + 7200, Value::Null, 40)
+        ]
+    );
+    assert_eq!(
+        report(old_day, "1d", 1).await,
+        [(old_day, key_a.clone(), 80)]
+    );
+    assert_eq!(
+        report(old_day, "1h", 24).await,
+        [(old_day + 3600, key_a, 80)]
+    );
+}

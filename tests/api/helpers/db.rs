@@ -55,6 +55,29 @@ impl Drop for TestDb {
     }
 }
 
+/// Creates the database at `url` and applies the migrations up to `version` only: the schema
+/// an older release left.
+pub async fn migrate_to(url: &str, version: i64) {
+    use sqlx::Connection;
+    let name = url.rsplit_once('/').unwrap().1;
+    let mut conn = sqlx::PgConnection::connect(&server_url()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pool = PgPool::connect(url).await.unwrap();
+    let mut m = sqlx::migrate::Migrator::new(std::path::Path::new("migrations"))
+        .await
+        .unwrap();
+    m.migrations = (m.migrations.iter())
+        .filter(|m| m.version <= version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    m.run(&pool).await.unwrap();
+    pool.close().await;
+}
+
 /// A new API key for `project` (created if missing), straight in the database.
 pub async fn key_for(pool: &PgPool, project: &str) -> String {
     project_and_key(pool, project).await.1
