@@ -30,9 +30,9 @@ pub fn routes(cfg: &mut ServiceConfig) {
 
 const MAX_TEXT_FIELD_BYTES: usize = 1024;
 /// Parts a form may have (OpenAI's upload has four); each costs a header parse.
-const MAX_PARTS: usize = 16;
+pub(super) const MAX_PARTS: usize = 16;
 
-fn malformed(e: MultipartError) -> ApiError {
+pub(super) fn malformed(e: MultipartError) -> ApiError {
     ApiError::MalformedMultipart {
         detail: e.to_string(),
     }
@@ -136,7 +136,9 @@ fn refuse_early(req: &HttpRequest, limits: &LimitSettings) -> Result<(), ApiErro
     let is_multipart = body::content_type(req)
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
-        return Err(ApiError::NotMultipart);
+        return Err(ApiError::NotMultipart {
+            parts: "'file' and 'purpose' parts",
+        });
     }
     let declared = req
         .headers()
@@ -439,7 +441,7 @@ pub(super) struct FileObject {
 }
 
 impl FileObject {
-    fn new(f: &FileRecord) -> Self {
+    pub(super) fn new(f: &FileRecord) -> Self {
         Self {
             id: f.id.as_str().to_owned(),
             object: FileTag::Tag,

@@ -44,6 +44,7 @@ mod request_id;
 mod service_accounts;
 mod slots;
 mod spool;
+mod uploads;
 mod usage;
 mod webhooks;
 
@@ -112,6 +113,7 @@ fn register(cfg: &mut ServiceConfig) {
                 .default_service(web::to(openapi::unrouted))
                 .wrap(actix_web::middleware::from_fn(auth::middleware))
                 .configure(files::routes)
+                .configure(uploads::routes)
                 .configure(batches::routes)
                 .configure(webhooks::routes)
                 .configure(batch_results::routes)

@@ -273,7 +273,7 @@ mod tests {
     }
 
     /// The operation ids the tests and clients use, and which operations are OpenBatch's own.
-    const OPERATIONS: [(&str, &str, &str, bool); 37] = [
+    const OPERATIONS: [(&str, &str, &str, bool); 41] = [
         ("GET", "/healthz", "healthz", false),
         ("GET", "/readyz", "readyz", false),
         ("GET", "/openapi.json", "openapi", false),
@@ -410,6 +410,25 @@ mod tests {
             "GET",
             "/v1/organization/usage/embeddings",
             "usageEmbeddings",
+            false,
+        ),
+        ("POST", "/v1/uploads", "createUpload", false),
+        (
+            "POST",
+            "/v1/uploads/{upload_id}/parts",
+            "addUploadPart",
+            false,
+        ),
+        (
+            "POST",
+            "/v1/uploads/{upload_id}/complete",
+            "completeUpload",
+            false,
+        ),
+        (
+            "POST",
+            "/v1/uploads/{upload_id}/cancel",
+            "cancelUpload",
             false,
         ),
     ];

@@ -6,6 +6,9 @@ use crate::domain::MetadataLimits;
 #[serde(default)]
 pub struct LimitSettings {
     pub max_upload_bytes: u64,
+    /// The largest file the Uploads API assembles (`bytes` of `POST /v1/uploads`; OpenAI's
+    /// 8 GB by default). Its parts are at most 64 MB each.
+    pub max_upload_total_bytes: u64,
     pub max_json_body_bytes: usize,
     pub metadata: MetadataLimits,
     /// Unfinished batches a project may have; 0 = no limit.
@@ -54,6 +57,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_upload_bytes: 512 * 1024 * 1024,
+            max_upload_total_bytes: 8 * 1024 * 1024 * 1024,
             max_json_body_bytes: 1024 * 1024,
             metadata: MetadataLimits::default(),
             max_active_batches_per_project: 1000,
@@ -79,8 +83,9 @@ impl Default for LimitSettings {
 impl LimitSettings {
     pub(super) fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.max_upload_bytes >= 1,
-            "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES must be at least 1"
+            self.max_upload_bytes >= 1 && self.max_upload_total_bytes >= 1,
+            "OPENBATCH__LIMITS__MAX_UPLOAD_BYTES and OPENBATCH__LIMITS__MAX_UPLOAD_TOTAL_BYTES \
+             must be at least 1"
         );
         anyhow::ensure!(
             self.max_concurrent_uploads >= 1

@@ -72,6 +72,8 @@ id_type!(BatchId, "batch_");
 id_type!(FileId, "file-");
 id_type!(WebhookEndpointId, "we_");
 id_type!(ServiceAccountId, "svc_acct_");
+id_type!(UploadId, "upload_");
+id_type!(UploadPartId, "part_");
 // A key's public id (`key_<12 hex>`): its prefix's, under the name OpenAI's Admin API uses
 // (the database derives it from the prefix).
 id_type!(ApiKeyId, "key_");

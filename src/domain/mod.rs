@@ -103,6 +103,7 @@ mod ids;
 mod line_error;
 mod metadata;
 mod retry;
+mod upload;
 mod usage;
 mod webhook;
 
@@ -115,12 +116,15 @@ pub use expiry::ExpiresAfter;
 pub use file::{Purpose, Utf8Check};
 pub use idempotency::IdempotencyKey;
 pub use ids::{
-    id_schema, ApiKeyId, BatchId, FileId, ProjectId, ProjectName, ServiceAccountId,
-    WebhookEndpointId, BUILT_IN_PROJECT_NAME,
+    id_schema, ApiKeyId, BatchId, FileId, ProjectId, ProjectName, ServiceAccountId, UploadId,
+    UploadPartId, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
 };
 pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
+pub use upload::{
+    check_part_ids, parse_md5, NewUpload, UploadStatus, MAX_PART_BYTES, UPLOAD_LIFETIME_SECS,
+};
 pub use usage::{BucketWidth, UsageKind, UsageQuery, LAST_TIME};
 pub use webhook::{
     is_public, DeliveryState, EndpointStatus, EventType, EventTypes, WebhookSecret, WebhookUrl,

@@ -7,7 +7,7 @@ use actix_web::ResponseError;
 use strum::{EnumMessage, IntoEnumIterator};
 
 use super::{ApiError, ErrorKind, Full, NoRetry, RetryFile};
-use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid};
+use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid, UploadStatus};
 
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md");
 const BEGIN: &str =
@@ -34,6 +34,8 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::MethodNotAllowed
         | K::BodyTooLarge
         | K::FileTooLarge
+        | K::PartTooLarge
+        | K::UploadTooLarge
         | K::FormTooLarge
         | K::NotJson
         | K::NotMultipart
@@ -47,6 +49,7 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::ProjectKeyRequired
         | K::BatchNotFound
         | K::FileNotFound
+        | K::UploadNotFound
         | K::WebhookEndpointNotFound
         | K::ProjectNotFound
         | K::ServiceAccountNotFound
@@ -55,6 +58,7 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::CursorNotForState
         | K::IdempotencyConflict
         | K::CannotCancel
+        | K::UploadNotPending
         | K::ResultsUnavailable
         | K::BatchNotFinished
         | K::NothingToRetry
@@ -109,10 +113,18 @@ fn request(kind: ErrorKind) -> ApiError {
         ErrorKind::BodyTooLarge => E::BodyTooLarge { limit: 1_048_576 },
         ErrorKind::FileTooLarge => E::FileTooLarge { max: 536_870_912 },
         ErrorKind::FormTooLarge => E::FormTooLarge { max: 1_048_576 },
+        ErrorKind::PartTooLarge => E::PartTooLarge { max: 67_108_864 },
+        ErrorKind::UploadTooLarge => E::UploadTooLarge {
+            max: 8_589_934_592,
+            received: 8_589_934_000,
+            part: 1_000,
+        },
         ErrorKind::NotJson => E::NotJson {
             content_type: Some("text/plain".into()),
         },
-        ErrorKind::NotMultipart => E::NotMultipart,
+        ErrorKind::NotMultipart => E::NotMultipart {
+            parts: "'file' and 'purpose' parts",
+        },
         ErrorKind::UploadStalled => E::UploadStalled { idle_secs: 60 },
         ErrorKind::UploadTooSlow => E::UploadTooSlow { limit_secs: 3600 },
         other => unreachable!("{other:?} is not in this group"),
@@ -137,6 +149,7 @@ fn access(kind: ErrorKind) -> ApiError {
         ErrorKind::ApiKeyNotFound => E::ApiKeyNotFound { id: s() },
         ErrorKind::BatchNotFound => E::BatchNotFound { id: s() },
         ErrorKind::FileNotFound => E::FileNotFound { id: s() },
+        ErrorKind::UploadNotFound => E::UploadNotFound { id: s() },
         ErrorKind::WebhookEndpointNotFound => E::WebhookEndpointNotFound { id: s() },
         other => unreachable!("{other:?} is not in this group"),
     }
@@ -165,6 +178,10 @@ fn state(kind: ErrorKind) -> ApiError {
         },
         ErrorKind::CannotCancel => E::CannotCancel {
             status: BatchStatus::Completed,
+        },
+        ErrorKind::UploadNotPending => E::UploadNotPending {
+            id: "upload_abc".into(),
+            status: UploadStatus::Completed,
         },
         ErrorKind::ResultsUnavailable => E::ResultsUnavailable { file: file() },
         ErrorKind::BatchNotFinished => E::BatchNotFinished {

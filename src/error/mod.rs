@@ -13,7 +13,7 @@ mod wire;
 
 use actix_web::http::{Method, StatusCode};
 
-use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid};
+use crate::domain::{BatchId, BatchStatus, FileId, IdempotencyKey, Invalid, UploadStatus};
 
 pub use database::{is_data_exception, is_transient, is_transient_sqlstate};
 pub use framework::render_framework_error;
@@ -42,6 +42,8 @@ pub enum ApiError {
     MalformedMultipart { detail: String },
     /// An upload's form has more parts than the server reads.
     TooManyParts { max: usize },
+    /// A part would take its upload's parts past `limits.max_upload_total_bytes`.
+    UploadTooLarge { max: u64, received: u64, part: u64 },
     /// A list's `limit` is not an integer in its range.
     InvalidLimit { max: u32, raw: String },
     /// A list's `after` parses but names nothing in the caller's list.
@@ -92,6 +94,8 @@ pub enum ApiError {
     BatchNotFound { id: String },
     /// No such file, or another project's.
     FileNotFound { id: String },
+    /// No upload with this id in the caller's project.
+    UploadNotFound { id: String },
     /// No such webhook endpoint, or another project's.
     WebhookEndpointNotFound { id: String },
     /// No such project.
@@ -110,6 +114,9 @@ pub enum ApiError {
     IdempotencyConflict { key: IdempotencyKey, batch: BatchId },
     /// A cancel of a batch that is `completed`, `failed`, `expired` or `finalizing`.
     CannotCancel { status: BatchStatus },
+    /// The upload is completed, cancelled or expired: it takes no parts, and cannot be
+    /// completed or cancelled.
+    UploadNotPending { id: String, status: UploadStatus },
     /// The results of a batch whose result file was deleted or has expired.
     ResultsUnavailable { file: FileId },
     /// A retry of a batch that has not ended.
@@ -133,12 +140,14 @@ pub enum ApiError {
     /// An upload over `limits.max_upload_bytes` (or declaring a `Content-Length` over it plus
     /// the form's allowance, refused before reading).
     FileTooLarge { max: u64 },
+    /// An upload's part is over 64 MB.
+    PartTooLarge { max: u64 },
     /// An upload form's parts other than the file's content exceed their allowance.
     FormTooLarge { max: u64 },
     /// A JSON endpoint's request whose `Content-Type` is not JSON.
     NotJson { content_type: Option<String> },
     /// An upload whose `Content-Type` is not multipart/form-data.
-    NotMultipart,
+    NotMultipart { parts: &'static str },
 
     // Limits that a later retry may pass (429).
     /// An API key over `limits.requests_per_minute_per_key`; `Retry-After` says when.

@@ -8,6 +8,7 @@ pub mod live_orders;
 pub mod purge;
 pub mod statistics;
 pub mod stuck;
+pub mod uploads;
 pub mod usage;
 pub mod webhook_log;
 
@@ -140,6 +141,9 @@ impl Chores {
         }
         if due(webhook_log::EVERY) {
             webhook_log::run(pool, self.webhook_log_retention_secs).await;
+        }
+        if due(uploads::EVERY) {
+            uploads::run(pool).await;
         }
         if due(usage::EVERY) {
             usage::run(pool).await;

@@ -6,6 +6,7 @@ pub mod files;
 pub mod keys;
 pub mod projects;
 pub mod results;
+pub mod uploads;
 pub mod usage;
 pub mod webhooks;
 

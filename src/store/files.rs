@@ -75,28 +75,55 @@ impl NewContent {
     }
 
     /// Writes the `files` row; the content becomes visible when the transaction commits.
-    #[tracing::instrument(skip_all, name = "db.files.finish")]
     pub async fn finish(
         self,
         conn: &mut PgConnection,
         file: NewFile<'_>,
     ) -> Result<FileRecord, sqlx::Error> {
-        sqlx::query_as!(
-            FileRecord,
-            r#"INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
-               VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
-               RETURNING id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
-                         created_at, expires_at"#,
-            self.id.as_str(),
-            file.project.as_str(),
-            file.filename,
-            file.purpose.as_str(),
-            self.bytes,
-            file.expires_after_seconds,
-        )
-        .fetch_one(conn)
-        .await
+        insert(conn, &self.id, file, self.bytes).await
     }
+}
+
+/// The `files` row of content written under `id` in the caller's transaction.
+#[tracing::instrument(skip_all, name = "db.files.finish")]
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: &FileId,
+    file: NewFile<'_>,
+    bytes: i64,
+) -> Result<FileRecord, sqlx::Error> {
+    sqlx::query_as!(
+        FileRecord,
+        r#"INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
+           VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
+           RETURNING id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
+                     created_at, expires_at"#,
+        id.as_str(),
+        file.project.as_str(),
+        file.filename,
+        file.purpose.as_str(),
+        bytes,
+        file.expires_after_seconds,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// The bytes the project stores, its storage row locked until the caller's transaction ends:
+/// uploads racing on any replicas cannot overshoot the quota together.
+#[tracing::instrument(skip_all, name = "db.files.lock_storage")]
+pub async fn lock_storage(
+    conn: &mut PgConnection,
+    project: &ProjectId,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        "INSERT INTO project_storage AS s (project_id) VALUES ($1)
+         ON CONFLICT (project_id) DO UPDATE SET stored_bytes = s.stored_bytes
+         RETURNING stored_bytes",
+        project.as_str(),
+    )
+    .fetch_one(conn)
+    .await
 }
 
 impl Default for NewContent {
@@ -148,14 +175,7 @@ impl Upload {
         quota: Option<u64>,
     ) -> Result<Finished, sqlx::Error> {
         if let Some(quota) = quota {
-            let stored: i64 = sqlx::query_scalar!(
-                "INSERT INTO project_storage AS s (project_id) VALUES ($1)
-                 ON CONFLICT (project_id) DO UPDATE SET stored_bytes = s.stored_bytes
-                 RETURNING stored_bytes",
-                file.project.as_str(),
-            )
-            .fetch_one(&mut *self.tx)
-            .await?;
+            let stored = lock_storage(&mut self.tx, file.project).await?;
             if stored.saturating_add(self.content.bytes) > quota as i64 {
                 return Ok(Finished::OverQuota { stored });
             }

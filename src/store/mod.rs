@@ -25,6 +25,7 @@ pub mod projects;
 pub mod replicas;
 pub mod results;
 pub mod stats;
+pub mod uploads;
 pub mod usage;
 pub mod webhooks;
 

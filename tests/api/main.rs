@@ -38,6 +38,7 @@ mod secrets;
 mod startup;
 mod stored_values;
 mod token_quota;
+mod uploads;
 mod usage;
 mod webhooks;
 mod wedge;

@@ -678,3 +678,27 @@ def test_finished_batches_and_their_result_files_show_up_in_listings(exec_client
     inputs = {f.id for f in exec_client.files.list(purpose="batch")}
     assert finished.input_file_id in inputs
     assert completed.output_file_id not in inputs and completed.error_file_id not in inputs
+
+
+def test_a_file_sent_with_upload_file_chunked_runs_as_a_batch(
+    exec_client: openai.OpenAI, tmp_path: Path
+):
+    # The SDK's own chunked upload (parts of 16 KiB here, sent one by one), then a batch on
+    # the file it made.
+    prefix = tag("chunked")
+    count = 400
+    lines = [request_line(f"{prefix}-{i}", "/v1/chat/completions", ENDPOINT_BODIES["/v1/chat/completions"](i)) for i in range(count)]
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(to_jsonl(lines))
+    assert path.stat().st_size > 3 * 16 * 1024, "several parts"
+    upload = exec_client.uploads.upload_file_chunked(
+        file=path, mime_type="application/jsonl", purpose="batch", part_size=16 * 1024
+    )
+    assert upload.status == "completed"
+    assert upload.file is not None and upload.file.bytes == path.stat().st_size
+    batch = exec_client.batches.create(
+        input_file_id=upload.file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_for_status(exec_client, batch.id, "completed")
+    assert done.request_counts is not None and done.request_counts.completed == count
+    assert custom_ids(read_lines(exec_client, done.output_file_id)) == custom_ids(lines)

@@ -1,0 +1,261 @@
+//! The Uploads API's rules: an upload is created for a declared size, takes parts (each spooled
+//! to local disk as it arrives, then written to the database) while pending and within its
+//! hour, and is completed into a file from the parts the client names, in its order, checked
+//! against the declared size and the client's md5; or cancelled. An expired or cancelled
+//! upload's parts are removed.
+
+use md5::{Digest, Md5};
+use sqlx::PgPool;
+
+use crate::config::LimitSettings;
+use crate::domain::{
+    check_part_ids, Invalid, NewUpload, ProjectId, Purpose, UploadId, UploadStatus, Utf8Check,
+    MAX_PART_BYTES, UPLOAD_LIFETIME_SECS,
+};
+use crate::error::ApiError;
+use crate::services::files::{spool_failed, Spool};
+use crate::store::files::{self as files_store, FileRecord, NewFile, CHUNK_BYTES};
+use crate::store::uploads::{self as store, PartRecord, PartWriter};
+
+pub use crate::store::uploads::UploadRecord;
+
+fn quota(limits: &LimitSettings) -> Option<u64> {
+    Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0)
+}
+
+pub async fn create(
+    pool: &PgPool,
+    limits: &LimitSettings,
+    project: &ProjectId,
+    new: &NewUpload,
+) -> Result<UploadRecord, ApiError> {
+    // An early answer for an upload that could never be stored; completion checks again.
+    if let Some(quota) = quota(limits) {
+        let stored = files_store::stored_bytes(pool, project).await?;
+        if stored.saturating_add(new.bytes) > quota as i64 {
+            return Err(ApiError::StorageQuota {
+                limit: quota,
+                stored: stored.max(0) as u64,
+                upload: new.bytes as u64,
+            });
+        }
+    }
+    Ok(store::create(pool, project, new, UPLOAD_LIFETIME_SECS).await?)
+}
+
+/// The project's upload `id`, if it still takes parts (checked before a part is read, and
+/// again when it is stored).
+pub async fn pending(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &UploadId,
+) -> Result<UploadRecord, ApiError> {
+    let upload = find(pool, project, id).await?;
+    if upload.status != UploadStatus::Pending {
+        return Err(not_pending(&upload));
+    }
+    Ok(upload)
+}
+
+async fn find(pool: &PgPool, project: &ProjectId, id: &UploadId) -> Result<UploadRecord, ApiError> {
+    let mut conn = pool.acquire().await?;
+    store::get(&mut conn, project, id)
+        .await?
+        .ok_or_else(|| ApiError::UploadNotFound { id: id.to_string() })
+}
+
+fn not_pending(upload: &UploadRecord) -> ApiError {
+    ApiError::UploadNotPending {
+        id: upload.id.to_string(),
+        status: upload.status,
+    }
+}
+
+/// A part on its way in, spooled: at most 64 MB.
+pub struct IncomingPart {
+    spool: Spool,
+}
+
+impl IncomingPart {
+    pub async fn start(limits: &LimitSettings) -> Result<Self, ApiError> {
+        let spool = Spool::create(limits.upload_spool_dir.as_deref())
+            .await
+            .map_err(spool_failed)?;
+        Ok(Self { spool })
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        let bytes = self.spool.bytes() + chunk.len() as u64;
+        if bytes > MAX_PART_BYTES {
+            return Err(ApiError::PartTooLarge {
+                max: MAX_PART_BYTES,
+            });
+        }
+        self.spool.write(chunk).await.map_err(spool_failed)
+    }
+}
+
+/// Stores a received part, if its upload still takes it: pending, and holding at most
+/// `limits.max_upload_total_bytes` with it (parts beyond the declared size are taken, since a
+/// client may send one twice; completion names the ones that make the file).
+pub async fn add_part(
+    pool: &PgPool,
+    limits: &LimitSettings,
+    project: &ProjectId,
+    upload: &UploadRecord,
+    mut part: IncomingPart,
+) -> Result<PartRecord, ApiError> {
+    let bytes = part.spool.bytes();
+    if bytes == 0 {
+        return Err(Invalid::new("data", "invalid_value", "The part is empty.").into());
+    }
+    part.spool.rewind().await.map_err(spool_failed)?;
+    let mut writer = PartWriter::begin(pool, &upload.id, bytes as i64).await?;
+    loop {
+        let piece = part.spool.read(CHUNK_BYTES).await.map_err(spool_failed)?;
+        if piece.is_empty() {
+            break;
+        }
+        writer.write_chunk(piece).await?;
+    }
+    let max = limits.max_upload_total_bytes;
+    if let Some(stored) = writer.commit(max as i64).await? {
+        return Ok(stored);
+    }
+    // Completed, cancelled or expired meanwhile, or past the most an upload may hold.
+    let now = pending(pool, project, &upload.id).await?;
+    Err(ApiError::UploadTooLarge {
+        max,
+        received: store::received(pool, &now.id).await? as u64,
+        part: bytes,
+    })
+}
+
+/// `POST /v1/uploads/{id}/complete`, checked.
+pub struct Completion {
+    pub part_ids: Vec<String>,
+    pub md5: Option<[u8; 16]>,
+}
+
+/// Assembles the upload into a file, in one transaction holding the upload: every part named
+/// is the upload's, they hold exactly its declared bytes, and (if given) their md5 matches.
+pub async fn complete(
+    pool: &PgPool,
+    limits: &LimitSettings,
+    project: &ProjectId,
+    id: &UploadId,
+    completion: &Completion,
+) -> Result<(UploadRecord, FileRecord), ApiError> {
+    check_part_ids(&completion.part_ids)?;
+    let mut tx = pool.begin().await?;
+    let mut upload = store::get(&mut tx, project, id)
+        .await?
+        .ok_or_else(|| ApiError::UploadNotFound { id: id.to_string() })?;
+    if upload.status != UploadStatus::Pending {
+        return Err(not_pending(&upload));
+    }
+    let found: std::collections::HashMap<String, i64> =
+        store::parts(&mut tx, id, &completion.part_ids)
+            .await?
+            .into_iter()
+            .collect();
+    if let Some(missing) = completion.part_ids.iter().find(|p| !found.contains_key(*p)) {
+        return Err(Invalid::new(
+            "part_ids",
+            "invalid_value",
+            format!("Part '{missing}' is not a part of upload {id}."),
+        )
+        .into());
+    }
+    let total: i64 = found.values().sum();
+    if total != upload.bytes {
+        return Err(Invalid::new(
+            "part_ids",
+            "invalid_value",
+            format!(
+                "The parts listed hold {total} bytes; upload {id} was created for {} bytes.",
+                upload.bytes
+            ),
+        )
+        .into());
+    }
+    if completion.md5.is_some() || upload.purpose == Purpose::Batch {
+        verify(&mut tx, &upload, completion).await?;
+    }
+    if let Some(quota) = quota(limits) {
+        let stored = files_store::lock_storage(&mut tx, project).await?;
+        if stored.saturating_add(upload.bytes) > quota as i64 {
+            return Err(ApiError::StorageQuota {
+                limit: quota,
+                stored: stored.max(0) as u64,
+                upload: upload.bytes as u64,
+            });
+        }
+    }
+    let file = NewFile {
+        project,
+        filename: &upload.filename,
+        purpose: upload.purpose,
+        expires_after_seconds: upload.file_expires_after,
+    };
+    let file = store::assemble(&mut tx, &upload, file, &completion.part_ids).await?;
+    tx.commit().await?;
+    upload.status = UploadStatus::Completed;
+    upload.file_id = Some(file.id.clone());
+    Ok((upload, file))
+}
+
+/// Reads the parts back in order: their md5 against the client's, and a batch file's UTF-8.
+async fn verify(
+    conn: &mut sqlx::PgConnection,
+    upload: &UploadRecord,
+    completion: &Completion,
+) -> Result<(), ApiError> {
+    let mut md5 = Md5::new();
+    let mut utf8 = Utf8Check::default();
+    for part in &completion.part_ids {
+        let mut idx = 0;
+        while let Some(data) = store::chunk(conn, part, idx).await? {
+            md5.update(&data);
+            utf8.feed(&data);
+            idx += 1;
+        }
+    }
+    if upload.purpose == Purpose::Batch && !utf8.is_valid() {
+        return Err(Invalid::new(
+            "part_ids",
+            "invalid_file_format",
+            "Invalid file format for Batch API: the file must be UTF-8 encoded JSONL.",
+        )
+        .into());
+    }
+    if let Some(expected) = completion.md5 {
+        let got: [u8; 16] = md5.finalize().into();
+        if got != expected {
+            return Err(Invalid::new(
+                "md5",
+                "md5_mismatch",
+                format!(
+                    "The parts' md5 is {}, not the {} given: bytes were lost or changed on the way.",
+                    hex::encode(got),
+                    hex::encode(expected)
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn cancel(
+    pool: &PgPool,
+    project: &ProjectId,
+    id: &UploadId,
+) -> Result<UploadRecord, ApiError> {
+    if store::cancel(pool, project, id).await? {
+        let mut upload = find(pool, project, id).await?;
+        upload.status = UploadStatus::Cancelled;
+        return Ok(upload);
+    }
+    Err(not_pending(&find(pool, project, id).await?))
+}
