@@ -18,9 +18,10 @@ use crate::domain::{
     parse_md5, ExpiresAfter, Invalid, NewUpload, Purpose, UploadId, UploadStatus, MAX_PART_BYTES,
 };
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::uploads::{self as service, Completion, IncomingPart, UploadRecord};
-use crate::store::files::FileRecord;
-use crate::store::uploads::PartRecord;
+use crate::services::files::FileRecord;
+use crate::services::uploads::{
+    self as service, Completion, IncomingPart, PartRecord, UploadRecord,
+};
 
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(create)

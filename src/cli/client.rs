@@ -220,29 +220,18 @@ impl Client {
             .await
     }
 
-    /// Streams the file at `path` to the server under `filename`.
+    /// Streams the file at `path` to the server under `filename`, in one request.
     pub async fn upload(
         &self,
         path: &Path,
         filename: &str,
         purpose: &str,
     ) -> anyhow::Result<Value> {
-        let file = tokio::fs::File::open(path)
+        let len = tokio::fs::metadata(path)
             .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file.metadata().await?.len();
-        let chunks = futures_util::stream::unfold(file, |mut file| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; 256 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(buf), file))
-                }
-                Err(e) => Some((Err(e), file)),
-            }
-        });
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .len();
+        let chunks = file_range(path, 0, len).await?;
         let part =
             reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(chunks), len)
                 .file_name(filename.to_owned())
@@ -252,6 +241,55 @@ impl Client {
             .part("file", part);
         self.json(self.request(Method::POST, "/files").multipart(form))
             .await
+    }
+
+    /// Sends the file at `path` through the Uploads API in parts of `part_bytes`, each streamed
+    /// from disk, and returns the file it became.
+    pub async fn upload_in_parts(
+        &self,
+        path: &Path,
+        filename: &str,
+        purpose: &str,
+        d: &super::submit::Digested,
+        part_bytes: u64,
+    ) -> anyhow::Result<Value> {
+        let upload = self
+            .post_json(
+                "/uploads",
+                &serde_json::json!({"filename": filename, "purpose": purpose, "bytes": d.bytes,
+                                    "mime_type": "application/jsonl"}),
+            )
+            .await?;
+        let id = upload["id"]
+            .as_str()
+            .context("an upload without an id")?
+            .to_owned();
+        let mut part_ids = Vec::new();
+        let mut offset = 0;
+        while offset < d.bytes {
+            let len = part_bytes.min(d.bytes - offset);
+            let part = reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(file_range(path, offset, len).await?),
+                len,
+            )
+            .file_name("upload");
+            let form = reqwest::multipart::Form::new().part("data", part);
+            let sent = self
+                .json(
+                    self.request(Method::POST, &format!("/uploads/{id}/parts"))
+                        .multipart(form),
+                )
+                .await?;
+            part_ids.push(sent["id"].clone());
+            offset += len;
+        }
+        let done = self
+            .post_json(
+                &format!("/uploads/{id}/complete"),
+                &serde_json::json!({"part_ids": part_ids, "md5": d.md5}),
+            )
+            .await?;
+        Ok(done["file"].clone())
     }
 
     /// The raw content of a file, as a response to stream from.
@@ -332,6 +370,33 @@ async fn created(res: Response) -> anyhow::Result<Created> {
         .await
         .context("the server sent a body that is not JSON")?;
     Ok(Created { batch, replayed })
+}
+
+/// `len` bytes of the file at `path` from `offset`, read as they are sent.
+async fn file_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> anyhow::Result<impl futures_util::Stream<Item = std::io::Result<Vec<u8>>>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    Ok(futures_util::stream::unfold(
+        file.take(len),
+        |mut file| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(buf), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

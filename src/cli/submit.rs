@@ -54,6 +54,13 @@ pub struct SubmitArgs {
     /// Seconds between status checks while waiting.
     #[arg(long, default_value_t = 1.0, hide = true)]
     pub poll_interval: f64,
+    /// A file bigger than this goes through the Uploads API, in parts (one `POST /v1/files`
+    /// takes at most `limits.max_upload_bytes`, 512 MiB by default).
+    #[arg(long, default_value_t = 64 << 20, hide = true)]
+    pub parts_above: u64,
+    /// The size of those parts (OpenAI's most, 64 MiB, by default).
+    #[arg(long, default_value_t = 64 << 20, hide = true)]
+    pub part_bytes: u64,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -61,6 +68,8 @@ pub struct SubmitArgs {
 /// What the CLI learns from reading the input once.
 pub struct Digested {
     pub sha256: String,
+    /// Hex, for an upload in parts to be checked against.
+    pub md5: String,
     pub bytes: u64,
     pub first_url: Option<String>,
 }
@@ -73,7 +82,9 @@ pub fn digest(path: &Path) -> anyhow::Result<Digested> {
     // The first line is hashed too: it is read through the same reader.
     reader.read_until(b'\n', &mut first_line)?;
     let mut hasher = Sha256::new();
+    let mut md5 = md5::Md5::new();
     hasher.update(&first_line);
+    md5.update(&first_line);
     let mut bytes = first_line.len() as u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -82,6 +93,7 @@ pub fn digest(path: &Path) -> anyhow::Result<Digested> {
             break;
         }
         hasher.update(&buf[..n]);
+        md5.update(&buf[..n]);
         bytes += n as u64;
     }
     let first_url = serde_json::from_slice::<Value>(&first_line)
@@ -89,6 +101,7 @@ pub fn digest(path: &Path) -> anyhow::Result<Digested> {
         .and_then(|v| v["url"].as_str().map(str::to_owned));
     Ok(Digested {
         sha256: hex::encode(hasher.finalize()),
+        md5: hex::encode(md5.finalize()),
         bytes,
         first_url,
     })
@@ -153,7 +166,11 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
         derived_key(&d.sha256, &endpoint, &args.completion_window, &metadata)
     };
 
-    let file = upload_once(&client, &args.file, &d, human).await?;
+    let plan = UploadPlan {
+        parts_above: args.parts_above,
+        part_bytes: args.part_bytes,
+    };
+    let file = upload_once(&client, &args.file, &d, &plan, human).await?;
     let file_id = file["id"].as_str().context("the upload answer has no id")?;
 
     let mut body = json!({
@@ -211,10 +228,17 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<i32> {
 }
 
 /// The file's earlier upload (same name, hash-tagged, and size), or a new one.
+/// How a file goes up: in one request, or in parts of `part_bytes` above `parts_above`.
+pub struct UploadPlan {
+    pub parts_above: u64,
+    pub part_bytes: u64,
+}
+
 async fn upload_once(
     client: &Client,
     file: &Path,
     d: &Digested,
+    plan: &UploadPlan,
     human: bool,
 ) -> anyhow::Result<Value> {
     let filename = tagged_filename(file, &d.sha256);
@@ -235,7 +259,15 @@ async fn upload_once(
             f
         }
         None => {
-            let f = client.upload(file, &filename, "batch").await?;
+            let f = if d.bytes > plan.parts_above {
+                if human {
+                    let parts = d.bytes.div_ceil(plan.part_bytes.max(1));
+                    eprintln!("uploading {} in {parts} parts", file.display());
+                }
+                (client.upload_in_parts(file, &filename, "batch", d, plan.part_bytes)).await?
+            } else {
+                client.upload(file, &filename, "batch").await?
+            };
             if human {
                 eprintln!(
                     "uploaded {} ({}) as {}",

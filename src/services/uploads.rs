@@ -15,9 +15,9 @@ use crate::domain::{
 use crate::error::ApiError;
 use crate::services::files::{spool_failed, Spool};
 use crate::store::files::{self as files_store, FileRecord, NewFile, CHUNK_BYTES};
-use crate::store::uploads::{self as store, PartRecord, PartWriter};
+use crate::store::uploads::{self as store, PartWriter};
 
-pub use crate::store::uploads::UploadRecord;
+pub use crate::store::uploads::{PartRecord, UploadRecord};
 
 fn quota(limits: &LimitSettings) -> Option<u64> {
     Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0)

@@ -601,3 +601,51 @@ async fn the_key_is_not_sent_over_plain_http_to_another_host_unless_insecure() {
         "{request}"
     );
 }
+
+/// A file past `--parts-above` goes through the Uploads API, in parts, checked by md5; a re-run
+/// finds the file it made instead of sending it again.
+#[tokio::test]
+async fn submit_sends_a_big_file_in_parts_and_runs_it() {
+    let test_db = TestDb::new();
+    let upstream = FakeUpstream::start(&[]);
+    let mut env = WORKER_ON.to_vec();
+    env.push(("OPENBATCH__UPSTREAM__BASE_URL", &upstream.base_url));
+    let replicas = start_replicas_with(1, &test_db.url, &env).await;
+    let address = &replicas[0].address;
+    let dir = Scratch::new();
+    let content = to_jsonl(&lines(60));
+    let file = dir.write("big.jsonl", &content);
+    let part_bytes = content.len() / 3 + 1;
+    let submit = || {
+        run(cli(address).arg("submit").arg(&file).args([
+            "--wait",
+            "--json",
+            "--poll-interval",
+            "0.1",
+            "--parts-above",
+            "1000",
+            "--part-bytes",
+            &part_bytes.to_string(),
+        ]))
+    };
+    let out = submit();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["status"], "completed");
+    assert_eq!(b["request_counts"]["completed"], 60);
+
+    let pool = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+    let uploads: Vec<(String, i64)> = sqlx::query_as("SELECT status, bytes FROM uploads")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(uploads, [("completed".to_owned(), content.len() as i64)]);
+    let again = submit();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM uploads")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "not sent again");
+    pool.close().await;
+}
