@@ -115,7 +115,9 @@ HWM=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
 SIZE1=$(db_size)
 
 log "ceilings: the disk, and PostgreSQL's own writes of the same bytes"
-DISK_S=$( { /usr/bin/time -f %e dd if=/dev/zero of="$WORK/dd" bs=1M count="$UPLOAD_MIB" conv=fdatasync 2>/dev/null; } 2>&1 | tail -1)
+T0=$(date +%s.%N)
+dd if=/dev/zero of="$WORK/dd" bs=1M count="$UPLOAD_MIB" conv=fdatasync 2>/dev/null
+DISK_S=$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$T0" "$(date +%s.%N)")
 rm -f "$WORK/dd"
 PG_S=$("$PSQL" "$DB_URL" -XAtq -c '\timing on' -c "
     CREATE TABLE ceiling (idx int PRIMARY KEY, data bytea);
@@ -137,7 +139,7 @@ print(f"  complete (md5, UTF-8, assembly) {r['complete_secs']:5.1f} s")
 print(f"  whole upload            {total:7.1f} s   {mib / total:6.1f} MiB/s")
 print(f"  replica peak RSS        {hwm / 1024:7.1f} MiB")
 print(f"  CPU per GiB             replica {(r1 - r0) / tick / gib:5.2f} s, PostgreSQL {(p1 - p0) / tick / gib:5.2f} s")
-print(f"  database growth         {(s1 - s0) / 2**20:7.0f} MiB (the file's chunks; the parts' are gone)")
+print(f"  database growth         {(s1 - s0) / 2**20:7.0f} MiB (the file, and the removed parts until VACUUM reuses their space)")
 print(f"ceilings, same run: the disk writes {mib / disk_s:.0f} MiB/s (dd, fdatasync); "
       f"PostgreSQL stores {mib / (pg_ms / 1000):.0f} MiB/s in 1 MiB rows (INSERT ... SELECT, no client)")
 PY
