@@ -57,7 +57,8 @@ pub async fn create(
 }
 
 /// The project's upload `id`, its row locked until `conn`'s transaction ends (at once, on a
-/// pool).
+/// pool): a part being written does not hold it up (its row's key lock does not conflict),
+/// but its commit waits, and then finds the upload no longer pending.
 #[tracing::instrument(skip_all, name = "db.uploads.get")]
 pub async fn get(
     conn: &mut PgConnection,
@@ -71,7 +72,7 @@ pub async fn get(
                        ELSE status END AS "status!: UploadStatus",
                   created_at, expires_at, file_expires_after, file_id AS "file_id: FileId"
            FROM uploads WHERE project_id = $1 AND id = $2
-           FOR UPDATE"#,
+           FOR NO KEY UPDATE"#,
         project.as_str(),
         id.as_str(),
     )

@@ -396,3 +396,18 @@ async fn another_project_s_upload_is_not_found() {
         .expect(200)
         .await;
 }
+
+#[tokio::test]
+async fn parts_sent_at_once_are_all_kept() {
+    let app = spawn_app().await;
+    let pieces: Vec<Vec<u8>> = (0..6).map(|i| lines(5_000, &format!("p{i}-"))).collect();
+    let whole = pieces.concat();
+    let id = create(&app, whole.len(), "batch").await;
+    let ids = futures_util::future::join_all(pieces.iter().map(|p| add(&app, &id, p))).await;
+    let done = app
+        .post(&format!("/v1/uploads/{id}/complete"))
+        .json(&json!({"part_ids": ids, "md5": hex::encode(Md5::digest(&whole))}))
+        .expect(200)
+        .await;
+    assert_eq!(done["file"]["bytes"], whole.len());
+}
