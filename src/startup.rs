@@ -251,7 +251,7 @@ impl Background {
                 upstreams,
                 settings.worker.clone(),
                 settings.batches.clone(),
-                settings.limits.max_enqueued_tokens_per_project,
+                crate::engine::BatchLimits::of(&settings.limits),
                 &mut notices,
                 group.child(),
             ))

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::domain::MetadataLimits;
+use crate::domain::{MetadataLimits, MAX_INPUT_BYTES, MAX_LINES_CEILING, MAX_REQUESTS};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -9,6 +9,10 @@ pub struct LimitSettings {
     /// The largest file the Uploads API assembles (`bytes` of `POST /v1/uploads`; OpenAI's
     /// 8 GB by default). Its parts are at most 64 MB each.
     pub max_upload_total_bytes: u64,
+    /// Requests a batch's input file may hold (OpenAI's 50,000 by default; up to 10,000,000).
+    pub max_batch_lines: usize,
+    /// Bytes a batch's input file may hold (OpenAI's 200 MB by default).
+    pub max_batch_input_bytes: u64,
     pub max_json_body_bytes: usize,
     pub metadata: MetadataLimits,
     /// Unfinished batches a project may have; 0 = no limit.
@@ -58,6 +62,8 @@ impl Default for LimitSettings {
         Self {
             max_upload_bytes: 512 * 1024 * 1024,
             max_upload_total_bytes: 8 * 1024 * 1024 * 1024,
+            max_batch_lines: MAX_REQUESTS,
+            max_batch_input_bytes: MAX_INPUT_BYTES,
             max_json_body_bytes: 1024 * 1024,
             metadata: MetadataLimits::default(),
             max_active_batches_per_project: 1000,
@@ -121,6 +127,12 @@ impl LimitSettings {
         anyhow::ensure!(
             self.live_read_idle_timeout_secs >= 1,
             "OPENBATCH__LIMITS__LIVE_READ_IDLE_TIMEOUT_SECS must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=MAX_LINES_CEILING).contains(&self.max_batch_lines)
+                && self.max_batch_input_bytes >= 1,
+            "OPENBATCH__LIMITS__MAX_BATCH_LINES must be from 1 to {MAX_LINES_CEILING}, and \
+             OPENBATCH__LIMITS__MAX_BATCH_INPUT_BYTES at least 1"
         );
         anyhow::ensure!(
             self.max_json_body_bytes >= 1024,

@@ -3,8 +3,13 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// OpenAI's caps on a batch, the defaults of `limits.max_batch_lines` and
+/// `limits.max_batch_input_bytes`.
 pub const MAX_REQUESTS: usize = 50_000;
 pub const MAX_INPUT_BYTES: u64 = 200 * 1024 * 1024;
+/// The most `limits.max_batch_lines` may be raised to (a line's number is kept in 32 bits, and
+/// a finished batch's served order holds 4 bytes a line).
+pub const MAX_LINES_CEILING: usize = 10_000_000;
 /// Beyond this many, further problems are not reported (the batch has failed anyway).
 pub const MAX_REPORTED_ERRORS: usize = 100;
 

@@ -119,7 +119,9 @@ pub use ids::{
     id_schema, ApiKeyId, BatchId, FileId, ProjectId, ProjectName, ServiceAccountId, UploadId,
     UploadPartId, WebhookEndpointId, BUILT_IN_PROJECT_NAME,
 };
-pub use line_error::{BatchErrors, LineError, MAX_INPUT_BYTES, MAX_REPORTED_ERRORS, MAX_REQUESTS};
+pub use line_error::{
+    BatchErrors, LineError, MAX_INPUT_BYTES, MAX_LINES_CEILING, MAX_REPORTED_ERRORS, MAX_REQUESTS,
+};
 pub use metadata::{Metadata, MetadataLimits};
 pub use retry::RetryFilter;
 pub use upload::{

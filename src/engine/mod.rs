@@ -32,8 +32,7 @@ struct Ctx {
     upstreams: Arc<Upstreams>,
     settings: WorkerSettings,
     batches: BatchSettings,
-    /// `limits.max_enqueued_tokens_per_project` (0: none), checked as a batch is queued.
-    max_enqueued_tokens: u64,
+    limits: BatchLimits,
     /// Identifies this replica's claims.
     owner: String,
     /// Wakes the batch-level loop: a batch was created here, or a chunk finished, so a batch
@@ -45,6 +44,25 @@ struct Ctx {
     job: Mutex<Option<BatchId>>,
     /// The chunks this replica is executing, by (batch id, chunk index).
     held: Mutex<HashMap<(String, i32), Arc<line_pipeline::Running>>>,
+}
+
+/// The limits validation holds a batch to (`limits.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_lines: usize,
+    pub max_input_bytes: u64,
+    /// `limits.max_enqueued_tokens_per_project` (0: none), checked as a batch is queued.
+    pub max_enqueued_tokens: u64,
+}
+
+impl BatchLimits {
+    pub fn of(limits: &crate::config::LimitSettings) -> Self {
+        Self {
+            max_lines: limits.max_batch_lines,
+            max_input_bytes: limits.max_batch_input_bytes,
+            max_enqueued_tokens: limits.max_enqueued_tokens_per_project,
+        }
+    }
 }
 
 pub struct Worker {
@@ -63,7 +81,7 @@ impl Worker {
         upstreams: Arc<Upstreams>,
         settings: WorkerSettings,
         batches: BatchSettings,
-        max_enqueued_tokens: u64,
+        limits: BatchLimits,
         notices: &mut Notifications,
         tasks: TaskGroup,
     ) -> Self {
@@ -79,7 +97,7 @@ impl Worker {
             upstreams,
             settings,
             batches,
-            max_enqueued_tokens,
+            limits,
             owner,
             wake_jobs: Arc::new(Notify::new()),
             wake_lines: Notify::new(),

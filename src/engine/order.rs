@@ -7,7 +7,7 @@ use anyhow::Context;
 use sqlx::PgConnection;
 
 use crate::domain::BatchId;
-use crate::domain::MAX_REQUESTS;
+use crate::domain::MAX_LINES_CEILING;
 use crate::jsonl::group;
 use crate::store::results::{self, StoredLiveOrder};
 
@@ -93,7 +93,7 @@ impl LiveOrder {
     fn to_stored(&self) -> StoredLiveOrder {
         StoredLiveOrder {
             group_seqs: self.group_seqs.clone(),
-            // Fewer than MAX_REQUESTS lines per batch (each stored at most a few times).
+            // Fewer than MAX_LINES_CEILING lines per batch (each stored at most a few times).
             group_starts: self.group_starts.iter().map(|&s| s as i32).collect(),
             ranks: self.ranks.iter().flat_map(|r| r.to_le_bytes()).collect(),
         }
@@ -131,7 +131,7 @@ fn ordinals(lines: &str) -> anyhow::Result<Vec<u32>> {
             let line = stored?.line;
             u32::try_from(line)
                 .ok()
-                .filter(|&n| (n as usize) < MAX_REQUESTS)
+                .filter(|&n| (n as usize) < MAX_LINES_CEILING)
                 .context("a result line numbered out of range")
         })
         .collect()
@@ -230,7 +230,9 @@ mod tests {
         o.push_group(5, &group(&[0])).unwrap();
         assert!(o.push_group(5, &group(&[1])).is_err());
         let mut o = Builder::default();
-        assert!(o.push_group(1, &group(&[MAX_REQUESTS as i32])).is_err());
+        assert!(o
+            .push_group(1, &group(&[MAX_LINES_CEILING as i32]))
+            .is_err());
         assert!(o.push_group(2, &group(&[-1])).is_err());
     }
 }

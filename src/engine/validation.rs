@@ -185,6 +185,8 @@ pub struct FileCheck {
     /// Each distinct model of a valid line, with the first line that names it.
     models: HashMap<String, usize>,
     pub requests: usize,
+    /// `limits.max_batch_lines`.
+    max_requests: usize,
     pub errors: Vec<LineError>,
     too_many_reported: bool,
 }
@@ -197,9 +199,16 @@ impl FileCheck {
             model: None,
             models: HashMap::new(),
             requests: 0,
+            max_requests: MAX_REQUESTS,
             errors: Vec::new(),
             too_many_reported: false,
         }
+    }
+
+    /// At most `max` requests (OpenAI's 50,000 unless raised).
+    pub fn with_max_requests(mut self, max: usize) -> Self {
+        self.max_requests = max;
+        self
     }
 
     /// True once no more problems will be reported.
@@ -213,17 +222,20 @@ impl FileCheck {
         }
     }
 
-    /// Counts a request; false (after reporting it once) beyond `MAX_REQUESTS`.
+    /// Counts a request; false (after reporting it once) beyond `max_requests`.
     fn count_request(&mut self, line: usize) -> bool {
         self.requests += 1;
-        if self.requests > MAX_REQUESTS {
+        if self.requests > self.max_requests {
             if !self.too_many_reported {
                 self.too_many_reported = true;
                 self.report(LineError::at(
                     line,
                     "too_many_requests",
                     "input_file_id",
-                    format!("The input file has more than {MAX_REQUESTS} requests."),
+                    format!(
+                        "The input file has more than {} requests.",
+                        self.max_requests
+                    ),
                 ));
             }
             return false;

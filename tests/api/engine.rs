@@ -249,6 +249,45 @@ async fn invalid_input_files_fail_validation_with_openai_codes() {
     assert_eq!(upstream.executions().await, 0);
 }
 
+/// `limits.max_batch_lines` and `limits.max_batch_input_bytes` hold a batch, lowered here (and
+/// raised the same way past OpenAI's caps).
+#[tokio::test]
+async fn a_batch_past_the_configured_lines_or_bytes_fails_validation() {
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| {
+        s.limits.max_batch_lines = 3;
+        s.limits.max_batch_input_bytes = 1000;
+    })
+    .await;
+    let lines = |n: usize| {
+        to_jsonl(
+            &(0..n)
+                .map(|i| chat_line(&format!("l{i}"), json!({})))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let errors = failed_with(&app, lines(4)).await;
+    assert_eq!(errors[0]["code"], "too_many_requests");
+    assert_eq!(
+        errors[0]["message"],
+        "The input file has more than 3 requests."
+    );
+    let big = lines(3);
+    let padded = [big.clone(), vec![b'\n'; 1000 - big.len() + 1]].concat();
+    let errors = failed_with(&app, padded).await;
+    assert_eq!(errors[0]["code"], "file_too_large");
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("1000-byte"),
+        "{errors:?}"
+    );
+    // At the limits: runs.
+    let id = app.submit("/v1/chat/completions", lines(3)).await;
+    assert_eq!(
+        app.wait_for(&id, &["completed", "failed"]).await["status"],
+        "completed"
+    );
+}
+
 #[tokio::test]
 async fn transient_upstream_faults_are_retried_and_permanent_ones_recorded() {
     let upstream = FakeUpstream::start(&[]);

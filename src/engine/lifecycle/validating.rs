@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use super::fail;
-use crate::domain::{Endpoint, FileId, LineError, Purpose, MAX_INPUT_BYTES};
+use crate::domain::{Endpoint, FileId, LineError, Purpose};
 use crate::engine::chunking::ChunkPlanner;
 use crate::engine::validation::FileCheck;
 use crate::engine::Ctx;
@@ -65,7 +65,7 @@ impl Plan<'_> {
     /// English text, applied to whole request bodies: high by the JSON around the prompt).
     async fn est_tokens(&self, ctx: &Ctx) -> i64 {
         let bytes = self.file.bytes;
-        if ctx.max_enqueued_tokens > 0 {
+        if ctx.limits.max_enqueued_tokens > 0 {
             if let Some(per_byte) = ctx
                 .upstreams
                 .tokens_per_byte(self.model, self.samples)
@@ -119,7 +119,7 @@ async fn token_room(
     model: &str,
     est: i64,
 ) -> anyhow::Result<Option<LineError>> {
-    let limit = i64::try_from(ctx.max_enqueued_tokens).unwrap_or(i64::MAX);
+    let limit = i64::try_from(ctx.limits.max_enqueued_tokens).unwrap_or(i64::MAX);
     if limit == 0 {
         return Ok(None);
     }
@@ -163,10 +163,11 @@ async fn input_file(ctx: &Ctx, job: &BatchJob) -> anyhow::Result<Result<FileReco
             ),
         )));
     }
-    if file.bytes as u64 > MAX_INPUT_BYTES {
+    let max = ctx.limits.max_input_bytes;
+    if file.bytes as u64 > max {
         return Ok(Err(file_error(
             "file_too_large",
-            format!("The input file is larger than the {MAX_INPUT_BYTES}-byte limit for a batch."),
+            format!("The input file is larger than the {max}-byte limit for a batch."),
         )));
     }
     Ok(Ok(file))
@@ -217,10 +218,10 @@ impl InputScan {
                 ctx.batches.max_line_bytes,
             ),
             lines: NumberedCheck {
-                check: FileCheck::new(endpoint),
+                check: FileCheck::new(endpoint).with_max_requests(ctx.limits.max_lines),
                 line_no: 0,
                 samples: Vec::new(),
-                sample_lines: if ctx.max_enqueued_tokens > 0 {
+                sample_lines: if ctx.limits.max_enqueued_tokens > 0 {
                     TOKEN_SAMPLES
                 } else {
                     0
