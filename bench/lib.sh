@@ -76,3 +76,45 @@ bench_teardown() {
         rm -rf -- "$WORK"
     fi
 }
+
+# One-server benchmarks (usage.sh, uploads.sh) -----------------------------------------------
+
+# one_server_cleanup: their exit trap: stops the server (SERVER_PID) and tears down.
+one_server_cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "${SERVER_PID:-}" ]; then stop_processes 10 "$SERVER_PID"; fi
+    bench_teardown
+    exit "$rc"
+}
+
+# bench_binary: sets BIN, the openbatch binary to measure: BENCH_BIN, else this checkout's
+# release build (built now). Needs ROOT, `log` and `die`.
+bench_binary() {
+    if [ -z "${BENCH_BIN:-}" ]; then
+        log "cargo build --release --bin openbatch"
+        SQLX_OFFLINE=${SQLX_OFFLINE:-true} cargo build --release --bin openbatch || die "release build failed"
+    fi
+    BIN=${BENCH_BIN:-$ROOT/target/release/openbatch}
+    [ -x "$BIN" ] || die "no binary at $BIN"
+}
+
+# start_one_server [NAME=VALUE...]: one `openbatch serve` on a free port of this machine, on
+# DB_URL, with the given extra settings, logging to $WORK/server.log; returns once it is ready.
+# Sets PORT and SERVER_PID. Needs BIN, WORK and `die`.
+start_one_server() {
+    PORT=$(pg_free_port)
+    env OPENBATCH__SERVER__HOST=127.0.0.1 OPENBATCH__SERVER__PORT="$PORT" \
+        OPENBATCH__DATABASE__URL="$DB_URL" RUST_LOG="${BENCH_RUST_LOG:-warn}" "$@" \
+        "$BIN" serve >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 600); do
+        kill -0 "$SERVER_PID" 2>/dev/null || {
+            tail -n 25 "$WORK/server.log" >&2
+            die "the server exited during start-up"
+        }
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz")" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "the server was not ready after 60 s"
+}

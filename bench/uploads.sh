@@ -34,25 +34,13 @@ die() {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-uploads.XXXXXX")
 PG_TMP=$WORK/pg
 SERVER_PID=""
-cleanup() {
-    local rc=$?
-    set +e
-    if [ -n "$SERVER_PID" ]; then stop_processes 10 "$SERVER_PID"; fi
-    bench_teardown
-    exit "$rc"
-}
-trap cleanup EXIT
+trap one_server_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 command -v curl >/dev/null || apt_install curl
 PSQL=$(pg_tool psql) || die "psql not found"
-if [ -z "${BENCH_BIN:-}" ]; then
-    log "cargo build --release --bin openbatch"
-    SQLX_OFFLINE=${SQLX_OFFLINE:-true} cargo build --release --bin openbatch || die "release build failed"
-fi
-BIN=${BENCH_BIN:-$ROOT/target/release/openbatch}
-[ -x "$BIN" ] || die "no binary at $BIN"
+bench_binary
 
 log "writing a ${UPLOAD_MIB} MiB JSONL file"
 python3 - "$WORK/big.jsonl" "$UPLOAD_MIB" <<'PY'
@@ -73,21 +61,8 @@ MD5=$(md5sum "$WORK/big.jsonl" | cut -d' ' -f1)
 BYTES=$(stat -c %s "$WORK/big.jsonl")
 
 bench_database ob_bench_uploads
-PORT=$(pg_free_port)
-SPOOL=$WORK/spool
-mkdir -p "$SPOOL"
-env OPENBATCH__SERVER__HOST=127.0.0.1 OPENBATCH__SERVER__PORT="$PORT" \
-    OPENBATCH__DATABASE__URL="$DB_URL" OPENBATCH__LIMITS__UPLOAD_SPOOL_DIR="$SPOOL" \
-    RUST_LOG="${BENCH_RUST_LOG:-warn}" "$BIN" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-    kill -0 "$SERVER_PID" 2>/dev/null || {
-        tail -n 25 "$WORK/server.log" >&2
-        die "the server exited during start-up"
-    }
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz")" = 200 ] && break
-    sleep 0.1
-done
+mkdir -p "$WORK/spool"
+start_one_server OPENBATCH__LIMITS__UPLOAD_SPOOL_DIR="$WORK/spool"
 
 # CPU seconds (user + system) of PIDs, from /proc.
 cpu_of() {

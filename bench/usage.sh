@@ -41,14 +41,7 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-usage.XXXXXX")
 PG_TMP=$WORK/pg
 SERVER_PID=""
-cleanup() {
-    local rc=$?
-    set +e
-    if [ -n "$SERVER_PID" ]; then stop_processes 10 "$SERVER_PID"; fi
-    bench_teardown
-    exit "$rc"
-}
-trap cleanup EXIT
+trap one_server_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -56,29 +49,12 @@ command -v curl >/dev/null || apt_install curl
 command -v python3 >/dev/null || die "python3 is required"
 PSQL=$(pg_tool psql) || die "psql not found"
 
-if [ -z "${BENCH_BIN:-}" ]; then
-    log "cargo build --release --bin openbatch"
-    SQLX_OFFLINE=${SQLX_OFFLINE:-true} cargo build --release --bin openbatch || die "release build failed"
-fi
-BIN=${BENCH_BIN:-$ROOT/target/release/openbatch}
-[ -x "$BIN" ] || die "no binary at $BIN"
+bench_binary
 
 bench_database ob_bench_usage
-PORT=$(pg_free_port)
-export OPENBATCH__DATABASE__URL=$DB_URL
-env OPENBATCH__SERVER__HOST=127.0.0.1 OPENBATCH__SERVER__PORT="$PORT" \
-    OPENBATCH__AUTH__ENABLED=true RUST_LOG="${BENCH_RUST_LOG:-warn}" \
-    "$BIN" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-    kill -0 "$SERVER_PID" 2>/dev/null || {
-        tail -n 25 "$WORK/server.log" >&2
-        die "the server exited during start-up"
-    }
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz")" = 200 ] && break
-    sleep 0.1
-done
-ADMIN_KEY=$("$BIN" keys create --admin --name bench) || die "could not create an admin key"
+start_one_server OPENBATCH__AUTH__ENABLED=true
+ADMIN_KEY=$(OPENBATCH__DATABASE__URL=$DB_URL "$BIN" keys create --admin --name bench) ||
+    die "could not create an admin key"
 
 # --- fill -----------------------------------------------------------------------------------------
 ROWS=$((USAGE_DAYS * 1440 * USAGE_PROJECTS * USAGE_MODELS))
