@@ -133,22 +133,36 @@ async fn upload(
 
 /// Refused before a byte of the body is read.
 fn refuse_early(req: &HttpRequest, limits: &LimitSettings) -> Result<(), ApiError> {
+    let max = limits.max_upload_bytes;
+    refuse_form_early(
+        req,
+        "'file' and 'purpose' parts",
+        max,
+        ApiError::FileTooLarge { max },
+    )
+}
+
+/// A form upload refused before a byte of its body is read: not multipart/form-data (naming
+/// the `parts` expected), or declaring a `Content-Length` past `max_content` and the form's
+/// overhead (`too_large`).
+pub(super) fn refuse_form_early(
+    req: &HttpRequest,
+    parts: &'static str,
+    max_content: u64,
+    too_large: ApiError,
+) -> Result<(), ApiError> {
     let is_multipart = body::content_type(req)
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
-        return Err(ApiError::NotMultipart {
-            parts: "'file' and 'purpose' parts",
-        });
+        return Err(ApiError::NotMultipart { parts });
     }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_upload_bytes.saturating_add(FORM_OVERHEAD_BYTES)) {
-        return Err(ApiError::FileTooLarge {
-            max: limits.max_upload_bytes,
-        });
+    if declared.is_some_and(|n| n > max_content.saturating_add(FORM_OVERHEAD_BYTES)) {
+        return Err(too_large);
     }
     Ok(())
 }

@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use actix_multipart::Multipart;
-use actix_web::http::header;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::files::{malformed, FileObject, MAX_PARTS};
-use super::spool::{Guard, GuardSettings, FORM_OVERHEAD_BYTES};
+use super::files::{malformed, refuse_form_early, FileObject, MAX_PARTS};
+use super::spool::{Guard, GuardSettings};
 use super::{body, record_path_id, AppState, Project};
 use crate::domain::{
     parse_md5, ExpiresAfter, Invalid, NewUpload, Purpose, UploadId, UploadStatus, MAX_PART_BYTES,
@@ -221,7 +220,10 @@ async fn add_part(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = upload_id(&path)?;
-    refuse_early(&req)?;
+    let too_large = ApiError::PartTooLarge {
+        max: MAX_PART_BYTES,
+    };
+    refuse_form_early(&req, "a 'data' part", MAX_PART_BYTES, too_large)?;
     let upload = service::pending(&state.pool, &project, &id).await?;
     let _slot = state
         .uploads
@@ -231,26 +233,6 @@ async fn add_part(
     let part = service::add_part(&state.pool, &state.limits, &project, &upload, part).await?;
     tracing::info!(upload_id = %id, part_id = %part.id, "upload part stored");
     Ok(HttpResponse::Ok().json(PartObject::new(&part)))
-}
-
-/// Refused before a byte of the body is read.
-fn refuse_early(req: &HttpRequest) -> Result<(), ApiError> {
-    let multipart = body::content_type(req)
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
-    if !multipart {
-        return Err(ApiError::NotMultipart {
-            parts: "a 'data' part",
-        });
-    }
-    let declared = (req.headers().get(header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_PART_BYTES + FORM_OVERHEAD_BYTES) {
-        return Err(ApiError::PartTooLarge {
-            max: MAX_PART_BYTES,
-        });
-    }
-    Ok(())
 }
 
 /// Spools the form's `data` part through a [`Guard`]; other parts are ignored.

@@ -107,7 +107,7 @@ pub async fn upload(
     if purpose == Purpose::Batch && !incoming.utf8.is_valid() {
         return Err(not_jsonl());
     }
-    let quota = Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0);
+    let quota = storage_quota(limits);
     if let Some(quota) = quota {
         // A cheap early answer; the commit checks again under a lock.
         let stored = store::stored_bytes(pool, project).await?;
@@ -129,7 +129,13 @@ pub async fn upload(
     Ok(file)
 }
 
-fn check_quota(quota: u64, stored: i64, upload: u64) -> Result<(), ApiError> {
+/// `limits.max_stored_bytes_per_project`, if set.
+pub(crate) fn storage_quota(limits: &LimitSettings) -> Option<u64> {
+    Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0)
+}
+
+/// Whether `upload` more bytes keep a project storing `stored` within `quota`.
+pub(crate) fn check_quota(quota: u64, stored: i64, upload: u64) -> Result<(), ApiError> {
     if stored as u64 + upload > quota {
         return Err(over_quota(quota, stored, upload));
     }

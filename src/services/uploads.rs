@@ -13,15 +13,11 @@ use crate::domain::{
     MAX_PART_BYTES, UPLOAD_LIFETIME_SECS,
 };
 use crate::error::ApiError;
-use crate::services::files::{spool_failed, Spool};
+use crate::services::files::{check_quota, spool_failed, storage_quota, Spool};
 use crate::store::files::{self as files_store, FileRecord, NewFile, CHUNK_BYTES};
 use crate::store::uploads::{self as store, PartWriter};
 
 pub use crate::store::uploads::{PartRecord, UploadRecord};
-
-fn quota(limits: &LimitSettings) -> Option<u64> {
-    Some(limits.max_stored_bytes_per_project).filter(|&q| q > 0)
-}
 
 pub async fn create(
     pool: &PgPool,
@@ -30,15 +26,9 @@ pub async fn create(
     new: &NewUpload,
 ) -> Result<UploadRecord, ApiError> {
     // An early answer for an upload that could never be stored; completion checks again.
-    if let Some(quota) = quota(limits) {
+    if let Some(quota) = storage_quota(limits) {
         let stored = files_store::stored_bytes(pool, project).await?;
-        if stored.saturating_add(new.bytes) > quota as i64 {
-            return Err(ApiError::StorageQuota {
-                limit: quota,
-                stored: stored.max(0) as u64,
-                upload: new.bytes as u64,
-            });
-        }
+        check_quota(quota, stored, new.bytes as u64)?;
     }
     Ok(store::create(pool, project, new, UPLOAD_LIFETIME_SECS).await?)
 }
@@ -182,15 +172,9 @@ pub async fn complete(
     if completion.md5.is_some() || upload.purpose == Purpose::Batch {
         verify(&mut tx, &upload, completion).await?;
     }
-    if let Some(quota) = quota(limits) {
+    if let Some(quota) = storage_quota(limits) {
         let stored = files_store::lock_storage(&mut tx, project).await?;
-        if stored.saturating_add(upload.bytes) > quota as i64 {
-            return Err(ApiError::StorageQuota {
-                limit: quota,
-                stored: stored.max(0) as u64,
-                upload: upload.bytes as u64,
-            });
-        }
+        check_quota(quota, stored, upload.bytes as u64)?;
     }
     let file = NewFile {
         project,

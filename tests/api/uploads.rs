@@ -412,3 +412,35 @@ async fn parts_sent_at_once_are_all_kept() {
         .await;
     assert_eq!(done["file"]["bytes"], whole.len());
 }
+
+/// The project's storage quota refuses an upload that could never fit when it is created, and
+/// one that no longer fits when it is completed (a file stored meanwhile); nothing is stored.
+#[tokio::test]
+async fn the_storage_quota_holds_at_creation_and_at_completion() {
+    let app = spawn_app_with(|s| s.limits.max_stored_bytes_per_project = 100).await;
+    let e = app
+        .post("/v1/uploads")
+        .json(
+            &json!({"filename": "f", "purpose": "user_data", "bytes": 101,
+                      "mime_type": "text/plain"}),
+        )
+        .expect_error(403)
+        .await;
+    assert_eq!(e["code"], "storage_quota_exceeded");
+    let id = create(&app, 60, "user_data").await;
+    let p = add(&app, &id, &[b'x'; 60]).await;
+    app.upload("user_data", "other.txt", vec![b'y'; 50])
+        .expect(200)
+        .await;
+    let e = app
+        .post(&format!("/v1/uploads/{id}/complete"))
+        .json(&json!({"part_ids": [p]}))
+        .expect_error(403)
+        .await;
+    assert_eq!(e["code"], "storage_quota_exceeded");
+    assert_eq!(
+        stored(&app).await,
+        (1, 1, 1),
+        "the part kept, no file made of it"
+    );
+}

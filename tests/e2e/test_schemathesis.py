@@ -34,11 +34,13 @@ class SecuredServer(OpenBatchServer):
         return env
 
 
-def create_key(database_url: str, project: str) -> str:
+def create_key(database_url: str, project: str | None = None) -> str:
+    """A key made straight in the database: a project's, or (no project) an admin key."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["OPENBATCH__DATABASE__URL"] = database_url
+    scope = ["--project", project] if project is not None else ["--admin"]
     out = subprocess.run(
-        [str(openbatch_binary()), "keys", "create", "--project", project],
+        [str(openbatch_binary()), "keys", "create", *scope],
         env=env,
         capture_output=True,
         text=True,
@@ -49,17 +51,7 @@ def create_key(database_url: str, project: str) -> str:
 
 
 def create_admin_key(database_url: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["OPENBATCH__DATABASE__URL"] = database_url
-    out = subprocess.run(
-        [str(openbatch_binary()), "keys", "create", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return out.stdout.strip()
+    return create_key(database_url)
 
 
 def schemathesis_cli() -> str:
