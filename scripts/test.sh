@@ -9,8 +9,9 @@
 #
 # Usage: ./scripts/test.sh [--quick]
 #   --quick  the loop while developing: formatting, doc links, clippy with the .sqlx/ check,
-#            and `cargo test` (unit + integration) against the local PostgreSQL. No cargo deny,
-#            no deploy-file validation, no Python/browser e2e, nothing installed.
+#            and `cargo test` (unit + integration, on both storage backends) against the local
+#            PostgreSQL and a moto S3 server. No cargo deny, no deploy-file validation, no
+#            Python/browser e2e (the venv is made once, for moto).
 set -euo pipefail
 
 QUICK=false
@@ -49,6 +50,9 @@ LOG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-test-logs.XXXXXX")
 cleanup() {
     local rc=$?
     sqlx_cleanup || true
+    if [ -n "${S3_PID:-}" ]; then
+        kill "$S3_PID" 2>/dev/null || true
+    fi
     rm -rf -- "$LOG_TMP"
     if [ -n "${PG_THROWAWAY_DIR:-}" ]; then
         echo "stopping throwaway PostgreSQL" >&2
@@ -138,25 +142,8 @@ if ! $QUICK; then
     export OPENBATCH_BIN
 fi
 
-section "cargo test"
-export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
-# CARGO_TEST_ARGS: extra arguments, e.g. "-- --test-threads=1" (word-split on purpose)
-# shellcheck disable=SC2086
-cargo test ${CARGO_TEST_ARGS:-} 2>&1 | tee "$LOG_TMP/cargo-test.log" || die "Rust tests failed"
-
-if $QUICK; then
-    section "quick checks passed (${SECONDS}s); the full suite: ./scripts/test.sh"
-    exit 0
-fi
-
-# --- Deployment files (no Docker engine here: validated offline) -------------
-section "deploy files (scripts/validate-deploy.sh)"
-bash scripts/validate-deploy.sh || die "deployment files are invalid"
-
-# --- Python end-to-end tests (official openai SDK) ---------------------------
-section "Python e2e tests (tests/e2e)"
-[ -d tests/e2e ] || die "tests/e2e does not exist"
-[ -f tests/e2e/requirements.txt ] || die "tests/e2e/requirements.txt does not exist"
+# --- Python venv: the e2e tests' SDK, and moto's S3 server for the Rust tests -----------
+section "Python venv (.venv from tests/e2e/requirements.txt)"
 PYTHON=${PYTHON:-python3}
 command -v "$PYTHON" >/dev/null || die "python3 not found"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
@@ -174,6 +161,54 @@ else
     echo "requirements unchanged; .venv up to date"
 fi
 [ -x .venv/bin/pytest ] || die ".venv has no pytest: add pytest to tests/e2e/requirements.txt"
+[ -x .venv/bin/moto_server ] || die ".venv has no moto_server: add moto[server] to tests/e2e/requirements.txt"
+
+# --- S3 server ----------------------------------------------------------------
+# A real S3 API (moto's server mode, in memory) for the storage.backend = "s3" pass below:
+# every test database keeps its objects under a prefix of its own in one bucket.
+section "S3 server (moto)"
+S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+.venv/bin/moto_server -H 127.0.0.1 -p "$S3_PORT" >"$LOG_TMP/moto.log" 2>&1 &
+S3_PID=$!
+export OPENBATCH_TEST_MOTO=$ROOT/.venv/bin/moto_server
+export OPENBATCH_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT OPENBATCH_TEST_S3_BUCKET=openbatch-test
+export AWS_ENDPOINT_URL=$OPENBATCH_TEST_S3_ENDPOINT AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+s3_request() { # METHOD PATH: succeeds on a 2xx answer
+    python3 -c 'import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[2], method=sys.argv[1]), timeout=5)' "$1" "$OPENBATCH_TEST_S3_ENDPOINT/$2" 2>/dev/null
+}
+for _ in $(seq 1 150); do
+    s3_request GET "" && break
+    kill -0 "$S3_PID" 2>/dev/null || die "moto_server exited: $(tail -n 5 "$LOG_TMP/moto.log")"
+    sleep 0.2
+done
+s3_request PUT "$OPENBATCH_TEST_S3_BUCKET" || die "could not create the test bucket on moto_server"
+echo "S3 endpoint $OPENBATCH_TEST_S3_ENDPOINT, bucket $OPENBATCH_TEST_S3_BUCKET"
+
+section "cargo test"
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# CARGO_TEST_ARGS: extra arguments, e.g. "-- --test-threads=1" (word-split on purpose)
+# shellcheck disable=SC2086
+cargo test ${CARGO_TEST_ARGS:-} 2>&1 | tee "$LOG_TMP/cargo-test.log" || die "Rust tests failed"
+
+# The engine and API tests again with file content in the bucket (tests/api/helpers/storage.rs).
+section "cargo test --test api, storage.backend = s3"
+# shellcheck disable=SC2086
+OPENBATCH_TEST_STORAGE=s3 cargo test --test api ${CARGO_TEST_ARGS:-} 2>&1 | tee -a "$LOG_TMP/cargo-test.log" ||
+    die "Rust tests failed on the s3 backend"
+
+if $QUICK; then
+    section "quick checks passed (${SECONDS}s); the full suite: ./scripts/test.sh"
+    exit 0
+fi
+
+# --- Deployment files (no Docker engine here: validated offline) -------------
+section "deploy files (scripts/validate-deploy.sh)"
+bash scripts/validate-deploy.sh || die "deployment files are invalid"
+
+# --- Python end-to-end tests (official openai SDK) ---------------------------
+section "Python e2e tests (tests/e2e)"
+[ -d tests/e2e ] || die "tests/e2e does not exist"
+[ -f tests/e2e/requirements.txt ] || die "tests/e2e/requirements.txt does not exist"
 
 # The console tests drive Debian's Chromium through its ChromeDriver (Selenium).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -117,7 +117,7 @@ echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
 
 # --- docker-compose.yml ------------------------------------------------------------------
 section "docker-compose.yml"
-PROFILE_SETS=("" "--profile demo" "--profile observability" "--profile demo --profile observability")
+PROFILE_SETS=("" "--profile demo" "--profile observability" "--profile s3" "--profile demo --profile observability --profile s3")
 # There is no default database password: compose must refuse to start without one.
 # shellcheck disable=SC2016 # $1 and $2 are the inner bash's arguments
 check "docker-compose config without POSTGRES_PASSWORD fails, naming it" \
@@ -132,7 +132,7 @@ if command -v docker-compose >/dev/null 2>&1; then
             docker-compose -f "$COMPOSE_FILE" $profiles config -q
     done
     # The resolved file (all profiles) for the topology checks below.
-    docker-compose -f "$COMPOSE_FILE" --profile demo --profile observability config \
+    docker-compose -f "$COMPOSE_FILE" --profile demo --profile observability --profile s3 config \
         >"$TMP/compose.resolved.yml" 2>"$TMP/compose.err" || cp "$COMPOSE_FILE" "$TMP/compose.resolved.yml"
 else
     fail "docker-compose config: docker-compose is not installed"
@@ -194,6 +194,16 @@ mounts = " ".join(str(v) for v in svc.get("nginx", {}).get("volumes", []))
 need("deploy/nginx.conf" in mounts, "nginx: mounts deploy/nginx.conf")
 servers = sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", nginx, re.M))
 need(servers == replicas, f"nginx upstreams {servers} != compose replicas {replicas}")
+s3 = svc.get("s3", {})
+need(s3.get("profiles") == ["s3"], "s3: profile s3")
+pinned = re.search(r"^moto\[server\]==(\S+)", open(os.path.join(os.path.dirname(sys.argv[2]), "..", "tests", "e2e", "requirements.txt")).read(), re.M)
+need(pinned and s3.get("image") == f"motoserver/moto:{pinned[1]}",
+     f"s3: the image must be the moto release the tests run ({pinned and pinned[1]}), not {s3.get('image')}")
+need(svc.get("s3-bucket", {}).get("profiles") == ["s3"], "s3-bucket: profile s3")
+for r in replicas:
+    e = env(r)
+    need(e.get("OPENBATCH__STORAGE__BACKEND") == "postgres", f"{r}: storage backend postgres unless STORAGE_BACKEND says otherwise")
+    need(e.get("AWS_ENDPOINT_URL") == "http://s3:5000", f"{r}: AWS_ENDPOINT_URL defaults to the s3 profile's server")
 fu = svc.get("fake-upstream", {})
 need(fu.get("profiles") == ["demo"], "fake-upstream: profile demo")
 need(fu.get("entrypoint") == ["fake-upstream"], "fake-upstream: entrypoint fake-upstream")

@@ -16,6 +16,7 @@ use crate::engine::upstream::Upstreams;
 use crate::engine::Worker;
 use crate::error::render_framework_error;
 use crate::notify::{Feed, Notifications};
+use crate::store::content::Content;
 use crate::store::keys;
 use crate::tasks::TaskGroup;
 
@@ -36,12 +37,13 @@ pub struct Application {
 /// What every request handler shares: the pool, the admission queue, limits and slots.
 fn app_state(
     settings: &Settings,
-    pool: PgPool,
+    content: Content,
     auth: api::Auth,
     live: Arc<AtomicUsize>,
     wake_worker: Option<Arc<tokio::sync::Notify>>,
     batch_status: Feed,
 ) -> web::Data<AppState> {
+    let pool = content.pool().clone();
     let creates = crate::services::batches::create_queue::CreateQueue::start(
         pool.clone(),
         settings.limits.max_active_batches_per_project,
@@ -49,6 +51,7 @@ fn app_state(
     let limits = &settings.limits;
     web::Data::new(AppState {
         pool,
+        content,
         creates,
         limits: settings.limits.clone(),
         auth,
@@ -91,6 +94,7 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let auth = api::Auth::new(&settings.auth);
+        let content = Content::new(pool, &settings.storage)?;
         let Background {
             group: background,
             stop_on_drop,
@@ -98,11 +102,11 @@ impl Application {
             worker,
             members,
             batch_status,
-        } = Background::start(settings, &pool, &auth)?;
+        } = Background::start(settings, &content, &auth)?;
         let wake_worker = worker.as_ref().map(Worker::waker);
         let state = app_state(
             settings,
-            pool,
+            content,
             auth,
             members.live,
             wake_worker,
@@ -220,13 +224,14 @@ struct Background {
 }
 
 impl Background {
-    fn start(settings: &Settings, pool: &PgPool, auth: &api::Auth) -> anyhow::Result<Self> {
+    fn start(settings: &Settings, content: &Content, auth: &api::Auth) -> anyhow::Result<Self> {
+        let pool = content.pool();
         let group = TaskGroup::new();
         // Also when starting fails half way: nothing started outlives it.
         let stop_on_drop = group.token().drop_guard();
         let mut notices = Notifications::new();
         group.spawn(crate::maintenance::run(
-            pool.clone(),
+            content.clone(),
             group.token(),
             settings.webhooks.log_retention_secs,
             settings.database.reindex_slack_bytes,
@@ -247,7 +252,7 @@ impl Background {
         let worker = if settings.worker.enabled {
             let upstreams = Upstreams::in_cluster(settings, members.upstream.clone())?;
             Some(Worker::start(
-                pool.clone(),
+                content.clone(),
                 upstreams,
                 settings.worker.clone(),
                 settings.batches.clone(),

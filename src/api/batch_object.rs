@@ -20,6 +20,7 @@ use crate::services::batches::{BatchRecord, Creation, Creator};
 pub(super) fn creator(state: &AppState, key: UsedKey) -> Creator<'_> {
     Creator {
         pool: &state.pool,
+        content: &state.content,
         creates: &state.creates,
         limits: &state.limits,
         expiry_override_secs: state.expiry_override_secs,

@@ -81,7 +81,7 @@ async fn results(
             .map_err(ApiError::TooManyResultsReaders)
     };
     let after = query.after.as_deref();
-    let opened = service::open(&state.pool, &project, &id, after, take_slot).await?;
+    let opened = service::open(&state.content, &project, &id, after, take_slot).await?;
     let (status, complete) = (opened.status, opened.complete());
     let idle = Duration::from_secs(state.limits.live_read_idle_timeout_secs);
     let body = service::serve(state.pool.clone(), id, opened, idle);

@@ -125,7 +125,7 @@ async fn upload(
         .take(&project)
         .map_err(ApiError::TooManyUploads)?;
     let form = read_form(&req, payload, &state.limits).await?;
-    let file = files::upload(&state.pool, &state.limits, &project, form).await?;
+    let file = files::upload(&state.content, &state.limits, &project, form).await?;
     tracing::Span::current().record("file_id", file.id.as_str());
     tracing::info!(file_id = %file.id, bytes = file.bytes, "file uploaded");
     Ok(HttpResponse::Ok().json(FileObject::new(&file)))
@@ -324,7 +324,7 @@ async fn content(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_file_id(&path)?;
-    let (file, chunks) = files::content(&state.pool, &project, &id).await?;
+    let (file, chunks) = files::content(&state.content, &project, &id).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .no_chunking(file.bytes as u64)
@@ -348,7 +348,7 @@ async fn delete(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_file_id(&path)?;
-    files::delete(&state.pool, &project, &id).await?;
+    files::delete(&state.content, &project, &id).await?;
     Ok(HttpResponse::Ok().json(DeletedFile {
         id: id.as_str().to_owned(),
         object: FileTag::Tag,

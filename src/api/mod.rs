@@ -68,6 +68,8 @@ pub use slots::FairSlots;
 /// What every handler may use.
 pub struct AppState {
     pub pool: PgPool,
+    /// File content, wherever `storage.backend` keeps it.
+    pub content: crate::services::Content,
     /// Batch creations, written to the database together (`services::batches::create_queue`).
     pub creates: crate::services::batches::create_queue::CreateQueue,
     pub limits: LimitSettings,

@@ -326,7 +326,7 @@ async fn complete(
         md5: body.md5.as_deref().map(parse_md5).transpose()?,
     };
     let (upload, file) =
-        service::complete(&state.pool, &state.limits, &project, &id, &completion).await?;
+        service::complete(&state.content, &state.limits, &project, &id, &completion).await?;
     tracing::info!(upload_id = %id, file_id = %file.id, bytes = file.bytes, "upload completed");
     Ok(HttpResponse::Ok().json(UploadObject::new(&upload, Some(&file))))
 }

@@ -17,6 +17,7 @@ mod load;
 mod log;
 mod secret;
 mod server;
+mod storage;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use limits::LimitSettings;
 pub use log::{LogFormat, LogSettings};
 pub use secret::Secret;
 pub use server::{is_loopback, ServerSettings};
+pub use storage::{S3Settings, StorageBackend, StorageSettings};
 pub use telemetry::TelemetrySettings;
 pub use upstream::{MetricsSource, UpstreamSettings, DEFAULT_UPSTREAM_URL};
 pub use webhooks::WebhookSettings;
@@ -57,6 +59,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub cluster: ClusterSettings,
     pub webhooks: WebhookSettings,
+    pub storage: StorageSettings,
 }
 
 impl Settings {
@@ -90,6 +93,7 @@ impl Settings {
             )?;
         }
         self.webhooks.check()?;
+        self.storage.check()?;
         self.cluster.check()
     }
 

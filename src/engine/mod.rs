@@ -23,12 +23,15 @@ use crate::config::{BatchSettings, WorkerSettings};
 use crate::domain::BatchId;
 use crate::engine::upstream::Upstreams;
 use crate::notify::{Notice, Notifications, Subscription};
+use crate::store::content::Content;
 use crate::store::{chunks, leases};
 use crate::tasks::{CancellationToken, TaskGroup};
 
 /// What the worker's tasks share.
 struct Ctx {
     pool: PgPool,
+    /// Input files are read, and result files written, through this.
+    content: Content,
     upstreams: Arc<Upstreams>,
     settings: WorkerSettings,
     batches: BatchSettings,
@@ -77,7 +80,7 @@ impl Worker {
     /// Runs in `tasks` (stopped by [`shutdown`](Self::shutdown), or with its parent group),
     /// woken by the work and cancellation channels of `notices`.
     pub fn start(
-        pool: PgPool,
+        content: Content,
         upstreams: Arc<Upstreams>,
         settings: WorkerSettings,
         batches: BatchSettings,
@@ -93,7 +96,8 @@ impl Worker {
         );
         tracing::info!(%owner, max_in_flight = settings.max_in_flight, "batch worker starting");
         let ctx = Arc::new(Ctx {
-            pool,
+            pool: content.pool().clone(),
+            content,
             upstreams,
             settings,
             batches,

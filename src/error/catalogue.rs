@@ -78,6 +78,7 @@ fn example(kind: ErrorKind) -> ApiError {
         | K::DatabaseUnavailable
         | K::CreationOutcomeUnknown
         | K::SpoolFailed
+        | K::StorageUnavailable
         | K::Framework => server(kind),
     }
 }
@@ -233,6 +234,7 @@ fn server(kind: ErrorKind) -> ApiError {
         ErrorKind::DatabaseUnavailable => E::DatabaseUnavailable,
         ErrorKind::CreationOutcomeUnknown => E::CreationOutcomeUnknown,
         ErrorKind::SpoolFailed => E::SpoolFailed,
+        ErrorKind::StorageUnavailable => E::StorageUnavailable,
         ErrorKind::Framework => E::Framework {
             status: StatusCode::BAD_REQUEST,
         },

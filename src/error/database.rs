@@ -1,6 +1,19 @@
 //! Which database failures are the client's, which a retry clears, and which are bugs.
 
 use super::ApiError;
+use crate::store::content::ContentError;
+
+impl From<ContentError> for ApiError {
+    fn from(e: ContentError) -> Self {
+        match e {
+            ContentError::Database(e) => e.into(),
+            ContentError::Object(e) => {
+                tracing::warn!(error = %e, "object storage unavailable");
+                ApiError::StorageUnavailable
+            }
+        }
+    }
+}
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {

@@ -178,6 +178,9 @@ pub enum ApiError {
     CreationOutcomeUnknown,
     /// The replica cannot spool an upload to its local disk (full or unwritable).
     SpoolFailed,
+    /// The object storage holding file content (`storage.backend = "s3"`) is unreachable or
+    /// refused the request.
+    StorageUnavailable,
     /// Another error the framework produced before a handler ran.
     Framework { status: StatusCode },
 }

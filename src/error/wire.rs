@@ -152,6 +152,7 @@ impl ApiError {
             DatabaseUnavailable => w(503, None, None, s("The service is temporarily unable to reach its database. Please retry.")),
             CreationOutcomeUnknown => Wire { should_retry: Some(true), ..w(503, None, None, s("The connection to the database was lost while the batch was being created, so it may or may not have been created. Please retry with the same Idempotency-Key, which returns the batch if it was created (a retry without a key may create a second batch).")) },
             SpoolFailed => w(503, None, None, s("The server could not store the upload temporarily. Please retry.")),
+            StorageUnavailable => w(503, None, None, s("The service is temporarily unable to reach the storage that holds file content. Please retry.")),
             Framework { status } => Wire { status: *status, ..w(500, None, None, s(status.canonical_reason().unwrap_or("Request failed"))) },
         }
     }

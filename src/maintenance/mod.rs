@@ -5,6 +5,7 @@
 pub mod compact;
 pub mod leases;
 pub mod live_orders;
+pub mod objects;
 pub mod purge;
 pub mod statistics;
 pub mod stuck;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::store::content::Content;
 use crate::store::leader;
 use crate::tasks::{sleep_or_cancelled, CancellationToken};
 
@@ -28,12 +30,12 @@ const ROUND: Duration = Duration::from_secs(1);
 /// Cluster-wide chores, run by one replica at a time (whichever holds a session advisory lock;
 /// a replica that dies drops its connection and with it the lock): requeue chunks whose claim
 /// lapsed, analyze tables that outgrew their planner statistics, purge the content of deleted
-/// and expired files (and the live orders of batches whose results they were, and give their
+/// and expired files (deleting their objects, and any a crash left in the bucket; and the live orders of batches whose results they were, and give their
 /// space back), prune old webhook deliveries, fold token usage into rollups, and end batches stuck `stuck_grace_secs` past
 /// their completion window (see `stuck`). Each chore is short statements on the pool, never a
 /// lock a running replica's heartbeat needs.
 pub async fn run(
-    pool: PgPool,
+    content: Content,
     stop: CancellationToken,
     webhook_log_retention_secs: u64,
     reindex_slack_bytes: u64,
@@ -47,8 +49,8 @@ pub async fn run(
         compactor: compact::Compactor::new(reindex_slack_bytes),
     };
     while !sleep_or_cancelled(&stop, ROUND).await {
-        if lock.held(&pool).await {
-            chores.run(&pool).await;
+        if lock.held(content.pool()).await {
+            chores.run(&content).await;
         }
     }
     lock.release().await;
@@ -118,7 +120,8 @@ struct Chores {
 }
 
 impl Chores {
-    async fn run(&mut self, pool: &PgPool) {
+    async fn run(&mut self, content: &Content) {
+        let pool = content.pool();
         self.round = self.round.wrapping_add(1);
         let due = |every: u32| self.round.is_multiple_of(every);
         if due(leases::EVERY) {
@@ -129,6 +132,9 @@ impl Chores {
         }
         if due(purge::EVERY) {
             purge::run(pool).await;
+        }
+        if due(objects::EVERY) {
+            objects::run(content).await;
         }
         if due(live_orders::EVERY) {
             live_orders::run(pool).await;

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use crate::config::LimitSettings;
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
 use crate::error::ApiError;
+use crate::store::content::{Content, ContentError};
 use crate::store::files::{self as store, Committed, NewFile, Upload, CHUNK_BYTES};
 
 pub use crate::store::files::{FileRecord, ListQuery, Order};
@@ -90,7 +91,7 @@ pub struct NewUpload {
 /// as JSON requests when a batch using it is validated. Only now is the database involved, at
 /// disk speed.
 pub async fn upload(
-    pool: &PgPool,
+    content: &Content,
     limits: &LimitSettings,
     project: &ProjectId,
     upload: NewUpload,
@@ -110,10 +111,10 @@ pub async fn upload(
     let quota = storage_quota(limits);
     if let Some(quota) = quota {
         // A cheap early answer; the commit checks again under a lock.
-        let stored = store::stored_bytes(pool, project).await?;
+        let stored = store::stored_bytes(content.pool(), project).await?;
         check_quota(quota, stored, bytes)?;
     }
-    let upload = copy_in(pool, &mut incoming.spool).await?;
+    let upload = copy_in(content, &mut incoming.spool).await?;
     let new = NewFile {
         project,
         filename: &incoming.filename,
@@ -151,9 +152,9 @@ fn over_quota(limit: u64, stored: i64, upload: u64) -> ApiError {
 }
 
 /// The spooled content written to the database, not yet committed.
-async fn copy_in(pool: &PgPool, spool: &mut Spool) -> Result<Upload, ApiError> {
+async fn copy_in(content: &Content, spool: &mut Spool) -> Result<Upload, ApiError> {
     spool.rewind().await.map_err(spool_failed)?;
-    let mut upload = Upload::begin(pool).await?;
+    let mut upload = Upload::begin(content).await?;
     loop {
         let piece = spool.read(CHUNK_BYTES).await.map_err(spool_failed)?;
         if piece.is_empty() {
@@ -170,35 +171,43 @@ pub async fn get(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<File
         .ok_or_else(|| ApiError::FileNotFound { id: id.to_string() })
 }
 
-/// The file and its content, read from the database one chunk at a time as it is sent.
+/// The file and its content, read one chunk at a time as it is sent.
 pub async fn content(
-    pool: &PgPool,
+    content: &Content,
     project: &ProjectId,
     id: &FileId,
 ) -> Result<
     (
         FileRecord,
-        impl Stream<Item = Result<Bytes, sqlx::Error>> + 'static,
+        impl Stream<Item = Result<Bytes, ContentError>> + 'static,
     ),
     ApiError,
 > {
-    let file = get(pool, project, id).await?;
-    let pool = pool.clone();
+    let file = get(content.pool(), project, id).await?;
+    let content = content.clone();
     let id = file.id.clone();
     let chunks = futures_util::stream::try_unfold(0_i32, move |idx| {
-        let pool = pool.clone();
+        let content = content.clone();
         let id = id.clone();
         async move {
-            let data = store::chunk(&pool, &id, idx).await?;
-            Ok::<_, sqlx::Error>(data.map(|d| (Bytes::from(d), idx + 1)))
+            let data = content.chunk(&id, idx).await?;
+            Ok::<_, ContentError>(data.map(|d| (Bytes::from(d), idx + 1)))
         }
     });
     Ok((file, chunks))
 }
 
-pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<(), ApiError> {
-    if !store::delete(pool, project, id).await? {
+/// Deletes the file; its content goes at once unless a running batch still reads it.
+pub async fn delete(content: &Content, project: &ProjectId, id: &FileId) -> Result<(), ApiError> {
+    if !store::delete(content.pool(), project, id).await? {
         return Err(ApiError::FileNotFound { id: id.to_string() });
+    }
+    // The object of freed content is on the ledger already: the maintainer deletes it if
+    // this does not get to.
+    if content.in_objects() {
+        if let Err(e) = content.reconcile(16).await {
+            tracing::warn!(error = %e, "could not delete a deleted file's object yet");
+        }
     }
     Ok(())
 }

@@ -16,3 +16,5 @@ pub async fn database_answers(pool: &sqlx::PgPool, within: std::time::Duration) 
         .await
         .unwrap_or(false)
 }
+
+pub use crate::store::content::Content;

@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::services::files::{check_quota, spool_failed, storage_quota, Spool};
+use crate::store::content::{Content, NewContent};
 use crate::store::files::{self as files_store, FileRecord, NewFile, CHUNK_BYTES};
 use crate::store::uploads::{self as store, PartWriter};
 
@@ -130,14 +131,14 @@ pub struct Completion {
 /// Assembles the upload into a file, in one transaction holding the upload: every part named
 /// is the upload's, they hold exactly its declared bytes, and (if given) their md5 matches.
 pub async fn complete(
-    pool: &PgPool,
+    content: &Content,
     limits: &LimitSettings,
     project: &ProjectId,
     id: &UploadId,
     completion: &Completion,
 ) -> Result<(UploadRecord, FileRecord), ApiError> {
     check_part_ids(&completion.part_ids)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = content.pool().begin().await?;
     let mut upload = store::get(&mut tx, project, id)
         .await?
         .ok_or_else(|| ApiError::UploadNotFound { id: id.to_string() })?;
@@ -169,8 +170,10 @@ pub async fn complete(
         )
         .into());
     }
-    if completion.md5.is_some() || upload.purpose == Purpose::Batch {
-        verify(&mut tx, &upload, completion).await?;
+    // Into a bucket, the parts are read once: checked and copied in one pass.
+    let mut copy = content.in_objects().then(|| content.create());
+    if completion.md5.is_some() || upload.purpose == Purpose::Batch || copy.is_some() {
+        verify(&mut tx, &upload, completion, copy.as_mut()).await?;
     }
     if let Some(quota) = storage_quota(limits) {
         let stored = files_store::lock_storage(&mut tx, project).await?;
@@ -182,18 +185,27 @@ pub async fn complete(
         purpose: upload.purpose,
         expires_after_seconds: upload.file_expires_after,
     };
-    let file = store::assemble(&mut tx, &upload, file, &completion.part_ids).await?;
+    let file = match copy {
+        None => store::assemble(&mut tx, &upload, file, &completion.part_ids).await?,
+        Some(copy) => {
+            let record = copy.finish(&mut tx, file).await?;
+            store::completed(&mut tx, &upload, &record.id).await?;
+            record
+        }
+    };
     tx.commit().await?;
     upload.status = UploadStatus::Completed;
     upload.file_id = Some(file.id.clone());
     Ok((upload, file))
 }
 
-/// Reads the parts back in order: their md5 against the client's, and a batch file's UTF-8.
+/// Reads the parts back in order: their md5 against the client's, and a batch file's UTF-8;
+/// each chunk also goes to `copy`, if given.
 async fn verify(
     conn: &mut sqlx::PgConnection,
     upload: &UploadRecord,
     completion: &Completion,
+    mut copy: Option<&mut NewContent>,
 ) -> Result<(), ApiError> {
     let mut md5 = Md5::new();
     let mut utf8 = Utf8Check::default();
@@ -202,6 +214,9 @@ async fn verify(
         while let Some(data) = store::chunk(conn, part, idx).await? {
             md5.update(&data);
             utf8.feed(&data);
+            if let Some(copy) = copy.as_deref_mut() {
+                copy.write_chunk(conn, &data).await?;
+            }
             idx += 1;
         }
     }

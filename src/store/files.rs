@@ -2,6 +2,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FileId, ProjectId, Purpose};
 use crate::store::chunks::Position;
+use crate::store::content::{Content, ContentError, NewContent};
 use crate::store::keyset::{self, Page};
 
 #[derive(Debug, Clone)]
@@ -35,53 +36,35 @@ pub struct NewFile<'a> {
     pub expires_after_seconds: Option<i64>,
 }
 
-/// Content being written chunk by chunk inside a caller's transaction.
-pub struct NewContent {
-    id: FileId,
-    next_idx: i32,
-    bytes: i64,
+/// One chunk of content written in the caller's transaction.
+#[tracing::instrument(skip_all, name = "db.files.write_chunk")]
+pub async fn write_chunk(
+    conn: &mut PgConnection,
+    id: &FileId,
+    idx: i32,
+    data: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)",
+        id.as_str(),
+        idx,
+        data,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
-impl NewContent {
-    pub fn new() -> Self {
-        Self {
-            id: FileId::generate(),
-            next_idx: 0,
-            bytes: 0,
-        }
-    }
-
-    pub fn bytes(&self) -> i64 {
-        self.bytes
-    }
-
-    #[tracing::instrument(skip_all, name = "db.files.write_chunk")]
-    pub async fn write_chunk(
-        &mut self,
-        conn: &mut PgConnection,
-        data: &[u8],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query!(
-            "INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)",
-            self.id.as_str(),
-            self.next_idx,
-            data,
-        )
-        .execute(conn)
-        .await?;
-        self.next_idx += 1;
-        self.bytes += data.len() as i64;
-        Ok(())
-    }
-
-    /// Writes the `files` row; the content becomes visible when the transaction commits.
-    pub async fn finish(
-        self,
-        conn: &mut PgConnection,
-        file: NewFile<'_>,
-    ) -> Result<FileRecord, sqlx::Error> {
-        insert(conn, &self.id, file, self.bytes).await
-    }
+/// Whether the file's content is an object (else in `file_chunks`), and its size.
+#[tracing::instrument(skip_all, name = "db.files.storage_of")]
+pub async fn storage_of(pool: &PgPool, id: &FileId) -> Result<Option<(bool, i64)>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT storage = 's3' AS \"object!\", bytes FROM files WHERE id = $1",
+        id.as_str()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.object, r.bytes)))
 }
 
 /// The `files` row of content written under `id` in the caller's transaction.
@@ -91,11 +74,13 @@ pub async fn insert(
     id: &FileId,
     file: NewFile<'_>,
     bytes: i64,
+    in_object: bool,
 ) -> Result<FileRecord, sqlx::Error> {
     sqlx::query_as!(
         FileRecord,
-        r#"INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at)
-           VALUES ($1, $2, $3, $4, $5, unix_now() + $6)
+        r#"INSERT INTO files (id, project_id, filename, purpose, bytes, expires_at, storage)
+           VALUES ($1, $2, $3, $4, $5, unix_now() + $6,
+                   CASE WHEN $7 THEN 's3' ELSE 'postgres' END)
            RETURNING id AS "id: FileId", filename, purpose AS "purpose: Purpose", bytes,
                      created_at, expires_at"#,
         id.as_str(),
@@ -104,6 +89,7 @@ pub async fn insert(
         file.purpose.as_str(),
         bytes,
         file.expires_after_seconds,
+        in_object,
     )
     .fetch_one(conn)
     .await
@@ -126,23 +112,16 @@ pub async fn lock_storage(
     .await
 }
 
-impl Default for NewContent {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Upload {
     #[tracing::instrument(skip_all, name = "db.files.begin")]
-    pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+    pub async fn begin(content: &Content) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            tx: pool.begin().await?,
-            content: NewContent::new(),
+            tx: content.pool().begin().await?,
+            content: content.create(),
         })
     }
 
-    #[tracing::instrument(skip_all, name = "db.files.write_chunk")]
-    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
+    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), ContentError> {
         self.content.write_chunk(&mut self.tx, data).await
     }
 
@@ -153,7 +132,7 @@ impl Upload {
         self,
         file: NewFile<'_>,
         quota: Option<u64>,
-    ) -> Result<Committed, sqlx::Error> {
+    ) -> Result<Committed, ContentError> {
         Ok(match self.finish(file, quota).await? {
             Finished::Stored(record, tx) => {
                 tx.commit().await?;
@@ -173,10 +152,10 @@ impl Upload {
         mut self,
         file: NewFile<'_>,
         quota: Option<u64>,
-    ) -> Result<Finished, sqlx::Error> {
+    ) -> Result<Finished, ContentError> {
         if let Some(quota) = quota {
             let stored = lock_storage(&mut self.tx, file.project).await?;
-            if stored.saturating_add(self.content.bytes) > quota as i64 {
+            if stored.saturating_add(self.content.bytes()) > quota as i64 {
                 return Ok(Finished::OverQuota { stored });
             }
         }
@@ -343,9 +322,7 @@ pub async fn delete(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<b
         sqlx::query!("DELETE FROM file_chunks WHERE file_id = $1", id.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query!("UPDATE files SET purged = true WHERE id = $1", id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        mark_purged(&mut *tx, id).await?;
     }
     tx.commit().await?;
     Ok(in_use.is_some())
@@ -385,11 +362,29 @@ pub async fn purge(pool: &PgPool, max_files: i64) -> Result<u64, sqlx::Error> {
                 break;
             }
         }
-        sqlx::query!("UPDATE files SET purged = true WHERE id = $1", id.as_str())
-            .execute(pool)
-            .await?;
+        mark_purged(pool, id).await?;
     }
     Ok(ids.len() as u64)
+}
+
+/// The file's content is gone; an object of it goes on the ledger of objects to delete now
+/// (the caller's `Content::reconcile`, or the maintainer's, deletes it).
+async fn mark_purged<'c, E>(conn: E, id: &FileId) -> Result<(), sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    sqlx::query!(
+        "WITH purged AS (
+            UPDATE files SET purged = true WHERE id = $1 RETURNING id, storage
+         )
+         INSERT INTO pending_objects (file_id, delete_after)
+         SELECT id, unix_now() FROM purged WHERE storage = 's3'
+         ON CONFLICT (file_id) DO UPDATE SET delete_after = EXCLUDED.delete_after",
+        id.as_str()
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The bytes of a file's content from `start` up to `end` (exclusive); `None` when some of it

@@ -15,12 +15,14 @@ macro_rules! unfinished_statuses {
 pub mod batches;
 pub mod chunks;
 pub mod compact;
+pub mod content;
 pub mod files;
 pub mod gauges;
 pub mod keys;
 pub mod keyset;
 pub mod leader;
 pub mod leases;
+pub mod objects;
 pub mod projects;
 pub mod replicas;
 pub mod results;

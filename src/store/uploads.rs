@@ -209,7 +209,7 @@ pub async fn assemble(
     part_ids: &[String],
 ) -> Result<FileRecord, sqlx::Error> {
     let id = FileId::generate();
-    let record = files::insert(&mut *conn, &id, file, upload.bytes).await?;
+    let record = files::insert(&mut *conn, &id, file, upload.bytes, false).await?;
     sqlx::query!(
         "INSERT INTO file_chunks (file_id, idx, data)
          SELECT $1, (row_number() OVER (ORDER BY p.ord, c.idx) - 1)::int, c.data
@@ -220,6 +220,18 @@ pub async fn assemble(
     )
     .execute(&mut *conn)
     .await?;
+    completed(conn, upload, &id).await?;
+    Ok(record)
+}
+
+/// The upload is `completed` as file `file` (written in the caller's transaction), and every
+/// part of it is removed.
+#[tracing::instrument(skip_all, name = "db.uploads.completed")]
+pub async fn completed(
+    conn: &mut PgConnection,
+    upload: &UploadRecord,
+    file: &FileId,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM upload_parts WHERE upload_id = $1",
         upload.id.as_str()
@@ -229,11 +241,11 @@ pub async fn assemble(
     sqlx::query!(
         "UPDATE uploads SET status = 'completed', file_id = $2 WHERE id = $1",
         upload.id.as_str(),
-        id.as_str(),
+        file.as_str(),
     )
     .execute(conn)
     .await?;
-    Ok(record)
+    Ok(())
 }
 
 /// Cancels a pending upload (within its hour) and removes its parts; `false` if it is not

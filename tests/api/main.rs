@@ -36,6 +36,7 @@ mod retry;
 mod retry_limits;
 mod secrets;
 mod startup;
+mod storage;
 mod stored_values;
 mod token_quota;
 mod uploads;

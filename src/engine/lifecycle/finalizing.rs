@@ -11,7 +11,8 @@ use crate::engine::upstream::Outcome;
 use crate::engine::Ctx;
 use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ChunkSummary};
-use crate::store::files::{self, NewContent, NewFile, CHUNK_BYTES};
+use crate::store::content::{ContentError, NewContent};
+use crate::store::files::{NewFile, CHUNK_BYTES};
 use crate::store::leases;
 use crate::store::leases::{BatchJob, Ending};
 
@@ -30,15 +31,19 @@ struct ResultFile {
 }
 
 impl ResultFile {
-    fn new() -> Self {
+    fn new(ctx: &Ctx) -> Self {
         Self {
-            content: NewContent::new(),
+            content: ctx.content.create(),
             buf: Vec::with_capacity(CHUNK_BYTES),
             lines: 0,
         }
     }
 
-    async fn push(&mut self, conn: &mut sqlx::PgConnection, line: &str) -> Result<(), sqlx::Error> {
+    async fn push(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+        line: &str,
+    ) -> Result<(), ContentError> {
         self.buf.extend_from_slice(line.as_bytes());
         self.buf.push(b'\n');
         self.lines += 1;
@@ -55,7 +60,7 @@ impl ResultFile {
         conn: &mut sqlx::PgConnection,
         job: &BatchJob,
         kind: &str,
-    ) -> Result<Option<FileId>, sqlx::Error> {
+    ) -> Result<Option<FileId>, ContentError> {
         if self.lines == 0 {
             return Ok(None);
         }
@@ -104,7 +109,7 @@ pub(super) async fn finalize(ctx: &Ctx, job: &BatchJob, to: BatchStatus) -> anyh
     };
     let started = std::time::Instant::now();
     let mut tx = ctx.pool.begin().await?;
-    let (mut out, mut err) = (ResultFile::new(), ResultFile::new());
+    let (mut out, mut err) = (ResultFile::new(ctx), ResultFile::new(ctx));
     let mut usage = Usage::default();
     let mut served = Served::default();
     let mut after = -1;
@@ -290,7 +295,9 @@ async fn chunk_lines(
     let mut lines = stored;
     if lines.len() < range.len() {
         let at = &c.lines;
-        let input = files::read_range(&ctx.pool, &at.file_id, at.start(), at.end())
+        let input = ctx
+            .content
+            .read_range(&at.file_id, at.start(), at.end())
             .await?
             .with_context(|| format!("the content of input file {} is missing", at.file_id))?;
         let have: std::collections::HashSet<i32> = lines.iter().map(|l| l.0).collect();

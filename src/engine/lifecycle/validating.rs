@@ -233,7 +233,7 @@ impl InputScan {
     /// Reads the file's stored parts in order, stopping early once the batch is sure to fail.
     async fn read(&mut self, ctx: &Ctx, file: &FileId) -> anyhow::Result<()> {
         for idx in 0.. {
-            let Some(part) = files::chunk(&ctx.pool, file, idx).await? else {
+            let Some(part) = ctx.content.chunk(file, idx).await? else {
                 break;
             };
             self.planner

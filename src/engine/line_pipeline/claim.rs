@@ -12,7 +12,7 @@ use crate::engine::upstream::trace_id_for;
 use crate::engine::Ctx;
 use crate::jsonl::{group, queued, LineSplitter, Piece};
 use crate::store::chunks::{self, ClaimedChunk, Group, Held};
-use crate::store::files;
+use crate::store::content::ContentError;
 
 /// Claims a chunk and reads its lines, skipping those that already have a result (a chunk
 /// taken over from a replica that died keeps what that replica stored).
@@ -59,6 +59,15 @@ pub(super) async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<O
         .insert(running.key(), running.clone());
     let lines = match read_lines(ctx, &c, &running).await {
         Ok(lines) => lines,
+        Err(e) if e.downcast_ref::<ContentError>().is_some() => {
+            // The input is out of reach (an outage): back for another try, not counted as a
+            // failed claim.
+            forget(ctx, &running);
+            if let Err(e) = chunks::release_unread(&ctx.pool, &running.held).await {
+                tracing::warn!(error = %e, "could not hand a chunk back; its lease will lapse");
+            }
+            return Err(e);
+        }
         Err(e) => {
             // Hand it back for another try rather than sit on it until the lease lapses.
             let_go(ctx, &running, 0).await;
@@ -99,7 +108,9 @@ async fn read_lines(
         Default::default()
     };
     let at = &c.lines;
-    let bytes = files::read_range(&ctx.pool, &at.file_id, at.start(), at.end())
+    let bytes = ctx
+        .content
+        .read_range(&at.file_id, at.start(), at.end())
         .await?
         .ok_or_else(|| anyhow::anyhow!("the content of input file {} is missing", at.file_id))?;
     let mut lines = Vec::with_capacity(at.line_count as usize);

@@ -80,6 +80,8 @@ fn settle(
 /// What creating a batch takes of this replica.
 pub struct Creator<'a> {
     pub pool: &'a PgPool,
+    /// Where a retry's input file is written, and the files it reads.
+    pub content: &'a crate::store::content::Content,
     pub creates: &'a CreateQueue,
     pub limits: &'a LimitSettings,
     /// Test-only shortening of the 24-hour completion window.

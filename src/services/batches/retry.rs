@@ -131,7 +131,7 @@ impl Creator<'_> {
                 file: file.clone(),
             }
         })?;
-        Ok(FileLines::new(rec.id, rec.bytes))
+        Ok(FileLines::new(self.content.clone(), rec.id, rec.bytes))
     }
 
     /// Reads the requests to run again into a local spool, one short statement per file part:
@@ -164,7 +164,7 @@ impl Creator<'_> {
             .map_err(spool_failed)?;
         let mut requests = RetryInput::new(id, input, errors, filter);
         let mut lines = 0;
-        while let Some(line) = requests.next(self.pool).await.map_err(failed)? {
+        while let Some(line) = requests.next().await.map_err(failed)? {
             spool.write(&line).await.map_err(spool_failed)?;
             spool.write(b"\n").await.map_err(spool_failed)?;
             lines += 1;
@@ -202,7 +202,7 @@ impl Creator<'_> {
         }
         // Only now is a connection held, by one transaction, at disk speed.
         spool.rewind().await.map_err(spool_failed)?;
-        let mut upload = Upload::begin(self.pool).await?;
+        let mut upload = Upload::begin(self.content).await?;
         loop {
             let piece = spool.read(CHUNK_BYTES).await.map_err(spool_failed)?;
             if piece.is_empty() {

@@ -156,7 +156,7 @@ pub async fn produce(
             next,
             read_live,
         } => {
-            while let Some(f) = lines.next(&pool).await? {
+            while let Some(f) = lines.next().await? {
                 if f.ordinal < next {
                     continue;
                 }

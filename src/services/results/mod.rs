@@ -14,15 +14,15 @@ use std::collections::VecDeque;
 
 use anyhow::Context;
 use serde::Deserialize;
-use sqlx::PgPool;
 
 use crate::domain::{BatchId, FileId};
 use crate::jsonl::group::line_id;
 use crate::jsonl::LineSplitter;
-use crate::store::files;
+use crate::store::content::Content;
 
 /// A stored file's non-blank lines, read a part (1 MiB) at a time.
 pub struct FileLines {
+    content: Content,
     file: FileId,
     /// The file's size as recorded: reading fewer bytes means its content was purged meanwhile.
     bytes: i64,
@@ -33,8 +33,9 @@ pub struct FileLines {
 }
 
 impl FileLines {
-    pub fn new(file: FileId, bytes: i64) -> Self {
+    pub fn new(content: Content, file: FileId, bytes: i64) -> Self {
         Self {
+            content,
             file,
             bytes,
             read: 0,
@@ -44,7 +45,7 @@ impl FileLines {
         }
     }
 
-    async fn fill(&mut self, pool: &PgPool) -> anyhow::Result<()> {
+    async fn fill(&mut self) -> anyhow::Result<()> {
         while self.ready.is_empty() {
             let Some(splitter) = self.splitter.as_mut() else {
                 return Ok(());
@@ -56,7 +57,7 @@ impl FileLines {
                     ready.push_back(line.to_vec());
                 }
             };
-            match files::chunk(pool, &self.file, self.next_part).await? {
+            match self.content.chunk(&self.file, self.next_part).await? {
                 Some(data) => {
                     self.read += data.len() as i64;
                     self.next_part += 1;
@@ -75,13 +76,13 @@ impl FileLines {
         Ok(())
     }
 
-    pub async fn peek(&mut self, pool: &PgPool) -> anyhow::Result<Option<&[u8]>> {
-        self.fill(pool).await?;
+    pub async fn peek(&mut self) -> anyhow::Result<Option<&[u8]>> {
+        self.fill().await?;
         Ok(self.ready.front().map(Vec::as_slice))
     }
 
-    pub async fn next(&mut self, pool: &PgPool) -> anyhow::Result<Option<Vec<u8>>> {
-        self.fill(pool).await?;
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.fill().await?;
         Ok(self.ready.pop_front())
     }
 }
@@ -125,15 +126,15 @@ impl FinishedLines {
         }
     }
 
-    pub async fn next(&mut self, pool: &PgPool) -> anyhow::Result<Option<Finished>> {
+    pub async fn next(&mut self) -> anyhow::Result<Option<Finished>> {
         let want = line_id(self.batch.as_str(), self.next as i32);
         for (output, file) in [(true, &mut self.output), (false, &mut self.errors)] {
             let Some(file) = file.as_mut() else { continue };
-            let Some(head) = file.peek(pool).await? else {
+            let Some(head) = file.peek().await? else {
                 continue;
             };
             if result_id(head)? == want {
-                let line = file.next(pool).await?.expect("peeked");
+                let line = file.next().await?.expect("peeked");
                 let ordinal = self.next;
                 self.next += 1;
                 return Ok(Some(Finished {
@@ -145,7 +146,7 @@ impl FinishedLines {
         }
         for file in [&mut self.output, &mut self.errors].into_iter().flatten() {
             anyhow::ensure!(
-                file.peek(pool).await?.is_none(),
+                file.peek().await?.is_none(),
                 "the result files of batch {} do not hold request {} where expected",
                 self.batch,
                 self.next

@@ -4,7 +4,6 @@
 
 use anyhow::Context;
 use serde::Deserialize;
-use sqlx::PgPool;
 
 use super::{result_id, FileLines};
 use crate::domain::{BatchId, RetryFilter};
@@ -56,18 +55,18 @@ impl<'a> RetryInput<'a> {
     }
 
     /// The next request to run again: its input line, byte for byte (without the newline).
-    pub async fn next(&mut self, pool: &PgPool) -> anyhow::Result<Option<Vec<u8>>> {
-        while let Some(raw) = self.input.next(pool).await? {
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        while let Some(raw) = self.input.next().await? {
             let ordinal = self.ordinal;
             self.ordinal += 1;
-            let failed = match self.errors.peek(pool).await? {
+            let failed = match self.errors.peek().await? {
                 Some(head) => result_id(head)? == line_id(self.batch.as_str(), ordinal),
                 None => false,
             };
             if !failed {
                 continue;
             }
-            let line = self.errors.next(pool).await?.expect("peeked");
+            let line = self.errors.next().await?.expect("peeked");
             let e: ErrorLine =
                 serde_json::from_slice(&line).context("an error-file line is not a result line")?;
             let request =
@@ -85,7 +84,7 @@ impl<'a> RetryInput<'a> {
             }
         }
         anyhow::ensure!(
-            self.errors.peek(pool).await?.is_none(),
+            self.errors.peek().await?.is_none(),
             "the error file of batch {} holds lines its input does not",
             self.batch
         );

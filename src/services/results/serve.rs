@@ -13,6 +13,7 @@ use super::{FileLines, FinishedLines};
 use crate::domain::{BatchId, BatchStatus, FileId, ProjectId, ResultsCursor};
 use crate::engine::order::LiveOrder;
 use crate::error::ApiError;
+use crate::store::content::Content;
 use crate::store::{batches, files, results};
 
 /// A reader's results, ready to be served; `slot` is held until they are.
@@ -33,12 +34,13 @@ impl<S> Opened<S> {
 /// The results of the project's batch `id` after the cursor `after`. `take_slot` takes one of
 /// this replica's reader slots, once the batch is known to exist.
 pub async fn open<S>(
-    pool: &PgPool,
+    content: &Content,
     project: &ProjectId,
     id: &BatchId,
     after: Option<&str>,
     take_slot: impl FnOnce() -> Result<S, ApiError>,
 ) -> Result<Opened<S>, ApiError> {
+    let pool = content.pool();
     let batch = batches::get(pool, project, id)
         .await?
         .ok_or_else(|| ApiError::BatchNotFound { id: id.to_string() })?;
@@ -57,8 +59,8 @@ pub async fn open<S>(
         }
         (true, cursor) => {
             // Both files first: results that are gone are said so whatever the cursor.
-            let output = result_file(pool, project, batch.output_file_id.as_ref()).await?;
-            let errors = result_file(pool, project, batch.error_file_id.as_ref()).await?;
+            let output = result_file(content, project, batch.output_file_id.as_ref()).await?;
+            let errors = result_file(content, project, batch.error_file_id.as_ref()).await?;
             // No result file (a batch that failed): nothing to serve, whatever was read.
             let cursor = cursor.filter(|_| output.is_some() || errors.is_some());
             let (next, read_live) = from_cursor(pool, id, cursor).await?;
@@ -104,14 +106,16 @@ async fn from_cursor(
 
 /// A result file of an ended batch, ready to be read; `None` when the batch has none.
 async fn result_file(
-    pool: &PgPool,
+    content: &Content,
     project: &ProjectId,
     id: Option<&FileId>,
 ) -> Result<Option<FileLines>, ApiError> {
     let Some(id) = id else { return Ok(None) };
     let missing = || ApiError::ResultsUnavailable { file: id.clone() };
-    let file = files::get(pool, project, id).await?.ok_or_else(missing)?;
-    Ok(Some(FileLines::new(file.id, file.bytes)))
+    let file = files::get(content.pool(), project, id)
+        .await?
+        .ok_or_else(missing)?;
+    Ok(Some(FileLines::new(content.clone(), file.id, file.bytes)))
 }
 
 /// The order an ended batch's lines were served in while it ran, which a cursor taken then

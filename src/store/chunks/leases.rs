@@ -84,6 +84,23 @@ pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
+/// Hands back a chunk whose input could not be read (the bucket or the database unreachable):
+/// like `release`, not a claim that failed, so an outage never adds up to a crash loop.
+#[tracing::instrument(skip_all, name = "db.chunks.release_unread")]
+pub async fn release_unread(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL,
+                                 idle_claims = greatest(idle_claims - 1, 0)
+         WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
+        held.batch_id,
+        held.idx,
+        held.attempt,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Gives a chunk up (a crash loop): it is done, and its lines without a result count as failed
 /// — finalization writes them to the error file. Only under the claim's token.
 #[tracing::instrument(skip_all, name = "db.chunks.give_up")]

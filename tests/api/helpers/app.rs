@@ -22,6 +22,8 @@ pub fn settings_for(database_url: &str) -> Settings {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        // The bucket's credentials and endpoint: from this process's `AWS_*` variables.
+        .chain(super::storage_env(database_url))
         .collect(),
     )
     .expect("test settings")

@@ -109,7 +109,8 @@ pub fn openbatch_command(database_url: &str) -> Command {
         .env("OPENBATCH__DATABASE__URL", database_url)
         .env("OPENBATCH__SERVER__HOST", "127.0.0.1")
         .env("OPENBATCH__SERVER__WORKERS", "2")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(super::storage_env(database_url));
     cmd
 }
 

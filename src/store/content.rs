@@ -1,0 +1,195 @@
+//! Where file content is: written to the configured backend (the database's `file_chunks`, or
+//! an object in S3), read from wherever each file's row says it went, so a deployment that
+//! changes backend still reads what it stored before.
+
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::{StorageBackend, StorageSettings};
+use crate::domain::FileId;
+use crate::store::chunks::Position;
+use crate::store::files::{self, FileRecord, NewFile, CHUNK_BYTES};
+use crate::store::objects::{self, ObjectError, ObjectWriter, Objects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("object storage: {0}")]
+    Object(#[from] ObjectError),
+}
+
+/// The content of every file, wherever it is kept; cheap to clone.
+#[derive(Clone)]
+pub struct Content {
+    pool: PgPool,
+    objects: Option<Arc<Objects>>,
+}
+
+/// Where one file's content is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Database,
+    Object { bytes: u64 },
+}
+
+impl Content {
+    pub fn new(pool: PgPool, settings: &StorageSettings) -> anyhow::Result<Self> {
+        let objects = match settings.backend {
+            StorageBackend::Postgres => None,
+            StorageBackend::S3 => Some(Arc::new(Objects::connect(&settings.s3)?)),
+        };
+        Ok(Self { pool, objects })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether new content goes to a bucket.
+    pub fn in_objects(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// A new file's content, bound for the configured backend.
+    pub fn create(&self) -> NewContent {
+        let id = FileId::generate();
+        let into = match &self.objects {
+            None => Into::Database { next_idx: 0 },
+            Some(objects) => Into::Object(ObjectWriter::new(objects, &id), objects.clone()),
+        };
+        NewContent {
+            id,
+            bytes: 0,
+            into,
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Only a deployment with a bucket can hold files there, so only then is a file's place
+    /// looked up: the database's own backend costs no extra query.
+    async fn place(&self, id: &FileId) -> Result<(Place, Option<&Objects>), ContentError> {
+        let Some(objects) = &self.objects else {
+            return Ok((Place::Database, None));
+        };
+        let place = files::storage_of(&self.pool, id).await?;
+        Ok(match place {
+            Some((true, bytes)) => (
+                Place::Object {
+                    bytes: bytes as u64,
+                },
+                Some(objects),
+            ),
+            _ => (Place::Database, None),
+        })
+    }
+
+    /// One chunk (`CHUNK_BYTES`) of a file's content, by position; `None` past the end (or if
+    /// the content is gone). An object is cut into chunks at every `CHUNK_BYTES`.
+    pub async fn chunk(&self, id: &FileId, idx: i32) -> Result<Option<Vec<u8>>, ContentError> {
+        match self.place(id).await? {
+            (Place::Object { bytes }, Some(objects)) => {
+                let start = idx as u64 * CHUNK_BYTES as u64;
+                if start >= bytes {
+                    return Ok(None);
+                }
+                let end = (start + CHUNK_BYTES as u64).min(bytes);
+                Ok(objects.range(id, start..end).await?.map(Vec::from))
+            }
+            _ => Ok(files::chunk(&self.pool, id, idx).await?),
+        }
+    }
+
+    /// The bytes from `start` up to `end` (exclusive); `None` when some of it is missing.
+    pub async fn read_range(
+        &self,
+        id: &FileId,
+        start: Position,
+        end: Position,
+    ) -> Result<Option<Vec<u8>>, ContentError> {
+        match self.place(id).await? {
+            (Place::Object { .. }, Some(objects)) => {
+                let at = |p: Position| p.part as u64 * CHUNK_BYTES as u64 + p.offset as u64;
+                let range = at(start)..at(end);
+                let want = range.end - range.start;
+                let got = objects.range(id, range).await?;
+                Ok(got.filter(|b| b.len() as u64 == want).map(Vec::from))
+            }
+            _ => Ok(files::read_range(&self.pool, id, start, end).await?),
+        }
+    }
+
+    /// Deletes the objects of freed content and of writes a crash abandoned (see
+    /// `pending_objects`), up to `limit`; returns how many entries were settled.
+    pub async fn reconcile(&self, limit: i64) -> Result<u64, ContentError> {
+        let due = objects::due(&self.pool, limit).await?;
+        for d in &due {
+            if !d.owned {
+                let Some(objects) = &self.objects else {
+                    // Without a bucket configured nothing can be deleted: keep the entry.
+                    continue;
+                };
+                objects
+                    .remove(&d.file_id, d.multipart_id.as_deref())
+                    .await?;
+            }
+            objects::settle(&self.pool, &d.file_id).await?;
+        }
+        Ok(due.len() as u64)
+    }
+}
+
+/// Content being written chunk by chunk. In the database its chunks are rows of the caller's
+/// transaction; in a bucket they go out a part at a time, and the transaction that writes the
+/// `files` row takes the object off the ledger of objects nobody owns.
+pub struct NewContent {
+    id: FileId,
+    bytes: i64,
+    into: Into,
+    pool: PgPool,
+}
+
+enum Into {
+    Database { next_idx: i32 },
+    Object(ObjectWriter, Arc<Objects>),
+}
+
+impl NewContent {
+    pub fn bytes(&self) -> i64 {
+        self.bytes
+    }
+
+    #[tracing::instrument(skip_all, name = "content.write_chunk")]
+    pub async fn write_chunk(
+        &mut self,
+        conn: &mut PgConnection,
+        data: &[u8],
+    ) -> Result<(), ContentError> {
+        match &mut self.into {
+            Into::Database { next_idx } => {
+                files::write_chunk(conn, &self.id, *next_idx, data).await?;
+                *next_idx += 1;
+            }
+            Into::Object(writer, objects) => writer.write(objects, &self.pool, data).await?,
+        }
+        self.bytes += data.len() as i64;
+        Ok(())
+    }
+
+    /// Writes the `files` row; the content becomes the file's when the transaction commits.
+    pub async fn finish(
+        self,
+        conn: &mut PgConnection,
+        file: NewFile<'_>,
+    ) -> Result<FileRecord, ContentError> {
+        let in_object = match self.into {
+            Into::Database { .. } => false,
+            Into::Object(writer, objects) => {
+                writer.finish(&objects, &self.pool, conn).await?;
+                true
+            }
+        };
+        Ok(files::insert(conn, &self.id, file, self.bytes, in_object).await?)
+    }
+}
