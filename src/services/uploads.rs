@@ -215,7 +215,7 @@ async fn verify(
             md5.update(&data);
             utf8.feed(&data);
             if let Some(copy) = copy.as_deref_mut() {
-                copy.write_chunk(conn, &data).await?;
+                copy.write_chunk(None, &data).await?;
             }
             idx += 1;
         }

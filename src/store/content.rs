@@ -161,13 +161,16 @@ impl NewContent {
     }
 
     #[tracing::instrument(skip_all, name = "content.write_chunk")]
+    /// `conn`: the transaction the chunk is a row of, when `in_transaction` (an object's parts
+    /// need none).
     pub async fn write_chunk(
         &mut self,
-        conn: &mut PgConnection,
+        conn: Option<&mut PgConnection>,
         data: &[u8],
     ) -> Result<(), ContentError> {
         match &mut self.into {
             Into::Database { next_idx } => {
+                let conn = conn.expect("content for the database is written in a transaction");
                 files::write_chunk(conn, &self.id, *next_idx, data).await?;
                 *next_idx += 1;
             }
@@ -177,19 +180,79 @@ impl NewContent {
         Ok(())
     }
 
-    /// Writes the `files` row; the content becomes the file's when the transaction commits.
+    /// Whether the chunks are rows of the caller's transaction (else, an object's parts, they
+    /// need none until `Sealed::finish`).
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.into, Into::Database { .. })
+    }
+
+    /// Everything written: an object is completed (it stays on the ledger until its row).
+    pub async fn seal(self) -> Result<Sealed, ContentError> {
+        let object = match self.into {
+            Into::Database { .. } => None,
+            Into::Object(writer, objects) => {
+                writer.complete(&objects, &self.pool).await?;
+                Some(objects)
+            }
+        };
+        Ok(Sealed {
+            id: self.id,
+            bytes: self.bytes,
+            object,
+            pool: self.pool,
+        })
+    }
+
+    /// `seal`, then `Sealed::finish`.
     pub async fn finish(
         self,
         conn: &mut PgConnection,
         file: NewFile<'_>,
     ) -> Result<FileRecord, ContentError> {
-        let in_object = match self.into {
-            Into::Database { .. } => false,
-            Into::Object(writer, objects) => {
-                writer.finish(&objects, &self.pool, conn).await?;
-                true
-            }
-        };
+        self.seal().await?.finish(conn, file).await
+    }
+}
+
+/// Content written in full, waiting for its `files` row.
+pub struct Sealed {
+    id: FileId,
+    bytes: i64,
+    /// The bucket holding it, if it is an object.
+    object: Option<Arc<Objects>>,
+    pool: PgPool,
+}
+
+impl Sealed {
+    pub fn bytes(&self) -> i64 {
+        self.bytes
+    }
+
+    /// Writes the `files` row (and takes an object off the ledger); the content is the
+    /// file's when the transaction commits.
+    pub async fn finish(
+        self,
+        conn: &mut PgConnection,
+        file: NewFile<'_>,
+    ) -> Result<FileRecord, ContentError> {
+        if self.object.is_some() {
+            objects::settle(&mut *conn, self.id.as_str()).await?;
+        }
+        let in_object = self.object.is_some();
         Ok(files::insert(conn, &self.id, file, self.bytes, in_object).await?)
+    }
+
+    /// Not to be kept (over quota): an object goes at once rather than when its write would
+    /// count as abandoned. Content in the database goes with its rolled-back transaction.
+    pub async fn discard(self) {
+        let Some(objects) = self.object else { return };
+        let gone = objects.remove(self.id.as_str(), None).await;
+        let settled = match gone {
+            Ok(()) => objects::settle(&self.pool, self.id.as_str()).await,
+            // Left on the ledger, due now: the maintainer retries.
+            Err(_) => objects::pend(&self.pool, self.id.as_str(), 0).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "an unkept object stays on the ledger until its write would count as abandoned");
+        }
     }
 }

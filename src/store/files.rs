@@ -25,7 +25,10 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// An upload in progress: chunks are written inside one transaction and the `files` row last,
 /// so an aborted upload leaves nothing behind.
 pub struct Upload {
-    tx: Transaction<'static, Postgres>,
+    pool: PgPool,
+    /// Held while the content is written only when the content is rows of it: an object's
+    /// upload holds no connection until its `files` row is written.
+    tx: Option<Transaction<'static, Postgres>>,
     content: NewContent,
 }
 
@@ -115,14 +118,19 @@ pub async fn lock_storage(
 impl Upload {
     #[tracing::instrument(skip_all, name = "db.files.begin")]
     pub async fn begin(content: &Content) -> Result<Self, sqlx::Error> {
+        let new = content.create();
         Ok(Self {
-            tx: content.pool().begin().await?,
-            content: content.create(),
+            pool: content.pool().clone(),
+            tx: match new.in_transaction() {
+                true => Some(content.pool().begin().await?),
+                false => None,
+            },
+            content: new,
         })
     }
 
     pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), ContentError> {
-        self.content.write_chunk(&mut self.tx, data).await
+        self.content.write_chunk(self.tx.as_deref_mut(), data).await
     }
 
     /// Writes the `files` row and commits, unless the project would then store more than
@@ -149,18 +157,25 @@ impl Upload {
     /// is taken last, once the content is written, so it is held only briefly.
     #[tracing::instrument(skip_all, name = "db.files.finish")]
     pub async fn finish(
-        mut self,
+        self,
         file: NewFile<'_>,
         quota: Option<u64>,
     ) -> Result<Finished, ContentError> {
+        let sealed = self.content.seal().await?;
+        let mut tx = match self.tx {
+            Some(tx) => tx,
+            None => self.pool.begin().await?,
+        };
         if let Some(quota) = quota {
-            let stored = lock_storage(&mut self.tx, file.project).await?;
-            if stored.saturating_add(self.content.bytes()) > quota as i64 {
+            let stored = lock_storage(&mut tx, file.project).await?;
+            if stored.saturating_add(sealed.bytes()) > quota as i64 {
+                drop(tx);
+                sealed.discard().await;
                 return Ok(Finished::OverQuota { stored });
             }
         }
-        let record = self.content.finish(&mut self.tx, file).await?;
-        Ok(Finished::Stored(record, self.tx))
+        let record = sealed.finish(&mut tx, file).await?;
+        Ok(Finished::Stored(record, tx))
     }
 }
 

@@ -9,7 +9,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::config::S3Settings;
 use crate::domain::FileId;
@@ -166,14 +166,13 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Completes the object and, in the caller's transaction, takes it off the ledger: the
-    /// `files` row written in that transaction owns it from the commit on.
-    pub async fn finish(
+    /// Completes the object, still on the ledger: `settle`, in the transaction that writes its
+    /// `files` row, makes it the file's. Returns the file id.
+    pub async fn complete(
         mut self,
         objects: &Objects,
         pool: &PgPool,
-        conn: &mut PgConnection,
-    ) -> Result<(), super::content::ContentError> {
+    ) -> Result<String, super::content::ContentError> {
         self.pend(pool).await?;
         match self.multipart.take() {
             None => {
@@ -196,8 +195,7 @@ impl ObjectWriter {
                     .await?;
             }
         }
-        settle(conn, &self.file).await?;
-        Ok(())
+        Ok(self.file)
     }
 }
 

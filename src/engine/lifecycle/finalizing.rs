@@ -48,7 +48,7 @@ impl ResultFile {
         self.buf.push(b'\n');
         self.lines += 1;
         if self.buf.len() >= CHUNK_BYTES {
-            self.content.write_chunk(conn, &self.buf).await?;
+            self.content.write_chunk(Some(conn), &self.buf).await?;
             self.buf.clear();
         }
         Ok(())
@@ -65,7 +65,7 @@ impl ResultFile {
             return Ok(None);
         }
         if !self.buf.is_empty() {
-            self.content.write_chunk(conn, &self.buf).await?;
+            self.content.write_chunk(Some(conn), &self.buf).await?;
         }
         let project = job.project();
         let filename = format!("{}_{kind}.jsonl", job.id);
