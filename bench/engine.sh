@@ -40,6 +40,11 @@
 #   BENCH_CEIL_POLL=0.05    seconds between polls of the ceiling run
 #   BENCH_RUST_LOG=warn     RUST_LOG of the replicas, e.g. "warn,openbatch::engine=info" to log
 #                           how long each batch's validation and finalizing took (took_ms)
+#   BENCH_STORAGE=postgres  storage.backend of the replicas; "s3" starts moto's S3 server
+#                           (.venv/bin/moto_server, as the test command installs it) and keeps
+#                           file content in its bucket
+#   BENCH_DELETE=0          1: delete the "small" run's files afterwards and compare the
+#                           database's size (after VACUUM) with its size before the run
 #   BENCH_KEEP=1            keep the work dir (inputs, logs, JSON results)
 #   DATABASE_URL            admin URL of the PostgreSQL to use; else 127.0.0.1:5432; else a
 #                           throwaway cluster (scripts/lib/pg.sh). A fresh database
@@ -64,6 +69,8 @@ BENCH_CEIL_RPS=${BENCH_CEIL_RPS:-5000}
 BENCH_CEIL_CPU_US=${BENCH_CEIL_CPU_US:-}
 BENCH_CEIL_LINES=${BENCH_CEIL_LINES:-20000}
 BENCH_FLUSH_MS=${BENCH_FLUSH_MS:-}
+BENCH_STORAGE=${BENCH_STORAGE:-postgres}
+BENCH_DELETE=${BENCH_DELETE:-0}
 FLUSH_ENV=()
 if [ -n "$BENCH_FLUSH_MS" ]; then FLUSH_ENV=(OPENBATCH__WORKER__FLUSH_INTERVAL_MS="$BENCH_FLUSH_MS"); fi
 
@@ -81,6 +88,13 @@ if [ "$IN_FLIGHT" -lt 1 ] || [ "$BENCH_REPLICAS" -lt 1 ] || [ "$BENCH_LINES" -lt
 fi
 [ "$BENCH_BIG_BYTES" -le $((200 * 1024 * 1024)) ] ||
     die "BENCH_BIG_BYTES must not exceed the 200 MiB batch input limit"
+case $BENCH_STORAGE in postgres | s3) ;; *) die "BENCH_STORAGE must be postgres or s3" ;; esac
+# Past OpenAI's 50,000 lines, the replicas' limits are raised to the batch's size.
+LIMIT_ENV=()
+if [ "$BENCH_LINES" -gt 50000 ]; then
+    LIMIT_ENV=(OPENBATCH__LIMITS__MAX_BATCH_LINES="$BENCH_LINES"
+        OPENBATCH__LIMITS__MAX_BATCH_INPUT_BYTES=$((BENCH_LINES * 1024)))
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/openbatch-engine.XXXXXX")
 PG_TMP=$WORK/pg
@@ -89,6 +103,8 @@ REPLICA_PIDS=()
 PORTS=()
 FAKE_PID=""
 CEIL_PID=""
+S3_PID=""
+STORAGE_ENV=()
 BENCH_DB=""
 ADMIN_URL=""
 PSQL=""
@@ -102,7 +118,7 @@ cleanup() {
     local rc=$?
     set +e
     stop_replicas
-    for pid in "$FAKE_PID" "$CEIL_PID"; do
+    for pid in "$FAKE_PID" "$CEIL_PID" "$S3_PID"; do
         [ -n "$pid" ] || continue
         kill -TERM "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
@@ -134,6 +150,24 @@ log "bench database: $BENCH_DB (the server creates it and migrates)"
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')
 if python3 -c "import os,sys; sys.exit(0 if os.getloadavg()[0] > 0.5 * os.cpu_count() else 1)" 2>/dev/null; then
     log "WARNING: load average is $LOAD_BEFORE on $(nproc) cores: other processes compete for the CPU"
+fi
+
+# --- S3 server (BENCH_STORAGE=s3) ----------------------------------------------------------------
+if [ "$BENCH_STORAGE" = s3 ]; then
+    MOTO=$ROOT/.venv/bin/moto_server
+    [ -x "$MOTO" ] || die "$MOTO missing: run ./scripts/test.sh once (it installs moto[server] in .venv)"
+    S3_PORT=$(pg_free_port)
+    "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+    S3_PID=$!
+    S3_URL=http://127.0.0.1:$S3_PORT
+    for _ in $(seq 1 150); do
+        curl -s -o /dev/null "$S3_URL/" && break
+        sleep 0.2
+    done
+    curl -fsS -o /dev/null -X PUT "$S3_URL/openbatch-bench" || die "could not make the bench bucket"
+    STORAGE_ENV=(OPENBATCH__STORAGE__BACKEND=s3 OPENBATCH__STORAGE__S3__BUCKET=openbatch-bench
+        AWS_ENDPOINT_URL="$S3_URL" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1)
+    log "S3: moto_server at $S3_URL (pid $S3_PID), bucket openbatch-bench"
 fi
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -193,7 +227,7 @@ start_replicas() {
             OPENBATCH__UPSTREAM__BASE_URL="$upstream/v1" \
             OPENBATCH__WORKER__MAX_IN_FLIGHT="$IN_FLIGHT" \
             OPENBATCH__UPSTREAM__MAX_IN_FLIGHT="$((IN_FLIGHT * BENCH_REPLICAS))" \
-            "${FLUSH_ENV[@]}" \
+            "${FLUSH_ENV[@]}" "${LIMIT_ENV[@]}" "${STORAGE_ENV[@]}" \
             RUST_LOG="${BENCH_RUST_LOG:-warn}" \
             ${BENCH_REPLICA_ENV:-} \
             "$BIN" serve >"$WORK/replica-$run-$i.log" 2>&1 &
@@ -253,7 +287,9 @@ run_batch() {
 }
 
 START=$(date +%s)
-run_batch small "$WORK/small.jsonl"
+SMALL_ARGS=()
+if [ "$BENCH_DELETE" = 1 ]; then SMALL_ARGS=(--delete-files); fi
+run_batch small "$WORK/small.jsonl" "$FAKE_URL" "$FAKE_PID" "${SMALL_ARGS[@]}"
 RESULTS=("$WORK/small.json")
 if [ "$BENCH_BIG" = 1 ]; then
     run_batch big "$WORK/big.jsonl" "$FAKE_URL" "$FAKE_PID" --delete-files
@@ -321,6 +357,9 @@ echo "load average (1 min) before the run: $LOAD_BEFORE; PostgreSQL $pgver ($pgs
 if [ "$BENCH_CEIL_CPU_US" != 0 ]; then
     echo "ceiling upstream: fake-upstream --cpu-us $BENCH_CEIL_CPU_US${cpu_us:+ (calibrated to ~$BENCH_CEIL_RPS req/s alone)}"
 fi
-echo "$BENCH_REPLICAS replicas (release, RUST_LOG=warn), worker.max_in_flight=$IN_FLIGHT per replica, fake upstream latency ${BENCH_LATENCY_MS} ms; runs took ${ELAPSED}s in all"
+echo "$BENCH_REPLICAS replicas (release, RUST_LOG=warn), worker.max_in_flight=$IN_FLIGHT per replica, fake upstream latency ${BENCH_LATENCY_MS} ms; storage.backend=$BENCH_STORAGE; runs took ${ELAPSED}s in all"
+if [ -n "$S3_PID" ]; then
+    echo "S3 server (moto_server, one Python process): $(awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$S3_PID/stat") s of CPU over the whole benchmark"
+fi
 python3 "$ROOT/bench/engine.py" report --latency-ms "$BENCH_LATENCY_MS" --in-flight "$IN_FLIGHT" \
     --poll "$BENCH_POLL" --one-line "$WORK/latency.json" "${CEIL_ARGS[@]}" "${RESULTS[@]}"
