@@ -4,17 +4,21 @@
 on a host with no such variables; only hostnames and ports replaced), the demo `fake-upstream`,
 and a round-robin TCP proxy as the load balancer: each client connection goes to the next replica,
 skipping one that refuses (nginx's `proxy_next_upstream error`). The SDK opens a connection per
-request, so requests are balanced as nginx balances them.
+request, so requests are balanced as nginx balances them. Twice: as compose starts by default
+(content in PostgreSQL), and with `STORAGE_BACKEND=s3` and the `s3` profile (moto's server, the
+release compose pins, standing in for the `s3` service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.metadata
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -223,11 +227,46 @@ class Stack:
                              max_retries=0, timeout=120, http_client=http)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+class S3Service:
+    """The compose `s3` profile's server as a process: moto's server from this venv, the release
+    the compose image pins, and its bucket made as the one-shot `s3-bucket` service makes it."""
+
+    def __init__(self, services: dict[str, Any], log_path: Path) -> None:
+        image = services["s3"]["image"]
+        assert image == f"motoserver/moto:{importlib.metadata.version('moto')}", f"compose runs {image}"
+        assert "s3" in services["s3"]["profiles"] and "s3" in services["s3-bucket"]["profiles"]
+        self.bucket = services["s3-bucket"]["command"][0]
+        self.port, self.log = free_port(), open(log_path, "w")
+        moto = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + DEADLINE_SECS
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=5, trust_env=False)
+                break
+            except httpx.TransportError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        made = httpx.put(f"http://127.0.0.1:{self.port}/{self.bucket}", timeout=10, trust_env=False)
+        assert made.status_code == 200, made.text
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+# The stack as compose starts it, and with `STORAGE_BACKEND=s3 ... --profile s3` (file content
+# in the s3 service's bucket).
+@pytest.fixture(scope="module", params=["postgres", "s3"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The one variable compose requires (no default database password); the local test
     # server trusts every login, so its value is carried, not checked.
-    compose, tmp = load_compose({"POSTGRES_PASSWORD": "compose-test-password"}), tmp_path_factory.mktemp("compose")
+    host = {"POSTGRES_PASSWORD": "compose-test-password"}
+    if request.param == "s3":
+        host["STORAGE_BACKEND"] = "s3"
+    compose, tmp = load_compose(host), tmp_path_factory.mktemp("compose")
     services, upstreams = compose["services"], nginx_upstreams()
     assert len({host for host, _ in upstreams}) == len(upstreams) >= 2, f"nginx balances over {upstreams}"
     fake_cmd = services["fake-upstream"]["command"]
@@ -236,12 +275,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert services["migrate"]["command"] == ["migrate"]
 
     pool, fake, proxy = ServerPool(tmp), FakeUpstream(tmp / "fake-upstream.log", int(flags["--latency-ms"])), None
+    s3 = None
     try:
         fake.start()
         database = database_url_for(pool.new_database())
+        if request.param == "s3":
+            s3 = S3Service(services, tmp / "s3.log")
 
         def localize(name: str) -> dict[str, str]:
             env = service_env(compose, name)
+            assert env["OPENBATCH__STORAGE__BACKEND"] == request.param, f"{name}: {env['OPENBATCH__STORAGE__BACKEND']}"
+            if s3 is not None:
+                endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+                assert (endpoint.hostname, endpoint.port) == ("s3", 5000), f"{name}: {endpoint.geturl()}"
+                assert env["OPENBATCH__STORAGE__S3__BUCKET"] == s3.bucket, name
+                env["AWS_ENDPOINT_URL"] = endpoint._replace(netloc=f"127.0.0.1:{s3.port}").geturl()
             db = urlsplit(env["OPENBATCH__DATABASE__URL"])
             assert db.hostname == "postgres" and "postgres" in services, f"{name}: {db.hostname}"
             up = urlsplit(env["OPENBATCH__UPSTREAM__BASE_URL"])
@@ -277,6 +325,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             proxy.close()
         pool.close()
         fake.stop()
+        if s3 is not None:
+            s3.stop()
 
 
 def wait_until(client: openai.OpenAI, batch_id: str, done: Callable[[Batch], bool]) -> Batch:
