@@ -9,11 +9,16 @@ ALTER TABLE files ADD COLUMN storage text NOT NULL DEFAULT 'postgres'
 -- whose content was freed (removed once the object is deleted). A crash between leaves the
 -- row, and the maintainer deletes the object (and aborts its multipart upload) once
 -- `delete_after` has passed (writes get hours to finish, freed content none), unless a live
--- file owns it after all.
--- The object's key is `<prefix>files/<file_id>`.
+-- file (or a part of a pending upload) owns it after all.
+-- `key` is the object's key after the prefix: `files/<file id>`, or
+-- `uploads/<upload id>/<part id>` for an Uploads API part.
 CREATE TABLE pending_objects (
-    file_id       text PRIMARY KEY,
+    key           text PRIMARY KEY,
     multipart_id  text,
     delete_after  bigint NOT NULL
 );
 CREATE INDEX pending_objects_due ON pending_objects (delete_after);
+
+-- With storage.backend = "s3" an Uploads API part is an object as it arrives (no
+-- `upload_chunks`); completion reads the parts back into the file's object.
+ALTER TABLE upload_parts ADD COLUMN in_object boolean NOT NULL DEFAULT false;

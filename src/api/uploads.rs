@@ -230,7 +230,7 @@ async fn add_part(
         .take(&project)
         .map_err(ApiError::TooManyUploads)?;
     let part = read_part(&req, payload, &state).await?;
-    let part = service::add_part(&state.pool, &state.limits, &project, &upload, part).await?;
+    let part = service::add_part(&state.content, &state.limits, &project, &upload, part).await?;
     tracing::info!(upload_id = %id, part_id = %part.id, "upload part stored");
     Ok(HttpResponse::Ok().json(PartObject::new(&part)))
 }
@@ -350,6 +350,6 @@ async fn cancel(
     Project(project): Project,
 ) -> Result<HttpResponse, ApiError> {
     let id = upload_id(&path)?;
-    let upload = service::cancel(&state.pool, &project, &id).await?;
+    let upload = service::cancel(&state.content, &project, &id).await?;
     Ok(HttpResponse::Ok().json(UploadObject::new(&upload, None)))
 }

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::services::files::{check_quota, spool_failed, storage_quota, Spool};
 use crate::store::content::{Content, NewContent};
 use crate::store::files::{self as files_store, FileRecord, NewFile, CHUNK_BYTES};
-use crate::store::uploads::{self as store, PartWriter};
+use crate::store::uploads::{self as store, PartWriter, StoredPart};
 
 pub use crate::store::uploads::{PartRecord, UploadRecord};
 
@@ -90,7 +90,7 @@ impl IncomingPart {
 /// `limits.max_upload_total_bytes` with it (parts beyond the declared size are taken, since a
 /// client may send one twice; completion names the ones that make the file).
 pub async fn add_part(
-    pool: &PgPool,
+    content: &Content,
     limits: &LimitSettings,
     project: &ProjectId,
     upload: &UploadRecord,
@@ -101,7 +101,8 @@ pub async fn add_part(
         return Err(Invalid::new("data", "invalid_value", "The part is empty.").into());
     }
     part.spool.rewind().await.map_err(spool_failed)?;
-    let mut writer = PartWriter::begin(pool, &upload.id, bytes as i64).await?;
+    let pool = content.pool();
+    let mut writer = PartWriter::begin(content, &upload.id, bytes as i64).await?;
     loop {
         let piece = part.spool.read(CHUNK_BYTES).await.map_err(spool_failed)?;
         if piece.is_empty() {
@@ -145,39 +146,26 @@ pub async fn complete(
     if upload.status != UploadStatus::Pending {
         return Err(not_pending(&upload));
     }
-    let found: std::collections::HashMap<String, i64> =
-        store::parts(&mut tx, id, &completion.part_ids)
-            .await?
-            .into_iter()
-            .collect();
-    if let Some(missing) = completion.part_ids.iter().find(|p| !found.contains_key(*p)) {
-        return Err(Invalid::new(
-            "part_ids",
-            "invalid_value",
-            format!("Part '{missing}' is not a part of upload {id}."),
-        )
-        .into());
-    }
-    let total: i64 = found.values().sum();
-    if total != upload.bytes {
-        return Err(Invalid::new(
-            "part_ids",
-            "invalid_value",
-            format!(
-                "The parts listed hold {total} bytes; upload {id} was created for {} bytes.",
-                upload.bytes
-            ),
-        )
-        .into());
-    }
-    // Into a bucket, the parts are read once: checked and copied in one pass.
-    let mut copy = content.in_objects().then(|| content.create());
+    let found = named_parts(&mut tx, &upload, &completion.part_ids).await?;
+    // Into a bucket, or from parts in one, the content is copied through here rather than by
+    // a statement: read once, checked and copied in the same pass.
+    let through_here = content.in_objects() || found.values().any(|p| p.in_object);
+    let mut copy = through_here.then(|| content.create());
+    let mut checked = Ok(());
     if completion.md5.is_some() || upload.purpose == Purpose::Batch || copy.is_some() {
-        verify(&mut tx, &upload, completion, copy.as_mut()).await?;
+        let parts = completion.part_ids.iter().map(|id| &found[id]);
+        checked = verify(content, &mut tx, &upload, completion, parts, copy.as_mut()).await;
     }
-    if let Some(quota) = storage_quota(limits) {
+    // Last, so that the project's storage row is locked only briefly.
+    if let (Ok(()), Some(quota)) = (&checked, storage_quota(limits)) {
         let stored = files_store::lock_storage(&mut tx, project).await?;
-        check_quota(quota, stored, upload.bytes as u64)?;
+        checked = check_quota(quota, stored, upload.bytes as u64);
+    }
+    if let Err(e) = checked {
+        if let Some(copy) = copy {
+            copy.abandon().await;
+        }
+        return Err(e);
     }
     let file = NewFile {
         project,
@@ -194,6 +182,7 @@ pub async fn complete(
         }
     };
     tx.commit().await?;
+    forget_removed_parts(content).await;
     upload.status = UploadStatus::Completed;
     upload.file_id = Some(file.id.clone());
     Ok((upload, file))
@@ -201,21 +190,24 @@ pub async fn complete(
 
 /// Reads the parts back in order: their md5 against the client's, and a batch file's UTF-8;
 /// each chunk also goes to `copy`, if given.
-async fn verify(
+async fn verify<'p>(
+    content: &Content,
     conn: &mut sqlx::PgConnection,
     upload: &UploadRecord,
     completion: &Completion,
+    parts: impl Iterator<Item = &'p StoredPart>,
     mut copy: Option<&mut NewContent>,
 ) -> Result<(), ApiError> {
     let mut md5 = Md5::new();
     let mut utf8 = Utf8Check::default();
-    for part in &completion.part_ids {
+    for part in parts {
         let mut idx = 0;
-        while let Some(data) = store::chunk(conn, part, idx).await? {
+        while let Some(data) = content.part_chunk(conn, part, idx).await? {
             md5.update(&data);
             utf8.feed(&data);
             if let Some(copy) = copy.as_deref_mut() {
-                copy.write_chunk(None, &data).await?;
+                let tx = copy.in_transaction().then_some(&mut *conn);
+                copy.write_chunk(tx, &data).await?;
             }
             idx += 1;
         }
@@ -247,14 +239,61 @@ async fn verify(
 }
 
 pub async fn cancel(
-    pool: &PgPool,
+    content: &Content,
     project: &ProjectId,
     id: &UploadId,
 ) -> Result<UploadRecord, ApiError> {
+    let pool = content.pool();
     if store::cancel(pool, project, id).await? {
+        forget_removed_parts(content).await;
         let mut upload = find(pool, project, id).await?;
         upload.status = UploadStatus::Cancelled;
         return Ok(upload);
     }
     Err(not_pending(&find(pool, project, id).await?))
+}
+
+/// Deletes the objects of the parts just removed (they are on the ledger, due now: the
+/// maintainer deletes them if this does not get to).
+async fn forget_removed_parts(content: &Content) {
+    if content.in_objects() {
+        if let Err(e) = content.reconcile(64).await {
+            tracing::warn!(error = %e, "could not delete removed parts' objects yet");
+        }
+    }
+}
+
+/// The parts `ids` names: each the upload's, together holding exactly its declared bytes.
+async fn named_parts(
+    conn: &mut sqlx::PgConnection,
+    upload: &UploadRecord,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, StoredPart>, ApiError> {
+    let id = &upload.id;
+    let found: std::collections::HashMap<String, StoredPart> = store::parts(conn, id, ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect();
+    if let Some(missing) = ids.iter().find(|p| !found.contains_key(*p)) {
+        return Err(Invalid::new(
+            "part_ids",
+            "invalid_value",
+            format!("Part '{missing}' is not a part of upload {id}."),
+        )
+        .into());
+    }
+    let total: i64 = found.values().map(|p| p.bytes).sum();
+    if total != upload.bytes {
+        return Err(Invalid::new(
+            "part_ids",
+            "invalid_value",
+            format!(
+                "The parts listed hold {total} bytes; upload {id} was created for {} bytes.",
+                upload.bytes
+            ),
+        )
+        .into());
+    }
+    Ok(found)
 }

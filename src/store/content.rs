@@ -10,7 +10,7 @@ use crate::config::{StorageBackend, StorageSettings};
 use crate::domain::FileId;
 use crate::store::chunks::Position;
 use crate::store::files::{self, FileRecord, NewFile, CHUNK_BYTES};
-use crate::store::objects::{self, ObjectError, ObjectWriter, Objects};
+use crate::store::objects::{self, file_key, part_key, ObjectError, ObjectWriter, Objects};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
@@ -57,7 +57,9 @@ impl Content {
         let id = FileId::generate();
         let into = match &self.objects {
             None => Into::Database { next_idx: 0 },
-            Some(objects) => Into::Object(ObjectWriter::new(objects, &id), objects.clone()),
+            Some(objects) => {
+                Into::Object(ObjectWriter::new(objects, file_key(&id)), objects.clone())
+            }
         };
         NewContent {
             id,
@@ -95,7 +97,10 @@ impl Content {
                     return Ok(None);
                 }
                 let end = (start + CHUNK_BYTES as u64).min(bytes);
-                Ok(objects.range(id, start..end).await?.map(Vec::from))
+                Ok(objects
+                    .range(&file_key(id), start..end)
+                    .await?
+                    .map(Vec::from))
             }
             _ => Ok(files::chunk(&self.pool, id, idx).await?),
         }
@@ -113,11 +118,53 @@ impl Content {
                 let at = |p: Position| p.part as u64 * CHUNK_BYTES as u64 + p.offset as u64;
                 let range = at(start)..at(end);
                 let want = range.end - range.start;
-                let got = objects.range(id, range).await?;
+                let got = objects.range(&file_key(id), range).await?;
                 Ok(got.filter(|b| b.len() as u64 == want).map(Vec::from))
             }
             _ => Ok(files::read_range(&self.pool, id, start, end).await?),
         }
+    }
+
+    /// Where an Uploads API part being received goes: an object (`Some`), or the database's
+    /// `upload_chunks` (`None`, written by `store::uploads::PartWriter`).
+    pub fn part_writer(&self, upload: &str, part: &str) -> Option<PartObject> {
+        let objects = self.objects.as_ref()?;
+        Some(PartObject {
+            writer: ObjectWriter::new(objects, part_key(upload, part)),
+            objects: objects.clone(),
+            pool: self.pool.clone(),
+        })
+    }
+
+    /// One chunk (`CHUNK_BYTES`) of an Uploads API part of `bytes` bytes, in an object or in the
+    /// database; `None` past its end.
+    pub async fn part_chunk(
+        &self,
+        conn: &mut PgConnection,
+        part: &crate::store::uploads::StoredPart,
+        idx: i32,
+    ) -> Result<Option<Vec<u8>>, ContentError> {
+        if !part.in_object {
+            return Ok(crate::store::uploads::chunk(conn, &part.id, idx).await?);
+        }
+        let Some(objects) = &self.objects else {
+            // Sent while the deployment kept content in a bucket, which it no longer names.
+            return Err(ContentError::Object(object_store::Error::Generic {
+                store: "S3",
+                source: format!(
+                    "part {} is in a bucket, and no bucket is configured",
+                    part.id
+                )
+                .into(),
+            }));
+        };
+        let start = idx as u64 * CHUNK_BYTES as u64;
+        if start >= part.bytes as u64 {
+            return Ok(None);
+        }
+        let end = (start + CHUNK_BYTES as u64).min(part.bytes as u64);
+        let key = part_key(&part.upload_id, &part.id);
+        Ok(objects.range(&key, start..end).await?.map(Vec::from))
     }
 
     /// Deletes the objects of freed content and of writes a crash abandoned (see
@@ -130,11 +177,9 @@ impl Content {
                     // Without a bucket configured nothing can be deleted: keep the entry.
                     continue;
                 };
-                objects
-                    .remove(&d.file_id, d.multipart_id.as_deref())
-                    .await?;
+                objects.remove(&d.key, d.multipart_id.as_deref()).await?;
             }
-            objects::settle(&self.pool, &d.file_id).await?;
+            objects::settle(&self.pool, &d.key).await?;
         }
         Ok(due.len() as u64)
     }
@@ -186,6 +231,13 @@ impl NewContent {
         matches!(self.into, Into::Database { .. })
     }
 
+    /// Not to be kept after all (a refused completion): what a bucket received is deleted.
+    pub async fn abandon(self) {
+        if let Into::Object(writer, objects) = self.into {
+            writer.abandon(&objects, &self.pool).await;
+        }
+    }
+
     /// Everything written: an object is completed (it stays on the ledger until its row).
     pub async fn seal(self) -> Result<Sealed, ContentError> {
         let object = match self.into {
@@ -213,6 +265,25 @@ impl NewContent {
     }
 }
 
+/// An Uploads API part on its way into its object.
+pub struct PartObject {
+    writer: ObjectWriter,
+    objects: Arc<Objects>,
+    pool: PgPool,
+}
+
+impl PartObject {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ContentError> {
+        self.writer.write(&self.objects, &self.pool, data).await
+    }
+
+    /// The object, complete; still on the ledger until the part's row takes it (`settle` in
+    /// that transaction). Returns its key.
+    pub async fn complete(self) -> Result<String, ContentError> {
+        self.writer.complete(&self.objects, &self.pool).await
+    }
+}
+
 /// Content written in full, waiting for its `files` row.
 pub struct Sealed {
     id: FileId,
@@ -235,7 +306,7 @@ impl Sealed {
         file: NewFile<'_>,
     ) -> Result<FileRecord, ContentError> {
         if self.object.is_some() {
-            objects::settle(&mut *conn, self.id.as_str()).await?;
+            objects::settle(&mut *conn, &file_key(&self.id)).await?;
         }
         let in_object = self.object.is_some();
         Ok(files::insert(conn, &self.id, file, self.bytes, in_object).await?)
@@ -245,11 +316,12 @@ impl Sealed {
     /// count as abandoned. Content in the database goes with its rolled-back transaction.
     pub async fn discard(self) {
         let Some(objects) = self.object else { return };
-        let gone = objects.remove(self.id.as_str(), None).await;
+        let key = file_key(&self.id);
+        let gone = objects.remove(&key, None).await;
         let settled = match gone {
-            Ok(()) => objects::settle(&self.pool, self.id.as_str()).await,
+            Ok(()) => objects::settle(&self.pool, &key).await,
             // Left on the ledger, due now: the maintainer retries.
-            Err(_) => objects::pend(&self.pool, self.id.as_str(), 0).await,
+            Err(_) => objects::pend(&self.pool, &key, 0).await,
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "an unkept object stays on the ledger until its write would count as abandoned");

@@ -392,9 +392,9 @@ where
         "WITH purged AS (
             UPDATE files SET purged = true WHERE id = $1 RETURNING id, storage
          )
-         INSERT INTO pending_objects (file_id, delete_after)
-         SELECT id, unix_now() FROM purged WHERE storage = 's3'
-         ON CONFLICT (file_id) DO UPDATE SET delete_after = EXCLUDED.delete_after",
+         INSERT INTO pending_objects (key, delete_after)
+         SELECT 'files/' || id, unix_now() FROM purged WHERE storage = 's3'
+         ON CONFLICT (key) DO UPDATE SET delete_after = EXCLUDED.delete_after",
         id.as_str()
     )
     .execute(conn)

@@ -1,5 +1,6 @@
-//! File content as objects in an S3-compatible bucket (`storage.backend = "s3"`), one object a
-//! file at `<prefix>files/<file id>`, and the `pending_objects` ledger through which the
+//! File content as objects in an S3-compatible bucket (`storage.backend = "s3"`): one object a
+//! file at `<prefix>files/<file id>`, one an Uploads API part at
+//! `<prefix>uploads/<upload id>/<part id>`; and the `pending_objects` ledger through which the
 //! maintainer deletes what a crash left in the bucket (migration 0025).
 
 use std::ops::Range;
@@ -65,27 +66,23 @@ impl Objects {
         })
     }
 
-    fn path(&self, file: &str) -> Path {
-        Path::from(format!("{}files/{file}", self.prefix))
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
     }
 
-    /// Bytes `range` of a file's object; `None` if it does not exist (deleted).
-    pub async fn range(
-        &self,
-        file: &FileId,
-        range: Range<u64>,
-    ) -> Result<Option<Bytes>, ObjectError> {
-        match self.s3.get_range(&self.path(file.as_str()), range).await {
+    /// Bytes `range` of an object; `None` if it does not exist (deleted).
+    pub async fn range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, ObjectError> {
+        match self.s3.get_range(&self.path(key), range).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Deletes a file's object (and its unfinished multipart upload, if named); deleting what
-    /// is not there succeeds.
-    pub async fn remove(&self, file: &str, multipart: Option<&str>) -> Result<(), ObjectError> {
-        let path = self.path(file);
+    /// Deletes an object (and its unfinished multipart upload, if named); deleting what is not
+    /// there succeeds.
+    pub async fn remove(&self, key: &str, multipart: Option<&str>) -> Result<(), ObjectError> {
+        let path = self.path(key);
         if let Some(id) = multipart {
             match self.s3.abort_multipart(&path, &id.to_owned()).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -99,10 +96,20 @@ impl Objects {
     }
 }
 
-/// A file's object being written: a part of `PART_BYTES` is sent as soon as it fills, so memory
-/// holds one part whatever the file weighs. A file smaller than a part is one PUT.
+/// The key of a file's object.
+pub fn file_key(file: &FileId) -> String {
+    format!("files/{file}")
+}
+
+/// The key of an Uploads API part's object.
+pub fn part_key(upload: &str, part: &str) -> String {
+    format!("uploads/{upload}/{part}")
+}
+
+/// An object being written: a part of `PART_BYTES` is sent as soon as it fills, so memory
+/// holds one part whatever the object weighs. An object smaller than a part is one PUT.
 pub struct ObjectWriter {
-    file: String,
+    key: String,
     path: Path,
     buf: Vec<u8>,
     multipart: Option<(String, Vec<PartId>)>,
@@ -110,10 +117,10 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    pub fn new(objects: &Objects, file: &FileId) -> Self {
+    pub fn new(objects: &Objects, key: String) -> Self {
         Self {
-            file: file.as_str().to_owned(),
-            path: objects.path(file.as_str()),
+            path: objects.path(&key),
+            key,
             buf: Vec::new(),
             multipart: None,
             pended: false,
@@ -136,7 +143,7 @@ impl ObjectWriter {
     /// Before anything is in the bucket, the ledger says it may be, committed on its own.
     async fn pend(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
         if !self.pended {
-            pend(pool, &self.file, WRITE_GRACE_SECS).await?;
+            pend(pool, &self.key, WRITE_GRACE_SECS).await?;
             self.pended = true;
         }
         Ok(())
@@ -152,7 +159,7 @@ impl ObjectWriter {
             Some((id, parts)) => (id.clone(), parts),
             None => {
                 let id = objects.s3.create_multipart(&self.path).await?;
-                record_multipart(pool, &self.file, &id).await?;
+                record_multipart(pool, &self.key, &id).await?;
                 let (_, parts) = self.multipart.insert((id.clone(), Vec::new()));
                 (id, parts)
             }
@@ -166,8 +173,24 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Completes the object, still on the ledger: `settle`, in the transaction that writes its
-    /// `files` row, makes it the file's. Returns the file id.
+    /// Gives the object up unfinished (a refused completion): deletes what was sent, then its
+    /// ledger entry; on failure the entry stays, due now, for the maintainer.
+    pub async fn abandon(self, objects: &Objects, pool: &PgPool) {
+        if !self.pended {
+            return;
+        }
+        let multipart = self.multipart.as_ref().map(|(id, _)| id.as_str());
+        let settled = match objects.remove(&self.key, multipart).await {
+            Ok(()) => settle(pool, &self.key).await,
+            Err(_) => pend(pool, &self.key, 0).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, key = %self.key, "an abandoned object stays on the ledger until its write would count as abandoned");
+        }
+    }
+
+    /// Completes the object, still on the ledger: `settle`, in the transaction that writes the
+    /// row that owns it (a file's, a part's), makes it theirs. Returns its key.
     pub async fn complete(
         mut self,
         objects: &Objects,
@@ -195,21 +218,21 @@ impl ObjectWriter {
                     .await?;
             }
         }
-        Ok(self.file)
+        Ok(self.key)
     }
 }
 
-/// Puts a file's object on the ledger, to be deleted `after_secs` from now unless a live file
-/// owns it by then.
+/// Puts an object on the ledger, to be deleted `after_secs` from now unless a live file (or a
+/// pending upload's part) owns it by then.
 #[tracing::instrument(skip_all, name = "db.objects.pend")]
-pub async fn pend<'c, E>(conn: E, file: &str, after_secs: i64) -> Result<(), sqlx::Error>
+pub async fn pend<'c, E>(conn: E, key: &str, after_secs: i64) -> Result<(), sqlx::Error>
 where
     E: sqlx::PgExecutor<'c>,
 {
     sqlx::query!(
-        "INSERT INTO pending_objects (file_id, delete_after) VALUES ($1, unix_now() + $2)
-         ON CONFLICT (file_id) DO UPDATE SET delete_after = EXCLUDED.delete_after",
-        file,
+        "INSERT INTO pending_objects (key, delete_after) VALUES ($1, unix_now() + $2)
+         ON CONFLICT (key) DO UPDATE SET delete_after = EXCLUDED.delete_after",
+        key,
         after_secs,
     )
     .execute(conn)
@@ -218,10 +241,10 @@ where
 }
 
 #[tracing::instrument(skip_all, name = "db.objects.record_multipart")]
-async fn record_multipart(pool: &PgPool, file: &str, id: &str) -> Result<(), sqlx::Error> {
+async fn record_multipart(pool: &PgPool, key: &str, id: &str) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE pending_objects SET multipart_id = $2 WHERE file_id = $1",
-        file,
+        "UPDATE pending_objects SET multipart_id = $2 WHERE key = $1",
+        key,
         id
     )
     .execute(pool)
@@ -230,11 +253,11 @@ async fn record_multipart(pool: &PgPool, file: &str, id: &str) -> Result<(), sql
 }
 
 #[tracing::instrument(skip_all, name = "db.objects.settle")]
-pub async fn settle<'c, E>(conn: E, file: &str) -> Result<(), sqlx::Error>
+pub async fn settle<'c, E>(conn: E, key: &str) -> Result<(), sqlx::Error>
 where
     E: sqlx::PgExecutor<'c>,
 {
-    sqlx::query!("DELETE FROM pending_objects WHERE file_id = $1", file)
+    sqlx::query!("DELETE FROM pending_objects WHERE key = $1", key)
         .execute(conn)
         .await?;
     Ok(())
@@ -242,9 +265,9 @@ where
 
 /// A ledger entry whose time has come.
 pub struct Due {
-    pub file_id: String,
+    pub key: String,
     pub multipart_id: Option<String>,
-    /// A live file owns the object after all: keep it, drop the entry.
+    /// A live file, or an upload's part, owns the object after all: keep it, drop the entry.
     pub owned: bool,
 }
 
@@ -252,9 +275,13 @@ pub struct Due {
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<Due>, sqlx::Error> {
     sqlx::query_as!(
         Due,
-        r#"SELECT p.file_id, p.multipart_id,
-                  EXISTS (SELECT 1 FROM files f WHERE f.id = p.file_id AND NOT f.purged)
-                      AS "owned!"
+        r#"SELECT p.key, p.multipart_id,
+                  CASE WHEN p.key LIKE 'files/%'
+                       THEN EXISTS (SELECT 1 FROM files f
+                                    WHERE f.id = substr(p.key, 7) AND NOT f.purged)
+                       ELSE EXISTS (SELECT 1 FROM upload_parts u
+                                    WHERE u.id = split_part(p.key, '/', 3))
+                  END AS "owned!"
            FROM pending_objects p WHERE p.delete_after <= unix_now()
            ORDER BY p.delete_after LIMIT $1"#,
         limit,

@@ -4,7 +4,9 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FileId, NewUpload, ProjectId, Purpose, UploadId, UploadPartId, UploadStatus};
+use crate::store::content::{Content, ContentError, PartObject};
 use crate::store::files::{self, FileRecord, NewFile};
+use crate::store::objects;
 
 #[derive(Debug, Clone)]
 pub struct UploadRecord {
@@ -80,56 +82,85 @@ pub async fn get(
     .await
 }
 
-/// A part being written: its chunks inside one transaction, the upload's count of received
-/// bytes last (so that the upload's row is locked only briefly, and parts may arrive at once).
+/// A part being written. In the database: its chunks inside one transaction, the upload's
+/// count of received bytes last (so that the upload's row is locked only briefly, and parts may
+/// arrive at once). In a bucket: its object first, holding no connection, then its row and the
+/// count in one short transaction.
 pub struct PartWriter {
-    tx: Transaction<'static, Postgres>,
+    into: PartInto,
     part: UploadPartId,
     upload: UploadId,
-    next_idx: i32,
     bytes: i64,
+    pool: PgPool,
+}
+
+enum PartInto {
+    Database {
+        tx: Transaction<'static, Postgres>,
+        next_idx: i32,
+    },
+    Object(PartObject),
 }
 
 impl PartWriter {
     #[tracing::instrument(skip_all, name = "db.uploads.begin_part")]
-    pub async fn begin(pool: &PgPool, upload: &UploadId, bytes: i64) -> Result<Self, sqlx::Error> {
-        let mut tx = pool.begin().await?;
+    pub async fn begin(
+        content: &Content,
+        upload: &UploadId,
+        bytes: i64,
+    ) -> Result<Self, sqlx::Error> {
         let part = UploadPartId::generate();
-        sqlx::query!(
-            "INSERT INTO upload_parts (id, upload_id, bytes) VALUES ($1, $2, $3)",
-            part.as_str(),
-            upload.as_str(),
-            bytes,
-        )
-        .execute(&mut *tx)
-        .await?;
+        let into = match content.part_writer(upload.as_str(), part.as_str()) {
+            Some(object) => PartInto::Object(object),
+            None => {
+                let mut tx = content.pool().begin().await?;
+                insert_part(&mut tx, &part, upload, bytes, false).await?;
+                PartInto::Database { tx, next_idx: 0 }
+            }
+        };
         Ok(Self {
-            tx,
+            into,
             part,
             upload: upload.clone(),
-            next_idx: 0,
             bytes,
+            pool: content.pool().clone(),
         })
     }
 
     #[tracing::instrument(skip_all, name = "db.uploads.write_chunk")]
-    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query!(
-            "INSERT INTO upload_chunks (part_id, idx, data) VALUES ($1, $2, $3)",
-            self.part.as_str(),
-            self.next_idx,
-            data,
-        )
-        .execute(&mut *self.tx)
-        .await?;
-        self.next_idx += 1;
+    pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), ContentError> {
+        match &mut self.into {
+            PartInto::Database { tx, next_idx } => {
+                sqlx::query!(
+                    "INSERT INTO upload_chunks (part_id, idx, data) VALUES ($1, $2, $3)",
+                    self.part.as_str(),
+                    *next_idx,
+                    data,
+                )
+                .execute(&mut **tx)
+                .await?;
+                *next_idx += 1;
+            }
+            PartInto::Object(object) => object.write(data).await?,
+        }
         Ok(())
     }
 
     /// Counts the part in its upload and commits, if the upload is still pending and its
-    /// parts then hold at most `max` bytes; otherwise nothing is kept, and `None`.
+    /// parts then hold at most `max` bytes; otherwise nothing is kept (an object goes on the
+    /// ledger, due now), and `None`.
     #[tracing::instrument(skip_all, name = "db.uploads.commit_part")]
-    pub async fn commit(mut self, max: i64) -> Result<Option<PartRecord>, sqlx::Error> {
+    pub async fn commit(self, max: i64) -> Result<Option<PartRecord>, ContentError> {
+        let (mut tx, key) = match self.into {
+            PartInto::Database { tx, .. } => (tx, None),
+            PartInto::Object(object) => {
+                let key = object.complete().await?;
+                let mut tx = self.pool.begin().await?;
+                insert_part(&mut tx, &self.part, &self.upload, self.bytes, true).await?;
+                objects::settle(&mut *tx, &key).await?;
+                (tx, Some(key))
+            }
+        };
         let counted = sqlx::query!(
             "UPDATE uploads SET received = received + $2
              WHERE id = $1 AND status = 'pending' AND expires_at > unix_now()
@@ -138,10 +169,14 @@ impl PartWriter {
             self.bytes,
             max,
         )
-        .execute(&mut *self.tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if counted == 0 {
+            drop(tx);
+            if let Some(key) = key {
+                objects::pend(&self.pool, &key, 0).await?;
+            }
             return Ok(None);
         }
         let part = sqlx::query_as!(
@@ -150,11 +185,30 @@ impl PartWriter {
                FROM upload_parts WHERE id = $1"#,
             self.part.as_str(),
         )
-        .fetch_one(&mut *self.tx)
+        .fetch_one(&mut *tx)
         .await?;
-        self.tx.commit().await?;
+        tx.commit().await?;
         Ok(Some(part))
     }
+}
+
+async fn insert_part(
+    conn: &mut PgConnection,
+    part: &UploadPartId,
+    upload: &UploadId,
+    bytes: i64,
+    in_object: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO upload_parts (id, upload_id, bytes, in_object) VALUES ($1, $2, $3, $4)",
+        part.as_str(),
+        upload.as_str(),
+        bytes,
+        in_object,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The bytes the upload has received in parts so far.
@@ -165,21 +219,32 @@ pub async fn received(pool: &PgPool, id: &UploadId) -> Result<i64, sqlx::Error> 
         .await
 }
 
-/// Of `ids`, the upload's parts, with their sizes (in no particular order).
+/// A part as completion reads it.
+#[derive(Debug, Clone)]
+pub struct StoredPart {
+    pub id: String,
+    pub upload_id: String,
+    pub bytes: i64,
+    /// Its content is an object (else `upload_chunks` rows).
+    pub in_object: bool,
+}
+
+/// Of `ids`, the upload's parts (in no particular order).
 #[tracing::instrument(skip_all, name = "db.uploads.parts")]
 pub async fn parts(
     conn: &mut PgConnection,
     upload: &UploadId,
     ids: &[String],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        "SELECT id, bytes FROM upload_parts WHERE upload_id = $1 AND id = ANY($2)",
+) -> Result<Vec<StoredPart>, sqlx::Error> {
+    sqlx::query_as!(
+        StoredPart,
+        "SELECT id, upload_id, bytes, in_object FROM upload_parts
+         WHERE upload_id = $1 AND id = ANY($2)",
         upload.as_str(),
         ids,
     )
     .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.bytes)).collect())
+    .await
 }
 
 /// One chunk of a part's content, `None` past its last.
@@ -232,16 +297,28 @@ pub async fn completed(
     upload: &UploadRecord,
     file: &FileId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "DELETE FROM upload_parts WHERE upload_id = $1",
-        upload.id.as_str()
-    )
-    .execute(&mut *conn)
-    .await?;
+    remove_parts(&mut *conn, &upload.id).await?;
     sqlx::query!(
         "UPDATE uploads SET status = 'completed', file_id = $2 WHERE id = $1",
         upload.id.as_str(),
         file.as_str(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes every part of the upload (their chunks go with them); the objects of parts kept in
+/// a bucket go on the ledger, to be deleted now.
+async fn remove_parts(conn: &mut PgConnection, upload: &UploadId) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH gone AS (
+            DELETE FROM upload_parts WHERE upload_id = $1 RETURNING id, upload_id, in_object
+         )
+         INSERT INTO pending_objects (key, delete_after)
+         SELECT 'uploads/' || upload_id || '/' || id, unix_now() FROM gone WHERE in_object
+         ON CONFLICT (key) DO UPDATE SET delete_after = EXCLUDED.delete_after",
+        upload.as_str()
     )
     .execute(conn)
     .await?;
@@ -268,15 +345,14 @@ pub async fn cancel(
     .rows_affected()
         == 1;
     if cancelled {
-        sqlx::query!("DELETE FROM upload_parts WHERE upload_id = $1", id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        remove_parts(&mut tx, id).await?;
     }
     tx.commit().await?;
     Ok(cancelled)
 }
 
-/// Marks up to `limit` pending uploads past their hour `expired` and removes their parts.
+/// Marks up to `limit` pending uploads past their hour `expired` and removes their parts (an
+/// object's goes on the ledger, for the maintainer's next round of deletions).
 /// Returns how many.
 #[tracing::instrument(skip_all, name = "db.uploads.expire")]
 pub async fn expire(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
@@ -288,6 +364,11 @@ pub async fn expire(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
             RETURNING id
          ), gone AS (
             DELETE FROM upload_parts WHERE upload_id IN (SELECT id FROM expired)
+            RETURNING id, upload_id, in_object
+         ), objects AS (
+            INSERT INTO pending_objects (key, delete_after)
+            SELECT 'uploads/' || upload_id || '/' || id, unix_now() FROM gone WHERE in_object
+            ON CONFLICT (key) DO UPDATE SET delete_after = EXCLUDED.delete_after
          )
          SELECT count(*) AS "n!" FROM expired"#,
         limit,

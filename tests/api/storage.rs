@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use md5::Digest;
 use serde_json::{json, Value};
 
 use crate::helpers::{
@@ -209,8 +210,8 @@ async fn the_maintainer_deletes_what_a_crash_left_but_never_a_live_file() {
         (live["id"].as_str().unwrap(), None),
     ] {
         sqlx::query(
-            "INSERT INTO pending_objects (file_id, multipart_id, delete_after)
-             VALUES ($1, $2, unix_now() - 1)",
+            "INSERT INTO pending_objects (key, multipart_id, delete_after)
+             VALUES ('files/' || $1, $2, unix_now() - 1)",
         )
         .bind(file)
         .bind(multipart)
@@ -221,7 +222,7 @@ async fn the_maintainer_deletes_what_a_crash_left_but_never_a_live_file() {
     // Not yet due: left alone.
     let young = "file-stillbeingwritten";
     sqlx::query(
-        "INSERT INTO pending_objects (file_id, delete_after) VALUES ($1, unix_now() + 3600)",
+        "INSERT INTO pending_objects (key, delete_after) VALUES ('files/' || $1, unix_now() + 3600)",
     )
     .bind(young)
     .execute(&s.app.pool)
@@ -243,11 +244,11 @@ async fn the_maintainer_deletes_what_a_crash_left_but_never_a_live_file() {
         "a live file's object was deleted"
     );
     assert_eq!(s.s3.unfinished_uploads(&s.prefix).await, 0);
-    let left: String = sqlx::query_scalar("SELECT file_id FROM pending_objects")
+    let left: String = sqlx::query_scalar("SELECT key FROM pending_objects")
         .fetch_one(&s.app.pool)
         .await
         .unwrap();
-    assert_eq!(left, young);
+    assert_eq!(left, format!("files/{young}"));
     s.app
         .get(&format!(
             "/v1/files/{}/content",
@@ -287,5 +288,77 @@ async fn a_batch_runs_through_a_twenty_second_bucket_outage() {
         .map(|f| s.key(f))
         .collect();
     assert_eq!(keys, owned, "no object orphaned");
+    assert_eq!(s.s3.unfinished_uploads(&s.prefix).await, 0);
+}
+
+#[tokio::test]
+async fn upload_parts_are_objects_until_completion_copies_them_into_the_file() {
+    let s = stack(1, "0").await;
+    // A part over one 8 MiB object part (a multipart upload of its own), and a small one.
+    let (first, second) = (to_jsonl(&lines(1500, 6000)), to_jsonl(&lines(10, 0)));
+    let whole = [first.clone(), second.clone()].concat();
+    let create = |bytes: usize| {
+        s.app.post("/v1/uploads").json(&json!({
+            "filename": "in.jsonl", "purpose": "batch", "bytes": bytes,
+            "mime_type": "application/jsonl",
+        }))
+    };
+    let add = |upload: &str, data: Vec<u8>| {
+        let form = reqwest::multipart::Form::new().part(
+            "data",
+            reqwest::multipart::Part::bytes(data).file_name("part"),
+        );
+        s.app
+            .post(&format!("/v1/uploads/{upload}/parts"))
+            .multipart(form)
+    };
+    let upload: Value = create(whole.len()).expect(200).await;
+    let id = upload["id"].as_str().unwrap();
+    let p2: Value = add(id, second).expect(200).await;
+    let p1: Value = add(id, first).expect(200).await;
+    let parts = s.s3.keys(&format!("{}/uploads/{id}/", s.prefix)).await;
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(
+        s.scalar("SELECT count(*) FROM upload_chunks").await,
+        0,
+        "no part content in the database"
+    );
+
+    let md5 = hex::encode(md5::Md5::digest(&whole));
+    let done: Value = s
+        .app
+        .post(&format!("/v1/uploads/{id}/complete"))
+        .json(&json!({"part_ids": [p1["id"], p2["id"]], "md5": md5}))
+        .expect(200)
+        .await;
+    let file = &done["file"]["id"];
+    let content = s
+        .app
+        .get(&format!("/v1/files/{}/content", file.as_str().unwrap()))
+        .expect_response(200)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(content == whole, "the file is the parts in the order named");
+    s.wait_for_no_pending().await;
+    let keys = s.keys().await;
+    assert_eq!(
+        keys,
+        HashSet::from([s.key(file)]),
+        "the parts' objects are gone"
+    );
+
+    // Cancelled: its part's object goes too.
+    let other: Value = create(5).expect(200).await;
+    let other = other["id"].as_str().unwrap();
+    add(other, b"12345".to_vec()).expect(200).await;
+    assert_eq!(s.keys().await.len(), 2);
+    s.app
+        .post(&format!("/v1/uploads/{other}/cancel"))
+        .expect(200)
+        .await;
+    s.wait_for_no_pending().await;
+    assert_eq!(s.keys().await, HashSet::from([s.key(file)]));
     assert_eq!(s.s3.unfinished_uploads(&s.prefix).await, 0);
 }

@@ -221,3 +221,31 @@ pub fn s3_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The content of Uploads API parts that is stored: chunk rows in the database, or (on the s3
+/// pass) part objects in the bucket.
+pub async fn stored_part_content(pool: &sqlx::PgPool) -> i64 {
+    if !s3_pass() {
+        return sqlx::query_scalar("SELECT count(*) FROM upload_chunks")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    }
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let body = s3_client()
+        .get(format!(
+            "{}/{}?list-type=2&prefix={db}/uploads/",
+            std::env::var("OPENBATCH_TEST_S3_ENDPOINT").unwrap(),
+            std::env::var("OPENBATCH_TEST_S3_BUCKET").unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.matches("<Key>").count() as i64
+}
