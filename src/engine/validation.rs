@@ -1,13 +1,12 @@
 //! Checks of an input file's lines, line by line: nothing here holds more than one line.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use self::seen::SeenIds;
 use crate::domain::{Endpoint, LineError, MAX_REPORTED_ERRORS, MAX_REQUESTS};
 use crate::jsonl::{Piece, ValidLine};
 
@@ -181,12 +180,8 @@ fn check_body(raw_body: &RawValue, line: usize, endpoint: Endpoint) -> Result<St
 /// File-level rules that need to see every line: unique ids, one model, size limits.
 pub struct FileCheck {
     endpoint: Endpoint,
-    /// Each custom_id seen, as a 128-bit fingerprint under keys drawn for this file, with its
-    /// line: 24 bytes a request (24 MB for a million), not the ids themselves. Two ids
-    /// sharing a fingerprint by chance is a 2^-128 event per pair, and with secret keys no
-    /// one can make them share one.
-    seen: HashMap<[u64; 2], usize>,
-    keys: [std::hash::RandomState; 2],
+    /// Each custom_id seen, with its line, in 16 bytes.
+    seen: SeenIds,
     model: Option<String>,
     /// Each distinct model of a valid line, with the first line that names it.
     models: HashMap<String, usize>,
@@ -201,8 +196,7 @@ impl FileCheck {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
-            seen: HashMap::new(),
-            keys: [std::hash::RandomState::new(), std::hash::RandomState::new()],
+            seen: SeenIds::new(),
             model: None,
             models: HashMap::new(),
             requests: 0,
@@ -286,8 +280,8 @@ impl FileCheck {
                 return None;
             }
         };
-        let fingerprint = self.keys.each_ref().map(|k| k.hash_one(&valid.custom_id));
-        if let Some(first) = self.seen.get(&fingerprint) {
+        // Past 2^32 lines (far beyond `MAX_LINES_CEILING`) only a message's line number would wrap.
+        if let Some(first) = self.seen.first_use(&valid.custom_id, line as u32) {
             let msg = format!(
                 "The custom_id '{}' is used on line {first} and again here; custom_id values must be unique.",
                 valid.custom_id
@@ -295,7 +289,6 @@ impl FileCheck {
             self.report(LineError::at(line, "duplicate_custom_id", "custom_id", msg));
             return None;
         }
-        self.seen.insert(fingerprint, line);
         if !self.models.contains_key(&valid.model) {
             self.models.insert(valid.model.clone(), line);
         }
@@ -342,6 +335,7 @@ impl FileCheck {
     }
 }
 
+mod seen;
 #[cfg(test)]
 mod tests;
 
