@@ -41,6 +41,9 @@ OTEL_KNOWN=(OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_SERVICE
 
 VENV=$ROOT/.venv-deploy
 COMPOSE_FILE=$ROOT/docker-compose.yml
+# The compose file's own defaults are checked, not this host's: the test command exports AWS_*
+# for its S3 server, which compose would otherwise substitute.
+unset AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION STORAGE_BACKEND S3_BUCKET
 K8S_DIR=$ROOT/deploy/kubernetes
 # The files whose environment names are checked against docs/configuration.md.
 CONFIG_DOC=docs/configuration.md
