@@ -191,15 +191,11 @@ export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 cargo test ${CARGO_TEST_ARGS:-} 2>&1 | tee "$LOG_TMP/cargo-test.log" || die "Rust tests failed"
 
 # The engine and API tests again with file content in the bucket (tests/api/helpers/storage.rs);
-# `storage::` brings its own S3 servers and ran above. Skipped on this pass only, with its
-# reason: fair_slots::a_live_read_never_holds_up_the_batch_s_result_writes, which on s3 left
-# its batch's last 5 lines unfinished in 3 runs of ~20 (open, under investigation: docs/testing.md).
-# S3_TEST_ARGS: extra arguments for the test binary of this pass, e.g. "--test-threads=1"
+# `storage::` brings its own S3 servers and ran above. S3_TEST_ARGS: extra arguments for the test binary of this pass, e.g. "--test-threads=1"
 # (word-split on purpose).
 section "cargo test --test api, storage.backend = s3"
 # shellcheck disable=SC2086
-OPENBATCH_TEST_STORAGE=s3 cargo test --test api -- --skip storage:: \
-    --skip fair_slots::a_live_read_never_holds_up_the_batch_s_result_writes ${S3_TEST_ARGS:-} 2>&1 |
+OPENBATCH_TEST_STORAGE=s3 cargo test --test api -- --skip storage:: ${S3_TEST_ARGS:-} 2>&1 |
     tee -a "$LOG_TMP/cargo-test.log" || die "Rust tests failed on the s3 backend"
 
 if $QUICK; then
