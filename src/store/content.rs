@@ -315,16 +315,8 @@ impl Sealed {
     /// Not to be kept (over quota): an object goes at once rather than when its write would
     /// count as abandoned. Content in the database goes with its rolled-back transaction.
     pub async fn discard(self) {
-        let Some(objects) = self.object else { return };
-        let key = file_key(&self.id);
-        let gone = objects.remove(&key, None).await;
-        let settled = match gone {
-            Ok(()) => objects::settle(&self.pool, &key).await,
-            // Left on the ledger, due now: the maintainer retries.
-            Err(_) => objects::pend(&self.pool, &key, 0).await,
-        };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, "an unkept object stays on the ledger until its write would count as abandoned");
+        if let Some(objects) = self.object {
+            objects::delete_now(&objects, &self.pool, &file_key(&self.id), None).await;
         }
     }
 }

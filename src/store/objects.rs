@@ -180,13 +180,7 @@ impl ObjectWriter {
             return;
         }
         let multipart = self.multipart.as_ref().map(|(id, _)| id.as_str());
-        let settled = match objects.remove(&self.key, multipart).await {
-            Ok(()) => settle(pool, &self.key).await,
-            Err(_) => pend(pool, &self.key, 0).await,
-        };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, key = %self.key, "an abandoned object stays on the ledger until its write would count as abandoned");
-        }
+        delete_now(objects, pool, &self.key, multipart).await;
     }
 
     /// Completes the object, still on the ledger: `settle`, in the transaction that writes the
@@ -219,6 +213,18 @@ impl ObjectWriter {
             }
         }
         Ok(self.key)
+    }
+}
+
+/// Deletes an object no row will own and takes it off the ledger; if the bucket refuses, the
+/// entry stays, due now, for the maintainer.
+pub async fn delete_now(objects: &Objects, pool: &PgPool, key: &str, multipart: Option<&str>) {
+    let settled = match objects.remove(key, multipart).await {
+        Ok(()) => settle(pool, key).await,
+        Err(_) => pend(pool, key, 0).await,
+    };
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, %key, "an unkept object stays on the ledger until its write would count as abandoned");
     }
 }
 

@@ -518,16 +518,7 @@ async fn a_deleted_files_space_goes_back_to_the_file_system() {
         .upload("batch", "again.jsonl", to_jsonl(&lines[..10]))
         .expect(200)
         .await;
-    let content = app
-        .get(&format!(
-            "/v1/files/{}/content",
-            again["id"].as_str().unwrap()
-        ))
-        .expect_response(200)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let content = app.content_of(&again["id"]).await;
     assert_eq!(&content[..], &to_jsonl(&lines[..10])[..]);
 }
 

@@ -161,17 +161,8 @@ async fn a_storm_of_retries_leaves_the_replica_answering_everyone() {
         .await;
     assert_eq!(Some(again["id"].as_str().unwrap()), made.as_deref());
     assert_eq!(retries_of(&app, &origin).await, 1);
-    let content = app
-        .get(&format!(
-            "/v1/files/{}/content",
-            again["input_file_id"].as_str().unwrap()
-        ))
-        .expect_response(200)
-        .await
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(content.as_ref(), input.as_slice());
+    let content = app.content_of(&again["input_file_id"]).await;
+    assert_eq!(content.as_slice(), input.as_slice());
     drop(replicas);
 }
 

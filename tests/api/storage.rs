@@ -118,17 +118,7 @@ async fn content_lives_in_the_bucket_read_in_ranges_and_goes_with_its_file() {
         .await;
     assert_eq!(file["bytes"], body.len());
     assert!(s.keys().await.contains(&s.key(&file["id"])));
-    let content = s
-        .app
-        .get(&format!(
-            "/v1/files/{}/content",
-            file["id"].as_str().unwrap()
-        ))
-        .expect_response(200)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let content = s.app.content_of(&file["id"]).await;
     assert!(content == body, "the content read back differs");
 
     let mut batch_body = crate::helpers::batch_body(file["id"].as_str().unwrap());
@@ -249,13 +239,7 @@ async fn the_maintainer_deletes_what_a_crash_left_but_never_a_live_file() {
         .await
         .unwrap();
     assert_eq!(left, format!("files/{young}"));
-    s.app
-        .get(&format!(
-            "/v1/files/{}/content",
-            live["id"].as_str().unwrap()
-        ))
-        .expect_response(200)
-        .await;
+    s.app.content_of(&live["id"]).await;
 }
 
 #[tokio::test]
@@ -332,14 +316,7 @@ async fn upload_parts_are_objects_until_completion_copies_them_into_the_file() {
         .expect(200)
         .await;
     let file = &done["file"]["id"];
-    let content = s
-        .app
-        .get(&format!("/v1/files/{}/content", file.as_str().unwrap()))
-        .expect_response(200)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let content = s.app.content_of(file).await;
     assert!(content == whole, "the file is the parts in the order named");
     s.wait_for_no_pending().await;
     let keys = s.keys().await;

@@ -100,16 +100,7 @@ async fn parts_sent_out_of_order_make_the_file_in_the_order_completion_names() {
     assert_eq!(file["bytes"], whole.len());
     assert_eq!(file["purpose"], "batch");
     assert_eq!(file["filename"], "in.jsonl");
-    let content = app
-        .get(&format!(
-            "/v1/files/{}/content",
-            file["id"].as_str().unwrap()
-        ))
-        .expect_response(200)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let content = app.content_of(&file["id"]).await;
     assert!(content == whole, "the parts in completion's order");
     assert_eq!(stored(&app).await, (0, 0, 1), "the parts are gone");
 

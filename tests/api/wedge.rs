@@ -29,13 +29,7 @@ fn upstream_error(message: &str, kind: &str, code: Value) -> Value {
 
 /// A file's content as served, checked to be JSONL: one JSON object per line, no blank line.
 async fn jsonl_of(app: &TestApp, file_id: &Value) -> Vec<Value> {
-    let text = app
-        .get(&format!("/v1/files/{}/content", file_id.as_str().unwrap()))
-        .expect_response(200)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = String::from_utf8(app.content_of(file_id).await).unwrap();
     assert!(text.ends_with('\n'), "{text}");
     text.trim_end_matches('\n')
         .split('\n')

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 
-use super::{forget, let_go, Line, Running};
+use super::{forget, Line, Running};
 use crate::engine::upstream::trace_id_for;
 use crate::engine::Ctx;
 use crate::jsonl::{group, queued, LineSplitter, Piece};
@@ -59,18 +59,14 @@ pub(super) async fn claim(ctx: &Arc<Ctx>, except: &[String]) -> anyhow::Result<O
         .insert(running.key(), running.clone());
     let lines = match read_lines(ctx, &c, &running).await {
         Ok(lines) => lines,
-        Err(e) if e.downcast_ref::<ContentError>().is_some() => {
-            // The input is out of reach (an outage): back for another try, not counted as a
-            // failed claim.
+        Err(e) => {
+            // Back for another try rather than sat on until the lease lapses. Input out of
+            // reach (an outage of the bucket or the database) is not a claim that failed.
+            let unread = e.downcast_ref::<ContentError>().is_some();
             forget(ctx, &running);
-            if let Err(e) = chunks::release_unread(&ctx.pool, &running.held).await {
+            if let Err(e) = chunks::release_one(&ctx.pool, &running.held, unread).await {
                 tracing::warn!(error = %e, "could not hand a chunk back; its lease will lapse");
             }
-            return Err(e);
-        }
-        Err(e) => {
-            // Hand it back for another try rather than sit on it until the lease lapses.
-            let_go(ctx, &running, 0).await;
             return Err(e);
         }
     };

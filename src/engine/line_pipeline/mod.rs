@@ -241,7 +241,7 @@ async fn let_go(ctx: &Ctx, running: &Arc<Running>, n: usize) {
     let left = running.outstanding.fetch_sub(n, Ordering::Relaxed) - n;
     if left == 0 {
         forget(ctx, running);
-        if let Err(e) = chunks::release_one(&ctx.pool, &running.held).await {
+        if let Err(e) = chunks::release_one(&ctx.pool, &running.held, false).await {
             tracing::warn!(error = %e, "could not hand a chunk back; its lease will lapse");
         }
     }

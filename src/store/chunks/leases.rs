@@ -69,32 +69,21 @@ pub async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
     .rows_affected())
 }
 
-/// Hands one chunk back (nothing more of it will run here), if the claim is still ours.
+/// Hands one chunk back (nothing more of it will run here), if the claim is still ours. A
+/// claim that could not read its input (the bucket or the database unreachable) is handed back
+/// `uncounted`: like `release`, not a claim that failed, so an outage never adds up to a crash
+/// loop.
 #[tracing::instrument(skip_all, name = "db.chunks.release_one")]
-pub async fn release_one(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL
-         WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
-        held.batch_id,
-        held.idx,
-        held.attempt,
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Hands back a chunk whose input could not be read (the bucket or the database unreachable):
-/// like `release`, not a claim that failed, so an outage never adds up to a crash loop.
-#[tracing::instrument(skip_all, name = "db.chunks.release_unread")]
-pub async fn release_unread(pool: &PgPool, held: &Held) -> Result<(), sqlx::Error> {
+pub async fn release_one(pool: &PgPool, held: &Held, uncounted: bool) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE batch_chunks SET state = 'pending', lease_owner = NULL, lease_until = NULL,
-                                 idle_claims = greatest(idle_claims - 1, 0)
+                                 idle_claims = CASE WHEN $4 THEN greatest(idle_claims - 1, 0)
+                                                    ELSE idle_claims END
          WHERE batch_id = $1 AND idx = $2 AND attempt = $3 AND state = 'running'",
         held.batch_id,
         held.idx,
         held.attempt,
+        uncounted,
     )
     .execute(pool)
     .await?;

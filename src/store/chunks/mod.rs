@@ -9,8 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::domain::{BatchId, Endpoint, FileId, ProjectId};
 
 pub use leases::{
-    close_open, give_up, release, release_one, release_unread, renew, requeue_lapsed, running,
-    Held, Renewed,
+    close_open, give_up, release, release_one, renew, requeue_lapsed, running, Held, Renewed,
 };
 
 /// Lines are addressed by byte position in a file's content: (part index, offset in that part).

@@ -297,19 +297,27 @@ impl TestApp {
         id
     }
 
+    /// A file's content, as `GET /v1/files/{id}/content` answers it (200).
+    pub async fn content_of(&self, file_id: &Value) -> Vec<u8> {
+        let id = file_id.as_str().expect("a file id");
+        let res = self.get(&format!("/v1/files/{id}/content"));
+        res.expect_response(200)
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
     /// A result file's lines (empty for a null id).
     pub async fn lines_of(&self, file_id: &Value) -> Vec<Value> {
-        let Some(id) = file_id.as_str() else {
+        if file_id.as_str().is_none() {
             return Vec::new();
-        };
-        let text = self
-            .get(&format!("/v1/files/{id}/content"))
-            .expect_response(200)
-            .await
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+        }
+        let content = self.content_of(file_id).await;
+        String::from_utf8(content)
+            .unwrap()
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }

@@ -103,38 +103,13 @@ impl S3Server {
 
     /// The keys under `prefix` in `TEST_BUCKET`.
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let body = s3_client()
-            .get(format!(
-                "{}/{TEST_BUCKET}?list-type=2&prefix={prefix}",
-                self.endpoint
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
-            .map(str::to_owned)
-            .collect()
+        list_keys(&self.endpoint, TEST_BUCKET, prefix).await
     }
 
     /// Multipart uploads begun and neither completed nor aborted, under `prefix`.
     pub async fn unfinished_uploads(&self, prefix: &str) -> usize {
-        let body = s3_client()
-            .get(format!(
-                "{}/{TEST_BUCKET}?uploads&prefix={prefix}",
-                self.endpoint
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.matches("<Upload>").count()
+        let url = format!("{}/{TEST_BUCKET}?uploads&prefix={prefix}", self.endpoint);
+        get_text(&url).await.matches("<Upload>").count()
     }
 }
 
@@ -188,15 +163,8 @@ pub async fn stored_parts(pool: &sqlx::PgPool, file_id: &str) -> i64 {
             .await
             .unwrap();
     }
-    let db: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let url = format!(
-        "{}/{}/{db}/files/{file_id}",
-        std::env::var("OPENBATCH_TEST_S3_ENDPOINT").unwrap(),
-        std::env::var("OPENBATCH_TEST_S3_BUCKET").unwrap()
-    );
+    let (endpoint, bucket, db) = pass_bucket(pool).await;
+    let url = format!("{endpoint}/{bucket}/{db}/files/{file_id}");
     let res = s3_client().head(url).send().await.unwrap();
     match res.status().as_u16() {
         200 => 1,
@@ -231,21 +199,38 @@ pub async fn stored_part_content(pool: &sqlx::PgPool) -> i64 {
             .await
             .unwrap();
     }
+    let (endpoint, bucket, db) = pass_bucket(pool).await;
+    list_keys(&endpoint, &bucket, &format!("{db}/uploads/"))
+        .await
+        .len() as i64
+}
+
+/// The s3 pass's S3 endpoint and bucket, and the key prefix of `pool`'s database in it.
+async fn pass_bucket(pool: &sqlx::PgPool) -> (String, String, String) {
     let db: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(pool)
         .await
         .unwrap();
-    let body = s3_client()
-        .get(format!(
-            "{}/{}?list-type=2&prefix={db}/uploads/",
-            std::env::var("OPENBATCH_TEST_S3_ENDPOINT").unwrap(),
-            std::env::var("OPENBATCH_TEST_S3_BUCKET").unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.matches("<Key>").count() as i64
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    (
+        var("OPENBATCH_TEST_S3_ENDPOINT"),
+        var("OPENBATCH_TEST_S3_BUCKET"),
+        db,
+    )
+}
+
+/// The keys under `prefix` in `bucket` (one page: the tests hold far fewer than 1,000).
+async fn list_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    let body = get_text(&format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}")).await;
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn get_text(url: &str) -> String {
+    let res = s3_client().get(url).send().await.unwrap();
+    assert!(res.status().is_success(), "GET {url}: {}", res.status());
+    res.text().await.unwrap()
 }
