@@ -3,14 +3,16 @@
 
 mod spool;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use sqlx::PgPool;
 
 use crate::config::LimitSettings;
 use crate::domain::{ExpiresAfter, FileId, Invalid, ProjectId, Purpose, Utf8Check};
-use crate::error::ApiError;
-use crate::store::content::{Content, ContentError};
+use crate::error::{is_transient, ApiError};
+use crate::store::content::{Content, ContentError, FileReader};
 use crate::store::files::{self as store, Committed, NewFile, Upload, CHUNK_BYTES};
 
 pub use crate::store::files::{FileRecord, ListQuery, Order};
@@ -171,7 +173,10 @@ pub async fn get(pool: &PgPool, project: &ProjectId, id: &FileId) -> Result<File
         .ok_or_else(|| ApiError::FileNotFound { id: id.to_string() })
 }
 
-/// The file and its content, read one chunk at a time as it is sent.
+/// The file and its content, read one chunk at a time as it is sent. The first chunk is read
+/// before the response's head goes out, so that a database or bucket failing then is a 503 the
+/// SDKs retry rather than a 200 cut short; a later chunk's read is retried, since a failure
+/// after the head can only cut the response short.
 pub async fn content(
     content: &Content,
     project: &ProjectId,
@@ -184,17 +189,41 @@ pub async fn content(
     ApiError,
 > {
     let file = get(content.pool(), project, id).await?;
-    let content = content.clone();
-    let id = file.id.clone();
-    let chunks = futures_util::stream::try_unfold(0_i32, move |idx| {
-        let content = content.clone();
-        let id = id.clone();
-        async move {
-            let data = content.chunk(&id, idx).await?;
-            Ok::<_, ContentError>(data.map(|d| (Bytes::from(d), idx + 1)))
+    let reader = content.open(&file.id).await?;
+    let first = reader.chunk(0).await?;
+    let total = file.bytes;
+    let rest = futures_util::stream::try_unfold(
+        (reader, 1_i32, first.as_ref().map_or(0, Vec::len) as i64),
+        move |(reader, idx, sent)| async move {
+            if sent >= total {
+                return Ok(None);
+            }
+            let data = chunk_retried(&reader, idx).await?;
+            Ok::<_, ContentError>(data.map(|d| {
+                let sent = sent + d.len() as i64;
+                (Bytes::from(d), (reader, idx + 1, sent))
+            }))
+        },
+    );
+    let first = futures_util::stream::iter(first.map(|d| Ok(Bytes::from(d))));
+    Ok((file, first.chain(rest)))
+}
+
+/// A chunk read again after a database failure a retry clears (a pooled connection that was
+/// killed, a failover): the bucket's client retries on its own.
+async fn chunk_retried(reader: &FileReader, idx: i32) -> Result<Option<Vec<u8>>, ContentError> {
+    const TRIES: u32 = 4;
+    let mut tried = 1;
+    loop {
+        match reader.chunk(idx).await {
+            Err(ContentError::Database(e)) if tried < TRIES && is_transient(&e) => {
+                tracing::warn!(error = %e, tried, "reading a file's content failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(tried))).await;
+                tried += 1;
+            }
+            done => return done,
         }
-    });
-    Ok((file, chunks))
+    }
 }
 
 /// Deletes the file; its content goes at once unless a running batch still reads it.

@@ -27,6 +27,35 @@ pub struct Content {
     objects: Option<Arc<Objects>>,
 }
 
+/// One file's content opened for reading (`Content::open`).
+pub struct FileReader {
+    pool: PgPool,
+    objects: Option<Arc<Objects>>,
+    id: FileId,
+    place: Place,
+}
+
+impl FileReader {
+    /// One chunk (`CHUNK_BYTES`) of the content, by position; `None` past the end (or if the
+    /// content is gone). An object is cut into chunks at every `CHUNK_BYTES`.
+    pub async fn chunk(&self, idx: i32) -> Result<Option<Vec<u8>>, ContentError> {
+        match (self.place, &self.objects) {
+            (Place::Object { bytes }, Some(objects)) => {
+                let start = idx as u64 * CHUNK_BYTES as u64;
+                if start >= bytes {
+                    return Ok(None);
+                }
+                let end = (start + CHUNK_BYTES as u64).min(bytes);
+                Ok(objects
+                    .range(&file_key(&self.id), start..end)
+                    .await?
+                    .map(Vec::from))
+            }
+            _ => Ok(files::chunk(&self.pool, &self.id, idx).await?),
+        }
+    }
+}
+
 /// Where one file's content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -71,7 +100,7 @@ impl Content {
 
     /// Only a deployment with a bucket can hold files there, so only then is a file's place
     /// looked up: the database's own backend costs no extra query.
-    async fn place(&self, id: &FileId) -> Result<(Place, Option<&Objects>), ContentError> {
+    async fn place(&self, id: &FileId) -> Result<(Place, Option<&Arc<Objects>>), ContentError> {
         let Some(objects) = &self.objects else {
             return Ok((Place::Database, None));
         };
@@ -87,23 +116,15 @@ impl Content {
         })
     }
 
-    /// One chunk (`CHUNK_BYTES`) of a file's content, by position; `None` past the end (or if
-    /// the content is gone). An object is cut into chunks at every `CHUNK_BYTES`.
-    pub async fn chunk(&self, id: &FileId, idx: i32) -> Result<Option<Vec<u8>>, ContentError> {
-        match self.place(id).await? {
-            (Place::Object { bytes }, Some(objects)) => {
-                let start = idx as u64 * CHUNK_BYTES as u64;
-                if start >= bytes {
-                    return Ok(None);
-                }
-                let end = (start + CHUNK_BYTES as u64).min(bytes);
-                Ok(objects
-                    .range(&file_key(id), start..end)
-                    .await?
-                    .map(Vec::from))
-            }
-            _ => Ok(files::chunk(&self.pool, id, idx).await?),
-        }
+    /// A file's content for reading chunk by chunk, its place looked up once.
+    pub async fn open(&self, id: &FileId) -> Result<FileReader, ContentError> {
+        let (place, objects) = self.place(id).await?;
+        Ok(FileReader {
+            pool: self.pool.clone(),
+            objects: objects.cloned(),
+            id: id.clone(),
+            place,
+        })
     }
 
     /// The bytes from `start` up to `end` (exclusive); `None` when some of it is missing.

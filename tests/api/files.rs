@@ -1,6 +1,12 @@
-use serde_json::Value;
+use std::time::Duration;
 
-use crate::helpers::{expect_error, s3_pass, spawn_app, spawn_app_with, stored_parts, Expect};
+use openbatch::config::StorageBackend;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{
+    expect_error, s3_pass, spawn_app, spawn_app_on, spawn_app_with, stored_parts, Expect, TestDb,
+};
 
 fn jsonl(lines: usize) -> Vec<u8> {
     (0..lines)
@@ -315,4 +321,61 @@ async fn bad_uploads_are_rejected_and_leave_nothing_behind() {
         (expected_chunks, 0),
         "no content of a refused upload"
     );
+}
+
+/// A download the database fails under is a 503 with `Retry-After` while nothing is sent yet
+/// (the SDKs retry it), never a 200 cut short; once under way, a chunk whose read fails is read
+/// again, so the body arrives whole. The failures are PostgreSQL's own: `lock_timeout` set on
+/// the database, and `file_chunks` locked by another session.
+#[tokio::test]
+async fn a_download_the_database_fails_under_is_a_503_or_arrives_whole() {
+    let db = TestDb::new();
+    db.create().await;
+    // Connected before the setting, so this session waits for locks as long as it takes.
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           EXECUTE format('ALTER DATABASE %I SET lock_timeout = %L', current_database(), '1s');
+         END $$",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let app = spawn_app_on(db, |s| s.storage.backend = StorageBackend::Postgres).await;
+    // Far more than the sockets between server and client buffer, so the server is still
+    // reading chunks once the table is locked.
+    let content: Vec<u8> = (0..450_000)
+        .flat_map(|i| format!("line {i:>56}\n").into_bytes())
+        .collect();
+    assert!(content.len() > 24 * 1024 * 1024);
+    let res = app
+        .upload("user_data", "big.txt", content.clone())
+        .expect_response(200)
+        .await;
+    let file: Value = res.json().await.unwrap();
+    let url = format!("/v1/files/{}/content", file["id"].as_str().unwrap());
+
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE file_chunks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let res = app.get(&url).send().await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    let err = expect_error(res, 503).await;
+    assert_eq!(err["type"], "server_error");
+    lock.rollback().await.unwrap();
+
+    let res = app.get(&url).expect_response(200).await;
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE file_chunks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let body = tokio::spawn(res.bytes());
+    // Long enough for the server's reads to time out at least once; short of its last retry.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    lock.commit().await.unwrap();
+    let body = body.await.unwrap().expect("the body arrives whole");
+    assert!(body == content, "{} bytes of {}", body.len(), content.len());
 }

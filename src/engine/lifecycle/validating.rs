@@ -232,8 +232,9 @@ impl InputScan {
 
     /// Reads the file's stored parts in order, stopping early once the batch is sure to fail.
     async fn read(&mut self, ctx: &Ctx, file: &FileId) -> anyhow::Result<()> {
+        let reader = ctx.content.open(file).await?;
         for idx in 0.. {
-            let Some(part) = ctx.content.chunk(file, idx).await? else {
+            let Some(part) = reader.chunk(idx).await? else {
                 break;
             };
             self.planner

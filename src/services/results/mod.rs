@@ -18,12 +18,14 @@ use serde::Deserialize;
 use crate::domain::{BatchId, FileId};
 use crate::jsonl::group::line_id;
 use crate::jsonl::LineSplitter;
-use crate::store::content::Content;
+use crate::store::content::{Content, FileReader};
 
 /// A stored file's non-blank lines, read a part (1 MiB) at a time.
 pub struct FileLines {
     content: Content,
     file: FileId,
+    /// Opened at the first read.
+    reader: Option<FileReader>,
     /// The file's size as recorded: reading fewer bytes means its content was purged meanwhile.
     bytes: i64,
     read: i64,
@@ -37,6 +39,7 @@ impl FileLines {
         Self {
             content,
             file,
+            reader: None,
             bytes,
             read: 0,
             next_part: 0,
@@ -57,7 +60,11 @@ impl FileLines {
                     ready.push_back(line.to_vec());
                 }
             };
-            match self.content.chunk(&self.file, self.next_part).await? {
+            if self.reader.is_none() {
+                self.reader = Some(self.content.open(&self.file).await?);
+            }
+            let reader = self.reader.as_ref().expect("opened above");
+            match reader.chunk(self.next_part).await? {
                 Some(data) => {
                     self.read += data.len() as i64;
                     self.next_part += 1;

@@ -42,7 +42,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let db = TestDb::new();
+    spawn_app_on(TestDb::new(), tweak).await
+}
+
+/// A server on a database the test prepared first (its settings, say).
+pub async fn spawn_app_on(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = settings_for(&db.url);
     tweak(&mut settings);
     let app = Application::build(&settings).await.expect("app builds");

@@ -28,6 +28,16 @@ impl TestDb {
             name,
         }
     }
+
+    /// Creates the (empty) database now, for a test that sets it up before a server starts.
+    pub async fn create(&self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&server_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", self.name))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 impl Drop for TestDb {
