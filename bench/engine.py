@@ -162,7 +162,7 @@ def db_size(a, settle=0):
         time.sleep(1)
     rels = psql(a, "SELECT c.relname || ':' || pg_relation_size(c.oid) FROM pg_class c "
                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                   "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'i', 't')")
+                   "WHERE n.nspname <> 'information_schema' AND c.relkind IN ('r', 'i', 't')")
     sizes = dict(line.rsplit(":", 1) for line in rels.splitlines())
     return int(psql(a, "SELECT pg_database_size(current_database())")), {k: int(v) for k, v in sizes.items()}
 

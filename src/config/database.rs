@@ -16,8 +16,9 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
     /// Create the database named in `url` when it does not exist.
     pub create_if_missing: bool,
-    /// A TOAST index holding this many bytes more than its live content needs is rebuilt to
-    /// give the space of purged content back (0: never).
+    /// A TOAST index holding this many bytes more than its live content needs, or a work
+    /// table's indexes this many more than their rows need, is rebuilt to give the space of
+    /// purged content and finished work back (0: never).
     pub reindex_slack_bytes: u64,
 }
 
@@ -30,7 +31,7 @@ impl Default for DatabaseSettings {
             connect_timeout_secs: 10,
             acquire_timeout_secs: 10,
             create_if_missing: true,
-            reindex_slack_bytes: 1024 * 1024,
+            reindex_slack_bytes: 256 * 1024,
         }
     }
 }

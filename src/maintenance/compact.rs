@@ -1,4 +1,4 @@
-//! Gives the space of purged content back (see [`Compactor`]).
+//! Gives the space of purged content and finished work back (see [`Compactor`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +10,8 @@ use crate::store::compact;
 /// Rounds between checks (the check reads only catalog sizes and statistics counters).
 pub const EVERY: u32 = 5;
 
-/// Rebuilds the indexes of tables whose purged content left their TOAST index mostly empty
-/// (see `store::compact`). A rebuild waits for older transactions to end, so it runs beside the
+/// Rebuilds the indexes of tables whose purged content left their TOAST index mostly empty,
+/// and of work tables whose finished rows left their indexes so (see `store::compact`). A rebuild waits for older transactions to end, so it runs beside the
 /// other chores, one at a time, never blocking a lease requeue.
 pub struct Compactor {
     slack: i64,
@@ -59,7 +59,7 @@ impl Compactor {
                             table = b.table,
                             before = b.index_bytes,
                             after,
-                            "rebuilt the indexes of a table whose content was purged"
+                            "rebuilt the mostly empty indexes of a table"
                         );
                         rebuilt.lock().expect("not poisoned").insert(b.table, after);
                     }

@@ -5,6 +5,10 @@
 //! 400 MB of file content is purged, `file_chunks`' TOAST index still holds ~6 MB of empty pages:
 //! reused by later uploads, but never freed. `REINDEX TABLE CONCURRENTLY` rebuilds the indexes
 //! from the live rows without blocking reads or writes (it takes the lock VACUUM takes).
+//!
+//! The same holds for the indexes of the work tables, whose rows live only while a batch runs
+//! (`batch_chunks`) or until the usage rollup folds them (`usage_events`): a million-line batch
+//! leaves them ~0.8 MB of empty index pages.
 
 use sqlx::PgPool;
 
@@ -20,7 +24,18 @@ const NEEDED_PER_SLICE: i64 = 3 * 22;
 /// Bytes of a value per TOAST slice (`TOAST_MAX_CHUNK_SIZE` with 8 KiB pages).
 const SLICE_BYTES: i64 = 1996;
 
-/// A table whose TOAST index is mostly empty pages.
+/// Tables whose rows come and go with the work (named again in `bloated_work_tables`).
+const WORK_TABLES: [&str; 2] = ["batch_chunks", "usage_events"];
+
+/// Index bytes a live row of a work table needs in each index, with margin (its keys are ids
+/// and numbers of under 60 bytes).
+const NEEDED_PER_ROW: i64 = 128;
+
+/// An index's own pages even when empty (meta page and root).
+const EMPTY_INDEX_BYTES: i64 = 2 * 8192;
+
+/// A table whose indexes are mostly empty pages: its TOAST index (`TABLES`), or all of them
+/// together (`WORK_TABLES`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bloated {
     pub table: &'static str,
@@ -53,25 +68,43 @@ pub async fn bloated(pool: &PgPool, slack: i64) -> Result<Vec<Bloated>, sqlx::Er
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let table = TABLES.into_iter().find(|t| *t == r.name)?;
-            Some(Bloated {
-                table,
-                index_bytes: r.index_bytes,
-            })
+    let work = sqlx::query!(
+        r#"WITH live (name, rows) AS (
+              SELECT 'batch_chunks', (SELECT count(*) FROM batch_chunks)
+              UNION ALL
+              SELECT 'usage_events', (SELECT count(*) FROM usage_events)
+           )
+           SELECT live.name AS "name!", sum(pg_relation_size(i.indexrelid))::int8 AS "index_bytes!"
+           FROM live
+           JOIN pg_class c ON c.relname = live.name
+                          AND c.relnamespace = current_schema()::regnamespace
+           JOIN pg_index i ON i.indrelid = c.oid AND i.indisvalid
+           GROUP BY live.name, live.rows
+           HAVING sum(pg_relation_size(i.indexrelid)) > $1 + count(*) * ($2 + live.rows * $3)"#,
+        slack,
+        EMPTY_INDEX_BYTES,
+        NEEDED_PER_ROW,
+    )
+    .fetch_all(pool)
+    .await?;
+    let toast = rows.into_iter().map(|r| (r.name, r.index_bytes));
+    let work = work.into_iter().map(|r| (r.name, r.index_bytes));
+    Ok(toast
+        .chain(work)
+        .filter_map(|(name, index_bytes)| {
+            let table = TABLES.into_iter().chain(WORK_TABLES).find(|t| *t == name)?;
+            Some(Bloated { table, index_bytes })
         })
         .collect())
 }
 
-/// Rebuilds a table's indexes (its TOAST index among them) from its live rows; returns the
-/// TOAST index's size afterwards. A rebuild interrupted by a crash leaves an invalid `_ccnew`
+/// Rebuilds a table's indexes (its TOAST index among them) from its live rows; returns what
+/// `bloated` measures of it afterwards (its TOAST index, or a work table's indexes). A rebuild interrupted by a crash leaves an invalid `_ccnew`
 /// copy behind, which would be maintained on every write and never used: those are dropped
 /// first.
 #[tracing::instrument(skip_all, name = "db.compact.reindex", fields(table = table))]
 pub async fn reindex(pool: &PgPool, table: &'static str) -> Result<i64, sqlx::Error> {
-    debug_assert!(TABLES.contains(&table));
+    debug_assert!(TABLES.contains(&table) || WORK_TABLES.contains(&table));
     let leftovers = sqlx::query_scalar!(
         r#"SELECT i.indexrelid::regclass::text AS "index!"
            FROM pg_class c JOIN pg_index i ON i.indrelid IN (c.oid, c.reltoastrelid)
@@ -94,10 +127,13 @@ pub async fn reindex(pool: &PgPool, table: &'static str) -> Result<i64, sqlx::Er
         .execute(pool)
         .await?;
     sqlx::query_scalar!(
-        r#"SELECT pg_relation_size(i.indexrelid) AS "bytes!"
-           FROM pg_class c JOIN pg_index i ON i.indrelid = c.reltoastrelid AND i.indisvalid
+        r#"SELECT coalesce(sum(pg_relation_size(i.indexrelid)), 0)::int8 AS "bytes!"
+           FROM pg_class c
+           JOIN pg_index i ON i.indrelid = CASE WHEN $2 THEN c.reltoastrelid ELSE c.oid END
+                          AND i.indisvalid
            WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1"#,
         table,
+        TABLES.contains(&table),
     )
     .fetch_one(pool)
     .await

@@ -522,6 +522,72 @@ async fn a_deleted_files_space_goes_back_to_the_file_system() {
     assert_eq!(&content[..], &to_jsonl(&lines[..10])[..]);
 }
 
+/// All index bytes of a table, and how many indexes it has.
+async fn index_bytes(pool: &PgPool, table: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT sum(pg_relation_size(i.indexrelid))::int8, count(*) FROM pg_class c
+         JOIN pg_index i ON i.indrelid = c.oid AND i.indisvalid
+         WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The work rows a batch leaves (its chunks, its usage events) go once it ends, and so does
+/// the space their indexes took: the maintainer rebuilds them once they are mostly empty.
+#[tokio::test]
+async fn a_finished_batch_leaves_its_work_tables_indexes_empty() {
+    const SLACK: i64 = 16 * 1024;
+    const LINES: i64 = 3000;
+    let upstream = FakeUpstream::start(&[]);
+    let app = spawn_engine(&upstream, |s| {
+        s.database.reindex_slack_bytes = SLACK as u64;
+        // A chunk a line: a row of `batch_chunks` each, and a usage event for nearly each.
+        s.worker.chunk_lines = 1;
+    })
+    .await;
+    let lines: Vec<Value> = (0..LINES)
+        .map(|i| chat_line(&format!("r{i}"), json!({})))
+        .collect();
+    let id = app.submit("/v1/chat/completions", to_jsonl(&lines)).await;
+    app.wait_for_completed(&id, LINES / 2).await;
+    // `usage_events` is folded (emptied) as the batch runs, so its indexes may be rebuilt
+    // before it ends; the chunks stay until then.
+    let grown: Vec<i64> = futures_util::future::join_all(
+        ["batch_chunks", "usage_events"].map(|t| index_bytes(&app.pool, t)),
+    )
+    .await
+    .into_iter()
+    .map(|(bytes, _)| bytes)
+    .collect();
+    let (_, indexes) = index_bytes(&app.pool, "batch_chunks").await;
+    assert!(
+        grown[0] > indexes * 2 * 8192 + SLACK,
+        "the batch did not grow batch_chunks' indexes: {} bytes",
+        grown[0]
+    );
+    let done = app.wait_for(&id, &["completed", "failed"]).await;
+    assert_eq!(done["request_counts"]["completed"], LINES, "{done}");
+    for (table, grown) in ["batch_chunks", "usage_events"].into_iter().zip(grown) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (now, indexes) = index_bytes(&app.pool, table).await;
+            // Each index's own two pages, and the slack the maintainer allows.
+            if now <= indexes * 2 * 8192 + SLACK {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{table}'s indexes kept {now} bytes of {grown} ({indexes} indexes)"
+            );
+            // The maintainer announces nothing: the size is polled.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_rebuild_drops_an_invalid_index_an_interrupted_one_left_behind() {
     let app = spawn_app_with(|s| {
