@@ -333,6 +333,13 @@ def warm_up(a, api, ports):
             die(f"warm-up batch ended {batch.get('status')}")
         time.sleep(0.1)
         batch = http_json("GET", f"http://127.0.0.1:{ports[-1]}/v1/batches/{batch['id']}")[1]
+    if a.delete_files:
+        # Its files go too: the size compared is then that of a database which has run a batch.
+        for fid in (file_id, batch.get("output_file_id"), batch.get("error_file_id")):
+            if fid:
+                code, body = http_json("DELETE", f"{api}/files/{fid}")
+                if code != 200:
+                    die(f"DELETE warm-up file answered {code}: {str(body)[:300]}")
     os.unlink(path)
     os.unlink(path + ".json")
     log(f"{a.label}: warm-up batch of {a.warmup} lines completed (not measured)")

@@ -20,12 +20,28 @@ pub enum StorageBackend {
     S3,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct S3Settings {
     pub bucket: Option<String>,
     /// Put before every key (`tenant-a/` keeps several deployments in one bucket).
     pub prefix: Option<String>,
+    /// One request to the bucket, from connecting to the last byte of its answer.
+    pub request_timeout_secs: u64,
+    /// How long a failed request is tried again before the caller is told (an API request
+    /// answers 503, a chunk is handed back for later).
+    pub retry_secs: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            bucket: None,
+            prefix: None,
+            request_timeout_secs: 30,
+            retry_secs: 180,
+        }
+    }
 }
 
 impl StorageSettings {
@@ -34,6 +50,10 @@ impl StorageSettings {
             anyhow::ensure!(
                 self.s3.bucket.as_ref().is_some_and(|b| !b.is_empty()),
                 "OPENBATCH__STORAGE__S3__BUCKET must name a bucket when OPENBATCH__STORAGE__BACKEND=s3"
+            );
+            anyhow::ensure!(
+                self.s3.request_timeout_secs > 0,
+                "OPENBATCH__STORAGE__S3__REQUEST_TIMEOUT_SECS must be at least 1"
             );
         }
         Ok(())

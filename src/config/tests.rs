@@ -443,3 +443,22 @@ fn completion_windows_and_the_event_poll_are_checked() {
     };
     assert!(format!("{:#}", none.check().unwrap_err()).contains("COMPLETION_WINDOWS"));
 }
+
+#[test]
+fn the_s3_backend_needs_a_bucket_and_a_request_timeout() {
+    let s3 = ("OPENBATCH__STORAGE__BACKEND", "s3");
+    let err = format!("{:#}", load(&[s3]).unwrap_err());
+    assert!(err.contains("OPENBATCH__STORAGE__S3__BUCKET"), "{err}");
+    let bucket = ("OPENBATCH__STORAGE__S3__BUCKET", "files");
+    let s = load(&[s3, bucket]).unwrap();
+    assert_eq!(
+        (s.storage.s3.request_timeout_secs, s.storage.s3.retry_secs),
+        (30, 180)
+    );
+    let zero = ("OPENBATCH__STORAGE__S3__REQUEST_TIMEOUT_SECS", "0");
+    let err = format!("{:#}", load(&[s3, bucket, zero]).unwrap_err());
+    assert!(
+        err.contains("OPENBATCH__STORAGE__S3__REQUEST_TIMEOUT_SECS"),
+        "{err}"
+    );
+}

@@ -4,12 +4,13 @@
 //! maintainer deletes what a crash left in the bucket (migration 0025).
 
 use std::ops::Range;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 use sqlx::PgPool;
 
 use crate::config::S3Settings;
@@ -37,7 +38,19 @@ impl Objects {
     /// allowed when the endpoint names it). As with every setting, an empty variable counts
     /// as unset (`AmazonS3Builder::from_env` would take an empty endpoint as one).
     pub fn connect(settings: &S3Settings) -> anyhow::Result<Self> {
-        let mut builder = AmazonS3Builder::new();
+        // First: an `AWS_*` client option (say `AWS_ALLOW_HTTP`) set below still applies.
+        let mut client = ClientOptions::new()
+            .with_timeout(Duration::from_secs(settings.request_timeout_secs))
+            .with_connect_timeout(Duration::from_secs(settings.request_timeout_secs.min(5)));
+        if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| e.starts_with("http://")) {
+            client = client.with_allow_http(true);
+        }
+        let mut builder = AmazonS3Builder::new()
+            .with_client_options(client)
+            .with_retry(RetryConfig {
+                retry_timeout: Duration::from_secs(settings.retry_secs),
+                ..RetryConfig::default()
+            });
         for (key, value) in std::env::vars() {
             if key.starts_with("AWS_") && !value.is_empty() {
                 if let Ok(key) = key.to_ascii_lowercase().parse() {
@@ -47,9 +60,6 @@ impl Objects {
         }
         if let Some(bucket) = &settings.bucket {
             builder = builder.with_bucket_name(bucket);
-        }
-        if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| e.starts_with("http://")) {
-            builder = builder.with_allow_http(true);
         }
         let prefix = settings
             .prefix

@@ -11,8 +11,8 @@ use md5::Digest;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    chat_line, s3_client, s3_env, start_replicas_with, to_jsonl, Expect, FakeUpstream, Replica,
-    S3Server, TestApp, TestDb,
+    chat_line, expect_error, s3_client, s3_env, start_replicas_with, to_jsonl, Expect,
+    FakeUpstream, Replica, S3Server, TestApp, TestDb,
 };
 
 struct Stack {
@@ -26,6 +26,10 @@ struct Stack {
 }
 
 async fn stack(replicas: usize, latency_ms: &str) -> Stack {
+    stack_with(replicas, latency_ms, &[]).await
+}
+
+async fn stack_with(replicas: usize, latency_ms: &str, settings: &[(&str, &str)]) -> Stack {
     let s3 = S3Server::start().await;
     let upstream = FakeUpstream::start(&["--latency-ms", latency_ms]);
     let db = TestDb::new();
@@ -37,8 +41,11 @@ async fn stack(replicas: usize, latency_ms: &str) -> Stack {
         ("OPENBATCH__WORKER__LEASE_SECS", "6"),
         ("OPENBATCH__WORKER__POLL_INTERVAL_MS", "100"),
         ("OPENBATCH__WORKER__CHUNK_LINES", "50"),
-    ] {
-        env.push((k.to_owned(), v.to_owned()));
+    ]
+    .iter()
+    .chain(settings)
+    {
+        env.push((k.to_string(), v.to_string()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let started = start_replicas_with(replicas, &db.url, &env).await;
@@ -240,6 +247,54 @@ async fn the_maintainer_deletes_what_a_crash_left_but_never_a_live_file() {
         .unwrap();
     assert_eq!(left, format!("files/{young}"));
     s.app.content_of(&live["id"]).await;
+}
+
+/// A bucket out of reach for longer than the replica tries it: what needs content answers 503
+/// `StorageUnavailable` with `Retry-After` (the SDKs retry it), never a 500 or a 200 cut short;
+/// what needs none is served; once the bucket is back, so is the content.
+#[tokio::test]
+async fn requests_that_need_an_unreachable_bucket_answer_503() {
+    let s = stack_with(
+        1,
+        "0",
+        &[
+            ("OPENBATCH__STORAGE__S3__REQUEST_TIMEOUT_SECS", "1"),
+            ("OPENBATCH__STORAGE__S3__RETRY_SECS", "2"),
+        ],
+    )
+    .await;
+    let content = b"a line of user data\n".repeat(1000);
+    let file: Value = s
+        .app
+        .upload("user_data", "notes.txt", content.clone())
+        .expect(200)
+        .await;
+    let path = format!("/v1/files/{}/content", file["id"].as_str().unwrap());
+
+    s.s3.pause();
+    let unreachable = |res: reqwest::Response| async move {
+        assert_eq!(res.headers()["retry-after"], "1");
+        let err = expect_error(res, 503).await;
+        assert!(
+            err["message"].as_str().unwrap().contains("storage"),
+            "{err}"
+        );
+        assert_eq!(err["type"], "server_error", "{err}");
+    };
+    unreachable(s.app.get(&path).send().await.unwrap()).await;
+    unreachable(
+        s.app
+            .upload("user_data", "more.txt", content.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let listed: Value = s.app.get("/v1/files").expect(200).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    s.s3.resume();
+
+    assert_eq!(&s.app.content_of(&file["id"]).await[..], &content[..]);
 }
 
 #[tokio::test]

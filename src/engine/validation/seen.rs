@@ -1,5 +1,7 @@
 //! The custom_ids a file has used, for the duplicate check, in 16 bytes each rather than the
-//! ids themselves: a million lines take a 32 MB table (48 MB while it last doubles).
+//! ids themselves: a million lines take ~34 MB of tables. They are 256 tables, by the top byte
+//! of each fingerprint, so that a table doubling holds its old copy for 1/256 of the ids, not
+//! all of them (one table of a million would need 51 MB while it last doubles).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -8,9 +10,10 @@ use std::hash::{BuildHasher, RandomState};
 pub struct SeenIds {
     /// Drawn for this file: no one can choose ids that share a fingerprint.
     keys: [RandomState; 2],
-    /// By the first 64 bits of an id's 96-bit fingerprint: the line that used it, and the
-    /// other 32 bits. Two different ids agreeing on all 96 is a 2^-96 event per pair.
-    by_prefix: HashMap<u64, (u32, u32)>,
+    /// By the first 64 bits of an id's 96-bit fingerprint (in the table its top byte picks):
+    /// the line that used it, and the other 32 bits. Two different ids agreeing on all 96 is a
+    /// 2^-96 event per pair.
+    by_prefix: Vec<HashMap<u64, (u32, u32)>>,
     /// Ids whose first 64 bits an earlier, different id took (a 2^-64 event per pair): by
     /// all 96 bits.
     overflow: HashMap<(u64, u32), u32>,
@@ -20,7 +23,7 @@ impl SeenIds {
     pub fn new() -> Self {
         Self {
             keys: [RandomState::new(), RandomState::new()],
-            by_prefix: HashMap::new(),
+            by_prefix: vec![HashMap::new(); 256],
             overflow: HashMap::new(),
         }
     }
@@ -33,7 +36,7 @@ impl SeenIds {
     }
 
     fn record(&mut self, prefix: u64, rest: u32, line: u32) -> Option<u32> {
-        match self.by_prefix.entry(prefix) {
+        match self.by_prefix[(prefix >> 56) as usize].entry(prefix) {
             Entry::Vacant(e) => {
                 e.insert((line, rest));
                 None
@@ -82,5 +85,24 @@ mod tests {
             None,
             "the same rest under another prefix"
         );
+    }
+
+    #[test]
+    fn ids_spread_over_every_table_are_all_new_once_and_repeats_found() {
+        let mut seen = SeenIds::new();
+        for i in 0..100_000 {
+            assert_eq!(seen.first_use(&format!("id-{i}"), i), None);
+        }
+        assert!(seen.by_prefix.iter().all(|t| !t.is_empty()));
+        for i in (0..100_000).step_by(7) {
+            assert_eq!(seen.first_use(&format!("id-{i}"), 200_000 + i), Some(i));
+        }
+        assert_eq!(
+            seen.record(7 | (3 << 56), 1, 9),
+            None,
+            "same low bits, another table"
+        );
+        assert_eq!(seen.record(7, 1, 10), None);
+        assert_eq!(seen.record(7 | (3 << 56), 1, 11), Some(9));
     }
 }
