@@ -348,11 +348,10 @@ async fn a_download_the_database_fails_under_is_a_503_or_arrives_whole() {
         .flat_map(|i| format!("line {i:>56}\n").into_bytes())
         .collect();
     assert!(content.len() > 24 * 1024 * 1024);
-    let res = app
+    let file: Value = app
         .upload("user_data", "big.txt", content.clone())
-        .expect_response(200)
+        .expect(200)
         .await;
-    let file: Value = res.json().await.unwrap();
     let url = format!("/v1/files/{}/content", file["id"].as_str().unwrap());
 
     let mut lock = admin.begin().await.unwrap();
