@@ -24,7 +24,7 @@ const NEEDED_PER_SLICE: i64 = 3 * 22;
 /// Bytes of a value per TOAST slice (`TOAST_MAX_CHUNK_SIZE` with 8 KiB pages).
 const SLICE_BYTES: i64 = 1996;
 
-/// Tables whose rows come and go with the work (named again in `bloated_work_tables`).
+/// Tables whose rows come and go with the work (named again in `bloated`).
 const WORK_TABLES: [&str; 2] = ["batch_chunks", "usage_events"];
 
 /// Index bytes a live row of a work table needs in each index, with margin (its keys are ids
@@ -99,9 +99,9 @@ pub async fn bloated(pool: &PgPool, slack: i64) -> Result<Vec<Bloated>, sqlx::Er
 }
 
 /// Rebuilds a table's indexes (its TOAST index among them) from its live rows; returns what
-/// `bloated` measures of it afterwards (its TOAST index, or a work table's indexes). A rebuild interrupted by a crash leaves an invalid `_ccnew`
-/// copy behind, which would be maintained on every write and never used: those are dropped
-/// first.
+/// `bloated` measures of it afterwards (its TOAST index, or a work table's indexes). A rebuild
+/// interrupted by a crash leaves an invalid `_ccnew` copy behind, which would be maintained on
+/// every write and never used: those are dropped first.
 #[tracing::instrument(skip_all, name = "db.compact.reindex", fields(table = table))]
 pub async fn reindex(pool: &PgPool, table: &'static str) -> Result<i64, sqlx::Error> {
     debug_assert!(TABLES.contains(&table) || WORK_TABLES.contains(&table));
